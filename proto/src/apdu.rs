@@ -49,6 +49,9 @@ wire_enum! {
         INS_NOT_SUPPORTED = 0x6D00,
         CLA_NOT_SUPPORTED = 0x6E00,
         MEMORY_FAILURE = 0x6581,
+        NOT_ENOUGH_MEMORY = 0x6A84,
+        /// A chained command sequence was broken off.
+        LAST_COMMAND_EXPECTED = 0x6883,
         UNKNOWN_ERROR = 0x6F00,
         /// The EMM is addressed to another card.
         EMM_WRONG_ADDRESS = 0x9A01,

@@ -1,1 +1,14 @@
+//! The Iodoform smartcard: the card applet and its anti-tearing EEPROM,
+//! the card transports (in process, and PC/SC), and the client that the
+//! receiver and the provisioning tool use to talk to a card.
 #![forbid(unsafe_code)]
+
+pub mod applet;
+pub mod client;
+pub mod eeprom;
+pub mod state;
+pub mod transport;
+
+pub use applet::{Applet, CardError};
+pub use client::{CardClient, ClientError};
+pub use transport::{CardTransport, InProcessCard, TransportError};

@@ -1,0 +1,291 @@
+//! The host side of the card interface: typed calls over any
+//! [`CardTransport`]. GET RESPONSE (61xx), Le correction (6Cxx) and command
+//! chaining are handled here, in one place.
+
+use crate::transport::{CardTransport, TransportError};
+use proto::apdu::{Cla, Command, Ins, Response, StatusWord};
+use proto::card::{
+    open_control_words, CardInfo, ControlWords, EntitlementPage, EntitlementRecord, Personalization,
+};
+use proto::codec::Codec;
+use proto::crypto::{PendingSession, X25519Secret};
+use proto::ecm::EcmHeader;
+use proto::secret::SessionKey;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum ClientError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("card refused {ins:?}: {sw} ({})", describe(*sw))]
+    Status { ins: Ins, sw: StatusWord },
+    #[error("card answered {ins:?} with a malformed response")]
+    BadResponse { ins: Ins },
+}
+
+impl ClientError {
+    /// The status word, when the card refused the command.
+    pub fn status(&self) -> Option<StatusWord> {
+        match self {
+            ClientError::Status { sw, .. } => Some(*sw),
+            _ => None,
+        }
+    }
+}
+
+/// A human description of a status word.
+pub fn describe(sw: StatusWord) -> &'static str {
+    match sw {
+        StatusWord::OK => "success",
+        StatusWord::WRONG_LENGTH => "wrong length",
+        StatusWord::SECURITY_NOT_SATISFIED => "security status not satisfied",
+        StatusWord::CONDITIONS_NOT_SATISFIED => "not allowed in the card's life-cycle state",
+        StatusWord::WRONG_DATA => "malformed data",
+        StatusWord::FILE_NOT_FOUND => "Iodoform application not found or not selected",
+        StatusWord::INCORRECT_P1P2 => "incorrect P1/P2",
+        StatusWord::INS_NOT_SUPPORTED => "instruction not supported",
+        StatusWord::CLA_NOT_SUPPORTED => "class not supported",
+        StatusWord::MEMORY_FAILURE => "card memory failure",
+        StatusWord::NOT_ENOUGH_MEMORY => "card memory full",
+        StatusWord::LAST_COMMAND_EXPECTED => "command chaining broken",
+        StatusWord::EMM_WRONG_ADDRESS => "EMM addressed to another card",
+        StatusWord::EMM_AUTH_FAILED => "EMM failed authentication",
+        StatusWord::EMM_BAD_SIGNATURE => "EMM signature invalid",
+        StatusWord::EMM_REPLAYED => "EMM replayed or out of date",
+        StatusWord::EMM_BAD_COMMAND => "EMM command refused",
+        StatusWord::ECM_AUTH_FAILED => "ECM failed authentication",
+        StatusWord::ECM_NOT_ENTITLED => "no entitlement for the product",
+        StatusWord::ECM_OUTSIDE_DATES => "outside the entitlement's dates",
+        StatusWord::ECM_UNKNOWN_GENERATION => "product key generation not held",
+        StatusWord::NOT_PAIRED_RECEIVER => "card is paired with another receiver",
+        StatusWord::NO_SESSION => "no session with the card",
+        _ => "unknown status",
+    }
+}
+
+/// An established protected link: CWs come back sealed under this key.
+#[derive(Debug)]
+pub struct Session {
+    key: SessionKey,
+    next_counter: u64,
+}
+
+/// Typed access to an Iodoform card.
+#[derive(Debug)]
+pub struct CardClient<T> {
+    transport: T,
+    session: Option<Session>,
+}
+
+/// Largest data field in one short APDU when chaining.
+const CHAIN_CHUNK: usize = 255;
+
+impl<T: CardTransport> CardClient<T> {
+    pub fn new(transport: T) -> Self {
+        CardClient {
+            transport,
+            session: None,
+        }
+    }
+
+    pub fn transport(&mut self) -> &mut T {
+        &mut self.transport
+    }
+
+    pub fn into_transport(self) -> T {
+        self.transport
+    }
+
+    fn exchange(&mut self, cmd: &Command) -> Result<Response, ClientError> {
+        let raw = self.transport.transmit(&cmd.to_bytes())?;
+        Response::parse(&raw).map_err(|_| ClientError::BadResponse { ins: cmd.ins })
+    }
+
+    /// Sends a command and returns its data, following 61xx and 6Cxx and
+    /// chaining long data when the transport lacks extended APDUs.
+    pub fn command(&mut self, cmd: Command) -> Result<Vec<u8>, ClientError> {
+        let ins = cmd.ins;
+        let mut resp = if cmd.data.len() > CHAIN_CHUNK && !self.transport.supports_extended() {
+            let chunks: Vec<&[u8]> = cmd.data.chunks(CHAIN_CHUNK).collect();
+            let mut last = None;
+            for (i, chunk) in chunks.iter().enumerate() {
+                let more = i + 1 < chunks.len();
+                let part = Command {
+                    cla: Cla(cmd.cla.0 | if more { 0x10 } else { 0 }),
+                    data: chunk.to_vec(),
+                    le: if more {
+                        None
+                    } else {
+                        cmd.le.map(|l| l.min(256))
+                    },
+                    ..cmd.clone()
+                };
+                let r = self.exchange(&part)?;
+                if more && r.sw != StatusWord::OK {
+                    return Err(ClientError::Status { ins, sw: r.sw });
+                }
+                last = Some(r);
+            }
+            last.ok_or(ClientError::BadResponse { ins })?
+        } else {
+            self.exchange(&cmd)?
+        };
+        if resp.sw.sw1() == 0x6C {
+            let le = if resp.sw.sw2() == 0 {
+                256
+            } else {
+                resp.sw.sw2() as usize
+            };
+            resp = self.exchange(&Command {
+                le: Some(le),
+                ..cmd.clone()
+            })?;
+        }
+        let mut data = std::mem::take(&mut resp.data);
+        while resp.sw.sw1() == 0x61 {
+            let le = if resp.sw.sw2() == 0 {
+                256
+            } else {
+                resp.sw.sw2() as usize
+            };
+            resp = self.exchange(&Command::new(
+                Cla::ISO,
+                Ins::GET_RESPONSE,
+                0,
+                0,
+                Vec::new(),
+                Some(le),
+            ))?;
+            data.extend_from_slice(&resp.data);
+        }
+        if resp.sw != StatusWord::OK {
+            return Err(ClientError::Status { ins, sw: resp.sw });
+        }
+        Ok(data)
+    }
+
+    pub fn select(&mut self) -> Result<(), ClientError> {
+        self.session = None;
+        self.command(Command::select()).map(drop)
+    }
+
+    pub fn nop(&mut self) -> Result<(), ClientError> {
+        self.command(Command::proprietary(Ins::NOP, 0, Vec::new()))
+            .map(drop)
+    }
+
+    pub fn info(&mut self) -> Result<CardInfo, ClientError> {
+        let d = self.command(Command::proprietary(Ins::GET_INFO, 0, Vec::new()))?;
+        CardInfo::from_bytes(&d).map_err(|_| ClientError::BadResponse { ins: Ins::GET_INFO })
+    }
+
+    /// Personalizes a blank card; returns the public key it generated.
+    pub fn personalize(&mut self, p: &Personalization) -> Result<[u8; 32], ClientError> {
+        let d = self.command(Command::proprietary(Ins::PERSONALIZE, 0, p.to_bytes()))?;
+        d.try_into().map_err(|_| ClientError::BadResponse {
+            ins: Ins::PERSONALIZE,
+        })
+    }
+
+    pub fn lock(&mut self) -> Result<(), ClientError> {
+        self.command(Command::new(
+            Cla::PROPRIETARY,
+            Ins::LOCK,
+            0,
+            0,
+            Vec::new(),
+            None,
+        ))
+        .map(drop)
+    }
+
+    pub fn process_emm(&mut self, emm: &[u8]) -> Result<(), ClientError> {
+        self.command(Command::new(
+            Cla::PROPRIETARY,
+            Ins::PROCESS_EMM,
+            0,
+            0,
+            emm.to_vec(),
+            None,
+        ))
+        .map(drop)
+    }
+
+    pub fn list_entitlements(&mut self) -> Result<Vec<EntitlementRecord>, ClientError> {
+        let mut out = Vec::new();
+        loop {
+            let d = self.command(Command::proprietary(
+                Ins::LIST_ENTITLEMENTS,
+                out.len() as u8,
+                Vec::new(),
+            ))?;
+            let page = EntitlementPage::from_bytes(&d).map_err(|_| ClientError::BadResponse {
+                ins: Ins::LIST_ENTITLEMENTS,
+            })?;
+            let done = page.records.is_empty();
+            out.extend(page.records);
+            if done || out.len() >= page.total as usize {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// Agrees a session key with the card. `identity` is the receiver's
+    /// long-term key; `card` is the card's info from [`Self::info`].
+    pub fn establish_session(
+        &mut self,
+        identity: &X25519Secret,
+        card: &CardInfo,
+    ) -> Result<(), ClientError> {
+        let (init, pending) = PendingSession::start(identity);
+        let d = self.command(Command::proprietary(
+            Ins::ESTABLISH_SESSION,
+            0,
+            init.to_bytes(),
+        ))?;
+        let eph: [u8; 32] = d.try_into().map_err(|_| ClientError::BadResponse {
+            ins: Ins::ESTABLISH_SESSION,
+        })?;
+        let key = pending
+            .finish(identity, card.card_id, &card.public_key, &eph)
+            .map_err(|_| ClientError::BadResponse {
+                ins: Ins::ESTABLISH_SESSION,
+            })?;
+        self.session = Some(Session {
+            key,
+            next_counter: 0,
+        });
+        Ok(())
+    }
+
+    pub fn has_session(&self) -> bool {
+        self.session.is_some()
+    }
+
+    /// Sends an ECM and opens the sealed control words the card returns.
+    pub fn process_ecm(&mut self, ecm: &[u8]) -> Result<ControlWords, ClientError> {
+        let header =
+            EcmHeader::read(&mut proto::Reader::new(ecm)).map_err(|_| ClientError::Status {
+                ins: Ins::PROCESS_ECM,
+                sw: StatusWord::WRONG_DATA,
+            })?;
+        let reply = self.command(Command::proprietary(Ins::PROCESS_ECM, 0, ecm.to_vec()))?;
+        let bad = ClientError::BadResponse {
+            ins: Ins::PROCESS_ECM,
+        };
+        let session = self.session.as_mut().ok_or(ClientError::Status {
+            ins: Ins::PROCESS_ECM,
+            sw: StatusWord::NO_SESSION,
+        })?;
+        let (counter, cws) = open_control_words(&session.key, &header, &reply).map_err(|_| bad)?;
+        // The counter must move forward: a replayed reply is refused.
+        if counter < session.next_counter {
+            return Err(ClientError::BadResponse {
+                ins: Ins::PROCESS_ECM,
+            });
+        }
+        session.next_counter = counter + 1;
+        Ok(cws)
+    }
+}
