@@ -1,1 +1,28 @@
+//! The Iodoform headend's key engine, as a library.
+//!
+//! It holds the operator's keys, the cards and their pairwise KEKs, the
+//! products and their period keys, the entitlements, and the sequence
+//! numbers that keep every EMM nonce unique. It turns them into sealed
+//! EMM-Us, signed EMM-Gs and sealed ECMs, and it schedules the control
+//! words of each service's crypto periods.
+//!
+//! It does no I/O: no files, no sockets, no clock (callers pass Unix
+//! seconds in) and no logging. The daemon around it owns persistence and
+//! time. Secrets stay inside `proto::secret` types, whose `Debug` prints
+//! `REDACTED`; nothing here formats key bytes.
+//!
+//! * [`operator`]: the operator's X25519 and Ed25519 keys and their public
+//!   half for provisioning.
+//! * [`engine`]: the [`KeyEngine`], with the EMM-U hot path.
+//! * [`schedule`]: crypto periods and the even/odd control word pairs.
 #![forbid(unsafe_code)]
+
+pub mod engine;
+pub mod error;
+pub mod operator;
+pub mod schedule;
+
+pub use engine::{Entitlement, KeyEngine, PreparedCard, MAX_ENTITLEMENTS_PER_CARD};
+pub use error::{EngineError, ScheduleError};
+pub use operator::{OperatorKeys, OperatorPublic};
+pub use schedule::{ControlWordSchedule, CwPair, Parity, DEFAULT_PERIOD_SECS};
