@@ -1,0 +1,1009 @@
+//! Program-specific information: sections carried in TS packets, and the
+//! tables that a conditional-access stream needs (ISO/IEC 13818-1 §2.4.4,
+//! ETSI EN 300 468 for the DVB descriptors, ETSI TS 100 289 for CA sections).
+//!
+//! The layers are small and separate, as in mpeg2ts-reader:
+//! packets → [`SectionAssembler`] (pointer_field, continuity, CRC) →
+//! table parsers ([`Pat`], [`Pmt`], [`Cat`], [`PrivateSection`]).
+//! Going out, the builders make sections and [`packetize`] cuts them into
+//! packets. Nothing here does I/O, and no input makes anything panic.
+//!
+//! ECMs and EMMs travel in *private sections* with the short syntax:
+//!
+//! ```text
+//! off len field
+//!   0   1 table_id          0x80/0x81 ECM (even/odd CW period), 0x82..=0x8F EMM
+//!   1   2 section_syntax_indicator:1 = 0, private_indicator:1 = 1,
+//!         reserved:2 = 11, section_length:12
+//!   3   n payload           the ECM or EMM bytes of `proto::ecm` / `proto::emm`
+//! ```
+//!
+//! So the EMM's card address sits at section offset
+//! [`EMM_SECTION_ADDRESS_OFFSET`] = 3 + `proto::emm::ADDRESS_OFFSET`, where a
+//! receiver filters before anything reaches the card.
+
+use crate::packet::{Packet, PacketError, Parity, MAX_PAYLOAD_LEN, MAX_PID, PACKET_LEN, SYNC_BYTE};
+use proto::codec::{InvalidMessage, Reader};
+use thiserror::Error;
+
+/// Iodoform's CA_system_id, in CA_descriptors of the PMT and the CAT.
+///
+/// DVB allocates CA_system_ids (ETSI TS 101 162) and has no formal range
+/// for private use. 0x4AE1, once suggested for us, belongs to an existing
+/// system (Cifra, 0x4AE0-0x4AE1), so a receiver could mistake our ECMs for
+/// theirs. 0xF10D ("IOD") lies in a stretch that no allocation list we
+/// know of uses. A deployed system would ask DVB for its own value.
+pub const CA_SYSTEM_ID: u16 = 0xF10D;
+
+/// scrambling_mode of the scrambling_descriptor for DVB-CISSA version 1
+/// (EN 300 468, table of scrambling_mode values).
+pub const SCRAMBLING_MODE_CISSA: u8 = 0x10;
+
+/// The largest section of any kind (section_length ≤ 4093).
+pub const MAX_SECTION_LEN: usize = 4096;
+/// The largest PAT, PMT or CAT section (section_length ≤ 1021).
+pub const MAX_PSI_SECTION_LEN: usize = 1024;
+/// The short-syntax header: table_id and the 16 bits with section_length.
+pub const PRIVATE_HEADER_LEN: usize = 3;
+/// The largest ECM or EMM that fits a private section.
+pub const MAX_PRIVATE_PAYLOAD: usize = MAX_SECTION_LEN - PRIVATE_HEADER_LEN;
+/// Offset of the EMM's 32-bit card address inside its section.
+pub const EMM_SECTION_ADDRESS_OFFSET: usize = PRIVATE_HEADER_LEN + proto::emm::ADDRESS_OFFSET;
+/// The length of the CRC32 that ends a long-syntax section.
+pub const CRC_LEN: usize = 4;
+
+proto::wire_enum! {
+    /// table_id, the first byte of every section.
+    TableId(u8) {
+        PAT = 0x00,
+        CAT = 0x01,
+        PMT = 0x02,
+        /// ECM for a crypto period whose packets use the even CW.
+        ECM_EVEN = 0x80,
+        /// ECM for a crypto period whose packets use the odd CW.
+        ECM_ODD = 0x81,
+        /// The first of the EMM table_ids.
+        EMM_FIRST = 0x82,
+        /// The last of the EMM table_ids.
+        EMM_LAST = 0x8F,
+    }
+}
+
+impl TableId {
+    pub fn is_ecm(self) -> bool {
+        self == TableId::ECM_EVEN || self == TableId::ECM_ODD
+    }
+    pub fn is_emm(self) -> bool {
+        (TableId::EMM_FIRST.0..=TableId::EMM_LAST.0).contains(&self.0)
+    }
+    /// The ECM table_id that goes with a crypto period's parity: it
+    /// changes exactly when the ECM does, so a receiver can pass the card
+    /// only new ECMs.
+    pub fn ecm(parity: Parity) -> TableId {
+        match parity {
+            Parity::Even => TableId::ECM_EVEN,
+            Parity::Odd => TableId::ECM_ODD,
+        }
+    }
+}
+
+/// Common stream_type values of the PMT.
+pub mod stream_type {
+    pub const MPEG2_VIDEO: u8 = 0x02;
+    pub const MPEG1_AUDIO: u8 = 0x03;
+    pub const MPEG2_AUDIO: u8 = 0x04;
+    pub const PRIVATE_PES: u8 = 0x06;
+    pub const AAC_ADTS: u8 = 0x0F;
+    pub const H264: u8 = 0x1B;
+    pub const HEVC: u8 = 0x24;
+}
+
+/// Descriptor tags that this crate interprets.
+pub mod descriptor_tag {
+    pub const CA: u8 = 0x09;
+    pub const SCRAMBLING: u8 = 0x65;
+}
+
+/// Why bytes are not a usable section or table.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[non_exhaustive]
+pub enum PsiError {
+    #[error("malformed section: {0}")]
+    Malformed(#[from] InvalidMessage),
+    #[error("section CRC32 mismatch: computed 0x{computed:08x}, carried 0x{carried:08x}")]
+    BadCrc { computed: u32, carried: u32 },
+    #[error("expected table_id {expected:?}, found {found:?}")]
+    WrongTable { expected: TableId, found: TableId },
+    #[error("section_syntax_indicator is {found}, expected the other syntax")]
+    WrongSyntax { found: bool },
+    #[error("section of {0} bytes is too long")]
+    TooLong(usize),
+    #[error("section_length says {declared} bytes but {actual} are here")]
+    LengthMismatch { declared: usize, actual: usize },
+    #[error("table split over {0} sections, which is not supported")]
+    MultiSection(u8),
+    #[error("{0} is out of range")]
+    OutOfRange(&'static str),
+    #[error("pointer_field {pointer} points past the {available} bytes of the payload")]
+    BadPointer { pointer: u8, available: usize },
+    #[error("continuity counter jumped from {last} to {found}; partial section dropped")]
+    Discontinuity { last: u8, found: u8 },
+    #[error("section truncated: the next one started after {got} of its {expected} bytes")]
+    Truncated { got: usize, expected: usize },
+    #[error("scrambled packet on a section PID")]
+    Scrambled,
+    #[error("transport error indicator set; partial section dropped")]
+    TransportError,
+    #[error(transparent)]
+    Packet(#[from] PacketError),
+}
+
+// ---------------------------------------------------------------- CRC32
+
+const fn crc_table() -> [u32; 256] {
+    let mut t = [0u32; 256];
+    let mut i = 0;
+    while i < 256 {
+        let mut c = (i as u32) << 24;
+        let mut k = 0;
+        while k < 8 {
+            c = if c & 0x8000_0000 != 0 {
+                (c << 1) ^ 0x04C1_1DB7
+            } else {
+                c << 1
+            };
+            k += 1;
+        }
+        t[i] = c;
+        i += 1;
+    }
+    t
+}
+
+static CRC_TABLE: [u32; 256] = crc_table();
+
+/// CRC-32/MPEG-2: polynomial 0x04C11DB7, initial value 0xFFFFFFFF, no
+/// reflection, no final XOR. Over a whole section including its CRC the
+/// result is 0.
+pub fn crc32_mpeg2(data: &[u8]) -> u32 {
+    data.iter().fold(0xFFFF_FFFF, |crc, &b| {
+        (crc << 8) ^ CRC_TABLE[((crc >> 24) as u8 ^ b) as usize]
+    })
+}
+
+// ------------------------------------------------------------ sections
+
+/// The header of any section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SectionHeader {
+    pub table_id: TableId,
+    pub section_syntax_indicator: bool,
+    pub private_indicator: bool,
+    /// The bytes after the 3-byte header.
+    pub section_length: usize,
+}
+
+impl SectionHeader {
+    pub fn parse(bytes: &[u8]) -> Result<SectionHeader, PsiError> {
+        let mut r = Reader::new(bytes);
+        let table_id = TableId(r.u8("table_id")?);
+        let flags = r.u16("section_length")?;
+        let h = SectionHeader {
+            table_id,
+            section_syntax_indicator: flags & 0x8000 != 0,
+            private_indicator: flags & 0x4000 != 0,
+            section_length: usize::from(flags & 0x0FFF),
+        };
+        if h.section_length + 3 > MAX_SECTION_LEN {
+            return Err(PsiError::TooLong(h.section_length + 3));
+        }
+        Ok(h)
+    }
+
+    /// The whole section's length.
+    pub fn total_len(&self) -> usize {
+        self.section_length + 3
+    }
+}
+
+/// The fixed fields of a long-syntax section and its body (between those
+/// fields and the CRC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LongSection<'a> {
+    table_id_extension: u16,
+    version: u8,
+    current_next: bool,
+    body: &'a [u8],
+}
+
+/// Checks and splits a long-syntax, single-section table.
+fn parse_long(bytes: &[u8], expected: TableId) -> Result<LongSection<'_>, PsiError> {
+    let h = SectionHeader::parse(bytes)?;
+    if h.table_id != expected {
+        return Err(PsiError::WrongTable {
+            expected,
+            found: h.table_id,
+        });
+    }
+    if !h.section_syntax_indicator {
+        return Err(PsiError::WrongSyntax { found: false });
+    }
+    if h.total_len() > MAX_PSI_SECTION_LEN {
+        return Err(PsiError::TooLong(h.total_len()));
+    }
+    if h.total_len() != bytes.len() {
+        return Err(PsiError::LengthMismatch {
+            declared: h.total_len(),
+            actual: bytes.len(),
+        });
+    }
+    if h.section_length < 5 + CRC_LEN {
+        return Err(InvalidMessage::BadLength("long section").into());
+    }
+    check_crc(bytes)?;
+    let mut r = Reader::new(&bytes[3..bytes.len() - CRC_LEN]);
+    let table_id_extension = r.u16("table_id_extension")?;
+    let v = r.u8("version")?;
+    let section_number = r.u8("section_number")?;
+    let last = r.u8("last_section_number")?;
+    if section_number != 0 || last != 0 {
+        return Err(PsiError::MultiSection(
+            last.max(section_number).saturating_add(1),
+        ));
+    }
+    Ok(LongSection {
+        table_id_extension,
+        version: (v >> 1) & 0x1F,
+        current_next: v & 1 != 0,
+        body: r.rest(),
+    })
+}
+
+fn check_crc(section: &[u8]) -> Result<(), PsiError> {
+    let split = section
+        .len()
+        .checked_sub(CRC_LEN)
+        .ok_or(InvalidMessage::BadLength("section CRC"))?;
+    let (data, crc) = section.split_at(split);
+    let carried = u32::from_be_bytes([crc[0], crc[1], crc[2], crc[3]]);
+    let computed = crc32_mpeg2(data);
+    if computed != carried {
+        return Err(PsiError::BadCrc { computed, carried });
+    }
+    Ok(())
+}
+
+fn check_version(version: u8) -> Result<(), PsiError> {
+    if version > 31 {
+        return Err(PsiError::OutOfRange("version_number"));
+    }
+    Ok(())
+}
+
+fn check_pid(pid: u16) -> Result<(), PsiError> {
+    if pid > MAX_PID {
+        return Err(PacketError::PidOutOfRange(pid).into());
+    }
+    Ok(())
+}
+
+/// Writes a long-syntax single section with its CRC.
+fn build_long(
+    table_id: TableId,
+    ext: u16,
+    version: u8,
+    current_next: bool,
+    body: &[u8],
+) -> Result<Vec<u8>, PsiError> {
+    check_version(version)?;
+    let section_length = 5 + body.len() + CRC_LEN;
+    if section_length + 3 > MAX_PSI_SECTION_LEN {
+        return Err(PsiError::TooLong(section_length + 3));
+    }
+    let mut s = Vec::with_capacity(section_length + 3);
+    s.push(table_id.0);
+    // section_syntax_indicator 1, '0', reserved 11.
+    s.extend_from_slice(&(0xB000 | section_length as u16).to_be_bytes());
+    s.extend_from_slice(&ext.to_be_bytes());
+    s.push(0xC0 | (version << 1) | u8::from(current_next));
+    s.push(0); // section_number
+    s.push(0); // last_section_number
+    s.extend_from_slice(body);
+    let crc = crc32_mpeg2(&s);
+    s.extend_from_slice(&crc.to_be_bytes());
+    Ok(s)
+}
+
+// --------------------------------------------------------- descriptors
+
+/// A CA_descriptor (tag 0x09): which CA system, and the PID of its ECMs
+/// (in a PMT) or EMMs (in the CAT).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct CaDescriptor {
+    pub ca_system_id: u16,
+    pub ca_pid: u16,
+    pub private_data: Vec<u8>,
+}
+
+/// A descriptor of a PMT or CAT loop.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Descriptor {
+    Ca(CaDescriptor),
+    /// scrambling_descriptor (tag 0x65): the scrambling_mode, 0x10 for
+    /// DVB-CISSA.
+    Scrambling {
+        mode: u8,
+    },
+    /// Any other descriptor, kept as it came.
+    Other {
+        tag: u8,
+        data: Vec<u8>,
+    },
+}
+
+impl Descriptor {
+    pub fn tag(&self) -> u8 {
+        match self {
+            Descriptor::Ca(_) => descriptor_tag::CA,
+            Descriptor::Scrambling { .. } => descriptor_tag::SCRAMBLING,
+            Descriptor::Other { tag, .. } => *tag,
+        }
+    }
+
+    /// The CA_descriptor for Iodoform's CA system.
+    pub fn iodoform_ca(ca_pid: u16) -> Descriptor {
+        Descriptor::Ca(CaDescriptor {
+            ca_system_id: CA_SYSTEM_ID,
+            ca_pid,
+            private_data: Vec::new(),
+        })
+    }
+
+    /// The scrambling_descriptor for DVB-CISSA.
+    pub fn cissa() -> Descriptor {
+        Descriptor::Scrambling {
+            mode: SCRAMBLING_MODE_CISSA,
+        }
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) -> Result<(), PsiError> {
+        out.push(self.tag());
+        let len_at = out.len();
+        out.push(0);
+        match self {
+            Descriptor::Ca(ca) => {
+                check_pid(ca.ca_pid)?;
+                out.extend_from_slice(&ca.ca_system_id.to_be_bytes());
+                out.extend_from_slice(&(0xE000 | ca.ca_pid).to_be_bytes());
+                out.extend_from_slice(&ca.private_data);
+            }
+            Descriptor::Scrambling { mode } => out.push(*mode),
+            Descriptor::Other { data, .. } => out.extend_from_slice(data),
+        }
+        let len = out.len() - len_at - 1;
+        out[len_at] = u8::try_from(len).map_err(|_| PsiError::OutOfRange("descriptor length"))?;
+        Ok(())
+    }
+
+    fn read(r: &mut Reader<'_>) -> Result<Descriptor, PsiError> {
+        let tag = r.u8("descriptor tag")?;
+        let len = usize::from(r.u8("descriptor length")?);
+        let mut v = r.sub(len, "descriptor")?;
+        let d = match tag {
+            descriptor_tag::CA => {
+                let ca_system_id = v.u16("CA_system_id")?;
+                let ca_pid = v.u16("CA_PID")? & 0x1FFF;
+                Descriptor::Ca(CaDescriptor {
+                    ca_system_id,
+                    ca_pid,
+                    private_data: v.rest().to_vec(),
+                })
+            }
+            descriptor_tag::SCRAMBLING => {
+                let mode = v.u8("scrambling_mode")?;
+                v.expect_empty()?;
+                Descriptor::Scrambling { mode }
+            }
+            _ => Descriptor::Other {
+                tag,
+                data: v.rest().to_vec(),
+            },
+        };
+        Ok(d)
+    }
+}
+
+/// Writes a descriptor loop preceded by its 12-bit length (with 4
+/// reserved bits set).
+fn encode_loop(descriptors: &[Descriptor], out: &mut Vec<u8>) -> Result<(), PsiError> {
+    let len_at = out.len();
+    out.extend_from_slice(&[0, 0]);
+    for d in descriptors {
+        d.encode(out)?;
+    }
+    let len = out.len() - len_at - 2;
+    if len > 0x3FF {
+        return Err(PsiError::OutOfRange("descriptor loop length"));
+    }
+    out[len_at..len_at + 2].copy_from_slice(&(0xF000 | len as u16).to_be_bytes());
+    Ok(())
+}
+
+fn read_descriptors(mut r: Reader<'_>) -> Result<Vec<Descriptor>, PsiError> {
+    let mut v = Vec::new();
+    while r.left() > 0 {
+        v.push(Descriptor::read(&mut r)?);
+    }
+    Ok(v)
+}
+
+fn read_loop(r: &mut Reader<'_>) -> Result<Vec<Descriptor>, PsiError> {
+    let len = usize::from(r.u16("descriptor loop length")? & 0x0FFF);
+    read_descriptors(r.sub(len, "descriptor loop")?)
+}
+
+/// The CA_descriptors in a loop, for one CA system.
+pub fn ca_descriptors(
+    descriptors: &[Descriptor],
+    ca_system_id: u16,
+) -> impl Iterator<Item = &CaDescriptor> {
+    descriptors.iter().filter_map(move |d| match d {
+        Descriptor::Ca(ca) if ca.ca_system_id == ca_system_id => Some(ca),
+        _ => None,
+    })
+}
+
+// ---------------------------------------------------------------- PAT
+
+/// One PAT entry. Program number 0 points at the network PID (NIT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct PatEntry {
+    pub program_number: u16,
+    pub pid: u16,
+}
+
+/// The Program Association Table (PID 0, table_id 0x00).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Pat {
+    pub transport_stream_id: u16,
+    pub version: u8,
+    pub current_next: bool,
+    pub programs: Vec<PatEntry>,
+}
+
+impl Pat {
+    pub fn from_section(section: &[u8]) -> Result<Pat, PsiError> {
+        let s = parse_long(section, TableId::PAT)?;
+        if s.body.len() % 4 != 0 {
+            return Err(InvalidMessage::BadLength("PAT program loop").into());
+        }
+        let mut r = Reader::new(s.body);
+        let mut programs = Vec::with_capacity(s.body.len() / 4);
+        while r.left() > 0 {
+            programs.push(PatEntry {
+                program_number: r.u16("program_number")?,
+                pid: r.u16("program PID")? & 0x1FFF,
+            });
+        }
+        Ok(Pat {
+            transport_stream_id: s.table_id_extension,
+            version: s.version,
+            current_next: s.current_next,
+            programs,
+        })
+    }
+
+    pub fn to_section(&self) -> Result<Vec<u8>, PsiError> {
+        let mut body = Vec::with_capacity(self.programs.len() * 4);
+        for e in &self.programs {
+            check_pid(e.pid)?;
+            body.extend_from_slice(&e.program_number.to_be_bytes());
+            body.extend_from_slice(&(0xE000 | e.pid).to_be_bytes());
+        }
+        build_long(
+            TableId::PAT,
+            self.transport_stream_id,
+            self.version,
+            self.current_next,
+            &body,
+        )
+    }
+
+    /// The PMT PID of a program.
+    pub fn pmt_pid(&self, program_number: u16) -> Option<u16> {
+        self.programs
+            .iter()
+            .find(|e| e.program_number == program_number)
+            .map(|e| e.pid)
+    }
+}
+
+// ---------------------------------------------------------------- PMT
+
+/// One elementary stream of a PMT.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct PmtStream {
+    pub stream_type: u8,
+    pub pid: u16,
+    pub descriptors: Vec<Descriptor>,
+}
+
+/// The Program Map Table of one program (service).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Pmt {
+    pub program_number: u16,
+    pub version: u8,
+    pub current_next: bool,
+    pub pcr_pid: u16,
+    /// Program-level descriptors (where the CA_descriptor and the
+    /// scrambling_descriptor go when the whole program is scrambled).
+    pub descriptors: Vec<Descriptor>,
+    pub streams: Vec<PmtStream>,
+}
+
+impl Pmt {
+    pub fn from_section(section: &[u8]) -> Result<Pmt, PsiError> {
+        let s = parse_long(section, TableId::PMT)?;
+        let mut r = Reader::new(s.body);
+        let pcr_pid = r.u16("PCR_PID")? & 0x1FFF;
+        let descriptors = read_loop(&mut r)?;
+        let mut streams = Vec::new();
+        while r.left() > 0 {
+            let stream_type = r.u8("stream_type")?;
+            let pid = r.u16("elementary_PID")? & 0x1FFF;
+            let descriptors = read_loop(&mut r)?;
+            streams.push(PmtStream {
+                stream_type,
+                pid,
+                descriptors,
+            });
+        }
+        Ok(Pmt {
+            program_number: s.table_id_extension,
+            version: s.version,
+            current_next: s.current_next,
+            pcr_pid,
+            descriptors,
+            streams,
+        })
+    }
+
+    pub fn to_section(&self) -> Result<Vec<u8>, PsiError> {
+        check_pid(self.pcr_pid)?;
+        let mut body = Vec::with_capacity(64);
+        body.extend_from_slice(&(0xE000 | self.pcr_pid).to_be_bytes());
+        encode_loop(&self.descriptors, &mut body)?;
+        for st in &self.streams {
+            check_pid(st.pid)?;
+            body.push(st.stream_type);
+            body.extend_from_slice(&(0xE000 | st.pid).to_be_bytes());
+            encode_loop(&st.descriptors, &mut body)?;
+        }
+        build_long(
+            TableId::PMT,
+            self.program_number,
+            self.version,
+            self.current_next,
+            &body,
+        )
+    }
+
+    /// The CA_descriptors for `ca_system_id`, at program level and then
+    /// in every stream.
+    pub fn ca_descriptors(&self, ca_system_id: u16) -> Vec<&CaDescriptor> {
+        ca_descriptors(&self.descriptors, ca_system_id)
+            .chain(
+                self.streams
+                    .iter()
+                    .flat_map(|s| ca_descriptors(&s.descriptors, ca_system_id)),
+            )
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------- CAT
+
+/// The Conditional Access Table (PID 1, table_id 0x01): CA_descriptors
+/// that point at the EMM PIDs.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Cat {
+    pub version: u8,
+    pub current_next: bool,
+    pub descriptors: Vec<Descriptor>,
+}
+
+impl Cat {
+    pub fn from_section(section: &[u8]) -> Result<Cat, PsiError> {
+        let s = parse_long(section, TableId::CAT)?;
+        Ok(Cat {
+            version: s.version,
+            current_next: s.current_next,
+            descriptors: read_descriptors(Reader::new(s.body))?,
+        })
+    }
+
+    pub fn to_section(&self) -> Result<Vec<u8>, PsiError> {
+        let mut body = Vec::with_capacity(16);
+        for d in &self.descriptors {
+            d.encode(&mut body)?;
+        }
+        // table_id_extension is reserved in the CAT: all ones.
+        build_long(TableId::CAT, 0xFFFF, self.version, self.current_next, &body)
+    }
+
+    /// The EMM PID for `ca_system_id`.
+    pub fn emm_pid(&self, ca_system_id: u16) -> Option<u16> {
+        ca_descriptors(&self.descriptors, ca_system_id)
+            .next()
+            .map(|ca| ca.ca_pid)
+    }
+}
+
+// --------------------------------------------------- private sections
+
+/// A short-syntax private section: an ECM or an EMM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrivateSection<'a> {
+    pub table_id: TableId,
+    pub payload: &'a [u8],
+}
+
+impl<'a> PrivateSection<'a> {
+    /// Parses a short-syntax section, which must be exactly one section.
+    pub fn parse(section: &'a [u8]) -> Result<Self, PsiError> {
+        let h = SectionHeader::parse(section)?;
+        if h.section_syntax_indicator {
+            return Err(PsiError::WrongSyntax { found: true });
+        }
+        if h.total_len() != section.len() {
+            return Err(PsiError::LengthMismatch {
+                declared: h.total_len(),
+                actual: section.len(),
+            });
+        }
+        Ok(PrivateSection {
+            table_id: h.table_id,
+            payload: &section[PRIVATE_HEADER_LEN..],
+        })
+    }
+
+    /// Writes a short-syntax section around `payload`.
+    pub fn build(table_id: TableId, payload: &[u8]) -> Result<Vec<u8>, PsiError> {
+        if payload.len() > MAX_PRIVATE_PAYLOAD {
+            return Err(PsiError::TooLong(payload.len() + PRIVATE_HEADER_LEN));
+        }
+        if table_id.0 == 0xFF {
+            // 0xFF is stuffing after a section; it cannot start one.
+            return Err(PsiError::OutOfRange("table_id"));
+        }
+        let mut s = Vec::with_capacity(PRIVATE_HEADER_LEN + payload.len());
+        s.push(table_id.0);
+        // section_syntax_indicator 0, private_indicator 1, reserved 11.
+        s.extend_from_slice(&(0x7000 | payload.len() as u16).to_be_bytes());
+        s.extend_from_slice(payload);
+        Ok(s)
+    }
+}
+
+/// An ECM section: table_id 0x80 for an even crypto period, 0x81 for odd.
+pub fn ecm_section(parity: Parity, ecm: &[u8]) -> Result<Vec<u8>, PsiError> {
+    PrivateSection::build(TableId::ecm(parity), ecm)
+}
+
+/// An EMM section with a table_id in 0x82..=0x8F.
+pub fn emm_section(table_id: TableId, emm: &[u8]) -> Result<Vec<u8>, PsiError> {
+    if !table_id.is_emm() {
+        return Err(PsiError::OutOfRange("EMM table_id"));
+    }
+    PrivateSection::build(table_id, emm)
+}
+
+/// The card address of an EMM section, for the receiver's filter; `None`
+/// when the section is not an EMM section or is too short to hold one.
+/// It reads only the header, so it is cheap enough for every section.
+pub fn emm_section_address(section: &[u8]) -> Option<u32> {
+    let h = SectionHeader::parse(section).ok()?;
+    if !h.table_id.is_emm() || h.section_syntax_indicator {
+        return None;
+    }
+    let end = EMM_SECTION_ADDRESS_OFFSET + 4;
+    if h.total_len() < end {
+        return None;
+    }
+    let b = section.get(EMM_SECTION_ADDRESS_OFFSET..end)?;
+    Some(u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+// ------------------------------------------------------------ assembly
+
+/// Rebuilds sections from the packets of one PID.
+///
+/// It follows pointer_field, joins sections that span packets, splits
+/// packets that carry several sections, skips 0xFF stuffing, drops
+/// duplicate packets (same continuity counter) and drops the partial
+/// section on a continuity break or a transport error. Long-syntax
+/// sections have their CRC32 checked; short-syntax ones (ECM, EMM) carry
+/// none and are returned as they came.
+#[derive(Debug, Clone, Default)]
+pub struct SectionAssembler {
+    partial: Vec<u8>,
+    /// Whether a section is being collected in `partial`.
+    active: bool,
+    last_cc: Option<u8>,
+}
+
+impl SectionAssembler {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Forgets any partial section and the continuity state.
+    pub fn reset(&mut self) {
+        self.partial.clear();
+        self.active = false;
+        self.last_cc = None;
+    }
+
+    /// Feeds one packet of this PID. Returns the sections it completed,
+    /// and errors for what had to be dropped, in stream order.
+    pub fn push(&mut self, pkt: &Packet<'_>) -> Vec<Result<Vec<u8>, PsiError>> {
+        let mut out = Vec::new();
+        if pkt.tei() {
+            if self.active {
+                out.push(Err(PsiError::TransportError));
+            }
+            self.abandon();
+            self.last_cc = None;
+            return out;
+        }
+        if !pkt.has_payload() {
+            // The counter only advances with a payload.
+            return out;
+        }
+        if pkt.scrambling().0 != 0 {
+            out.push(Err(PsiError::Scrambled));
+            self.abandon();
+            return out;
+        }
+        let cc = pkt.continuity_counter();
+        let discontinuity = pkt.adaptation_field().is_some_and(|af| af.discontinuity());
+        match self.last_cc {
+            Some(last) if last == cc && !discontinuity => return out, // duplicate
+            Some(last) if (last + 1) & 0x0F != cc && !discontinuity => {
+                if self.active {
+                    out.push(Err(PsiError::Discontinuity { last, found: cc }));
+                }
+                self.abandon();
+            }
+            _ => {}
+        }
+        self.last_cc = Some(cc);
+
+        let data = pkt.payload();
+        if !pkt.pusi() {
+            if self.active {
+                self.feed(data, &mut out);
+            }
+            return out;
+        }
+        let Some((&pointer, data)) = data.split_first() else {
+            return out;
+        };
+        if usize::from(pointer) > data.len() {
+            out.push(Err(PsiError::BadPointer {
+                pointer,
+                available: data.len(),
+            }));
+            self.abandon();
+            return out;
+        }
+        let (tail, rest) = data.split_at(usize::from(pointer));
+        if self.active {
+            self.feed(tail, &mut out);
+            if self.active {
+                out.push(Err(PsiError::Truncated {
+                    got: self.partial.len(),
+                    expected: self.expected_len().unwrap_or(0),
+                }));
+                self.abandon();
+            }
+        }
+        let mut rest = rest;
+        while let Some(&first) = rest.first() {
+            if first == 0xFF {
+                break; // stuffing to the end of the packet
+            }
+            self.active = true;
+            self.partial.clear();
+            let used = self.feed(rest, &mut out);
+            if self.active || used == 0 {
+                break;
+            }
+            rest = &rest[used..];
+        }
+        out
+    }
+
+    fn abandon(&mut self) {
+        self.active = false;
+        self.partial.clear();
+    }
+
+    fn expected_len(&self) -> Option<usize> {
+        if self.partial.len() < 3 {
+            return None;
+        }
+        Some(usize::from(u16::from_be_bytes([self.partial[1], self.partial[2]]) & 0x0FFF) + 3)
+    }
+
+    /// Adds bytes to the active section; returns how many it used.
+    /// Completes (or rejects) the section when it has all its bytes.
+    fn feed(&mut self, data: &[u8], out: &mut Vec<Result<Vec<u8>, PsiError>>) -> usize {
+        let mut used = 0;
+        loop {
+            // `expected_len` is checked as soon as the header is in, so the
+            // partial section never holds more than its declared length.
+            let want = match self.expected_len() {
+                None => 3 - self.partial.len(),
+                Some(total) => total - self.partial.len(),
+            };
+            let n = want.min(data.len() - used);
+            self.partial.extend_from_slice(&data[used..used + n]);
+            used += n;
+            match self.expected_len() {
+                Some(total) if total > MAX_SECTION_LEN => {
+                    out.push(Err(PsiError::TooLong(total)));
+                    self.abandon();
+                    // The rest of the packet cannot be framed.
+                    return data.len();
+                }
+                Some(total) if self.partial.len() == total => {
+                    let section = std::mem::take(&mut self.partial);
+                    self.active = false;
+                    let long_syntax = section[1] & 0x80 != 0;
+                    out.push(match long_syntax {
+                        true => check_crc(&section).map(|()| section),
+                        false => Ok(section),
+                    });
+                    return used;
+                }
+                _ => {}
+            }
+            if used == data.len() {
+                return used;
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------- packetization
+
+/// Cuts sections into TS packets on `pid`, packed back to back: a packet
+/// where a section starts has PUSI set and a pointer_field to the first
+/// such start; the last packet is filled with 0xFF. `cc` is the continuity
+/// counter for the next packet and is advanced. Packets are appended to
+/// `out`.
+pub fn packetize(
+    sections: &[&[u8]],
+    pid: u16,
+    cc: &mut u8,
+    out: &mut Vec<[u8; PACKET_LEN]>,
+) -> Result<(), PsiError> {
+    check_pid(pid)?;
+    let mut data = Vec::with_capacity(sections.iter().map(|s| s.len()).sum());
+    let mut starts = Vec::with_capacity(sections.len());
+    for s in sections {
+        if s.first() == Some(&0xFF) {
+            return Err(PsiError::OutOfRange("table_id"));
+        }
+        if !s.is_empty() {
+            starts.push(data.len());
+            data.extend_from_slice(s);
+        }
+    }
+    let mut next_start = starts.iter().copied().peekable();
+    let mut pos = 0;
+    while pos < data.len() {
+        while next_start.peek().is_some_and(|&s| s < pos) {
+            next_start.next();
+        }
+        let mut p = [0xFFu8; PACKET_LEN];
+        p[0] = SYNC_BYTE;
+        p[2] = pid as u8;
+        p[3] = 0x10 | (*cc & 0x0F);
+        let offset = next_start.peek().map(|&s| s - pos);
+        let carried = match offset {
+            Some(off) if off < MAX_PAYLOAD_LEN - 1 => {
+                // A section starts here: PUSI, pointer_field, 183 bytes.
+                p[1] = 0x40 | (pid >> 8) as u8;
+                p[4] = off as u8;
+                let n = (data.len() - pos).min(MAX_PAYLOAD_LEN - 1);
+                p[5..5 + n].copy_from_slice(&data[pos..pos + n]);
+                n
+            }
+            Some(off) if off == MAX_PAYLOAD_LEN - 1 => {
+                // The next section would start in the last byte, where a
+                // pointer_field leaves no room: end this packet one byte
+                // early with stuffing and start it in the next.
+                p[1] = (pid >> 8) as u8;
+                let n = MAX_PAYLOAD_LEN - 1;
+                p[4..4 + n].copy_from_slice(&data[pos..pos + n]);
+                n
+            }
+            _ => {
+                p[1] = (pid >> 8) as u8;
+                let n = (data.len() - pos).min(MAX_PAYLOAD_LEN);
+                p[4..4 + n].copy_from_slice(&data[pos..pos + n]);
+                n
+            }
+        };
+        pos += carried;
+        *cc = (*cc + 1) & 0x0F;
+        out.push(p);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn crc_known_answer() {
+        // CRC-32/MPEG-2 check value for "123456789".
+        assert_eq!(crc32_mpeg2(b"123456789"), 0x0376_E6E7);
+    }
+
+    #[test]
+    fn pat_known_bytes() {
+        // A PAT from an ffmpeg-made TS: TSID 1, program 1 on PID 0x1000.
+        let s = Pat {
+            transport_stream_id: 1,
+            version: 0,
+            current_next: true,
+            programs: vec![PatEntry {
+                program_number: 1,
+                pid: 0x1000,
+            }],
+        }
+        .to_section()
+        .unwrap();
+        assert_eq!(
+            s,
+            [
+                0x00, 0xB0, 0x0D, 0x00, 0x01, 0xC1, 0x00, 0x00, 0x00, 0x01, 0xF0, 0x00, 0x2A, 0xB1,
+                0x04, 0xB2
+            ]
+        );
+    }
+
+    #[test]
+    fn emm_address_offset() {
+        assert_eq!(EMM_SECTION_ADDRESS_OFFSET, 5);
+        let mut emm = vec![0x01, 0x01, 0, 0, 0, 42];
+        emm.extend_from_slice(&[0; 20]);
+        let s = emm_section(TableId::EMM_FIRST, &emm).unwrap();
+        assert_eq!(emm_section_address(&s), Some(42));
+        assert_eq!(emm_section_address(&s[..8]), None);
+        let e = ecm_section(Parity::Odd, &emm).unwrap();
+        assert_eq!(emm_section_address(&e), None);
+    }
+
+    #[test]
+    fn pointer_at_last_byte() {
+        // A first section of 366 bytes: 183 in the first packet, and the
+        // second section would start at the last payload byte of the next.
+        let a = PrivateSection::build(TableId::ECM_EVEN, &[1; 363]).unwrap();
+        let b = PrivateSection::build(TableId::ECM_ODD, &[2; 10]).unwrap();
+        let mut pkts = Vec::new();
+        let mut cc = 15;
+        packetize(&[&a, &b], 0x100, &mut cc, &mut pkts).unwrap();
+        assert_eq!(cc, 2);
+        let mut asm = SectionAssembler::new();
+        let got: Vec<_> = pkts
+            .iter()
+            .flat_map(|p| asm.push(&Packet::from_array(p).unwrap()))
+            .collect();
+        assert_eq!(got, vec![Ok(a), Ok(b)]);
+    }
+}
