@@ -17,6 +17,7 @@
 //! * [`schedule`]: crypto periods and the even/odd control word pairs.
 #![forbid(unsafe_code)]
 
+mod cards;
 pub mod engine;
 pub mod error;
 pub mod operator;
