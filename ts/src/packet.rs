@@ -520,66 +520,83 @@ enum Step {
     NeedMore,
 }
 
-/// The shared sync logic. `pos` is where the next packet should start;
-/// when it does not, garbage is skipped (advancing `pos`) until `SYNC_CONFIRM`
-/// sync bytes one packet apart are found. With `eof`, the confirmation only
-/// needs the sync bytes that the remaining data can hold.
+/// Whether a packet starts at `q`: `SYNC_CONFIRM` sync bytes one packet
+/// apart. `None` while the bytes that would decide are still to come; at
+/// the end of the stream, the sync bytes that the data can hold suffice,
+/// provided a whole packet starts at `q`.
+fn confirmed(buf: &[u8], q: usize, eof: bool) -> Option<bool> {
+    for i in 0..SYNC_CONFIRM {
+        match buf.get(q + i * PACKET_LEN) {
+            Some(&SYNC_BYTE) => {}
+            Some(_) => return Some(false),
+            None if eof => return Some(q + PACKET_LEN <= buf.len()),
+            None => return None,
+        }
+    }
+    Some(true)
+}
+
+/// The shared sync logic. `pos` is where the next packet should start.
+///
+/// In sync, a packet is taken when it starts with a sync byte and so does
+/// the next one. When the next one does not, either this packet was cut
+/// short (a packet starts inside it: drop it and go on from there) or a
+/// whole packet is followed by garbage (take it; sync is lost after it).
+/// Out of sync, bytes are skipped until a confirmed start. Nothing is
+/// decided before the bytes that decide it are here, so the result does
+/// not depend on how the stream was split into reads.
 fn scan(buf: &[u8], pos: &mut usize, synced: &mut bool, stats: &mut SyncStats, eof: bool) -> Step {
     loop {
         let left = buf.len() - *pos;
-        if left < PACKET_LEN {
-            if eof && left > 0 {
-                stats.skipped_bytes += left as u64;
-                *pos = buf.len();
-            }
-            return Step::NeedMore;
-        }
         if *synced {
-            // The packet must start with a sync byte, and so must the next
-            // one: otherwise this packet was cut short (its tail is the
-            // start of the next) or is garbage that happens to start with
-            // 0x47. So a packet waits for the first byte of the next one,
-            // except at the end of the stream.
-            let next = *pos + PACKET_LEN;
-            if buf[*pos] == SYNC_BYTE {
-                match buf.get(next) {
-                    Some(&SYNC_BYTE) => return Step::Packet(*pos),
-                    None if eof => return Step::Packet(*pos),
+            if left < PACKET_LEN {
+                if eof && left > 0 {
+                    stats.skipped_bytes += left as u64;
+                    *pos = buf.len();
+                }
+                return Step::NeedMore;
+            }
+            if buf[*pos] != SYNC_BYTE {
+                *synced = false;
+                stats.sync_losses += 1;
+                continue;
+            }
+            match buf.get(*pos + PACKET_LEN) {
+                Some(&SYNC_BYTE) => return Step::Packet(*pos),
+                None if eof => return Step::Packet(*pos),
+                None => return Step::NeedMore,
+                Some(_) => {}
+            }
+            for q in *pos + 1..*pos + PACKET_LEN {
+                match confirmed(buf, q, eof) {
+                    Some(true) => {
+                        // This packet was cut short by the one at `q`.
+                        stats.sync_losses += 1;
+                        stats.skipped_bytes += (q - *pos) as u64;
+                        *pos = q;
+                        return Step::Packet(q);
+                    }
+                    Some(false) => {}
                     None => return Step::NeedMore,
-                    Some(_) => {}
                 }
             }
-            *synced = false;
-            stats.sync_losses += 1;
-            stats.skipped_bytes += 1;
-            *pos += 1;
-            continue;
-        }
-        // Search: a candidate start needs SYNC_CONFIRM sync bytes.
-        let mut all = true;
-        let mut complete = true;
-        for i in 0..SYNC_CONFIRM {
-            match buf.get(*pos + i * PACKET_LEN) {
-                Some(&SYNC_BYTE) => {}
-                Some(_) => {
-                    all = false;
-                    break;
-                }
-                None => {
-                    complete = false;
-                    break;
-                }
-            }
-        }
-        if all && (complete || eof) {
-            *synced = true;
+            // A whole packet, with garbage after it.
             return Step::Packet(*pos);
         }
-        if all && !complete {
+        if left == 0 {
             return Step::NeedMore;
         }
-        stats.skipped_bytes += 1;
-        *pos += 1;
+        match confirmed(buf, *pos, eof) {
+            Some(true) => {
+                *synced = true;
+                return Step::Packet(*pos);
+            }
+            Some(false) => {
+                stats.skipped_bytes += 1;
+                *pos += 1;
+            }
+            None => return Step::NeedMore,
+        }
     }
 }
 
@@ -635,8 +652,9 @@ impl<'a> Iterator for Packets<'a> {
 /// mutably so that they can be descrambled in place.
 ///
 /// A packet is returned once the first byte of the packet after it has
-/// arrived too (that byte must be a sync byte), so the reader holds back
-/// at most one packet until the next read or [`finish`](Self::finish).
+/// arrived too, so the reader holds back at most one packet until the
+/// next read or [`finish`](Self::finish) (more only while garbage is
+/// being sorted out).
 #[derive(Debug, Clone, Default)]
 pub struct PacketReader {
     buf: Vec<u8>,
