@@ -105,8 +105,21 @@ impl EmmCommand {
     }
 }
 
+/// Card ids one BLOCK_CARDS command carries (its length byte is a u8).
+pub const MAX_BLOCK_CARDS: usize = 63;
+
 impl Codec for EmmCommand {
     fn encode(&self, out: &mut Vec<u8>) {
+        // A longer list is written as several BLOCK_CARDS commands, which
+        // the card applies one after another: nothing is dropped.
+        if let EmmCommand::BlockCards(ids) = self {
+            if ids.len() > MAX_BLOCK_CARDS {
+                for chunk in ids.chunks(MAX_BLOCK_CARDS) {
+                    EmmCommand::BlockCards(chunk.to_vec()).encode(out);
+                }
+                return;
+            }
+        }
         out.push(self.tag().0);
         let len_at = out.len();
         out.push(0);
@@ -122,9 +135,7 @@ impl Codec for EmmCommand {
             EmmCommand::Unpair => {}
             EmmCommand::RemoveProduct { product } => out.extend_from_slice(&product.to_be_bytes()),
             EmmCommand::BlockCards(ids) => {
-                // The length byte bounds the list to 63 ids; more need more
-                // commands.
-                for id in ids.iter().take(63) {
+                for id in ids {
                     out.extend_from_slice(&id.to_be_bytes());
                 }
             }
@@ -336,5 +347,30 @@ impl Emm {
         signed.extend_from_slice(payload);
         crypto::verify_signature(operator, &signed, sig)?;
         Ok(EmmPayload::from_bytes(payload)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn long_block_lists_are_split_not_truncated() {
+        let ids: Vec<u32> = (0..200).collect();
+        let p = EmmPayload {
+            time: 1,
+            commands: vec![EmmCommand::BlockCards(ids.clone())],
+        };
+        let back = EmmPayload::from_bytes(&p.to_bytes()).unwrap();
+        let all: Vec<u32> = back
+            .commands
+            .iter()
+            .flat_map(|c| match c {
+                EmmCommand::BlockCards(v) => v.clone(),
+                _ => vec![],
+            })
+            .collect();
+        assert_eq!(all, ids);
+        assert_eq!(back.commands.len(), 4);
     }
 }
