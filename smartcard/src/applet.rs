@@ -222,10 +222,22 @@ impl<E: Eeprom> Applet<E> {
             self.ram.pending.clear();
         }
         let le = cmd.le;
+        let get_response = cmd.ins == Ins::GET_RESPONSE && cmd.cla == Cla::ISO;
         let data = match self.dispatch(cmd) {
             Ok(d) => d,
             Err(e) => return Response::status(e.into()),
         };
+        if get_response {
+            // GET RESPONSE already split by Le; say how much still waits.
+            let n = self.ram.pending.len();
+            return match n {
+                0 => Response::ok(data),
+                _ => Response {
+                    data,
+                    sw: StatusWord::from_bytes(0x61, if n >= 256 { 0 } else { n as u8 }),
+                },
+            };
+        }
         self.respond(data, le)
     }
 
@@ -287,6 +299,9 @@ impl<E: Eeprom> Applet<E> {
                     Some(c) => c,
                     None => return Ok(Vec::new()),
                 };
+                if cmd.data.len() > MAX_COMMAND_DATA {
+                    return Err(CardError::WrongLength);
+                }
                 self.proprietary(cmd)
             }
             _ => {
@@ -516,11 +531,15 @@ impl<E: Eeprom> Applet<E> {
         next.clock = self.ram.clock.max(payload.time);
         self.commit(next)?;
         self.ram.clock = self.state.clock;
-        // Pairing may have changed: a session with another receiver ends.
+        // Pairing may have changed: a session with another receiver ends,
+        // and so does any session of a card that was just blocked.
         if let (Some(p), Some(s)) = (&self.state.paired, &self.ram.session) {
             if !bool::from(p.ct_eq(&s.receiver)) {
                 self.ram.session = None;
             }
+        }
+        if emm.kind == EmmKind::GLOBAL && self.state.entitlements.is_empty() {
+            self.ram.session = None;
         }
         Ok(())
     }

@@ -342,3 +342,21 @@ fn long_emm_by_chaining_over_a_short_only_reader() {
     c.process_emm(&emm).unwrap();
     assert_eq!(c.info().unwrap().emm_g_seq, 1);
 }
+
+#[test]
+fn get_response_reports_what_is_still_waiting() {
+    let mut op = Operator::new();
+    let (mut c, _) = entitled_card(&mut op);
+    let t =
+        |c: &mut MemCard, b: &[u8]| smartcard::CardTransport::transmit(c.transport(), b).unwrap();
+    // GET INFO without Le: the data waits behind 61xx.
+    let r = t(&mut c, &[0x80, 0xCA, 0, 0]);
+    assert_eq!(r[0], 0x61);
+    let total = r[1] as usize;
+    let r = t(&mut c, &[0x00, 0xC0, 0, 0, 10]);
+    assert_eq!(r.len(), 12);
+    assert_eq!(&r[10..], &[0x61, (total - 10) as u8]);
+    let r = t(&mut c, &[0x00, 0xC0, 0, 0, 0]);
+    assert_eq!(r.len(), total - 10 + 2);
+    assert_eq!(&r[r.len() - 2..], &[0x90, 0x00]);
+}
