@@ -37,7 +37,10 @@ fn cut_everywhere(
     is_new: impl Fn(&CardState) -> bool,
 ) {
     let old = stored(mem.clone());
-    assert!(!is_new(&old), "{name}: the old state must differ from the new");
+    assert!(
+        !is_new(&old),
+        "{name}: the old state must differ from the new"
+    );
     let open = |c: &mut TornCard| {
         if let Some(rx) = session {
             let info = c.info().unwrap();
@@ -58,12 +61,18 @@ fn cut_everywhere(
             let ok = op(&mut c).is_ok();
             let after = stored(c.into_transport().applet.into_eeprom().mem);
             if ok {
-                assert!(is_new(&after), "{name}: success at cut {cut}/{torn} but old state");
+                assert!(
+                    is_new(&after),
+                    "{name}: success at cut {cut}/{torn} but old state"
+                );
                 outcomes.1 += 1;
             } else if after == old {
                 outcomes.0 += 1;
             } else {
-                assert!(is_new(&after), "{name}: cut {cut}/{torn} left a mixed state");
+                assert!(
+                    is_new(&after),
+                    "{name}: cut {cut}/{torn} left a mixed state"
+                );
                 outcomes.1 += 1;
             }
         }
@@ -103,7 +112,13 @@ fn personalize_and_lock_survive_power_cuts() {
         personalized,
         None,
         |c| c.lock(),
-        |s| s.lifecycle == LifeCycle::LOCKED && CardState { lifecycle: before.lifecycle, ..s.clone() } == before,
+        |s| {
+            s.lifecycle == LifeCycle::LOCKED
+                && CardState {
+                    lifecycle: before.lifecycle,
+                    ..s.clone()
+                } == before
+        },
     );
 }
 
@@ -117,14 +132,25 @@ fn emms_survive_power_cuts() {
 
     // An EMM-U that renews the product, pairs and moves the clock.
     let rx = X25519Secret::random();
-    let cmds = vec![op.entitle(T0, T0 + 60 * DAY), EmmCommand::Pair { receiver: rx.public() }];
+    let cmds = vec![
+        op.entitle(T0, T0 + 60 * DAY),
+        EmmCommand::Pair {
+            receiver: rx.public(),
+        },
+    ];
     let emm = op.emm_u(CARD, &public, T0 + DAY, cmds);
     let mut clean = MemCard::new(InProcessCard::new(Applet::power_on(image.clone()).unwrap()));
     clean.select().unwrap();
     clean.process_emm(&emm).unwrap();
     let new = clean.transport().applet.state().clone();
     assert_ne!(new, old);
-    cut_everywhere("EMM-U", image.clone(), None, |c| c.process_emm(&emm), |s| *s == new);
+    cut_everywhere(
+        "EMM-U",
+        image.clone(),
+        None,
+        |c| c.process_emm(&emm),
+        |s| *s == new,
+    );
 
     // An EMM-G that blocks the card.
     let g = op.emm_g(T0 + 2 * DAY, vec![EmmCommand::BlockCards(vec![CARD])]);
