@@ -146,9 +146,10 @@ pub fn seal_rustcrypto(
     buf.extend_from_slice(&tag);
 }
 
-/// An X25519 private key (operator, card or receiver). Zeroized on drop.
+/// An X25519 private key (operator, card or receiver), with its public
+/// key computed once. Zeroized on drop.
 #[derive(Clone)]
-pub struct X25519Secret(StaticSecret);
+pub struct X25519Secret(StaticSecret, PublicKey);
 
 impl std::fmt::Debug for X25519Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -158,17 +159,21 @@ impl std::fmt::Debug for X25519Secret {
 
 impl X25519Secret {
     pub fn random() -> Self {
-        X25519Secret(StaticSecret::random_from_rng(rand_core::OsRng))
+        Self::new(StaticSecret::random_from_rng(rand_core::OsRng))
+    }
+    fn new(s: StaticSecret) -> Self {
+        let p = PublicKey::from(&s);
+        X25519Secret(s, p)
     }
     pub fn from_seed(seed: &Seed) -> Self {
-        X25519Secret(StaticSecret::from(*seed.expose()))
+        Self::new(StaticSecret::from(*seed.expose()))
     }
     /// The private scalar as a seed, for sealed storage only.
     pub fn to_seed(&self) -> Seed {
         Seed::from_bytes(self.0.to_bytes())
     }
     pub fn public(&self) -> [u8; 32] {
-        PublicKey::from(&self.0).to_bytes()
+        self.1.to_bytes()
     }
     fn dh(&self, peer: &[u8; 32]) -> Result<[u8; 32], CryptoError> {
         let ss = self.0.diffie_hellman(&PublicKey::from(*peer));
