@@ -111,7 +111,8 @@ pub struct Pcr {
 impl Pcr {
     /// The PCR in 27 MHz ticks.
     pub fn ticks_27mhz(self) -> u64 {
-        self.base * 300 + u64::from(self.extension)
+        // Masked so that out-of-range fields cannot overflow.
+        (self.base & ((1 << 33) - 1)) * 300 + u64::from(self.extension & 0x1FF)
     }
 
     /// The PCR for a count of 27 MHz ticks (wrapped to 33 bits of base).

@@ -938,7 +938,7 @@ pub fn packetize(
             }
         };
         pos += carried;
-        *cc = (*cc + 1) & 0x0F;
+        *cc = (*cc & 0x0F).wrapping_add(1) & 0x0F;
         out.push(p);
     }
     Ok(())
