@@ -1,7 +1,7 @@
 //! MPEG-TS building blocks for Iodoform's broadcast stream: zero-copy
 //! packet views and a resynchronizing reader ([`packet`]), PSI and CA
 //! sections ([`psi`]), DVB-CISSA scrambling ([`cissa`]) and the throughput
-//! benchmarks that the `perf` report prints ([`bench`]).
+//! benchmarks that the `perf` report prints ([`bench`](mod@bench)).
 //!
 //! It does no I/O and keeps no global state; the headend and the receiver
 //! own sockets and files. Every parser takes untrusted bytes and returns a
