@@ -68,6 +68,11 @@ impl PreparedCard {
     pub fn id(&self) -> u32 {
         self.id
     }
+
+    /// The derived KEK, for sealed storage only.
+    pub fn kek(&self) -> &Kek {
+        &self.kek
+    }
 }
 
 #[derive(Debug)]
@@ -174,6 +179,27 @@ impl KeyEngine {
                     source,
                 }
             })?;
+        Ok(PreparedCard {
+            id: card_id,
+            public: card_pub,
+            operator_kex: self.operator_kex,
+            kek,
+        })
+    }
+
+    /// A card whose KEK was derived earlier and kept sealed at rest: the
+    /// daemon loads millions of cards this way without one X25519
+    /// agreement each. The caller vouches that `kek` belongs to
+    /// (`card_id`, `card_pub`) under this engine's operator key.
+    pub fn prepare_stored_card(
+        &self,
+        card_id: u32,
+        card_pub: [u8; 32],
+        kek: Kek,
+    ) -> Result<PreparedCard, EngineError> {
+        if card_id == 0 || card_id == GLOBAL_ADDRESS {
+            return Err(EngineError::InvalidCardId(card_id));
+        }
         Ok(PreparedCard {
             id: card_id,
             public: card_pub,
@@ -297,6 +323,17 @@ impl KeyEngine {
     /// new generation. The old key stays as the previous generation, for
     /// ECMs sealed during the change-over; the one before it is dropped.
     pub fn renew_product_key(&mut self, product: u32) -> Result<u32, EngineError> {
+        self.renew_product_key_with(product, ProductKey::random())
+    }
+
+    /// Like [`KeyEngine::renew_product_key`], with a fresh key that the
+    /// caller made and stored first (the daemon persists a key before any
+    /// message can carry it).
+    pub fn renew_product_key_with(
+        &mut self,
+        product: u32,
+        key: ProductKey,
+    ) -> Result<u32, EngineError> {
         let p = self
             .products
             .get_mut(&product)
@@ -308,10 +345,7 @@ impl KeyEngine {
             .ok_or(EngineError::GenerationExhausted(product))?;
         let old = std::mem::replace(
             &mut p.current,
-            Generation {
-                number,
-                key: ProductKey::random(),
-            },
+            Generation { number, key },
         );
         let previous = old.number;
         p.previous = Some(old);

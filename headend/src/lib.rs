@@ -6,24 +6,45 @@
 //! EMM-Us, signed EMM-Gs and sealed ECMs, and it schedules the control
 //! words of each service's crypto periods.
 //!
-//! It does no I/O: no files, no sockets, no clock (callers pass Unix
-//! seconds in) and no logging. The daemon around it owns persistence and
-//! time. Secrets stay inside `proto::secret` types, whose `Debug` prints
+//! The key engine ([`engine`], [`schedule`], [`operator`]) does no I/O:
+//! no files, no sockets, no clock (callers pass Unix seconds in) and no
+//! logging. The daemon around it ([`core`], [`store`], [`api`],
+//! [`daemon`]) owns persistence and time. Secrets stay inside `proto::secret` types, whose `Debug` prints
 //! `REDACTED`; nothing here formats key bytes.
 //!
 //! * [`operator`]: the operator's X25519 and Ed25519 keys and their public
 //!   half for provisioning.
 //! * [`engine`]: the [`KeyEngine`], with the EMM-U hot path.
 //! * [`schedule`]: crypto periods and the even/odd control word pairs.
+//! * [`config`]: `headend.toml`.
+//! * [`atrest`]: secrets sealed under the master key.
+//! * [`store`]: the SQLite schema and its migrations.
+//! * [`core`]: the daemon's state and operations, crash-safe by the order
+//!   in which they write.
+//! * [`output`]: [`CaOutput`], the ECM and EMM sections for the stream
+//!   engine.
+//! * [`api`], [`daemon`], [`client`], [`init`]: the admin API, `headend
+//!   run`, the CLI's API client and `headend init`.
 #![forbid(unsafe_code)]
 
+pub mod api;
+pub mod atrest;
 mod cards;
+pub mod client;
+pub mod config;
+pub mod core;
+pub mod daemon;
 pub mod engine;
 pub mod error;
+pub mod init;
+pub mod metrics;
 pub mod operator;
+pub mod output;
 pub mod schedule;
+pub mod store;
 
 pub use engine::{Entitlement, KeyEngine, PreparedCard, MAX_ENTITLEMENTS_PER_CARD};
 pub use error::{EngineError, ScheduleError};
 pub use operator::{OperatorKeys, OperatorPublic};
+pub use output::{CaOutput, EcmOutput, EmmOutput};
 pub use schedule::{ControlWordSchedule, CwPair, Parity, DEFAULT_PERIOD_SECS};

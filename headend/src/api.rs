@@ -1,0 +1,425 @@
+//! The admin API: HTTP + JSON on axum, versioned under `/api/v1`.
+//!
+//! * Every route but `/live` and `/ready` needs `Authorization: Bearer
+//!   TOKEN`; the token is compared in constant time.
+//! * Errors are `{"error": "..."}`. Bad input (malformed JSON, unknown
+//!   fields, unknown ids, bad dates, a body over 64 KiB, a missing or
+//!   wrong token) is a 4xx and is refused before anything is written; a
+//!   5xx means a fault of the headend and is counted in `/metrics`.
+//! * A write is answered only after its transaction committed.
+//!
+//! Routes:
+//!
+//! | method | path | body / query |
+//! |---|---|---|
+//! | GET | `/live`, `/ready` | |
+//! | GET | `/metrics` | Prometheus text |
+//! | GET, POST | `/api/v1/products` | `{"name", "id"?}` |
+//! | GET, POST | `/api/v1/channels` | `{"name", "service_id", "product", "ecm_pid", "emm_pid", "maturity"?, "input"?, "output"?}` |
+//! | GET, POST | `/api/v1/cards` | `?after=&limit=`; `{"card_id", "public_key", "operator_id"}` |
+//! | GET | `/api/v1/cards/{id}` | |
+//! | POST | `/api/v1/cards/{id}/revoke` | |
+//! | GET, POST | `/api/v1/subscriptions` | `?card=`; `{"card_id", "product", "until", "start"?}` |
+//! | DELETE | `/api/v1/subscriptions/{card}/{product}` | |
+//! | POST | `/api/v1/pairings` | `{"card_id", "receiver_key"}` |
+//! | POST | `/api/v1/rotate` | `{"product"?}` |
+//! | GET | `/api/v1/status` | |
+//! | GET | `/api/v1/operator` | the operator's public keys |
+//! | GET | `/api/v1/debug/sections` | `?since=&max=`: current ECM sections, EMM sections (hex) |
+
+use crate::core::{
+    Core, CoreError, NewCard, NewChannel, NewPairing, NewProduct, NewSubscription, ProductRef,
+    RotateRequest,
+};
+use crate::metrics::Metrics;
+use crate::output::CaOutput;
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+/// The largest request body accepted.
+pub const BODY_LIMIT: usize = 64 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub core: Arc<Mutex<Core>>,
+    pub token: Arc<Zeroizing<String>>,
+    pub metrics: Arc<Metrics>,
+    pub output: CaOutput,
+    pub run: u64,
+    pub now_ms: fn() -> u64,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState")
+            .field("run", &self.run)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An error answer: a status and `{"error": message}`.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+        }
+    }
+    fn internal() -> Self {
+        ApiError::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal error; see the headend's log",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut r = (self.status, Json(json!({ "error": self.message }))).into_response();
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}
+
+impl From<CoreError> for ApiError {
+    fn from(e: CoreError) -> Self {
+        match e {
+            CoreError::BadRequest(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
+            CoreError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
+            CoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+            other => {
+                tracing::error!(error = %other, "request failed");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::new(r.status(), r.body_text())
+    }
+}
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, r.body_text())
+    }
+}
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::new(StatusCode::BAD_REQUEST, r.body_text())
+    }
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+/// Runs `f` on the core in a blocking thread (SQLite commits wait for the
+/// disk).
+async fn with_core<T: Send + 'static>(
+    st: &AppState,
+    f: impl FnOnce(&mut Core, u64) -> Result<T, CoreError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let core = st.core.clone();
+    let now = st.now_ms;
+    tokio::task::spawn_blocking(move || {
+        let mut c = core.lock().map_err(|_| ApiError::internal())?;
+        f(&mut c, now()).map_err(ApiError::from)
+    })
+    .await
+    .map_err(|_| ApiError::internal())?
+}
+
+fn created(v: impl serde::Serialize) -> Response {
+    (StatusCode::CREATED, Json(v)).into_response()
+}
+
+fn ok(v: impl serde::Serialize) -> Response {
+    Json(v).into_response()
+}
+
+fn parse_id(s: &str, what: &str) -> Result<u32, ApiError> {
+    s.parse::<u32>().map_err(|_| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            format!("{what}: {s:?} is not a number"),
+        )
+    })
+}
+
+/// The admin API's router.
+pub fn router(state: AppState) -> Router {
+    let api = Router::new()
+        .route("/metrics", get(metrics))
+        .route("/api/v1/products", get(list_products).post(add_product))
+        .route("/api/v1/channels", get(list_channels).post(add_channel))
+        .route("/api/v1/cards", get(list_cards).post(add_card))
+        .route("/api/v1/cards/{id}", get(show_card))
+        .route("/api/v1/cards/{id}/revoke", post(revoke_card))
+        .route(
+            "/api/v1/subscriptions",
+            get(list_subscriptions).post(subscribe),
+        )
+        .route(
+            "/api/v1/subscriptions/{card}/{product}",
+            delete(unsubscribe),
+        )
+        .route("/api/v1/pairings", post(pair))
+        .route("/api/v1/rotate", post(rotate))
+        .route("/api/v1/status", get(status))
+        .route("/api/v1/operator", get(operator))
+        .route("/api/v1/debug/sections", get(debug_sections))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .route("/live", get(|| async { Json(json!({"status": "live"})) }))
+        .route("/ready", get(|| async { Json(json!({"status": "ready"})) }))
+        .merge(api)
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+        })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .layer(middleware::from_fn_with_state(state.clone(), count))
+        .with_state(state)
+}
+
+async fn count(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    Metrics::inc(&st.metrics.api_requests);
+    let r = next.run(req).await;
+    if r.status().is_client_error() {
+        Metrics::inc(&st.metrics.api_client_errors);
+    } else if r.status().is_server_error() {
+        Metrics::inc(&st.metrics.internal_errors);
+    }
+    r
+}
+
+async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let given = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token (Authorization: Bearer TOKEN)",
+        )
+        .into_response(),
+        Some(t) if bool::from(t.as_bytes().ct_eq(st.token.as_bytes())) => next.run(req).await,
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "wrong token").into_response(),
+    }
+}
+
+async fn metrics(State(st): State<AppState>) -> ApiResult {
+    let gauges = with_core(&st, |c, _| Ok(c.gauges())).await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        st.metrics.render(&gauges),
+    )
+        .into_response())
+}
+
+async fn list_products(State(st): State<AppState>) -> ApiResult {
+    Ok(ok(with_core(&st, |c, _| Ok(c.products())).await?))
+}
+
+async fn add_product(
+    State(st): State<AppState>,
+    body: Result<Json<NewProduct>, JsonRejection>,
+) -> ApiResult {
+    let Json(req) = body?;
+    Ok(created(with_core(&st, move |c, now| c.add_product(req, now)).await?))
+}
+
+async fn list_channels(State(st): State<AppState>) -> ApiResult {
+    Ok(ok(with_core(&st, |c, _| Ok(c.channels())).await?))
+}
+
+async fn add_channel(
+    State(st): State<AppState>,
+    body: Result<Json<NewChannel>, JsonRejection>,
+) -> ApiResult {
+    let Json(req) = body?;
+    Ok(created(with_core(&st, move |c, now| c.add_channel(req, now)).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CardsQuery {
+    #[serde(default)]
+    after: u32,
+    #[serde(default)]
+    limit: Option<u32>,
+}
+
+async fn list_cards(
+    State(st): State<AppState>,
+    q: Result<Query<CardsQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    Ok(ok(with_core(&st, move |c, _| c.cards(q.after, limit)).await?))
+}
+
+async fn add_card(
+    State(st): State<AppState>,
+    body: Result<Json<NewCard>, JsonRejection>,
+) -> ApiResult {
+    let Json(req) = body?;
+    Ok(created(with_core(&st, move |c, now| c.add_card(req, now)).await?))
+}
+
+async fn show_card(
+    State(st): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(id) = id?;
+    let id = parse_id(&id, "card id")?;
+    Ok(ok(with_core(&st, move |c, _| c.card(id)).await?))
+}
+
+async fn revoke_card(
+    State(st): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let Path(id) = id?;
+    let id = parse_id(&id, "card id")?;
+    Ok(ok(with_core(&st, move |c, now| c.revoke(id, now)).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SubscriptionsQuery {
+    #[serde(default)]
+    card: Option<u32>,
+}
+
+async fn list_subscriptions(
+    State(st): State<AppState>,
+    q: Result<Query<SubscriptionsQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    Ok(ok(with_core(&st, move |c, _| c.subscriptions(q.card)).await?))
+}
+
+async fn subscribe(
+    State(st): State<AppState>,
+    body: Result<Json<NewSubscription>, JsonRejection>,
+) -> ApiResult {
+    let Json(req) = body?;
+    Ok(created(with_core(&st, move |c, now| c.subscribe(req, now)).await?))
+}
+
+async fn unsubscribe(
+    State(st): State<AppState>,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> ApiResult {
+    let Path((card, product)) = p?;
+    let card = parse_id(&card, "card id")?;
+    let product = ProductRef::Name(product);
+    with_core(&st, move |c, now| c.unsubscribe(card, &product, now)).await?;
+    Ok(ok(json!({"card_id": card, "unsubscribed": true})))
+}
+
+async fn pair(
+    State(st): State<AppState>,
+    body: Result<Json<NewPairing>, JsonRejection>,
+) -> ApiResult {
+    let Json(req) = body?;
+    Ok(created(with_core(&st, move |c, now| c.pair(req, now)).await?))
+}
+
+async fn rotate(
+    State(st): State<AppState>,
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> ApiResult {
+    let body = body.map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+    // An empty body rotates every product.
+    let req: RotateRequest = if body.iter().all(u8::is_ascii_whitespace) {
+        RotateRequest::default()
+    } else {
+        serde_json::from_slice(&body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("malformed JSON body: {e}"),
+            )
+        })?
+    };
+    let rotated = with_core(&st, move |c, now| {
+        c.rotate(req.product.as_ref(), "operator request", now)
+    })
+    .await?;
+    Ok(ok(json!({ "rotated": rotated })))
+}
+
+async fn status(State(st): State<AppState>) -> ApiResult {
+    Ok(ok(with_core(&st, |c, now| Ok(c.status(now))).await?))
+}
+
+async fn operator(State(st): State<AppState>) -> ApiResult {
+    Ok(ok(with_core(&st, |c, _| Ok(c.operator_public())).await?))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SectionsQuery {
+    #[serde(default)]
+    since: u64,
+    #[serde(default)]
+    max: Option<usize>,
+}
+
+async fn debug_sections(
+    State(st): State<AppState>,
+    q: Result<Query<SectionsQuery>, QueryRejection>,
+) -> ApiResult {
+    let Query(q) = q?;
+    let max = q.max.unwrap_or(10_000).clamp(1, 65_536);
+    let ecms: Vec<Value> = st
+        .output
+        .current_ecms()
+        .iter()
+        .map(|e| {
+            json!({
+                "service_id": e.service,
+                "ecm_pid": e.ecm_pid,
+                "product": e.product,
+                "generation": e.generation,
+                "epoch": e.epoch,
+                "table_id": e.section[0],
+                "section": hex::encode(&e.section),
+            })
+        })
+        .collect();
+    let (emms, next, dropped) = st.output.emm_sections_since(q.since, max);
+    let emms: Vec<String> = emms.iter().map(|s| hex::encode(&s.section)).collect();
+    Ok(ok(json!({
+        "run": st.run,
+        "ecms": ecms,
+        "emms": { "since": q.since, "next": next, "dropped": dropped, "sections": emms },
+    })))
+}

@@ -1,0 +1,1687 @@
+//! The daemon's state and every operation on it: the database, the key
+//! engine, the EMM-U carousel and the ECM scheduler, behind one `&mut`.
+//!
+//! Every write follows one order, which is what makes a crash harmless:
+//!
+//! 1. validate the request against the state, refusing bad input before
+//!    anything is written;
+//! 2. write the change, and any fresh key it needs (sealed under the
+//!    master key), in **one** SQLite transaction, and commit it
+//!    (`synchronous = FULL`: on disk when `COMMIT` returns);
+//! 3. only then apply it to the in-memory engine and emit messages.
+//!
+//! So no EMM or ECM ever carries a key, a control word or a sequence
+//! number that a restart could fail to find again. See
+//! `docs/OPERATIONS.md`, "Crash safety", for the argument per key.
+//!
+//! Time comes in as Unix milliseconds, so tests can drive it. Nothing here
+//! logs a key: the tracing calls name ids, generations and epochs only.
+
+use crate::atrest::{row, MasterKey};
+use crate::config::{valid_pid, ChannelConfig};
+use crate::engine::{KeyEngine, MAX_ENTITLEMENTS_PER_CARD};
+use crate::error::EngineError;
+use crate::metrics::{Gauges, Metrics};
+use crate::operator::OperatorKeys;
+use crate::output::{CaOutput, EcmOutput};
+use crate::schedule::{CwPair, Parity};
+use crate::store::{self, StoreError};
+use proto::crypto::{SigningKey, X25519Secret};
+use proto::ecm::EcmHeader;
+use proto::emm::{EmmCommand, Entitle, EMM_HEADER_LEN};
+use proto::secret::{ControlWord, ProductKey, Seed};
+use proto::Codec;
+use rusqlite::{params, Connection, OptionalExtension, Transaction};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
+use std::path::Path;
+use std::sync::Arc;
+use ts::psi::TableId;
+
+/// EMM sequence numbers of run `r` are `r << RUN_SHIFT` and up.
+pub const RUN_SHIFT: u32 = 40;
+/// Runs before the 64-bit sequence space is used up.
+pub const MAX_RUN: u64 = (1 << (64 - RUN_SHIFT)) - 1;
+/// EMM section table_ids: EMM-U and EMM-G.
+pub const EMM_U_TABLE: TableId = TableId(0x82);
+pub const EMM_G_TABLE: TableId = TableId(0x83);
+/// Longest product or channel name.
+const MAX_NAME: usize = 64;
+/// Longest input/output URL.
+const MAX_URL: usize = 1024;
+
+/// Why an operation failed. The first three are the caller's fault and
+/// map to 4xx; the rest are the headend's.
+#[derive(Debug, thiserror::Error)]
+pub enum CoreError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    /// A config value that the database contradicts (exit 64).
+    #[error("field `{field}`: {message}")]
+    Config { field: String, message: String },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error(transparent)]
+    Sealed(#[from] crate::atrest::OpenError),
+    #[error("key engine: {0}")]
+    Engine(#[from] EngineError),
+    #[error("{0}")]
+    Internal(String),
+}
+
+type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+fn bad(msg: impl Into<String>) -> CoreError {
+    CoreError::BadRequest(msg.into())
+}
+
+/// The daemon's timing, from the config.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timing {
+    pub period_ms: u64,
+    pub renewal_ms: u64,
+    pub cycle_ms: u64,
+}
+
+/// A product as the API shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Product {
+    pub id: u32,
+    pub name: String,
+    /// The newest K_P generation: what EMM-Us carry.
+    pub generation: u32,
+    /// The generation ECMs are sealed under: the newest once every card has
+    /// had one carousel cycle to receive it, the one before until then.
+    pub active_generation: u32,
+    pub activate_at_ms: u64,
+    pub next_renewal_ms: u64,
+    pub created_ms: u64,
+}
+
+/// A channel (one DVB service).
+#[derive(Debug, Clone, Serialize)]
+pub struct Channel {
+    pub service_id: u16,
+    pub name: String,
+    pub product: u32,
+    pub ecm_pid: u16,
+    pub emm_pid: u16,
+    pub maturity: u8,
+    pub input: Option<String>,
+    pub output: Option<String>,
+}
+
+/// A product named by id or by name, as API requests may do.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ProductRef {
+    Id(u32),
+    Name(String),
+}
+
+impl std::fmt::Display for ProductRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProductRef::Id(i) => write!(f, "{i}"),
+            ProductRef::Name(n) => write!(f, "{n:?}"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewProduct {
+    pub name: String,
+    #[serde(default)]
+    pub id: Option<u32>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewChannel {
+    pub name: String,
+    pub service_id: u16,
+    pub product: ProductRef,
+    pub ecm_pid: u16,
+    pub emm_pid: u16,
+    #[serde(default)]
+    pub maturity: u8,
+    #[serde(default)]
+    pub input: Option<String>,
+    #[serde(default)]
+    pub output: Option<String>,
+}
+
+/// What `smartcard provision --register` posts.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewCard {
+    pub card_id: u32,
+    pub public_key: String,
+    pub operator_id: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSubscription {
+    pub card_id: u32,
+    pub product: ProductRef,
+    /// `YYYY-MM-DD` (through the end of that day, UTC) or RFC 3339.
+    pub until: String,
+    /// `YYYY-MM-DD` (from the start of that day, UTC) or RFC 3339;
+    /// default: the start of today (UTC).
+    #[serde(default)]
+    pub start: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPairing {
+    pub card_id: u32,
+    pub receiver_key: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    #[serde(default)]
+    pub product: Option<ProductRef>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CardView {
+    pub card_id: u32,
+    pub operator_id: u32,
+    pub public_key: String,
+    pub state: String,
+    pub created: String,
+    pub revoked: Option<String>,
+    pub subscriptions: Vec<SubscriptionView>,
+    pub paired_receiver: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SubscriptionView {
+    pub card_id: u32,
+    pub product: u32,
+    pub product_name: String,
+    pub start: String,
+    pub until: String,
+    pub start_unix: u64,
+    pub end_unix: u64,
+    /// It ended and the product's key was renewed for it.
+    pub lapsed: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Rotated {
+    pub product: u32,
+    pub name: String,
+    pub generation: u32,
+    pub active_generation: u32,
+    pub activate_at: String,
+}
+
+/// The EMM-U carousel: every member card gets one EMM-U per cycle, in
+/// card id order, and cards whose entitlements changed jump the queue.
+#[derive(Debug, Default)]
+struct Carousel {
+    members: BTreeSet<u32>,
+    /// The last member sent in the regular round.
+    cursor: u32,
+    priority: VecDeque<u32>,
+    queued: HashSet<u32>,
+    /// Fractional EMMs owed to the regular round.
+    credit: f64,
+}
+
+impl Carousel {
+    fn prioritize(&mut self, card: u32) {
+        if self.members.contains(&card) && self.queued.insert(card) {
+            self.priority.push_back(card);
+        }
+    }
+
+    /// The next `n` members in the round (at most every member once);
+    /// returns whether the round wrapped (a cycle completed).
+    fn take_round(&mut self, n: usize, out: &mut Vec<u32>) -> bool {
+        let n = n.min(self.members.len());
+        let mut wrapped = false;
+        let mut taken = 0;
+        while taken < n {
+            let before = out.len();
+            out.extend(
+                self.members
+                    .range(self.cursor.saturating_add(1)..)
+                    .take(n - taken)
+                    .copied(),
+            );
+            taken += out.len() - before;
+            if let (true, Some(&last)) = (out.len() > before, out.last()) {
+                self.cursor = last;
+            }
+            if taken < n {
+                // End of the round: start again from the lowest id.
+                self.cursor = 0;
+                wrapped = true;
+            }
+        }
+        wrapped
+    }
+}
+
+/// The headend's state.
+pub struct Core {
+    conn: Connection,
+    mk: MasterKey,
+    engine: KeyEngine,
+    timing: Timing,
+    run: u64,
+    products: BTreeMap<u32, Product>,
+    channels: BTreeMap<u16, Channel>,
+    pairings: HashMap<u32, [u8; 32]>,
+    cards_revoked: u64,
+    carousel: Carousel,
+    /// Control words of each service's current and next epochs (a copy of
+    /// the sealed rows).
+    cws: HashMap<u16, BTreeMap<u64, ControlWord>>,
+    /// Each service's newest epoch on the air (also in `service_epochs`).
+    high_water: HashMap<u16, u64>,
+    output: CaOutput,
+    metrics: Arc<Metrics>,
+    last_tick_ms: u64,
+    ticks: u64,
+    emm_buf: Vec<u8>,
+}
+
+impl std::fmt::Debug for Core {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Core")
+            .field("run", &self.run)
+            .field("engine", &self.engine)
+            .field("products", &self.products.len())
+            .field("channels", &self.channels.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Writes the operator's keys (sealed) into a fresh database.
+pub fn init_database(path: &Path, mk: &MasterKey, op: &OperatorKeys, now_ms: u64) -> Result<()> {
+    let mut conn = store::open(path, true)?;
+    let tx = conn.transaction()?;
+    let id = u64::from(op.operator_id());
+    let kex = mk.seal(row("operator.x25519", id, 0), op.kex().to_seed().expose());
+    let sig = mk.seal(row("operator.ed25519", id, 0), op.signing().seed().expose());
+    tx.execute(
+        "INSERT INTO operator (id, operator_id, x25519_public, ed25519_public, sealed_x25519, sealed_ed25519, created_ms)
+         VALUES (1, ?1, ?2, ?3, ?4, ?5, ?6)",
+        params![
+            op.operator_id(),
+            op.kex().public().to_vec(),
+            op.signing().public().to_vec(),
+            kex,
+            sig,
+            now_ms as i64
+        ],
+    )?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn load_operator(conn: &Connection, mk: &MasterKey) -> Result<OperatorKeys> {
+    let (op_id, kex, sig): (u32, Vec<u8>, Vec<u8>) = conn
+        .query_row(
+            "SELECT operator_id, sealed_x25519, sealed_ed25519 FROM operator WHERE id = 1",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?
+        .ok_or_else(|| CoreError::Internal("the database has no operator keys: was it made by `headend init`?".into()))?;
+    let id = u64::from(op_id);
+    let kex = Seed::from_bytes(mk.open::<32>(row("operator.x25519", id, 0), &kex)?);
+    let sig = Seed::from_bytes(mk.open::<32>(row("operator.ed25519", id, 0), &sig)?);
+    let signing = SigningKey::from_seed(sig)
+        .map_err(|_| CoreError::Internal("stored operator signing key is invalid".into()))?;
+    Ok(OperatorKeys::from_parts(
+        op_id,
+        X25519Secret::from_seed(&kex),
+        signing,
+    ))
+}
+
+fn secs(ms: u64) -> u64 {
+    ms / 1000
+}
+
+/// RFC 3339 text for Unix seconds.
+pub fn rfc3339(unix: u64) -> String {
+    time::OffsetDateTime::from_unix_timestamp(unix as i64)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
+/// Parses `YYYY-MM-DD` (start or end of that UTC day) or RFC 3339.
+pub fn parse_date(s: &str, end_of_day: bool, field: &str) -> Result<u64> {
+    let s = s.trim();
+    let fmt = time::macros::format_description!("[year]-[month]-[day]");
+    let t = if let Ok(d) = time::Date::parse(s, &fmt) {
+        let t = if end_of_day {
+            d.with_hms(23, 59, 59)
+        } else {
+            d.with_hms(0, 0, 0)
+        };
+        t.map(|t| t.assume_utc())
+            .map_err(|_| bad(format!("{field}: {s:?} is not a valid date")))?
+    } else {
+        time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(
+            |_| {
+                bad(format!(
+                    "{field}: {s:?} is neither YYYY-MM-DD nor an RFC 3339 date-time"
+                ))
+            },
+        )?
+    };
+    u64::try_from(t.unix_timestamp())
+        .map_err(|_| bad(format!("{field}: {s:?} is before 1970")))
+}
+
+fn parse_key32(s: &str, field: &str) -> Result<[u8; 32]> {
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(s.trim(), &mut out)
+        .map_err(|_| bad(format!("{field}: expected 64 hex digits (32 bytes)")))?;
+    Ok(out)
+}
+
+fn check_name(name: &str, what: &str) -> Result<()> {
+    if name.trim().is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
+        return Err(bad(format!(
+            "{what}: must be 1 to {MAX_NAME} printable characters"
+        )));
+    }
+    if name.parse::<u64>().is_ok() {
+        return Err(bad(format!(
+            "{what}: must not be a number (numbers name products by id)"
+        )));
+    }
+    Ok(())
+}
+
+fn ensure_cw(
+    tx: &Transaction<'_>,
+    mk: &MasterKey,
+    cache: &mut HashMap<u16, BTreeMap<u64, ControlWord>>,
+    service: u16,
+    epoch: u64,
+) -> Result<ControlWord> {
+    if let Some(cw) = cache.get(&service).and_then(|m| m.get(&epoch)) {
+        return Ok(cw.clone());
+    }
+    let at = row("control_words", u64::from(service), epoch);
+    let stored: Option<Vec<u8>> = tx
+        .query_row(
+            "SELECT sealed_cw FROM control_words WHERE service = ?1 AND epoch = ?2",
+            params![service, epoch as i64],
+            |r| r.get(0),
+        )
+        .optional()?;
+    let cw = match stored {
+        Some(blob) => ControlWord::from_bytes(mk.open::<16>(at, &blob)?),
+        None => {
+            let cw = ControlWord::random();
+            tx.execute(
+                "INSERT INTO control_words (service, epoch, sealed_cw) VALUES (?1, ?2, ?3)",
+                params![service, epoch as i64, mk.seal(at, cw.expose())],
+            )?;
+            cw
+        }
+    };
+    cache
+        .entry(service)
+        .or_default()
+        .insert(epoch, cw.clone());
+    Ok(cw)
+}
+
+/// A renewal written in a transaction, to apply once it commits.
+struct Renewal {
+    product: u32,
+    generation: u32,
+    active_generation: u32,
+    activate_at_ms: u64,
+    next_renewal_ms: u64,
+    key: ProductKey,
+}
+
+fn renew_in_tx(
+    tx: &Transaction<'_>,
+    mk: &MasterKey,
+    p: &Product,
+    timing: Timing,
+    reason: &str,
+    now_ms: u64,
+) -> Result<Renewal> {
+    let generation = p
+        .generation
+        .checked_add(1)
+        .ok_or_else(|| CoreError::Conflict(format!("product {} has no generations left", p.id)))?;
+    // A renewal while the previous one is still pending activates that
+    // one now: ECMs may use only the two newest generations, the two a
+    // card holds.
+    let active_generation = p.generation;
+    let key = ProductKey::random();
+    let sealed = mk.seal(
+        row("product_keys", u64::from(p.id), u64::from(generation)),
+        key.expose(),
+    );
+    let activate_at_ms = now_ms + timing.cycle_ms + timing.period_ms;
+    let next_renewal_ms = now_ms + timing.renewal_ms;
+    tx.execute(
+        "INSERT INTO product_keys (product, generation, sealed_key, reason, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![p.id, generation, sealed, reason, now_ms as i64],
+    )?;
+    tx.execute(
+        "UPDATE products SET generation = ?2, active_generation = ?3, activate_at_ms = ?4, next_renewal_ms = ?5 WHERE id = ?1",
+        params![p.id, generation, active_generation, activate_at_ms as i64, next_renewal_ms as i64],
+    )?;
+    Ok(Renewal {
+        product: p.id,
+        generation,
+        active_generation,
+        activate_at_ms,
+        next_renewal_ms,
+        key,
+    })
+}
+
+impl Core {
+    /// Opens the database, starts a new run and loads everything.
+    #[allow(clippy::too_many_arguments)]
+    pub fn open(
+        db: &Path,
+        mk: MasterKey,
+        operator_id: u32,
+        timing: Timing,
+        config_channels: &[ChannelConfig],
+        output: CaOutput,
+        metrics: Arc<Metrics>,
+        now_ms: u64,
+    ) -> Result<Core> {
+        let mut conn = store::open(db, false)?;
+        let operator = load_operator(&conn, &mk)?;
+        if operator.operator_id() != operator_id {
+            return Err(CoreError::Config {
+                field: "operator_id".into(),
+                message: format!(
+                    "is {operator_id} but the database was made for operator {}",
+                    operator.operator_id()
+                ),
+            });
+        }
+        // A new run: every EMM sequence number from here on is above every
+        // one the earlier runs could have used.
+        let run: u64 = {
+            let tx = conn.transaction()?;
+            let last: i64 = tx.query_row("SELECT COALESCE(MAX(run), 0) FROM runs", [], |r| r.get(0))?;
+            let run = last as u64 + 1;
+            if run > MAX_RUN {
+                return Err(CoreError::Internal("EMM sequence space exhausted".into()));
+            }
+            tx.execute(
+                "INSERT INTO runs (run, started_ms) VALUES (?1, ?2)",
+                params![run as i64, now_ms as i64],
+            )?;
+            tx.commit()?;
+            run
+        };
+        let floor = run << RUN_SHIFT;
+        let mut engine = KeyEngine::new(operator);
+        engine.raise_emm_g_seq(floor);
+
+        let mut core = Core {
+            conn,
+            mk,
+            engine,
+            timing,
+            run,
+            products: BTreeMap::new(),
+            channels: BTreeMap::new(),
+            pairings: HashMap::new(),
+            cards_revoked: 0,
+            carousel: Carousel::default(),
+            cws: HashMap::new(),
+            high_water: HashMap::new(),
+            output,
+            metrics,
+            last_tick_ms: now_ms,
+            ticks: 0,
+            emm_buf: Vec::with_capacity(1 << 16),
+        };
+        core.load_products(now_ms)?;
+        core.sync_config_channels(config_channels, now_ms)?;
+        core.load_channels()?;
+        core.load_cards(floor)?;
+        core.load_epochs(now_ms)?;
+        Ok(core)
+    }
+
+    fn load_products(&mut self, now_ms: u64) -> Result<()> {
+        let rows: Vec<Product> = {
+            let mut st = self.conn.prepare(
+                "SELECT id, name, generation, active_generation, activate_at_ms, next_renewal_ms, created_ms FROM products",
+            )?;
+            let v = st
+                .query_map([], |r| {
+                    Ok(Product {
+                        id: r.get(0)?,
+                        name: r.get(1)?,
+                        generation: r.get(2)?,
+                        active_generation: r.get(3)?,
+                        activate_at_ms: r.get::<_, i64>(4)? as u64,
+                        next_renewal_ms: r.get::<_, i64>(5)? as u64,
+                        created_ms: r.get::<_, i64>(6)? as u64,
+                    })
+                })?
+                .collect::<Result<_, _>>()?;
+            v
+        };
+        for mut p in rows {
+            let first = p.generation.saturating_sub(1).max(1);
+            for g in first..=p.generation {
+                let blob: Vec<u8> = self.conn.query_row(
+                    "SELECT sealed_key FROM product_keys WHERE product = ?1 AND generation = ?2",
+                    params![p.id, g],
+                    |r| r.get(0),
+                )?;
+                let key = ProductKey::from_bytes(
+                    self.mk
+                        .open::<32>(row("product_keys", u64::from(p.id), u64::from(g)), &blob)?,
+                );
+                if g == first {
+                    self.engine.add_product_with_key(p.id, g, key)?;
+                } else {
+                    self.engine.renew_product_key_with(p.id, key)?;
+                }
+            }
+            // The cards had no EMMs while the daemon was down: a pending
+            // generation gets a whole cycle from now before ECMs use it.
+            if p.active_generation < p.generation {
+                p.activate_at_ms = p
+                    .activate_at_ms
+                    .max(now_ms + self.timing.cycle_ms + self.timing.period_ms);
+            }
+            self.products.insert(p.id, p);
+        }
+        Ok(())
+    }
+
+    fn load_channels(&mut self) -> Result<()> {
+        let mut st = self.conn.prepare(
+            "SELECT service_id, name, product, ecm_pid, emm_pid, maturity, input, output FROM channels",
+        )?;
+        let v: Vec<Channel> = st
+            .query_map([], |r| {
+                Ok(Channel {
+                    service_id: r.get(0)?,
+                    name: r.get(1)?,
+                    product: r.get(2)?,
+                    ecm_pid: r.get(3)?,
+                    emm_pid: r.get(4)?,
+                    maturity: r.get(5)?,
+                    input: r.get(6)?,
+                    output: r.get(7)?,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        drop(st);
+        self.channels = v.into_iter().map(|c| (c.service_id, c)).collect();
+        Ok(())
+    }
+
+    /// Channels named in the config are created, or updated to match it;
+    /// products they name are created if missing.
+    fn sync_config_channels(&mut self, channels: &[ChannelConfig], now_ms: u64) -> Result<()> {
+        for c in channels {
+            let product = match self.products.values().find(|p| p.name == c.product) {
+                Some(p) => p.id,
+                None => {
+                    self.add_product(
+                        NewProduct {
+                            name: c.product.clone(),
+                            id: None,
+                        },
+                        now_ms,
+                    )
+                    .map_err(|e| CoreError::Config {
+                        field: format!("channels.product ({:?})", c.product),
+                        message: e.to_string(),
+                    })?
+                    .id
+                }
+            };
+            let clash: Option<u16> = self
+                .conn
+                .query_row(
+                    "SELECT service_id FROM channels WHERE name = ?1 AND service_id != ?2",
+                    params![c.name, c.service_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(other) = clash {
+                return Err(CoreError::Config {
+                    field: format!("channels.name ({:?})", c.name),
+                    message: format!("the database already has this name for service {other}"),
+                });
+            }
+            self.conn.execute(
+                "INSERT INTO channels (service_id, name, product, ecm_pid, emm_pid, maturity, input, output, created_ms)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                 ON CONFLICT(service_id) DO UPDATE SET name = ?2, product = ?3, ecm_pid = ?4,
+                   emm_pid = ?5, maturity = ?6, input = ?7, output = ?8",
+                params![
+                    c.service_id,
+                    c.name,
+                    product,
+                    c.ecm_pid,
+                    c.emm_pid,
+                    c.maturity,
+                    c.input,
+                    c.output,
+                    now_ms as i64
+                ],
+            )?;
+        }
+        Ok(())
+    }
+
+    fn load_cards(&mut self, floor: u64) -> Result<()> {
+        let mut prepared = Vec::new();
+        {
+            let mut st = self.conn.prepare(
+                "SELECT id, public_key, sealed_kek FROM cards WHERE state = 'active' ORDER BY id",
+            )?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                let id: u32 = r.get(0)?;
+                let public: Vec<u8> = r.get(1)?;
+                let blob: Vec<u8> = r.get(2)?;
+                let public: [u8; 32] = public
+                    .try_into()
+                    .map_err(|_| CoreError::Internal(format!("card {id}: stored key is not 32 bytes")))?;
+                let kek = proto::secret::Kek::from_bytes(
+                    self.mk.open::<32>(row("cards", u64::from(id), 0), &blob)?,
+                );
+                prepared.push(self.engine.prepare_stored_card(id, public, kek)?);
+            }
+        }
+        for p in prepared {
+            let id = p.id();
+            self.engine.insert_card(p)?;
+            self.engine.raise_emm_u_seq(id, floor)?;
+        }
+        self.cards_revoked =
+            self.conn
+                .query_row("SELECT COUNT(*) FROM cards WHERE state = 'revoked'", [], |r| {
+                    r.get::<_, i64>(0)
+                })? as u64;
+        {
+            let mut st = self.conn.prepare(
+                "SELECT s.card, s.product, s.start, s.end FROM subscriptions s
+                 JOIN cards c ON c.id = s.card WHERE s.lapsed = 0 AND c.state = 'active'",
+            )?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                let (card, product): (u32, u32) = (r.get(0)?, r.get(1)?);
+                let (start, end): (i64, i64) = (r.get(2)?, r.get(3)?);
+                self.engine
+                    .entitle(card, product, start as u64, end as u64)?;
+                self.carousel.members.insert(card);
+            }
+        }
+        {
+            let mut st = self.conn.prepare(
+                "SELECT p.card, p.receiver FROM pairings p JOIN cards c ON c.id = p.card WHERE c.state = 'active'",
+            )?;
+            let mut rows = st.query([])?;
+            while let Some(r) = rows.next()? {
+                let card: u32 = r.get(0)?;
+                let rx: Vec<u8> = r.get(1)?;
+                if let Ok(rx) = <[u8; 32]>::try_from(rx) {
+                    self.pairings.insert(card, rx);
+                    self.carousel.members.insert(card);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn load_epochs(&mut self, now_ms: u64) -> Result<()> {
+        let mut st = self
+            .conn
+            .prepare("SELECT service, last_epoch, period_ms FROM service_epochs")?;
+        let rows: Vec<(u16, i64, i64)> = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
+            .collect::<Result<_, _>>()?;
+        drop(st);
+        let now_epoch = now_ms / self.timing.period_ms;
+        for (service, last, period) in rows {
+            let last = last as u64;
+            if period as u64 != self.timing.period_ms && now_epoch < last {
+                return Err(CoreError::Config {
+                    field: "crypto_period_ms".into(),
+                    message: format!(
+                        "service {service} has put epoch {last} of {period} ms periods on the air; \
+                         {} ms periods would go back to epoch {now_epoch}, and epochs never go back. \
+                         Use a period of at most {period} ms",
+                        self.timing.period_ms
+                    ),
+                });
+            }
+            self.high_water.insert(service, last);
+        }
+        Ok(())
+    }
+
+    pub fn run(&self) -> u64 {
+        self.run
+    }
+
+    pub fn output(&self) -> &CaOutput {
+        &self.output
+    }
+
+    pub fn operator_public(&self) -> crate::operator::OperatorPublic {
+        self.engine.operator().public()
+    }
+
+    // ---- products -------------------------------------------------------
+
+    fn resolve_product(&self, r: &ProductRef) -> Result<&Product> {
+        match r {
+            ProductRef::Id(id) => self.products.get(id),
+            ProductRef::Name(n) => match n.trim().parse::<u32>() {
+                Ok(id) => self.products.get(&id),
+                Err(_) => self.products.values().find(|p| &p.name == n),
+            },
+        }
+        .ok_or_else(|| CoreError::NotFound(format!("unknown product {r}")))
+    }
+
+    pub fn add_product(&mut self, req: NewProduct, now_ms: u64) -> Result<Product> {
+        check_name(&req.name, "name")?;
+        if self.products.values().any(|p| p.name == req.name) {
+            return Err(CoreError::Conflict(format!(
+                "product {:?} already exists",
+                req.name
+            )));
+        }
+        let id = match req.id {
+            Some(0) => return Err(bad("id: products are numbered from 1")),
+            Some(id) if self.products.contains_key(&id) => {
+                return Err(CoreError::Conflict(format!("product {id} already exists")))
+            }
+            Some(id) => id,
+            None => self
+                .products
+                .keys()
+                .next_back()
+                .map_or(Some(1), |m| m.checked_add(1))
+                .ok_or_else(|| bad("no product ids left; give an id"))?,
+        };
+        let key = ProductKey::random();
+        let p = Product {
+            id,
+            name: req.name,
+            generation: 1,
+            active_generation: 1,
+            activate_at_ms: now_ms,
+            next_renewal_ms: now_ms + self.timing.renewal_ms,
+            created_ms: now_ms,
+        };
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "INSERT INTO products (id, name, generation, active_generation, activate_at_ms, next_renewal_ms, created_ms)
+             VALUES (?1, ?2, 1, 1, ?3, ?4, ?5)",
+            params![id, p.name, now_ms as i64, p.next_renewal_ms as i64, now_ms as i64],
+        )?;
+        tx.execute(
+            "INSERT INTO product_keys (product, generation, sealed_key, reason, created_ms) VALUES (?1, 1, ?2, 'created', ?3)",
+            params![id, self.mk.seal(row("product_keys", u64::from(id), 1), key.expose()), now_ms as i64],
+        )?;
+        tx.commit()?;
+        self.engine.add_product_with_key(id, 1, key)?;
+        self.products.insert(id, p.clone());
+        tracing::info!(product = id, name = %p.name, "product created");
+        Ok(p)
+    }
+
+    pub fn products(&self) -> Vec<Product> {
+        self.products.values().cloned().collect()
+    }
+
+    // ---- channels -------------------------------------------------------
+
+    pub fn add_channel(&mut self, req: NewChannel, now_ms: u64) -> Result<Channel> {
+        check_name(&req.name, "name")?;
+        if req.service_id == 0 {
+            return Err(bad("service_id: must be 1..=65535"));
+        }
+        for (f, pid) in [("ecm_pid", req.ecm_pid), ("emm_pid", req.emm_pid)] {
+            if !valid_pid(pid) {
+                return Err(bad(format!("{f}: {pid:#x} is not a PID for CA data (0x20..=0x1FFE)")));
+            }
+        }
+        for (f, u) in [("input", &req.input), ("output", &req.output)] {
+            if let Some(u) = u {
+                if u.trim().is_empty() || u.len() > MAX_URL {
+                    return Err(bad(format!("{f}: must be 1 to {MAX_URL} characters")));
+                }
+            }
+        }
+        let product = self.resolve_product(&req.product)?.id;
+        if self.channels.contains_key(&req.service_id) {
+            return Err(CoreError::Conflict(format!(
+                "service {} already has a channel",
+                req.service_id
+            )));
+        }
+        if self.channels.values().any(|c| c.name == req.name) {
+            return Err(CoreError::Conflict(format!(
+                "channel {:?} already exists",
+                req.name
+            )));
+        }
+        let c = Channel {
+            service_id: req.service_id,
+            name: req.name,
+            product,
+            ecm_pid: req.ecm_pid,
+            emm_pid: req.emm_pid,
+            maturity: req.maturity,
+            input: req.input,
+            output: req.output,
+        };
+        self.conn.execute(
+            "INSERT INTO channels (service_id, name, product, ecm_pid, emm_pid, maturity, input, output, created_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+            params![c.service_id, c.name, c.product, c.ecm_pid, c.emm_pid, c.maturity, c.input, c.output, now_ms as i64],
+        )?;
+        self.channels.insert(c.service_id, c.clone());
+        tracing::info!(service = c.service_id, name = %c.name, product, "channel created");
+        Ok(c)
+    }
+
+    pub fn channels(&self) -> Vec<Channel> {
+        self.channels.values().cloned().collect()
+    }
+
+    // ---- cards ----------------------------------------------------------
+
+    pub fn add_card(&mut self, req: NewCard, now_ms: u64) -> Result<CardView> {
+        let public = parse_key32(&req.public_key, "public_key")?;
+        let ours = self.engine.operator().operator_id();
+        if req.operator_id != ours {
+            return Err(bad(format!(
+                "operator_id: this headend is operator {ours}, not {}",
+                req.operator_id
+            )));
+        }
+        let exists: Option<String> = self
+            .conn
+            .query_row(
+                "SELECT state FROM cards WHERE id = ?1",
+                params![req.card_id],
+                |r| r.get(0),
+            )
+            .optional()?;
+        if let Some(state) = exists {
+            return Err(CoreError::Conflict(format!(
+                "card {} is already registered ({state})",
+                req.card_id
+            )));
+        }
+        let prepared = self
+            .engine
+            .prepare_card(req.card_id, public)
+            .map_err(|e| bad(format!("card_id/public_key: {e}")))?;
+        let sealed = self
+            .mk
+            .seal(row("cards", u64::from(req.card_id), 0), prepared.kek().expose());
+        self.conn.execute(
+            "INSERT INTO cards (id, operator_id, public_key, sealed_kek, state, created_ms) VALUES (?1, ?2, ?3, ?4, 'active', ?5)",
+            params![req.card_id, ours, public.to_vec(), sealed, now_ms as i64],
+        )?;
+        self.engine.insert_card(prepared)?;
+        self.engine
+            .raise_emm_u_seq(req.card_id, self.run << RUN_SHIFT)?;
+        tracing::info!(card = req.card_id, "card registered");
+        self.card(req.card_id)
+    }
+
+    fn subscriptions_of(&self, card: Option<u32>) -> Result<Vec<SubscriptionView>> {
+        let mut st = self.conn.prepare(
+            "SELECT s.card, s.product, p.name, s.start, s.end, s.lapsed FROM subscriptions s
+             JOIN products p ON p.id = s.product WHERE (?1 IS NULL OR s.card = ?1) ORDER BY s.card, s.product",
+        )?;
+        let v = st
+            .query_map(params![card], |r| {
+                let start = r.get::<_, i64>(3)? as u64;
+                let end = r.get::<_, i64>(4)? as u64;
+                Ok(SubscriptionView {
+                    card_id: r.get(0)?,
+                    product: r.get(1)?,
+                    product_name: r.get(2)?,
+                    start: rfc3339(start),
+                    until: rfc3339(end),
+                    start_unix: start,
+                    end_unix: end,
+                    lapsed: r.get::<_, i64>(5)? != 0,
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(v)
+    }
+
+    pub fn subscriptions(&self, card: Option<u32>) -> Result<Vec<SubscriptionView>> {
+        self.subscriptions_of(card)
+    }
+
+    pub fn card(&self, id: u32) -> Result<CardView> {
+        let row: Option<(u32, Vec<u8>, String, i64, Option<i64>)> = self
+            .conn
+            .query_row(
+                "SELECT operator_id, public_key, state, created_ms, revoked_ms FROM cards WHERE id = ?1",
+                params![id],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
+            )
+            .optional()?;
+        let (operator_id, public, state, created, revoked) =
+            row.ok_or_else(|| CoreError::NotFound(format!("unknown card {id}")))?;
+        Ok(CardView {
+            card_id: id,
+            operator_id,
+            public_key: hex::encode(public),
+            state,
+            created: rfc3339(created as u64 / 1000),
+            revoked: revoked.map(|r| rfc3339(r as u64 / 1000)),
+            subscriptions: self.subscriptions_of(Some(id))?,
+            paired_receiver: self.pairings.get(&id).map(hex::encode),
+        })
+    }
+
+    /// Cards in id order, from `after` (exclusive), at most `limit`.
+    pub fn cards(&self, after: u32, limit: u32) -> Result<Vec<CardView>> {
+        let mut st = self.conn.prepare(
+            "SELECT id, operator_id, public_key, state, created_ms, revoked_ms FROM cards WHERE id > ?1 ORDER BY id LIMIT ?2",
+        )?;
+        let v: Vec<CardView> = st
+            .query_map(params![after, limit], |r| {
+                let id: u32 = r.get(0)?;
+                Ok(CardView {
+                    card_id: id,
+                    operator_id: r.get(1)?,
+                    public_key: hex::encode(r.get::<_, Vec<u8>>(2)?),
+                    state: r.get(3)?,
+                    created: rfc3339(r.get::<_, i64>(4)? as u64 / 1000),
+                    revoked: r.get::<_, Option<i64>>(5)?.map(|x| rfc3339(x as u64 / 1000)),
+                    subscriptions: Vec::new(),
+                    paired_receiver: self.pairings.get(&id).map(hex::encode),
+                })
+            })?
+            .collect::<Result<_, _>>()?;
+        Ok(v)
+    }
+
+    fn require_active_card(&self, id: u32) -> Result<()> {
+        if self.engine.has_card(id) {
+            return Ok(());
+        }
+        let state: Option<String> = self
+            .conn
+            .query_row("SELECT state FROM cards WHERE id = ?1", params![id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        match state {
+            None => Err(CoreError::NotFound(format!("unknown card {id}"))),
+            Some(s) => Err(CoreError::Conflict(format!("card {id} is {s}"))),
+        }
+    }
+
+    /// Cards that hold `product` now (live subscription, active card).
+    fn holders(&self, product: u32, now_ms: u64) -> Result<Vec<u32>> {
+        let mut st = self.conn.prepare(
+            "SELECT s.card FROM subscriptions s JOIN cards c ON c.id = s.card
+             WHERE s.product = ?1 AND s.lapsed = 0 AND c.state = 'active' AND s.end >= ?2",
+        )?;
+        let v = st
+            .query_map(params![product, secs(now_ms) as i64], |r| r.get(0))?
+            .collect::<Result<_, _>>()?;
+        Ok(v)
+    }
+
+    fn apply_renewal(&mut self, r: Renewal, now_ms: u64) -> Result<()> {
+        self.engine.renew_product_key_with(r.product, r.key)?;
+        if let Some(p) = self.products.get_mut(&r.product) {
+            p.generation = r.generation;
+            p.active_generation = r.active_generation;
+            p.activate_at_ms = r.activate_at_ms;
+            p.next_renewal_ms = r.next_renewal_ms;
+        }
+        Metrics::inc(&self.metrics.rotations);
+        tracing::info!(
+            product = r.product,
+            generation = r.generation,
+            "product key renewed"
+        );
+        // The holders need the new key before it goes into ECMs.
+        for card in self.holders(r.product, now_ms)? {
+            self.carousel.prioritize(card);
+        }
+        Ok(())
+    }
+
+    pub fn revoke(&mut self, id: u32, now_ms: u64) -> Result<CardView> {
+        self.require_active_card(id)?;
+        let products: Vec<u32> = self
+            .engine
+            .entitlements(id)?
+            .iter()
+            .filter(|e| e.end >= secs(now_ms))
+            .map(|e| e.product)
+            .collect();
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "UPDATE cards SET state = 'revoked', revoked_ms = ?2 WHERE id = ?1",
+            params![id, now_ms as i64],
+        )?;
+        tx.execute(
+            "UPDATE subscriptions SET lapsed = 1 WHERE card = ?1",
+            params![id],
+        )?;
+        tx.execute("DELETE FROM pairings WHERE card = ?1", params![id])?;
+        let mut renewals = Vec::new();
+        for p in &products {
+            let prod = &self.products[p];
+            renewals.push(renew_in_tx(&tx, &self.mk, prod, self.timing, "revocation", now_ms)?);
+        }
+        tx.commit()?;
+        self.engine.remove_card(id)?;
+        self.pairings.remove(&id);
+        self.carousel.members.remove(&id);
+        self.cards_revoked += 1;
+        for r in renewals {
+            self.apply_renewal(r, now_ms)?;
+        }
+        // Tell the card itself, for good measure; the renewal is what
+        // actually cuts it off.
+        match self
+            .engine
+            .emm_g(secs(now_ms), vec![EmmCommand::BlockCards(vec![id])])
+        {
+            Ok(emm) => self.emit(EMM_G_TABLE, &emm, true),
+            Err(e) => self.internal_error(&format!("EMM-G for revoked card {id}: {e}")),
+        }
+        tracing::info!(card = id, products = products.len(), "card revoked");
+        self.card(id)
+    }
+
+    // ---- subscriptions ----------------------------------------------------
+
+    pub fn subscribe(&mut self, req: NewSubscription, now_ms: u64) -> Result<SubscriptionView> {
+        let product = self.resolve_product(&req.product)?.id;
+        self.require_active_card(req.card_id)?;
+        let end = parse_date(&req.until, true, "until")?;
+        let start = match &req.start {
+            Some(s) => parse_date(s, false, "start")?,
+            None => secs(now_ms) - secs(now_ms) % 86_400,
+        };
+        if end < start {
+            return Err(bad("until: is before start"));
+        }
+        if end < secs(now_ms) {
+            return Err(bad("until: is in the past"));
+        }
+        let ents = self.engine.entitlements(req.card_id)?;
+        if !ents.iter().any(|e| e.product == product) && ents.len() >= MAX_ENTITLEMENTS_PER_CARD {
+            return Err(CoreError::Conflict(format!(
+                "card {} already holds {MAX_ENTITLEMENTS_PER_CARD} products, the most a card stores",
+                req.card_id
+            )));
+        }
+        self.conn.execute(
+            "INSERT INTO subscriptions (card, product, start, end, lapsed, created_ms) VALUES (?1, ?2, ?3, ?4, 0, ?5)
+             ON CONFLICT(card, product) DO UPDATE SET start = ?3, end = ?4, lapsed = 0",
+            params![req.card_id, product, start as i64, end as i64, now_ms as i64],
+        )?;
+        self.engine.entitle(req.card_id, product, start, end)?;
+        self.carousel.members.insert(req.card_id);
+        self.carousel.prioritize(req.card_id);
+        tracing::info!(card = req.card_id, product, end, "subscribed");
+        let name = self.products[&product].name.clone();
+        Ok(SubscriptionView {
+            card_id: req.card_id,
+            product,
+            product_name: name,
+            start: rfc3339(start),
+            until: rfc3339(end),
+            start_unix: start,
+            end_unix: end,
+            lapsed: false,
+        })
+    }
+
+    pub fn unsubscribe(&mut self, card: u32, product: &ProductRef, now_ms: u64) -> Result<()> {
+        let product = self.resolve_product(product)?.id;
+        let lapsed: Option<i64> = self
+            .conn
+            .query_row(
+                "SELECT lapsed FROM subscriptions WHERE card = ?1 AND product = ?2",
+                params![card, product],
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(lapsed) = lapsed else {
+            return Err(CoreError::NotFound(format!(
+                "card {card} has no subscription to product {product}"
+            )));
+        };
+        let live = lapsed == 0 && self.engine.has_card(card);
+        let tx = self.conn.transaction()?;
+        tx.execute(
+            "DELETE FROM subscriptions WHERE card = ?1 AND product = ?2",
+            params![card, product],
+        )?;
+        let renewal = if live {
+            Some(renew_in_tx(
+                &tx,
+                &self.mk,
+                &self.products[&product],
+                self.timing,
+                "unsubscribe",
+                now_ms,
+            )?)
+        } else {
+            None
+        };
+        tx.commit()?;
+        if live {
+            self.engine.unentitle(card, product)?;
+            self.refresh_membership(card);
+            match self.engine.emm_u(
+                card,
+                secs(now_ms),
+                vec![EmmCommand::RemoveProduct { product }],
+            ) {
+                Ok(emm) => self.emit(EMM_U_TABLE, &emm, false),
+                Err(e) => self.internal_error(&format!("REMOVE PRODUCT for card {card}: {e}")),
+            }
+        }
+        if let Some(r) = renewal {
+            self.apply_renewal(r, now_ms)?;
+        }
+        tracing::info!(card, product, "unsubscribed");
+        Ok(())
+    }
+
+    fn refresh_membership(&mut self, card: u32) {
+        let has = self
+            .engine
+            .entitlements(card)
+            .map(|e| !e.is_empty())
+            .unwrap_or(false);
+        if has || self.pairings.contains_key(&card) {
+            self.carousel.members.insert(card);
+        } else {
+            self.carousel.members.remove(&card);
+        }
+    }
+
+    // ---- pairing --------------------------------------------------------
+
+    pub fn pair(&mut self, req: NewPairing, now_ms: u64) -> Result<CardView> {
+        let rx = parse_key32(&req.receiver_key, "receiver_key")?;
+        self.require_active_card(req.card_id)?;
+        self.conn.execute(
+            "INSERT INTO pairings (card, receiver, created_ms) VALUES (?1, ?2, ?3)
+             ON CONFLICT(card) DO UPDATE SET receiver = ?2, created_ms = ?3",
+            params![req.card_id, rx.to_vec(), now_ms as i64],
+        )?;
+        self.pairings.insert(req.card_id, rx);
+        self.carousel.members.insert(req.card_id);
+        match self.engine.emm_u_pair(req.card_id, rx, secs(now_ms)) {
+            Ok(emm) => self.emit(EMM_U_TABLE, &emm, false),
+            Err(e) => self.internal_error(&format!("PAIR for card {}: {e}", req.card_id)),
+        }
+        tracing::info!(card = req.card_id, "card paired");
+        self.card(req.card_id)
+    }
+
+    // ---- rotation -------------------------------------------------------
+
+    pub fn rotate(&mut self, product: Option<&ProductRef>, reason: &str, now_ms: u64) -> Result<Vec<Rotated>> {
+        let ids: Vec<u32> = match product {
+            Some(r) => vec![self.resolve_product(r)?.id],
+            None => self.products.keys().copied().collect(),
+        };
+        let tx = self.conn.transaction()?;
+        let mut renewals = Vec::new();
+        for id in &ids {
+            renewals.push(renew_in_tx(
+                &tx,
+                &self.mk,
+                &self.products[id],
+                self.timing,
+                reason,
+                now_ms,
+            )?);
+        }
+        tx.commit()?;
+        let mut out = Vec::new();
+        for r in renewals {
+            let id = r.product;
+            self.apply_renewal(r, now_ms)?;
+            let p = &self.products[&id];
+            out.push(Rotated {
+                product: id,
+                name: p.name.clone(),
+                generation: p.generation,
+                active_generation: p.active_generation,
+                activate_at: rfc3339(p.activate_at_ms / 1000),
+            });
+        }
+        Ok(out)
+    }
+
+    // ---- output ---------------------------------------------------------
+
+    fn emit(&mut self, table: TableId, emm: &[u8], global: bool) {
+        match ts::psi::emm_section(table, emm) {
+            Ok(s) => {
+                self.output.publish_emm(s);
+                if global {
+                    Metrics::inc(&self.metrics.emm_g_sent);
+                } else {
+                    Metrics::inc(&self.metrics.emm_u_sent);
+                }
+            }
+            Err(e) => self.internal_error(&format!("EMM section: {e}")),
+        }
+    }
+
+    fn internal_error(&self, what: &str) {
+        Metrics::inc(&self.metrics.internal_errors);
+        tracing::error!("{what}");
+    }
+
+    /// One step of the scheduler: activations, renewals, lapsed
+    /// subscriptions, ECMs, the EMM carousel and clean-up. Call it often
+    /// (every few tens of ms).
+    pub fn tick(&mut self, now_ms: u64) -> Result<()> {
+        self.ticks += 1;
+        self.lapse_step(now_ms)?;
+        self.renewal_step(now_ms)?;
+        self.activation_step(now_ms)?;
+        self.ecm_step(now_ms)?;
+        self.carousel_step(now_ms)?;
+        if self.ticks % 64 == 0 {
+            self.prune()?;
+        }
+        Ok(())
+    }
+
+    fn lapse_step(&mut self, now_ms: u64) -> Result<()> {
+        let lapsed: Vec<(u32, u32)> = {
+            let mut st = self.conn.prepare_cached(
+                "SELECT card, product FROM subscriptions WHERE lapsed = 0 AND end < ?1 LIMIT 10000",
+            )?;
+            let v = st
+                .query_map(params![secs(now_ms) as i64], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            v
+        };
+        if lapsed.is_empty() {
+            return Ok(());
+        }
+        let products: BTreeSet<u32> = lapsed.iter().map(|&(_, p)| p).collect();
+        let tx = self.conn.transaction()?;
+        for (card, product) in &lapsed {
+            tx.execute(
+                "UPDATE subscriptions SET lapsed = 1 WHERE card = ?1 AND product = ?2",
+                params![card, product],
+            )?;
+        }
+        let mut renewals = Vec::new();
+        for p in &products {
+            renewals.push(renew_in_tx(
+                &tx,
+                &self.mk,
+                &self.products[p],
+                self.timing,
+                "subscription ended",
+                now_ms,
+            )?);
+        }
+        tx.commit()?;
+        for (card, product) in lapsed {
+            if self.engine.has_card(card) {
+                self.engine.unentitle(card, product)?;
+                self.refresh_membership(card);
+            }
+            tracing::info!(card, product, "subscription ended");
+        }
+        for r in renewals {
+            self.apply_renewal(r, now_ms)?;
+        }
+        Ok(())
+    }
+
+    fn renewal_step(&mut self, now_ms: u64) -> Result<()> {
+        let due: Vec<u32> = self
+            .products
+            .values()
+            .filter(|p| p.next_renewal_ms <= now_ms)
+            .map(|p| p.id)
+            .collect();
+        for id in due {
+            self.rotate(Some(&ProductRef::Id(id)), "scheduled", now_ms)?;
+        }
+        Ok(())
+    }
+
+    fn activation_step(&mut self, now_ms: u64) -> Result<()> {
+        let due: Vec<(u32, u32)> = self
+            .products
+            .values()
+            .filter(|p| p.active_generation < p.generation && p.activate_at_ms <= now_ms)
+            .map(|p| (p.id, p.generation))
+            .collect();
+        for (id, generation) in due {
+            self.conn.execute(
+                "UPDATE products SET active_generation = ?2 WHERE id = ?1",
+                params![id, generation],
+            )?;
+            if let Some(p) = self.products.get_mut(&id) {
+                p.active_generation = generation;
+            }
+            tracing::info!(product = id, generation, "ECMs now use the new period key");
+        }
+        Ok(())
+    }
+
+    fn ecm_step(&mut self, now_ms: u64) -> Result<()> {
+        let period = self.timing.period_ms;
+        let now_epoch = now_ms / period;
+        let mut todo = Vec::new();
+        for ch in self.channels.values() {
+            let Some(p) = self.products.get(&ch.product) else {
+                continue;
+            };
+            let epoch = now_epoch.max(self.high_water.get(&ch.service_id).copied().unwrap_or(0));
+            if let Some(cur) = self.output.current_ecm(ch.service_id) {
+                if cur.epoch == epoch
+                    && cur.product == p.id
+                    && cur.generation == p.active_generation
+                    && cur.ecm_pid == ch.ecm_pid
+                {
+                    continue;
+                }
+            }
+            todo.push((ch.clone(), epoch, p.active_generation));
+        }
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        let mut made = Vec::new();
+        let mut sealed = 0u64;
+        for (ch, epoch, generation) in todo {
+            let next = epoch
+                .checked_add(1)
+                .ok_or_else(|| CoreError::Internal("epoch overflow".into()))?;
+            let this_cw = ensure_cw(&tx, &self.mk, &mut self.cws, ch.service_id, epoch)?;
+            let next_cw = ensure_cw(&tx, &self.mk, &mut self.cws, ch.service_id, next)?;
+            let cws = match Parity::of(epoch) {
+                Parity::Even => CwPair {
+                    even: this_cw,
+                    odd: next_cw,
+                },
+                Parity::Odd => CwPair {
+                    even: next_cw,
+                    odd: this_cw,
+                },
+            };
+            let header = EcmHeader {
+                product: ch.product,
+                generation,
+                epoch,
+                service: ch.service_id,
+            };
+            let stored: Option<Vec<u8>> = tx
+                .query_row(
+                    "SELECT bytes FROM ecms WHERE product = ?1 AND generation = ?2 AND epoch = ?3 AND service = ?4",
+                    params![ch.product, generation, epoch as i64, ch.service_id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            let bytes = match stored {
+                Some(b) => b,
+                None => {
+                    let time = epoch.saturating_mul(period) / 1000;
+                    let ecm = self.engine.seal_ecm(header, &cws, time, ch.maturity)?;
+                    let b = ecm.to_bytes();
+                    tx.execute(
+                        "INSERT INTO ecms (product, generation, epoch, service, bytes) VALUES (?1, ?2, ?3, ?4, ?5)",
+                        params![ch.product, generation, epoch as i64, ch.service_id, b],
+                    )?;
+                    sealed += 1;
+                    b
+                }
+            };
+            tx.execute(
+                "INSERT INTO service_epochs (service, last_epoch, period_ms) VALUES (?1, ?2, ?3)
+                 ON CONFLICT(service) DO UPDATE SET last_epoch = MAX(last_epoch, ?2), period_ms = ?3",
+                params![ch.service_id, epoch as i64, period as i64],
+            )?;
+            let section = ts::psi::ecm_section(
+                match Parity::of(epoch) {
+                    Parity::Even => ts::Parity::Even,
+                    Parity::Odd => ts::Parity::Odd,
+                },
+                &bytes,
+            )
+            .map_err(|e| CoreError::Internal(format!("ECM section: {e}")))?;
+            made.push(EcmOutput {
+                service: ch.service_id,
+                ecm_pid: ch.ecm_pid,
+                product: ch.product,
+                generation,
+                epoch,
+                epoch_start_ms: epoch.saturating_mul(period),
+                period_ms: period,
+                section: section.into(),
+                cws,
+            });
+        }
+        tx.commit()?;
+        Metrics::add(&self.metrics.ecm_sent, sealed);
+        for e in made {
+            let hw = self.high_water.entry(e.service).or_insert(0);
+            *hw = (*hw).max(e.epoch);
+            self.output.publish_ecm(e);
+        }
+        Ok(())
+    }
+
+    fn carousel_step(&mut self, now_ms: u64) -> Result<()> {
+        let dt = now_ms.saturating_sub(self.last_tick_ms);
+        self.last_tick_ms = now_ms;
+        let n = self.carousel.members.len();
+        self.carousel.credit += n as f64 * dt as f64 / self.timing.cycle_ms as f64;
+        // Never bank more than one cycle's worth.
+        self.carousel.credit = self.carousel.credit.min(n as f64);
+        let regular = self.carousel.credit.floor() as usize;
+        self.carousel.credit -= regular as f64;
+        let mut ids = Vec::new();
+        // Changed cards first: up to a tenth of a cycle per tick beyond the
+        // regular round, so that a renewal reaches every holder quickly.
+        let burst = regular.max(64).max(n / 10);
+        while ids.len() < burst {
+            let Some(c) = self.carousel.priority.pop_front() else {
+                break;
+            };
+            self.carousel.queued.remove(&c);
+            if self.carousel.members.contains(&c) {
+                ids.push(c);
+            }
+        }
+        let mut round = Vec::with_capacity(regular);
+        if self.carousel.take_round(regular, &mut round) {
+            Metrics::inc(&self.metrics.carousel_cycles);
+        }
+        ids.extend(round);
+        self.send_emm_us(&ids, now_ms);
+        Ok(())
+    }
+
+    /// Seals and publishes the carousel EMM-U of each card.
+    fn send_emm_us(&mut self, ids: &[u32], now_ms: u64) {
+        let now = secs(now_ms);
+        let mut plain = Vec::with_capacity(ids.len());
+        for &id in ids {
+            if let Some(&rx) = self.pairings.get(&id) {
+                match self.paired_emm(id, rx, now) {
+                    Ok(emm) => self.emit(EMM_U_TABLE, &emm, false),
+                    Err(e) => self.internal_error(&format!("EMM-U for card {id}: {e}")),
+                }
+            } else if self.engine.has_card(id) {
+                plain.push(id);
+            }
+        }
+        for chunk in plain.chunks(1024) {
+            let mut buf = std::mem::take(&mut self.emm_buf);
+            buf.clear();
+            if let Err(e) = self.engine.emm_u_batch(chunk, now, &mut buf) {
+                self.internal_error(&format!("EMM-U batch: {e}"));
+            }
+            let mut at = 0;
+            while at + EMM_HEADER_LEN <= buf.len() {
+                let body = u16::from_be_bytes([buf[at + 14], buf[at + 15]]) as usize;
+                let end = at + EMM_HEADER_LEN + body;
+                if end > buf.len() {
+                    break;
+                }
+                let emm = buf[at..end].to_vec();
+                self.emit(EMM_U_TABLE, &emm, false);
+                at = end;
+            }
+            self.emm_buf = buf;
+        }
+    }
+
+    /// A paired card's carousel EMM-U: its entitlements and its pairing.
+    fn paired_emm(&mut self, id: u32, rx: [u8; 32], now: u64) -> Result<Vec<u8>> {
+        let mut commands = Vec::new();
+        for e in self.engine.entitlements(id)?.iter().filter(|e| e.end >= now) {
+            let (generation, key) = self.engine.product_key(e.product)?;
+            commands.push(EmmCommand::Entitle(Entitle {
+                product: e.product,
+                generation,
+                start: e.start,
+                end: e.end,
+                key: key.clone(),
+            }));
+        }
+        commands.push(EmmCommand::Pair { receiver: rx });
+        Ok(self.engine.emm_u(id, now, commands)?)
+    }
+
+    /// Drops control words and ECMs of epochs that can never be on the
+    /// air again (below each service's high-water mark minus one).
+    fn prune(&mut self) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for (&service, &hw) in &self.high_water {
+            let keep = hw.saturating_sub(2) as i64;
+            tx.execute(
+                "DELETE FROM control_words WHERE service = ?1 AND epoch < ?2",
+                params![service, keep],
+            )?;
+            tx.execute(
+                "DELETE FROM ecms WHERE service = ?1 AND epoch < ?2",
+                params![service, keep],
+            )?;
+            if let Some(m) = self.cws.get_mut(&service) {
+                *m = m.split_off(&(keep as u64));
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    // ---- status ---------------------------------------------------------
+
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            cards_active: self.engine.card_count() as u64,
+            cards_revoked: self.cards_revoked,
+            products: self.products.len() as u64,
+            channels: self.channels.len() as u64,
+            carousel_cards: self.carousel.members.len() as u64,
+            run: self.run,
+        }
+    }
+
+    pub fn status(&self, now_ms: u64) -> serde_json::Value {
+        let g = self.gauges();
+        let ecms: Vec<serde_json::Value> = self
+            .output
+            .current_ecms()
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "service_id": e.service,
+                    "product": e.product,
+                    "generation": e.generation,
+                    "epoch": e.epoch,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "run": self.run,
+            "now": rfc3339(secs(now_ms)),
+            "operator_id": self.engine.operator().operator_id(),
+            "crypto_period_ms": self.timing.period_ms,
+            "emm_cycle_ms": self.timing.cycle_ms,
+            "key_renewal_secs": self.timing.renewal_ms / 1000,
+            "epoch": now_ms / self.timing.period_ms,
+            "cards": { "active": g.cards_active, "revoked": g.cards_revoked },
+            "carousel_cards": g.carousel_cards,
+            "carousel_pending": self.carousel.priority.len(),
+            "products": self.products.values().collect::<Vec<_>>(),
+            "channels": self.channels.values().collect::<Vec<_>>(),
+            "ecms": ecms,
+            "emm_sections": self.output.emm_cursor(),
+        })
+    }
+
+    /// Test and benchmark access to the engine.
+    pub fn engine(&self) -> &KeyEngine {
+        &self.engine
+    }
+
+    /// Sends one full carousel cycle at once (benchmarks).
+    pub fn carousel_full_cycle(&mut self, now_ms: u64) -> usize {
+        let ids: Vec<u32> = self.carousel.members.iter().copied().collect();
+        self.send_emm_us(&ids, now_ms);
+        ids.len()
+    }
+}

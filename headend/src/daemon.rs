@@ -1,0 +1,244 @@
+//! `headend run`: load the config and the keys, open the database, then
+//! run the scheduler (CWs, renewals, ECMs, EMM carousel) and the admin
+//! API until SIGTERM or SIGINT.
+//!
+//! The stream engine embeds it the same way: [`Daemon::open`], take
+//! [`Daemon::output`] (the [`CaOutput`] to multiplex), then
+//! [`Daemon::serve`].
+
+use crate::api::{self, AppState};
+use crate::atrest::MasterKey;
+use crate::config::{Config, ConfigError, Loaded};
+use crate::core::{Core, CoreError, Timing};
+use crate::init::{read_master_key, read_token, KeyFileError};
+use crate::metrics::Metrics;
+use crate::output::CaOutput;
+use std::future::Future;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use zeroize::Zeroizing;
+
+/// Unix time in milliseconds.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// Why the daemon could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// An invalid config (exit status 64).
+    #[error("invalid config: {0}")]
+    Config(String),
+    #[error(transparent)]
+    KeyFile(#[from] KeyFileError),
+    #[error(transparent)]
+    Core(CoreError),
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("admin API: {0}")]
+    Serve(std::io::Error),
+}
+
+impl DaemonError {
+    /// The process exit status for this error (sysexits.h).
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            DaemonError::Config(_) => 64,
+            DaemonError::KeyFile(_) => 66,
+            DaemonError::Listen { .. } => 69,
+            DaemonError::Core(CoreError::Store(crate::store::StoreError::Locked)) => 75,
+            _ => 70,
+        }
+    }
+}
+
+impl From<ConfigError> for DaemonError {
+    fn from(e: ConfigError) -> Self {
+        DaemonError::Config(e.to_string())
+    }
+}
+
+impl From<CoreError> for DaemonError {
+    fn from(e: CoreError) -> Self {
+        match e {
+            CoreError::Config { .. } => DaemonError::Config(e.to_string()),
+            other => DaemonError::Core(other),
+        }
+    }
+}
+
+/// A loaded headend, ready to serve.
+#[derive(Debug)]
+pub struct Daemon {
+    loaded: Loaded,
+    core: Arc<Mutex<Core>>,
+    token: Arc<Zeroizing<String>>,
+    metrics: Arc<Metrics>,
+    output: CaOutput,
+    run: u64,
+}
+
+impl Daemon {
+    /// Loads the config file, then [`Daemon::open`].
+    pub fn open_config(path: &Path) -> Result<Daemon, DaemonError> {
+        let loaded = Config::load(path)?;
+        Daemon::open(loaded)
+    }
+
+    /// Reads the keys, opens the database (starting a new run) and loads
+    /// the state. Nothing is emitted yet.
+    pub fn open(loaded: Loaded) -> Result<Daemon, DaemonError> {
+        let c = &loaded.config;
+        let master = read_master_key(&loaded.master_key())?;
+        let token = read_token(&loaded.token())?;
+        let metrics = Arc::new(Metrics::default());
+        let output = CaOutput::new();
+        let timing = Timing {
+            period_ms: c.crypto_period_ms,
+            renewal_ms: c.key_renewal_secs.saturating_mul(1000),
+            cycle_ms: c.emm_cycle_ms,
+        };
+        let db = loaded.database();
+        if !db.exists() {
+            return Err(DaemonError::Config(format!(
+                "{}: field `database`: {} does not exist (run `headend init`?)",
+                loaded.path.display(),
+                db.display()
+            )));
+        }
+        let core = Core::open(
+            &db,
+            MasterKey::new(&master),
+            c.operator_id,
+            timing,
+            &c.channels,
+            output.clone(),
+            metrics.clone(),
+            now_ms(),
+        )
+        .map_err(|e| match e {
+            CoreError::Config { field, message } => DaemonError::Config(format!(
+                "{}: field `{field}`: {message}",
+                loaded.path.display()
+            )),
+            other => DaemonError::Core(other),
+        })?;
+        let run = core.run();
+        Ok(Daemon {
+            loaded,
+            core: Arc::new(Mutex::new(core)),
+            token: Arc::new(token),
+            metrics,
+            output,
+            run,
+        })
+    }
+
+    /// The ECM and EMM sections this daemon produces.
+    pub fn output(&self) -> CaOutput {
+        self.output.clone()
+    }
+
+    pub fn run_number(&self) -> u64 {
+        self.run
+    }
+
+    /// The shared state, for embedding (e.g. the stream engine's status).
+    pub fn core(&self) -> Arc<Mutex<Core>> {
+        self.core.clone()
+    }
+
+    /// Binds the admin API and runs the scheduler until `shutdown`
+    /// resolves; then stops accepting requests, lets those in flight
+    /// finish, and stops the scheduler after its current step.
+    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), DaemonError> {
+        let cfg = &self.loaded.config;
+        let listener = tokio::net::TcpListener::bind(cfg.listen)
+            .await
+            .map_err(|source| DaemonError::Listen {
+                addr: cfg.listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(DaemonError::Serve)?;
+
+        // The scheduler: a step every quarter period, at most every 50 ms.
+        let tick = Duration::from_millis((cfg.crypto_period_ms / 4).clamp(10, 50));
+        let stop = Arc::new(AtomicBool::new(false));
+        let scheduler = {
+            let core = self.core.clone();
+            let stop = stop.clone();
+            let metrics = self.metrics.clone();
+            tokio::spawn(async move {
+                let mut interval = tokio::time::interval(tick);
+                interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                while !stop.load(Ordering::SeqCst) {
+                    interval.tick().await;
+                    let core = core.clone();
+                    let step = tokio::task::spawn_blocking(move || {
+                        let mut c = core.lock().unwrap_or_else(|e| e.into_inner());
+                        c.tick(now_ms())
+                    })
+                    .await;
+                    match step {
+                        Ok(Ok(())) => {}
+                        Ok(Err(e)) => {
+                            Metrics::inc(&metrics.internal_errors);
+                            tracing::error!(error = %e, "scheduler step failed");
+                        }
+                        Err(e) => {
+                            // A panic in the core: its state can no longer be
+                            // trusted. Exit and let the supervisor restart us
+                            // from the database.
+                            tracing::error!(error = %e, "scheduler panicked; exiting");
+                            std::process::exit(70);
+                        }
+                    }
+                }
+            })
+        };
+
+        let state = AppState {
+            core: self.core.clone(),
+            token: self.token.clone(),
+            metrics: self.metrics.clone(),
+            output: self.output.clone(),
+            run: self.run,
+            now_ms,
+        };
+        let app = api::router(state);
+        tracing::info!(%addr, run = self.run, "headend serving");
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await;
+        stop.store(true, Ordering::SeqCst);
+        let _ = tokio::time::timeout(Duration::from_secs(5), scheduler).await;
+        tracing::info!("headend stopped");
+        served.map_err(DaemonError::Serve)
+    }
+}
+
+/// Resolves at the first SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            std::future::pending::<()>().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+    }
+}

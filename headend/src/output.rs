@@ -1,0 +1,206 @@
+//! What the daemon puts on the air, as a library API for the stream
+//! engine: the current ECM section and control words of each service,
+//! and the EMM sections in the order they were made.
+//!
+//! [`CaOutput`] is a cheap, cloneable handle. The daemon's scheduler
+//! publishes into it; a multiplexer reads from it at its own pace:
+//!
+//! * [`CaOutput::current_ecm`] gives a service's ECM section for the
+//!   current crypto period (repeat it every 100 ms; it changes table_id
+//!   0x80/0x81 with the period's parity) and the CW pair it carries, which
+//!   is exactly what the scrambler must use;
+//! * [`CaOutput::emm_sections_since`] pages through the EMM sections (EMM-U
+//!   and EMM-G) by a cursor, and [`CaOutput::subscribe_emms`] pushes them.
+//!
+//! Control words are secret: they leave this module only inside
+//! [`CwPair`] (redacted `Debug`), never through the admin API.
+
+use crate::schedule::{CwPair, Parity};
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::{Arc, Mutex, RwLock};
+
+/// EMM sections kept for [`CaOutput::emm_sections_since`].
+pub const EMM_LOG_LEN: usize = 1 << 16;
+
+/// A service's ECM for one crypto period.
+#[derive(Debug, Clone)]
+pub struct EcmOutput {
+    pub service: u16,
+    pub ecm_pid: u16,
+    pub product: u32,
+    pub generation: u32,
+    pub epoch: u64,
+    /// The first millisecond (Unix) of the epoch.
+    pub epoch_start_ms: u64,
+    pub period_ms: u64,
+    /// The short-syntax private section: table_id 0x80 (even epoch) or
+    /// 0x81 (odd), then the ECM.
+    pub section: Arc<[u8]>,
+    /// The CWs the ECM carries: `cws.for_epoch(epoch)` scrambles this
+    /// period, the other slot the next one.
+    pub cws: CwPair,
+}
+
+impl EcmOutput {
+    pub fn parity(&self) -> Parity {
+        Parity::of(self.epoch)
+    }
+}
+
+/// One EMM section with its place in the output order.
+#[derive(Debug, Clone)]
+pub struct EmmOutput {
+    /// Position in this run's EMM order (0, 1, 2, ...).
+    pub index: u64,
+    pub section: Arc<[u8]>,
+}
+
+#[derive(Debug, Default)]
+struct EmmLog {
+    /// Index of `sections[0]`.
+    first: u64,
+    sections: VecDeque<Arc<[u8]>>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    ecms: RwLock<BTreeMap<u16, EcmOutput>>,
+    emms: Mutex<EmmLog>,
+    push: tokio::sync::broadcast::Sender<Arc<[u8]>>,
+}
+
+/// The daemon's outputs (see the module docs).
+#[derive(Debug, Clone)]
+pub struct CaOutput(Arc<Inner>);
+
+impl Default for CaOutput {
+    fn default() -> Self {
+        let (push, _) = tokio::sync::broadcast::channel(4096);
+        CaOutput(Arc::new(Inner {
+            ecms: RwLock::new(BTreeMap::new()),
+            emms: Mutex::new(EmmLog::default()),
+            push,
+        }))
+    }
+}
+
+impl CaOutput {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The current ECM of a service (DVB service_id), once the scheduler
+    /// has made one.
+    pub fn current_ecm(&self, service: u16) -> Option<EcmOutput> {
+        self.0
+            .ecms
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&service)
+            .cloned()
+    }
+
+    /// The current ECM section of a service.
+    pub fn current_ecm_section(&self, service: u16) -> Option<Arc<[u8]>> {
+        self.current_ecm(service).map(|e| e.section)
+    }
+
+    /// Every service's current ECM.
+    pub fn current_ecms(&self) -> Vec<EcmOutput> {
+        self.0
+            .ecms
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// EMM sections from `cursor` on, at most `max`. Returns the sections,
+    /// the cursor for the next call, and how many sections between
+    /// `cursor` and the oldest kept were dropped (the log keeps the last
+    /// [`EMM_LOG_LEN`]).
+    pub fn emm_sections_since(&self, cursor: u64, max: usize) -> (Vec<EmmOutput>, u64, u64) {
+        let log = self.0.emms.lock().unwrap_or_else(|e| e.into_inner());
+        let start = cursor.max(log.first);
+        let dropped = start - cursor;
+        let skip = (start - log.first) as usize;
+        let out: Vec<EmmOutput> = log
+            .sections
+            .iter()
+            .skip(skip)
+            .take(max)
+            .enumerate()
+            .map(|(i, s)| EmmOutput {
+                index: start + i as u64,
+                section: s.clone(),
+            })
+            .collect();
+        let next = start + out.len() as u64;
+        (out, next, dropped)
+    }
+
+    /// The index the next EMM section will get.
+    pub fn emm_cursor(&self) -> u64 {
+        let log = self.0.emms.lock().unwrap_or_else(|e| e.into_inner());
+        log.first + log.sections.len() as u64
+    }
+
+    /// A push feed of EMM sections, in order. A receiver that falls more
+    /// than 4096 sections behind gets `Lagged` and should resync with
+    /// [`CaOutput::emm_sections_since`].
+    pub fn subscribe_emms(&self) -> tokio::sync::broadcast::Receiver<Arc<[u8]>> {
+        self.0.push.subscribe()
+    }
+
+    // ---- the scheduler's side ------------------------------------------
+
+    pub(crate) fn publish_ecm(&self, ecm: EcmOutput) {
+        self.0
+            .ecms
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(ecm.service, ecm);
+    }
+
+    pub(crate) fn publish_emm(&self, section: Vec<u8>) {
+        let section: Arc<[u8]> = section.into();
+        {
+            let mut log = self.0.emms.lock().unwrap_or_else(|e| e.into_inner());
+            if log.sections.len() == EMM_LOG_LEN {
+                log.sections.pop_front();
+                log.first += 1;
+            }
+            log.sections.push_back(section.clone());
+        }
+        // No subscriber is not an error.
+        let _ = self.0.push.send(section);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn emm_log_pages_and_drops_the_oldest() {
+        let out = CaOutput::new();
+        let mut rx = out.subscribe_emms();
+        for i in 0..10u8 {
+            out.publish_emm(vec![i]);
+        }
+        let (s, next, dropped) = out.emm_sections_since(0, 4);
+        assert_eq!((s.len(), next, dropped), (4, 4, 0));
+        assert_eq!(&*s[3].section, &[3]);
+        let (s, next, _) = out.emm_sections_since(next, 100);
+        assert_eq!((s.len(), next), (6, 10));
+        assert_eq!(s[0].index, 4);
+        assert_eq!(out.emm_cursor(), 10);
+        assert_eq!(&*rx.try_recv().unwrap(), &[0]);
+        for i in 0..EMM_LOG_LEN {
+            out.publish_emm(vec![i as u8]);
+        }
+        let (s, next, dropped) = out.emm_sections_since(0, 1);
+        assert_eq!((s.len(), dropped, next), (1, 10, 11));
+    }
+}

@@ -1,0 +1,219 @@
+//! The headend's SQLite database: schema, migrations and connection
+//! settings.
+//!
+//! * WAL journal, `synchronous = FULL`: a transaction that returned from
+//!   `COMMIT` is on disk, so an API write acknowledged after its commit
+//!   survives `kill -9` and a power cut.
+//! * `locking_mode = EXCLUSIVE`: one daemon per database. Two daemons on
+//!   one database would each think they own the sequence numbers.
+//! * Migrations are numbered; `PRAGMA user_version` records the last one
+//!   applied, and each runs in its own transaction.
+//!
+//! Secret columns (`sealed_*`) hold blobs sealed by [`crate::atrest`];
+//! nothing here sees a key in clear.
+
+use rusqlite::{Connection, OpenFlags};
+use std::path::Path;
+
+/// Each entry upgrades the schema by one version.
+const MIGRATIONS: &[&str] = &[
+    // 1: the first schema.
+    r#"
+    CREATE TABLE operator (
+        id            INTEGER PRIMARY KEY CHECK (id = 1),
+        operator_id   INTEGER NOT NULL,
+        x25519_public BLOB NOT NULL,
+        ed25519_public BLOB NOT NULL,
+        sealed_x25519 BLOB NOT NULL,
+        sealed_ed25519 BLOB NOT NULL,
+        created_ms    INTEGER NOT NULL
+    );
+    -- One row per daemon start. EMM sequence numbers of run r lie in
+    -- [r << 40, (r + 1) << 40): the high-water mark of every counter.
+    CREATE TABLE runs (
+        run        INTEGER PRIMARY KEY,
+        started_ms INTEGER NOT NULL
+    );
+    CREATE TABLE products (
+        id                INTEGER PRIMARY KEY CHECK (id BETWEEN 1 AND 4294967295),
+        name              TEXT NOT NULL UNIQUE,
+        generation        INTEGER NOT NULL,
+        active_generation INTEGER NOT NULL,
+        activate_at_ms    INTEGER NOT NULL,
+        next_renewal_ms   INTEGER NOT NULL,
+        created_ms        INTEGER NOT NULL
+    );
+    CREATE TABLE product_keys (
+        product    INTEGER NOT NULL REFERENCES products(id),
+        generation INTEGER NOT NULL,
+        sealed_key BLOB NOT NULL,
+        reason     TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY (product, generation)
+    );
+    CREATE TABLE channels (
+        service_id INTEGER PRIMARY KEY CHECK (service_id BETWEEN 1 AND 65535),
+        name       TEXT NOT NULL UNIQUE,
+        product    INTEGER NOT NULL REFERENCES products(id),
+        ecm_pid    INTEGER NOT NULL,
+        emm_pid    INTEGER NOT NULL,
+        maturity   INTEGER NOT NULL,
+        input      TEXT,
+        output     TEXT,
+        created_ms INTEGER NOT NULL
+    );
+    CREATE TABLE cards (
+        id          INTEGER PRIMARY KEY CHECK (id BETWEEN 1 AND 4294967294),
+        operator_id INTEGER NOT NULL,
+        public_key  BLOB NOT NULL,
+        sealed_kek  BLOB NOT NULL,
+        state       TEXT NOT NULL CHECK (state IN ('active', 'revoked')),
+        created_ms  INTEGER NOT NULL,
+        revoked_ms  INTEGER
+    );
+    CREATE TABLE subscriptions (
+        card       INTEGER NOT NULL REFERENCES cards(id),
+        product    INTEGER NOT NULL REFERENCES products(id),
+        start      INTEGER NOT NULL,
+        end        INTEGER NOT NULL,
+        lapsed     INTEGER NOT NULL DEFAULT 0,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY (card, product)
+    );
+    CREATE INDEX subscriptions_by_product ON subscriptions(product, lapsed);
+    CREATE INDEX subscriptions_by_end ON subscriptions(lapsed, end);
+    CREATE TABLE pairings (
+        card       INTEGER PRIMARY KEY REFERENCES cards(id),
+        receiver   BLOB NOT NULL,
+        created_ms INTEGER NOT NULL
+    );
+    -- Control words of the current and next crypto periods, sealed, written
+    -- before the ECM that carries them is first emitted.
+    CREATE TABLE control_words (
+        service   INTEGER NOT NULL,
+        epoch     INTEGER NOT NULL,
+        sealed_cw BLOB NOT NULL,
+        PRIMARY KEY (service, epoch)
+    );
+    -- Every ECM sealed, as emitted: the same header always gets these bytes.
+    CREATE TABLE ecms (
+        product    INTEGER NOT NULL,
+        generation INTEGER NOT NULL,
+        epoch      INTEGER NOT NULL,
+        service    INTEGER NOT NULL,
+        bytes      BLOB NOT NULL,
+        PRIMARY KEY (product, generation, epoch, service)
+    );
+    -- The newest epoch each service has put on the air.
+    CREATE TABLE service_epochs (
+        service    INTEGER PRIMARY KEY,
+        last_epoch INTEGER NOT NULL,
+        period_ms  INTEGER NOT NULL
+    );
+    "#,
+];
+
+/// The schema version this build writes.
+pub fn schema_version() -> u32 {
+    MIGRATIONS.len() as u32
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    #[error("database schema version {found} is newer than this headend ({supported}); upgrade the headend")]
+    TooNew { found: u32, supported: u32 },
+    #[error("the database is in use by another headend process")]
+    Locked,
+}
+
+/// Opens (creating if asked) the database with the daemon's settings and
+/// brings its schema up to date.
+pub fn open(path: &Path, create: bool) -> Result<Connection, StoreError> {
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if create {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
+    let mut conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(std::time::Duration::from_millis(0))?;
+    let locked = |e: rusqlite::Error| match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
+            StoreError::Locked
+        }
+        _ => StoreError::Sql(e),
+    };
+    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
+        .map_err(locked)?;
+    let mode: String = conn
+        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
+        .map_err(locked)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(StoreError::Sql(rusqlite::Error::InvalidQuery));
+    }
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    migrate(&mut conn).map_err(|e| match e {
+        StoreError::Sql(e) => locked(e),
+        other => other,
+    })?;
+    Ok(conn)
+}
+
+fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+    let found: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let supported = schema_version();
+    if found > supported {
+        return Err(StoreError::TooNew { found, supported });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(found as usize) {
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", i as u32 + 1)?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_once_and_locks_out_a_second_daemon() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.db");
+        assert!(open(&path, false).is_err(), "no create without asking");
+        {
+            let conn = open(&path, true).unwrap();
+            let v: u32 = conn
+                .query_row("PRAGMA user_version", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(v, schema_version());
+            let mode: String = conn
+                .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(mode, "wal");
+            let sync: i64 = conn
+                .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                .unwrap();
+            assert_eq!(sync, 2, "FULL");
+            assert!(matches!(open(&path, false), Err(StoreError::Locked)));
+        }
+        // Reopening applies nothing twice.
+        let conn = open(&path, false).unwrap();
+        conn.execute(
+            "INSERT INTO runs (run, started_ms) VALUES (1, 0)",
+            [],
+        )
+        .unwrap();
+        drop(conn);
+        let conn = open(&path, false).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        drop(conn);
+        assert!(matches!(
+            open(&path, false),
+            Err(StoreError::TooNew { found: 99, .. })
+        ));
+    }
+}
