@@ -6,8 +6,10 @@
 pub mod applet;
 pub mod client;
 pub mod eeprom;
+pub mod pcsc;
 pub mod state;
 pub mod transport;
+pub mod vpcd;
 
 pub use applet::{Applet, CardError};
 pub use client::{CardClient, ClientError};
