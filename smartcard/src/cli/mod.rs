@@ -1,0 +1,4 @@
+//! The `smartcard` subcommands, one module each.
+
+pub mod emulate;
+pub mod readers;

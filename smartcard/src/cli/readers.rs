@@ -1,0 +1,30 @@
+//! `smartcard readers`: every PC/SC reader, and whether it holds a card.
+
+use smartcard::pcsc::list_readers;
+use smartcard::TransportError;
+
+#[derive(Debug, clap::Args)]
+pub struct Args {}
+
+pub fn run(_args: Args) -> anyhow::Result<()> {
+    let readers = match list_readers() {
+        Ok(r) => r,
+        Err(TransportError::NoService(e)) => {
+            anyhow::bail!("pcscd is not running ({e}); start it with scripts/ensure-pcscd.sh")
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if readers.is_empty() {
+        println!("no readers");
+        return Ok(());
+    }
+    for r in readers {
+        if r.card_present {
+            let atr: String = r.atr.iter().map(|b| format!("{b:02X}")).collect();
+            println!("{}\tcard\t{atr}", r.name);
+        } else {
+            println!("{}\tempty", r.name);
+        }
+    }
+    Ok(())
+}
