@@ -24,10 +24,20 @@ use proto::secret::{Kek, SessionKey};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
 
-/// The card's answer to reset (ISO 7816-3, T=1, historical bytes "IODOFORM").
+/// The card's answer to reset (ISO 7816-3): direct convention, T=1,
+/// historical bytes "IODOFORM", and TCK (the XOR of T0 through the last
+/// historical byte), which is required when T=1 is offered.
 pub const ATR: &[u8] = &[
-    0x3B, 0x88, 0x80, 0x01, b'I', b'O', b'D', b'O', b'F', b'O', b'R', b'M', 0x00,
+    0x3B, 0x88, 0x80, 0x01, b'I', b'O', b'D', b'O', b'F', b'O', b'R', b'M', 0x12,
 ];
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn atr_check_byte() {
+        assert_eq!(super::ATR[1..].iter().fold(0u8, |a, b| a ^ b), 0);
+    }
+}
 
 /// How far the RAM clock may run ahead of the stored clock before an ECM
 /// writes it to EEPROM. Persisting every ECM's time would wear the EEPROM
