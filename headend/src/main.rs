@@ -212,6 +212,7 @@ fn run(config: Option<PathBuf>) -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let path = match config_path(config.as_deref()) {
         Ok(p) => p,
