@@ -252,7 +252,9 @@ async fn add_product(
     body: Result<Json<NewProduct>, JsonRejection>,
 ) -> ApiResult {
     let Json(req) = body?;
-    Ok(created(with_core(&st, move |c, now| c.add_product(req, now)).await?))
+    Ok(created(
+        with_core(&st, move |c, now| c.add_product(req, now)).await?,
+    ))
 }
 
 async fn list_channels(State(st): State<AppState>) -> ApiResult {
@@ -264,7 +266,9 @@ async fn add_channel(
     body: Result<Json<NewChannel>, JsonRejection>,
 ) -> ApiResult {
     let Json(req) = body?;
-    Ok(created(with_core(&st, move |c, now| c.add_channel(req, now)).await?))
+    Ok(created(
+        with_core(&st, move |c, now| c.add_channel(req, now)).await?,
+    ))
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,7 +286,9 @@ async fn list_cards(
 ) -> ApiResult {
     let Query(q) = q?;
     let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
-    Ok(ok(with_core(&st, move |c, _| c.cards(q.after, limit)).await?))
+    Ok(ok(
+        with_core(&st, move |c, _| c.cards(q.after, limit)).await?
+    ))
 }
 
 async fn add_card(
@@ -290,7 +296,9 @@ async fn add_card(
     body: Result<Json<NewCard>, JsonRejection>,
 ) -> ApiResult {
     let Json(req) = body?;
-    Ok(created(with_core(&st, move |c, now| c.add_card(req, now)).await?))
+    Ok(created(
+        with_core(&st, move |c, now| c.add_card(req, now)).await?,
+    ))
 }
 
 async fn show_card(
@@ -323,7 +331,9 @@ async fn list_subscriptions(
     q: Result<Query<SubscriptionsQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(q) = q?;
-    Ok(ok(with_core(&st, move |c, _| c.subscriptions(q.card)).await?))
+    Ok(ok(
+        with_core(&st, move |c, _| c.subscriptions(q.card)).await?
+    ))
 }
 
 async fn subscribe(
@@ -331,7 +341,9 @@ async fn subscribe(
     body: Result<Json<NewSubscription>, JsonRejection>,
 ) -> ApiResult {
     let Json(req) = body?;
-    Ok(created(with_core(&st, move |c, now| c.subscribe(req, now)).await?))
+    Ok(created(
+        with_core(&st, move |c, now| c.subscribe(req, now)).await?,
+    ))
 }
 
 async fn unsubscribe(
@@ -350,7 +362,9 @@ async fn pair(
     body: Result<Json<NewPairing>, JsonRejection>,
 ) -> ApiResult {
     let Json(req) = body?;
-    Ok(created(with_core(&st, move |c, now| c.pair(req, now)).await?))
+    Ok(created(
+        with_core(&st, move |c, now| c.pair(req, now)).await?,
+    ))
 }
 
 async fn rotate(
@@ -363,10 +377,7 @@ async fn rotate(
         RotateRequest::default()
     } else {
         serde_json::from_slice(&body).map_err(|e| {
-            ApiError::new(
-                StatusCode::BAD_REQUEST,
-                format!("malformed JSON body: {e}"),
-            )
+            ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}"))
         })?
     };
     let rotated = with_core(&st, move |c, now| {

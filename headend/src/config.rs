@@ -269,7 +269,10 @@ impl Config {
                 return Err(Self::field(f("name"), "must not be empty"));
             }
             if !names.insert(c.name.as_str()) {
-                return Err(Self::field(f("name"), format!("{:?} is used twice", c.name)));
+                return Err(Self::field(
+                    f("name"),
+                    format!("{:?} is used twice", c.name),
+                ));
             }
             if c.service_id == 0 {
                 return Err(Self::field(f("service_id"), "must be 1..=65535"));

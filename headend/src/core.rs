@@ -342,7 +342,11 @@ fn load_operator(conn: &Connection, mk: &MasterKey) -> Result<OperatorKeys> {
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
         )
         .optional()?
-        .ok_or_else(|| CoreError::Internal("the database has no operator keys: was it made by `headend init`?".into()))?;
+        .ok_or_else(|| {
+            CoreError::Internal(
+                "the database has no operator keys: was it made by `headend init`?".into(),
+            )
+        })?;
     let id = u64::from(op_id);
     let kex = Seed::from_bytes(mk.open::<32>(row("operator.x25519", id, 0), &kex)?);
     let sig = Seed::from_bytes(mk.open::<32>(row("operator.ed25519", id, 0), &sig)?);
@@ -391,8 +395,7 @@ pub fn parse_date(s: &str, end_of_day: bool, field: &str) -> Result<u64> {
             },
         )?
     };
-    u64::try_from(t.unix_timestamp())
-        .map_err(|_| bad(format!("{field}: {s:?} is before 1970")))
+    u64::try_from(t.unix_timestamp()).map_err(|_| bad(format!("{field}: {s:?} is before 1970")))
 }
 
 fn parse_key32(s: &str, field: &str) -> Result<[u8; 32]> {
@@ -445,10 +448,7 @@ fn ensure_cw(
             cw
         }
     };
-    cache
-        .entry(service)
-        .or_default()
-        .insert(epoch, cw.clone());
+    cache.entry(service).or_default().insert(epoch, cw.clone());
     Ok(cw)
 }
 
@@ -531,7 +531,8 @@ impl Core {
         // one the earlier runs could have used.
         let run: u64 = {
             let tx = conn.transaction()?;
-            let last: i64 = tx.query_row("SELECT COALESCE(MAX(run), 0) FROM runs", [], |r| r.get(0))?;
+            let last: i64 =
+                tx.query_row("SELECT COALESCE(MAX(run), 0) FROM runs", [], |r| r.get(0))?;
             let run = last as u64 + 1;
             if run > MAX_RUN {
                 return Err(CoreError::Internal("EMM sequence space exhausted".into()));
@@ -714,9 +715,9 @@ impl Core {
                 let id: u32 = r.get(0)?;
                 let public: Vec<u8> = r.get(1)?;
                 let blob: Vec<u8> = r.get(2)?;
-                let public: [u8; 32] = public
-                    .try_into()
-                    .map_err(|_| CoreError::Internal(format!("card {id}: stored key is not 32 bytes")))?;
+                let public: [u8; 32] = public.try_into().map_err(|_| {
+                    CoreError::Internal(format!("card {id}: stored key is not 32 bytes"))
+                })?;
                 let kek = proto::secret::Kek::from_bytes(
                     self.mk.open::<32>(row("cards", u64::from(id), 0), &blob)?,
                 );
@@ -728,11 +729,11 @@ impl Core {
             self.engine.insert_card(p)?;
             self.engine.raise_emm_u_seq(id, floor)?;
         }
-        self.cards_revoked =
-            self.conn
-                .query_row("SELECT COUNT(*) FROM cards WHERE state = 'revoked'", [], |r| {
-                    r.get::<_, i64>(0)
-                })? as u64;
+        self.cards_revoked = self.conn.query_row(
+            "SELECT COUNT(*) FROM cards WHERE state = 'revoked'",
+            [],
+            |r| r.get::<_, i64>(0),
+        )? as u64;
         {
             let mut st = self.conn.prepare(
                 "SELECT s.card, s.product, s.start, s.end FROM subscriptions s
@@ -877,7 +878,9 @@ impl Core {
         }
         for (f, pid) in [("ecm_pid", req.ecm_pid), ("emm_pid", req.emm_pid)] {
             if !valid_pid(pid) {
-                return Err(bad(format!("{f}: {pid:#x} is not a PID for CA data (0x20..=0x1FFE)")));
+                return Err(bad(format!(
+                    "{f}: {pid:#x} is not a PID for CA data (0x20..=0x1FFE)"
+                )));
             }
         }
         for (f, u) in [("input", &req.input), ("output", &req.output)] {
@@ -953,9 +956,10 @@ impl Core {
             .engine
             .prepare_card(req.card_id, public)
             .map_err(|e| bad(format!("card_id/public_key: {e}")))?;
-        let sealed = self
-            .mk
-            .seal(row("cards", u64::from(req.card_id), 0), prepared.kek().expose());
+        let sealed = self.mk.seal(
+            row("cards", u64::from(req.card_id), 0),
+            prepared.kek().expose(),
+        );
         self.conn.execute(
             "INSERT INTO cards (id, operator_id, public_key, sealed_kek, state, created_ms) VALUES (?1, ?2, ?3, ?4, 'active', ?5)",
             params![req.card_id, ours, public.to_vec(), sealed, now_ms as i64],
@@ -1032,7 +1036,9 @@ impl Core {
                     public_key: hex::encode(r.get::<_, Vec<u8>>(2)?),
                     state: r.get(3)?,
                     created: rfc3339(r.get::<_, i64>(4)? as u64 / 1000),
-                    revoked: r.get::<_, Option<i64>>(5)?.map(|x| rfc3339(x as u64 / 1000)),
+                    revoked: r
+                        .get::<_, Option<i64>>(5)?
+                        .map(|x| rfc3339(x as u64 / 1000)),
                     subscriptions: Vec::new(),
                     paired_receiver: self.pairings.get(&id).map(hex::encode),
                 })
@@ -1112,7 +1118,14 @@ impl Core {
         let mut renewals = Vec::new();
         for p in &products {
             let prod = &self.products[p];
-            renewals.push(renew_in_tx(&tx, &self.mk, prod, self.timing, "revocation", now_ms)?);
+            renewals.push(renew_in_tx(
+                &tx,
+                &self.mk,
+                prod,
+                self.timing,
+                "revocation",
+                now_ms,
+            )?);
         }
         tx.commit()?;
         self.engine.remove_card(id)?;
@@ -1268,7 +1281,12 @@ impl Core {
 
     // ---- rotation -------------------------------------------------------
 
-    pub fn rotate(&mut self, product: Option<&ProductRef>, reason: &str, now_ms: u64) -> Result<Vec<Rotated>> {
+    pub fn rotate(
+        &mut self,
+        product: Option<&ProductRef>,
+        reason: &str,
+        now_ms: u64,
+    ) -> Result<Vec<Rotated>> {
         let ids: Vec<u32> = match product {
             Some(r) => vec![self.resolve_product(r)?.id],
             None => self.products.keys().copied().collect(),
@@ -1591,7 +1609,12 @@ impl Core {
     /// A paired card's carousel EMM-U: its entitlements and its pairing.
     fn paired_emm(&mut self, id: u32, rx: [u8; 32], now: u64) -> Result<Vec<u8>> {
         let mut commands = Vec::new();
-        for e in self.engine.entitlements(id)?.iter().filter(|e| e.end >= now) {
+        for e in self
+            .engine
+            .entitlements(id)?
+            .iter()
+            .filter(|e| e.end >= now)
+        {
             let (generation, key) = self.engine.product_key(e.product)?;
             commands.push(EmmCommand::Entitle(Entitle {
                 product: e.product,

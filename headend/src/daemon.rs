@@ -160,7 +160,10 @@ impl Daemon {
     /// Binds the admin API and runs the scheduler until `shutdown`
     /// resolves; then stops accepting requests, lets those in flight
     /// finish, and stops the scheduler after its current step.
-    pub async fn serve(self, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), DaemonError> {
+    pub async fn serve(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), DaemonError> {
         let cfg = &self.loaded.config;
         let listener = tokio::net::TcpListener::bind(cfg.listen)
             .await

@@ -343,10 +343,7 @@ impl KeyEngine {
             .number
             .checked_add(1)
             .ok_or(EngineError::GenerationExhausted(product))?;
-        let old = std::mem::replace(
-            &mut p.current,
-            Generation { number, key },
-        );
+        let old = std::mem::replace(&mut p.current, Generation { number, key });
         let previous = old.number;
         p.previous = Some(old);
         self.ecms

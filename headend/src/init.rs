@@ -163,7 +163,8 @@ fn read_private(path: &Path) -> Result<Zeroizing<String>, KeyFileError> {
 pub fn read_master_key(path: &Path) -> Result<Key32, KeyFileError> {
     let text = read_private(path)?;
     let mut k = [0u8; 32];
-    hex::decode_to_slice(text.trim(), &mut k).map_err(|_| KeyFileError::Format(path.to_path_buf()))?;
+    hex::decode_to_slice(text.trim(), &mut k)
+        .map_err(|_| KeyFileError::Format(path.to_path_buf()))?;
     let key = Key32::from_bytes(k);
     k.zeroize();
     Ok(key)

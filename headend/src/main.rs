@@ -21,7 +21,11 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "headend", version, about = "The Iodoform headend: subscribers, keys, ECMs and EMMs.")]
+#[command(
+    name = "headend",
+    version,
+    about = "The Iodoform headend: subscribers, keys, ECMs and EMMs."
+)]
 struct Cli {
     /// The headend's config file (default: $IODOFORM_CONFIG).
     #[arg(long, global = true, value_name = "FILE")]
@@ -318,15 +322,24 @@ fn client_command(config: Option<PathBuf>, as_json: bool, cmd: Command) -> Resul
             until,
             start,
         } => {
-            let mut body = json!({ "card_id": card, "product": product_ref(&product), "until": until });
+            let mut body =
+                json!({ "card_id": card, "product": product_ref(&product), "until": until });
             if let Some(s) = start {
                 body["start"] = json!(s);
             }
-            (client.post("/api/v1/subscriptions", &body)?, View::Subscription)
+            (
+                client.post("/api/v1/subscriptions", &body)?,
+                View::Subscription,
+            )
         }
         Command::Unsubscribe { card, product } => (
-            client.delete(&format!("/api/v1/subscriptions/{card}/{}", urlencode(&product)))?,
-            View::Done(format!("card {card} no longer has product {product}; its key is being renewed")),
+            client.delete(&format!(
+                "/api/v1/subscriptions/{card}/{}",
+                urlencode(&product)
+            ))?,
+            View::Done(format!(
+                "card {card} no longer has product {product}; its key is being renewed"
+            )),
         ),
         Command::Pair { card, receiver_key } => (
             client.post(
@@ -437,7 +450,10 @@ impl View {
                 }),
             ),
             View::Channels => table(
-                &["SERVICE", "NAME", "PRODUCT", "ECM PID", "EMM PID", "MATURITY", "INPUT", "OUTPUT"],
+                &[
+                    "SERVICE", "NAME", "PRODUCT", "ECM PID", "EMM PID", "MATURITY", "INPUT",
+                    "OUTPUT",
+                ],
                 &rows(v, |c| {
                     let pid = |k: &str| {
                         c.get(k)

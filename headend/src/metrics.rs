@@ -136,7 +136,9 @@ mod tests {
             cards_active: 2,
             ..Gauges::default()
         });
-        assert!(text.contains("# TYPE iodoform_ecm_sent_total counter\niodoform_ecm_sent_total 1\n"));
+        assert!(
+            text.contains("# TYPE iodoform_ecm_sent_total counter\niodoform_ecm_sent_total 1\n")
+        );
         assert!(text.contains("iodoform_emm_sent_total{kind=\"unique\"} 3\n"));
         assert!(text.contains("iodoform_cards{state=\"active\"} 2\n"));
         for line in text.lines().filter(|l| !l.starts_with('#')) {

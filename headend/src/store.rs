@@ -202,11 +202,8 @@ mod tests {
         }
         // Reopening applies nothing twice.
         let conn = open(&path, false).unwrap();
-        conn.execute(
-            "INSERT INTO runs (run, started_ms) VALUES (1, 0)",
-            [],
-        )
-        .unwrap();
+        conn.execute("INSERT INTO runs (run, started_ms) VALUES (1, 0)", [])
+            .unwrap();
         drop(conn);
         let conn = open(&path, false).unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();

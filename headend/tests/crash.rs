@@ -105,11 +105,9 @@ fn kill_dash_nine_loses_nothing_and_reuses_no_nonce() {
                 2 => {
                     next_product += 1;
                     let name = format!("extra{next_product}");
-                    if let Some((201, _)) = h.request(
-                        "POST",
-                        "/api/v1/products",
-                        Some(&json!({"name": name})),
-                    ) {
+                    if let Some((201, _)) =
+                        h.request("POST", "/api/v1/products", Some(&json!({"name": name})))
+                    {
                         acked_products.push(name);
                     }
                 }
@@ -142,7 +140,11 @@ fn kill_dash_nine_loses_nothing_and_reuses_no_nonce() {
                     if let Some(prev) = ecm_bytes.insert(key, s.clone()) {
                         assert_eq!(&prev, s, "ECM {header:?} with other bytes");
                     }
-                    assert!(header.epoch >= last_epoch, "epoch {} after {last_epoch}", header.epoch);
+                    assert!(
+                        header.epoch >= last_epoch,
+                        "epoch {} after {last_epoch}",
+                        header.epoch
+                    );
                     last_epoch = header.epoch;
                     assert!(u64::from(header.generation) >= last_generation);
                     last_generation = u64::from(header.generation);
@@ -190,7 +192,11 @@ fn kill_dash_nine_loses_nothing_and_reuses_no_nonce() {
     let products = h.get("/api/v1/products");
     for name in &acked_products {
         assert!(
-            products.as_array().unwrap().iter().any(|p| p["name"] == *name),
+            products
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == *name),
             "acknowledged product {name} lost"
         );
     }
@@ -203,34 +209,46 @@ fn kill_dash_nine_loses_nothing_and_reuses_no_nonce() {
         .as_u64()
         .unwrap();
     if let Some(&g) = acked_generation.get(&1) {
-        assert!(generation >= g, "acknowledged generation {g} lost ({generation})");
+        assert!(
+            generation >= g,
+            "acknowledged generation {g} lost ({generation})"
+        );
     }
     for id in &acked_cards {
-        let (st, _) = h.request("GET", &format!("/api/v1/cards/{id}"), None).unwrap();
+        let (st, _) = h
+            .request("GET", &format!("/api/v1/cards/{id}"), None)
+            .unwrap();
         assert_eq!(st, 200, "acknowledged card {id} lost");
     }
     let subs = h.get("/api/v1/subscriptions");
     for ((card, product), until) in &acked_subs {
         assert!(
-            subs.as_array().unwrap().iter().any(|s| s["card_id"] == *card
-                && s["product"] == *product
-                && s["end_unix"] == *until),
+            subs.as_array()
+                .unwrap()
+                .iter()
+                .any(|s| s["card_id"] == *card
+                    && s["product"] == *product
+                    && s["end_unix"] == *until),
             "acknowledged subscription of card {card} lost"
         );
     }
     // The card still works with the last run.
     let mut ok_after = false;
-    wait_for("a CW after the last restart", Duration::from_secs(5), || {
-        if let Some((ecms, emms)) = sections.poll(&h) {
-            feed_emms(&mut card, CARD, &emms);
-            for s in &ecms {
-                if card.process_ecm(ecm_of(s).1).is_ok() {
-                    ok_after = true;
+    wait_for(
+        "a CW after the last restart",
+        Duration::from_secs(5),
+        || {
+            if let Some((ecms, emms)) = sections.poll(&h) {
+                feed_emms(&mut card, CARD, &emms);
+                for s in &ecms {
+                    if card.process_ecm(ecm_of(s).1).is_ok() {
+                        ok_after = true;
+                    }
                 }
             }
-        }
-        ok_after
-    });
+            ok_after
+        },
+    );
     let status = h.terminate();
     assert!(status.success(), "SIGTERM exit: {status}");
     eprintln!(

@@ -128,7 +128,11 @@ impl Headend {
             if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
                 panic!("daemon exited at start: {st}; log:\n{}", self.log());
             }
-            assert!(Instant::now() < deadline, "daemon not ready; log:\n{}", self.log());
+            assert!(
+                Instant::now() < deadline,
+                "daemon not ready; log:\n{}",
+                self.log()
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
     }
@@ -184,7 +188,10 @@ impl Headend {
         };
         let status = resp.status();
         let text = resp.into_string().ok()?;
-        Some((status, serde_json::from_str(&text).unwrap_or(Value::String(text))))
+        Some((
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        ))
     }
 
     pub fn get(&self, path: &str) -> Value {
@@ -194,7 +201,9 @@ impl Headend {
     }
 
     pub fn post(&self, path: &str, body: Value) -> Value {
-        let (st, v) = self.request("POST", path, Some(&body)).expect("daemon answers");
+        let (st, v) = self
+            .request("POST", path, Some(&body))
+            .expect("daemon answers");
         assert!((200..300).contains(&st), "POST {path} {body}: {st} {v}");
         v
     }
@@ -303,8 +312,8 @@ pub fn emm_of(section: &[u8]) -> (u32, u64, &[u8]) {
 pub fn ecm_of(section: &[u8]) -> (proto::ecm::EcmHeader, &[u8]) {
     let p = ts::psi::PrivateSection::parse(section).unwrap();
     assert!(p.table_id.is_ecm());
-    let h = <proto::ecm::EcmHeader as proto::Codec>::read(&mut proto::Reader::new(p.payload))
-        .unwrap();
+    let h =
+        <proto::ecm::EcmHeader as proto::Codec>::read(&mut proto::Reader::new(p.payload)).unwrap();
     (h, p.payload)
 }
 
