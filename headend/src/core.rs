@@ -38,10 +38,30 @@ use std::path::Path;
 use std::sync::Arc;
 use ts::psi::TableId;
 
-/// EMM sequence numbers of run `r` are `r << RUN_SHIFT` and up.
-pub const RUN_SHIFT: u32 = 40;
-/// Runs before the 64-bit sequence space is used up.
-pub const MAX_RUN: u64 = (1 << (64 - RUN_SHIFT)) - 1;
+/// Room for EMM sequence numbers in one block, per card: a block is
+/// retired long before any card could get this many EMMs in it.
+pub const BLOCK_SHIFT: u32 = 20;
+const BLOCK_ROOM: u64 = 1 << BLOCK_SHIFT;
+/// A block is retired after this long, or sooner if a card could come near
+/// its room.
+const BLOCK_MAX_AGE_MS: u64 = 10 * 60 * 1000;
+
+/// The floor of a new EMM sequence block: above the whole range of the
+/// last block in the database (`last_floor + 2^20`), and at least
+/// `now_ms << 20`. The second part keeps a database restored from a backup
+/// (whose last block is old) from reusing a sequence number: blocks are
+/// made at least a millisecond apart, so every block made before `now`
+/// lies below `now_ms << 20`, as long as the clock has not gone back.
+pub fn next_seq_floor(last_floor: u64, now_ms: u64) -> Option<u64> {
+    let by_chain = last_floor.checked_add(BLOCK_ROOM)?;
+    let by_clock = now_ms
+        .checked_shl(BLOCK_SHIFT)
+        .filter(|v| v >> BLOCK_SHIFT == now_ms)?;
+    let floor = by_chain.max(by_clock);
+    // Stored as a SQLite INTEGER, with room above it.
+    (floor <= i64::MAX as u64 - BLOCK_ROOM).then_some(floor)
+}
+
 /// EMM section table_ids: EMM-U and EMM-G.
 pub const EMM_U_TABLE: TableId = TableId(0x82);
 pub const EMM_G_TABLE: TableId = TableId(0x83);
@@ -283,6 +303,12 @@ pub struct Core {
     engine: KeyEngine,
     timing: Timing,
     run: u64,
+    /// The current EMM sequence block (see [`next_seq_floor`]): its floor,
+    /// when it started, and bounds on what one card may have had from it.
+    seq_floor: u64,
+    block_started_ms: u64,
+    block_ticks: u64,
+    block_one_offs: u64,
     products: BTreeMap<u32, Product>,
     channels: BTreeMap<u16, Channel>,
     pairings: HashMap<u32, [u8; 32]>,
@@ -503,6 +529,21 @@ fn renew_in_tx(
     })
 }
 
+/// Commits a new EMM sequence block and returns its floor.
+fn new_seq_block(conn: &mut Connection, run: u64, now_ms: u64) -> Result<u64> {
+    let tx = conn.transaction()?;
+    let last: i64 =
+        tx.query_row("SELECT COALESCE(MAX(floor), 0) FROM seq_blocks", [], |r| r.get(0))?;
+    let floor = next_seq_floor(last as u64, now_ms)
+        .ok_or_else(|| CoreError::Internal("EMM sequence space exhausted".into()))?;
+    tx.execute(
+        "INSERT INTO seq_blocks (floor, run, started_ms) VALUES (?1, ?2, ?3)",
+        params![floor as i64, run as i64, now_ms as i64],
+    )?;
+    tx.commit()?;
+    Ok(floor)
+}
+
 impl Core {
     /// Opens the database, starts a new run and loads everything.
     #[allow(clippy::too_many_arguments)]
@@ -527,24 +568,20 @@ impl Core {
                 ),
             });
         }
-        // A new run: every EMM sequence number from here on is above every
-        // one the earlier runs could have used.
         let run: u64 = {
             let tx = conn.transaction()?;
             let last: i64 =
                 tx.query_row("SELECT COALESCE(MAX(run), 0) FROM runs", [], |r| r.get(0))?;
-            let run = last as u64 + 1;
-            if run > MAX_RUN {
-                return Err(CoreError::Internal("EMM sequence space exhausted".into()));
-            }
             tx.execute(
                 "INSERT INTO runs (run, started_ms) VALUES (?1, ?2)",
-                params![run as i64, now_ms as i64],
+                params![last + 1, now_ms as i64],
             )?;
             tx.commit()?;
-            run
+            last as u64 + 1
         };
-        let floor = run << RUN_SHIFT;
+        // A new sequence block: every EMM from here on is above every one
+        // the earlier runs could have used.
+        let floor = new_seq_block(&mut conn, run, now_ms)?;
         let mut engine = KeyEngine::new(operator);
         engine.raise_emm_g_seq(floor);
 
@@ -554,6 +591,10 @@ impl Core {
             engine,
             timing,
             run,
+            seq_floor: floor,
+            block_started_ms: now_ms,
+            block_ticks: 0,
+            block_one_offs: 0,
             products: BTreeMap::new(),
             channels: BTreeMap::new(),
             pairings: HashMap::new(),
@@ -966,7 +1007,7 @@ impl Core {
         )?;
         self.engine.insert_card(prepared)?;
         self.engine
-            .raise_emm_u_seq(req.card_id, self.run << RUN_SHIFT)?;
+            .raise_emm_u_seq(req.card_id, self.seq_floor)?;
         tracing::info!(card = req.card_id, "card registered");
         self.card(req.card_id)
     }
@@ -1137,6 +1178,7 @@ impl Core {
         }
         // Tell the card itself, for good measure; the renewal is what
         // actually cuts it off.
+        self.ensure_seq_room(1, now_ms)?;
         match self
             .engine
             .emm_g(secs(now_ms), vec![EmmCommand::BlockCards(vec![id])])
@@ -1230,6 +1272,7 @@ impl Core {
         if live {
             self.engine.unentitle(card, product)?;
             self.refresh_membership(card);
+            self.ensure_seq_room(1, now_ms)?;
             match self.engine.emm_u(
                 card,
                 secs(now_ms),
@@ -1271,6 +1314,7 @@ impl Core {
         )?;
         self.pairings.insert(req.card_id, rx);
         self.carousel.members.insert(req.card_id);
+        self.ensure_seq_room(1, now_ms)?;
         match self.engine.emm_u_pair(req.card_id, rx, secs(now_ms)) {
             Ok(emm) => self.emit(EMM_U_TABLE, &emm, false),
             Err(e) => self.internal_error(&format!("PAIR for card {}: {e}", req.card_id)),
@@ -1322,6 +1366,41 @@ impl Core {
 
     // ---- output ---------------------------------------------------------
 
+    /// Moves every counter to a new sequence block, committed first.
+    fn roll_seq_block(&mut self, now_ms: u64) -> Result<()> {
+        let floor = new_seq_block(&mut self.conn, self.run, now_ms)?;
+        let ids: Vec<u32> = {
+            let mut st = self
+                .conn
+                .prepare_cached("SELECT id FROM cards WHERE state = 'active'")?;
+            let v = st.query_map([], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            v
+        };
+        for id in ids {
+            self.engine.raise_emm_u_seq(id, floor)?;
+        }
+        self.engine.raise_emm_g_seq(floor);
+        self.seq_floor = floor;
+        self.block_started_ms = now_ms;
+        self.block_ticks = 0;
+        self.block_one_offs = 0;
+        tracing::debug!(floor, "new EMM sequence block");
+        Ok(())
+    }
+
+    /// A card gets at most two carousel EMMs per tick (one queued, one in
+    /// the round) plus the one-off EMMs (pair, remove product, block): a
+    /// new block starts well before that could reach the room.
+    fn ensure_seq_room(&mut self, one_offs: u64, now_ms: u64) -> Result<()> {
+        let bound = 2 * (self.block_ticks + 1) + self.block_one_offs + one_offs;
+        if bound >= BLOCK_ROOM / 2 || now_ms.saturating_sub(self.block_started_ms) >= BLOCK_MAX_AGE_MS
+        {
+            self.roll_seq_block(now_ms)?;
+        }
+        self.block_one_offs += one_offs;
+        Ok(())
+    }
+
     fn emit(&mut self, table: TableId, emm: &[u8], global: bool) {
         match ts::psi::emm_section(table, emm) {
             Ok(s) => {
@@ -1346,6 +1425,8 @@ impl Core {
     /// (every few tens of ms).
     pub fn tick(&mut self, now_ms: u64) -> Result<()> {
         self.ticks += 1;
+        self.ensure_seq_room(0, now_ms)?;
+        self.block_ticks += 1;
         self.lapse_step(now_ms)?;
         self.renewal_step(now_ms)?;
         self.activation_step(now_ms)?;
@@ -1706,5 +1787,67 @@ impl Core {
         let ids: Vec<u32> = self.carousel.members.iter().copied().collect();
         self.send_emm_us(&ids, now_ms);
         ids.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_floors_only_move_up_and_survive_a_rolled_back_database() {
+        let t0 = 1_800_000_000_000u64;
+        let a = next_seq_floor(0, t0).unwrap();
+        assert_eq!(a, t0 << BLOCK_SHIFT);
+        // The next block is above the whole range of the previous one, even
+        // with the clock stopped or gone back.
+        let b = next_seq_floor(a, t0).unwrap();
+        assert!(b >= a + BLOCK_ROOM);
+        let c = next_seq_floor(b, t0 - 3_600_000).unwrap();
+        assert!(c >= b + BLOCK_ROOM);
+        // A database restored from before blocks b and c (its last floor is
+        // a): a millisecond later by the clock, the new block is above
+        // both of their ranges.
+        let restored = next_seq_floor(a, t0 + 3).unwrap();
+        assert!(restored >= c + BLOCK_ROOM, "{restored} {c}");
+        assert_eq!(next_seq_floor(i64::MAX as u64, t0), None);
+        assert_eq!(next_seq_floor(0, u64::MAX), None);
+    }
+
+    #[test]
+    fn dates() {
+        assert_eq!(parse_date("2026-12-01", false, "x").unwrap(), 1_796_083_200);
+        assert_eq!(
+            parse_date("2026-12-01", true, "x").unwrap(),
+            1_796_083_200 + 86_399
+        );
+        assert_eq!(
+            parse_date("2026-12-01T01:00:00+01:00", true, "x").unwrap(),
+            1_796_083_200
+        );
+        for bad in ["2026-02-30", "tomorrow", "", "2026-12-01T25:00:00Z", "1969-12-31"] {
+            assert!(parse_date(bad, true, "until").is_err(), "{bad}");
+        }
+        assert_eq!(rfc3339(1_796_083_200), "2026-12-01T00:00:00Z");
+    }
+
+    #[test]
+    fn carousel_round_visits_every_member_once_per_cycle() {
+        let mut c = Carousel::default();
+        c.members.extend([3, 5, 9, 12]);
+        let mut out = Vec::new();
+        assert!(!c.take_round(3, &mut out));
+        assert_eq!(out, [3, 5, 9]);
+        out.clear();
+        assert!(c.take_round(3, &mut out));
+        assert_eq!(out, [12, 3, 5]);
+        out.clear();
+        // Never more than every member in one call.
+        c.take_round(10, &mut out);
+        assert_eq!(out.len(), 4);
+        c.prioritize(9);
+        c.prioritize(9);
+        c.prioritize(77);
+        assert_eq!(c.priority, [9]);
     }
 }

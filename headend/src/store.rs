@@ -28,10 +28,19 @@ const MIGRATIONS: &[&str] = &[
         sealed_ed25519 BLOB NOT NULL,
         created_ms    INTEGER NOT NULL
     );
-    -- One row per daemon start. EMM sequence numbers of run r lie in
-    -- [r << 40, (r + 1) << 40): the high-water mark of every counter.
+    -- One row per daemon start.
     CREATE TABLE runs (
         run        INTEGER PRIMARY KEY,
+        started_ms INTEGER NOT NULL
+    );
+    -- EMM sequence number blocks: the high-water mark of every counter.
+    -- While a block is in use, every EMM's seq is in [floor, floor + 2^20);
+    -- a new block (at each start, and every few minutes) is committed
+    -- before any seq in it is used, and its floor is above every earlier
+    -- block's range (see core::next_seq_floor).
+    CREATE TABLE seq_blocks (
+        floor      INTEGER PRIMARY KEY,
+        run        INTEGER NOT NULL,
         started_ms INTEGER NOT NULL
     );
     CREATE TABLE products (
