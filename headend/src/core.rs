@@ -1041,7 +1041,8 @@ impl Core {
     }
 
     pub fn card(&self, id: u32) -> Result<CardView> {
-        let row: Option<(u32, Vec<u8>, String, i64, Option<i64>)> = self
+        type CardRow = (u32, Vec<u8>, String, i64, Option<i64>);
+        let row: Option<CardRow> = self
             .conn
             .query_row(
                 "SELECT operator_id, public_key, state, created_ms, revoked_ms FROM cards WHERE id = ?1",

@@ -16,7 +16,7 @@
 //!   half for provisioning.
 //! * [`engine`]: the [`KeyEngine`], with the EMM-U hot path.
 //! * [`schedule`]: crypto periods and the even/odd control word pairs.
-//! * [`config`]: `headend.toml`.
+//! * [`config`] reads and checks `headend.toml`.
 //! * [`atrest`]: secrets sealed under the master key.
 //! * [`store`]: the SQLite schema and its migrations.
 //! * [`core`]: the daemon's state and operations, crash-safe by the order
