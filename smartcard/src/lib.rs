@@ -13,4 +13,4 @@ pub mod vpcd;
 
 pub use applet::{Applet, CardError};
 pub use client::{CardClient, ClientError};
-pub use transport::{CardTransport, InProcessCard, TransportError};
+pub use transport::{CardTransport, InProcessCard, Recording, TransportError};

@@ -1,9 +1,11 @@
 //! `smartcard`: the card tool. It runs the card applet as a virtual card
-//! behind the system's pcscd (`emulate`) and looks at the readers
-//! (`readers`). Each subcommand lives in its own module under `cli/`.
+//! behind the system's pcscd (`emulate`), looks at the readers
+//! (`readers`), provisions blank cards at the factory (`provision`) and
+//! shows what a card holds (`info`). Each subcommand lives in its own
+//! module under `cli/`.
 //!
 //! Exit codes: 0 success, 1 a failure while running, 64 a bad command
-//! line.
+//! line or configuration (an unreadable operator file, a missing token).
 #![forbid(unsafe_code)]
 
 mod cli;
@@ -24,6 +26,11 @@ enum Command {
     Emulate(cli::emulate::Args),
     /// List the PC/SC readers and whether each holds a card.
     Readers(cli::readers::Args),
+    /// Personalize and lock blank cards, print their records, and
+    /// optionally register them with the headend.
+    Provision(cli::provision::Args),
+    /// Show a card's id, state, clock, pairing and entitlements.
+    Info(cli::info::Args),
 }
 
 fn main() -> ExitCode {
@@ -49,12 +56,18 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Emulate(a) => cli::emulate::run(a),
         Command::Readers(a) => cli::readers::run(a),
+        Command::Provision(a) => cli::provision::run(a),
+        Command::Info(a) => cli::info::run(a),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("smartcard: {e:#}");
-            ExitCode::FAILURE
+            if e.downcast_ref::<cli::card::Usage>().is_some() {
+                ExitCode::from(64)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

@@ -120,3 +120,68 @@ impl<E: Eeprom> CardTransport for InProcessCard<E> {
         self.extended
     }
 }
+
+/// Any transport, with every command and response it carries kept in
+/// order: what a probe on the reader's cable would see. Tests use it to
+/// check what crosses the link (for one, that no control word does in
+/// the clear).
+#[derive(Debug)]
+pub struct Recording<T> {
+    pub inner: T,
+    /// Each exchange as (command APDU, response APDU); a failed exchange
+    /// is kept with an empty response.
+    pub log: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+impl<T: CardTransport> Recording<T> {
+    pub fn new(inner: T) -> Self {
+        Recording {
+            inner,
+            log: Vec::new(),
+        }
+    }
+
+    /// Every command and every response that crossed the link, one slice
+    /// each, in order.
+    pub fn messages(&self) -> impl Iterator<Item = &[u8]> {
+        self.log
+            .iter()
+            .flat_map(|(c, r)| [c.as_slice(), r.as_slice()])
+    }
+}
+
+impl<T: CardTransport> CardTransport for Recording<T> {
+    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
+        let r = self.inner.transmit(apdu);
+        let seen = r.clone().unwrap_or_default();
+        self.log.push((apdu.to_vec(), seen));
+        r
+    }
+    fn reconnect(&mut self) -> Result<(), TransportError> {
+        self.inner.reconnect()
+    }
+    fn supports_extended(&self) -> bool {
+        self.inner.supports_extended()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::eeprom::MemEeprom;
+
+    #[test]
+    fn recording_keeps_every_exchange() {
+        let card = InProcessCard::new(Applet::power_on(MemEeprom::default()).unwrap());
+        let mut r = Recording::new(card);
+        let select = proto::apdu::Command::select().to_bytes();
+        assert_eq!(r.transmit(&select).unwrap(), [0x90, 0x00]);
+        assert_eq!(r.transmit(&[0x80, 0x99, 0, 0]).unwrap(), [0x6D, 0x00]);
+        assert_eq!(r.log.len(), 2);
+        assert_eq!(r.log[0], (select.clone(), vec![0x90, 0x00]));
+        let all: Vec<&[u8]> = r.messages().collect();
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[2], [0x80, 0x99, 0, 0]);
+        assert!(r.supports_extended());
+    }
+}
