@@ -42,6 +42,7 @@ pub mod operator;
 pub mod output;
 pub mod schedule;
 pub mod store;
+pub mod stream;
 
 pub use engine::{Entitlement, KeyEngine, PreparedCard, MAX_ENTITLEMENTS_PER_CARD};
 pub use error::{EngineError, ScheduleError};

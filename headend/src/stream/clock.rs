@@ -7,10 +7,14 @@
 //! by it. So a file processed as fast as possible gets exactly the ECMs
 //! and crypto periods that it would get live, and a test is deterministic.
 //!
-//! * Between two PCRs a packet's time is extrapolated from the last PCR at
-//!   the rate measured over the previous PCR interval.
-//! * The clock never goes back. When a PCR says the extrapolation ran
-//!   ahead, the clock waits for the PCRs to catch up.
+//! * Packets wait in the multiplexer until the next PCR of the clock PID
+//!   (at most one PCR interval, 100 ms by the standard), and are then
+//!   spread evenly between the two PCRs. Interpolating, not extrapolating,
+//!   keeps the times right through the bursts of a variable-rate stream
+//!   (an I-frame is many packets in one PCR interval).
+//! * Packets that wait too long for a PCR (a stream without any, an input
+//!   that pauses or ends) are timed at the last measured rate. The clock
+//!   never goes back: when a PCR then says that ran ahead, it waits.
 //! * PCR wrap (33 bits of 90 kHz, every 26.5 hours) is followed by
 //!   computing every step modulo the wrap.
 //! * A discontinuity (the adaptation field's discontinuity_indicator, a
@@ -35,17 +39,33 @@ const MAX_TICKS_PER_PACKET: u64 = 200 * TICKS_PER_MS;
 struct Anchor {
     /// The last PCR, in ticks modulo the wrap.
     pcr: u64,
-    /// The clock time it was mapped to.
+    /// The clock time it maps to.
     at: u64,
+}
+
+/// The times of a run of packets: the `i`th of `n` (from 1) is at
+/// `from + (to - from) * i / n`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Span {
+    pub(crate) from: u64,
+    pub(crate) to: u64,
+}
+
+impl Span {
+    pub(crate) fn at(&self, i: usize, n: usize) -> u64 {
+        let d = u128::from(self.to - self.from) * i as u128 / n.max(1) as u128;
+        self.from + d as u64
+    }
 }
 
 /// See the module docs.
 #[derive(Debug, Clone)]
 pub(crate) struct AirClock {
-    now: u64,
+    /// The time of the last packet timed.
+    last: u64,
     pid: Option<u16>,
     anchor: Option<Anchor>,
-    /// Packets since the anchor.
+    /// Packets timed since the anchor.
     since: u64,
     ticks_per_packet: u64,
     rebase: bool,
@@ -57,7 +77,7 @@ impl AirClock {
     pub(crate) fn new(fallback_bitrate: u64) -> Self {
         let tpp = (188 * 8 * 27_000_000u64) / fallback_bitrate.max(1);
         AirClock {
-            now: 0,
+            last: 0,
             pid: None,
             anchor: None,
             since: 0,
@@ -65,10 +85,6 @@ impl AirClock {
             rebase: false,
             discontinuities: 0,
         }
-    }
-
-    pub(crate) fn now(&self) -> u64 {
-        self.now
     }
 
     pub(crate) fn pid(&self) -> Option<u16> {
@@ -92,44 +108,58 @@ impl AirClock {
         self.rebase = true;
     }
 
-    /// Advances the clock by one input packet and returns its time.
-    pub(crate) fn on_packet(&mut self, pid: u16, pcr: Option<Pcr>, discontinuity: bool) -> u64 {
-        self.since = self.since.saturating_add(1);
-        let extrapolated = match self.anchor {
-            Some(a) => a
-                .at
-                .saturating_add(self.since.saturating_mul(self.ticks_per_packet)),
-            None => self.now.saturating_add(self.ticks_per_packet),
+    /// How many packets may wait for a PCR before they are timed by
+    /// extrapolation: 300 ms at the current rate, and at least 2,000.
+    pub(crate) fn pending_limit(&self) -> usize {
+        ((300 * TICKS_PER_MS / self.ticks_per_packet) as usize).max(2_000)
+    }
+
+    /// Times the `n` packets that end with one carrying `pcr` (on the
+    /// clock PID): spread evenly up to the PCR's time, the last one at it.
+    pub(crate) fn on_pcr(&mut self, n: usize, pcr: Pcr, discontinuity: bool) -> Span {
+        let from = self.last;
+        let p = pcr.ticks_27mhz() % PCR_MODULUS;
+        let mapped = match self.anchor {
+            Some(a) if !discontinuity && !self.rebase => {
+                let step = (p + PCR_MODULUS - a.pcr) % PCR_MODULUS;
+                (step <= MAX_PCR_STEP).then(|| {
+                    let packets = self.since + n as u64;
+                    if step > 0 && packets > 0 {
+                        self.ticks_per_packet =
+                            (step / packets).clamp(MIN_TICKS_PER_PACKET, MAX_TICKS_PER_PACKET);
+                    }
+                    a.at.saturating_add(step)
+                })
+            }
+            _ => None,
         };
-        let mut next = extrapolated;
-        if let Some(pcr) = pcr.filter(|_| self.pid == Some(pid)) {
-            let p = pcr.ticks_27mhz() % PCR_MODULUS;
-            let continuous = match self.anchor {
-                Some(a) if !discontinuity && !self.rebase => {
-                    let step = (p + PCR_MODULUS - a.pcr) % PCR_MODULUS;
-                    (step <= MAX_PCR_STEP).then(|| {
-                        if step > 0 {
-                            self.ticks_per_packet = (step / self.since.max(1))
-                                .clamp(MIN_TICKS_PER_PACKET, MAX_TICKS_PER_PACKET);
-                        }
-                        a.at.saturating_add(step)
-                    })
-                }
-                _ => None,
-            };
-            let at = continuous.unwrap_or_else(|| {
-                if self.anchor.is_some() {
-                    self.discontinuities += 1;
-                }
-                extrapolated.max(self.now)
-            });
-            self.anchor = Some(Anchor { pcr: p, at });
-            self.since = 0;
-            self.rebase = false;
-            next = at;
+        let at = mapped.unwrap_or_else(|| {
+            if self.anchor.is_some() {
+                self.discontinuities += 1;
+            }
+            from.saturating_add(self.ticks_per_packet.saturating_mul(n as u64))
+        });
+        self.anchor = Some(Anchor { pcr: p, at });
+        self.since = 0;
+        self.rebase = false;
+        // Never back: after an extrapolation that ran ahead, wait.
+        self.last = at.max(from);
+        Span {
+            from,
+            to: self.last,
         }
-        self.now = self.now.max(next);
-        self.now
+    }
+
+    /// Times `n` packets at the last measured rate (no PCR came in time,
+    /// or the input paused or ended).
+    pub(crate) fn extrapolate(&mut self, n: usize) -> Span {
+        let from = self.last;
+        self.last = from.saturating_add(self.ticks_per_packet.saturating_mul(n as u64));
+        self.since = self.since.saturating_add(n as u64);
+        Span {
+            from,
+            to: self.last,
+        }
     }
 }
 
@@ -137,48 +167,52 @@ impl AirClock {
 mod tests {
     use super::*;
 
-    fn pcr(ms: u64) -> Option<Pcr> {
-        Some(Pcr::from_27mhz(ms * TICKS_PER_MS))
+    fn pcr(ms: u64) -> Pcr {
+        Pcr::from_27mhz(ms * TICKS_PER_MS)
     }
 
     #[test]
-    fn follows_pcr_and_extrapolates_between() {
+    fn spreads_packets_between_pcrs() {
         let mut c = AirClock::new(1_000_000);
         c.set_pid(0x100);
-        let t0 = c.on_packet(0x100, pcr(5000), false);
-        // Ten packets over 40 ms.
-        for _ in 0..9 {
-            c.on_packet(0x101, None, false);
-        }
-        let t1 = c.on_packet(0x100, pcr(5040), false);
-        assert_eq!(t1 - t0, 40 * TICKS_PER_MS);
-        // Now 4 ms per packet.
-        let t2 = c.on_packet(0x101, None, false);
-        assert_eq!(t2 - t1, 4 * TICKS_PER_MS);
-        // Other PIDs' PCRs are ignored.
-        assert_eq!(c.on_packet(0x200, pcr(1), false), t2 + 4 * TICKS_PER_MS);
+        let first = c.on_pcr(3, pcr(5000), false);
+        assert_eq!(first.from, 0);
+        // Ten packets over 40 ms, the last with the PCR.
+        let s = c.on_pcr(10, pcr(5040), false);
+        assert_eq!(s.to - s.from, 40 * TICKS_PER_MS);
+        assert_eq!(s.at(1, 10) - s.from, 4 * TICKS_PER_MS);
+        assert_eq!(s.at(10, 10), s.to);
+        // Then extrapolated at 4 ms per packet.
+        let e = c.extrapolate(2);
+        assert_eq!((e.from, e.to - e.from), (s.to, 8 * TICKS_PER_MS));
+        // The next PCR is 20 ms after the last: 12 ms for three packets.
+        let t = c.on_pcr(3, pcr(5060), false);
+        assert_eq!((t.from, t.to), (e.to, s.to + 20 * TICKS_PER_MS));
     }
 
     #[test]
     fn never_goes_back_and_rebases_on_jumps() {
         let mut c = AirClock::new(1_000_000);
         c.set_pid(1);
-        c.on_packet(1, pcr(1000), false);
-        let a = c.on_packet(1, pcr(1100), false);
-        // A step back: re-based to the extrapolated time, not earlier.
-        let b = c.on_packet(1, pcr(10), false);
-        assert!(b > a);
+        c.on_pcr(1, pcr(1000), false);
+        let a = c.on_pcr(10, pcr(1100), false);
+        // A step back: re-based after the last time, at the last rate.
+        let b = c.on_pcr(10, pcr(10), false);
+        assert_eq!(b.to - a.to, 100 * TICKS_PER_MS);
         assert_eq!(c.discontinuities(), 1);
-        let d = c.on_packet(1, pcr(110), false);
-        assert_eq!(d - b, 100 * TICKS_PER_MS);
+        let d = c.on_pcr(10, pcr(110), false);
+        assert_eq!(d.to - b.to, 100 * TICKS_PER_MS);
         // A jump of an hour forward is a discontinuity too.
-        let e = c.on_packet(1, pcr(3_600_000), false);
-        assert!(e - d < 1000 * TICKS_PER_MS);
+        let e = c.on_pcr(10, pcr(3_600_000), false);
+        assert_eq!(e.to - d.to, 100 * TICKS_PER_MS);
         assert_eq!(c.discontinuities(), 2);
         // The discontinuity flag re-bases even for a small step.
-        let f = c.on_packet(1, pcr(3_600_050), true);
+        c.on_pcr(1, pcr(3_600_050), true);
         assert_eq!(c.discontinuities(), 3);
-        assert!(f >= e);
+        // An extrapolation that ran ahead makes the clock wait.
+        let x = c.extrapolate(1000);
+        let y = c.on_pcr(1, pcr(3_600_060), false);
+        assert_eq!((y.from, y.to), (x.to, x.to));
     }
 
     #[test]
@@ -186,9 +220,9 @@ mod tests {
         let mut c = AirClock::new(1_000_000);
         c.set_pid(1);
         let top = PCR_MODULUS - 20 * TICKS_PER_MS;
-        let a = c.on_packet(1, Some(Pcr::from_27mhz(top)), false);
-        let b = c.on_packet(1, Some(Pcr::from_27mhz(30 * TICKS_PER_MS)), false);
-        assert_eq!(b - a, 50 * TICKS_PER_MS);
+        let a = c.on_pcr(1, Pcr::from_27mhz(top), false);
+        let b = c.on_pcr(5, Pcr::from_27mhz(30 * TICKS_PER_MS), false);
+        assert_eq!(b.to - a.to, 50 * TICKS_PER_MS);
         assert_eq!(c.discontinuities(), 0);
     }
 }

@@ -240,8 +240,7 @@ impl CaFeed for EngineFeed {
         let ecm = self
             .engine
             .ecm(ca.product, epoch, service, &cws, time, ca.maturity)?;
-        let section =
-            ts::psi::ecm_section(ts_parity(Parity::of(epoch)), &ecm.to_bytes())?;
+        let section = ts::psi::ecm_section(ts_parity(Parity::of(epoch)), &ecm.to_bytes())?;
         let p = CryptoPeriod {
             epoch,
             cws,
@@ -277,8 +276,8 @@ mod tests {
     fn feed(period_ms: u64) -> EngineFeed {
         let mut engine = KeyEngine::new(OperatorKeys::generate(1));
         engine.add_product(7).unwrap();
-        let mut f = EngineFeed::new(engine, ControlWordSchedule::new(10).unwrap(), period_ms)
-            .unwrap();
+        let mut f =
+            EngineFeed::new(engine, ControlWordSchedule::new(10).unwrap(), period_ms).unwrap();
         f.add_service(100, 7, 0);
         f
     }

@@ -1,0 +1,534 @@
+//! The headend's stream engine: a clear MPEG-TS in, the scrambled TS with
+//! its CA signalling, ECMs and EMMs out.
+//!
+//! * [`io`]: `udp://HOST:PORT`, files and stdio; UDP output paced by the
+//!   PCR as a live source would be, files as fast as possible.
+//! * [`mux`]: the per-packet work. PSI is learnt and rewritten, the chosen
+//!   services' elementary streams scrambled with DVB-CISSA, ECMs and the
+//!   EMM carousel inserted. It does no I/O.
+//! * [`feed`]: [`CaFeed`], what the engine asks of the CA side, and
+//!   [`EngineFeed`], an implementation on the key engine alone.
+//! * `clock`: the air clock read from the PCR, the one time base of
+//!   everything above.
+//!
+//! [`run_channel`] runs one channel on the calling thread until its input
+//! ends or a [`Shutdown`] is triggered; [`spawn_channel`] runs it on a
+//! thread of its own.
+//!
+//! It must never send a configured service's elementary stream clear, and
+//! never scramble a packet with a CW that the ECM on the air does not
+//! carry. No input, however malformed, makes it panic.
+#![forbid(unsafe_code)]
+
+mod clock;
+pub mod feed;
+pub mod io;
+pub mod mux;
+
+pub use feed::{CaFeed, CryptoPeriod, EngineFeed, FeedError, MIN_CRYPTO_PERIOD_MS};
+pub use io::Endpoint;
+pub use mux::{Mux, OutPacket};
+
+use io::{Got, Input, Output};
+use serde::Serialize;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use thiserror::Error;
+use ts::packet::{PacketReader, NULL_PID};
+
+/// The default ECM repetition interval.
+pub const DEFAULT_ECM_INTERVAL_MS: u64 = 100;
+/// The default EMM bandwidth, in bit/s of TS.
+pub const DEFAULT_EMM_BITRATE: u64 = 100_000;
+pub const DEFAULT_CAT_INTERVAL_MS: u64 = 500;
+/// 7 × 188 = 1316 bytes: the usual TS-over-UDP datagram, under a 1500-byte
+/// MTU.
+pub const DEFAULT_PACKETS_PER_DATAGRAM: usize = 7;
+pub const MAX_SERVICES: usize = 64;
+
+/// Why a channel could not start or had to stop.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum StreamError {
+    #[error("channel {channel:?}: {field}: {reason}")]
+    Config {
+        channel: String,
+        field: &'static str,
+        reason: String,
+    },
+    #[error("bad URL {url:?}: {reason}")]
+    Url { url: String, reason: String },
+    #[error("cannot {what} {target}: {source}")]
+    Io {
+        what: &'static str,
+        target: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("input {0} holds no TS packet")]
+    NotTs(String),
+    #[error("channel {0:?}: the stream thread panicked")]
+    Panicked(String),
+}
+
+/// How EMM packets get their room.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum EmmInsertion {
+    /// Extra packets: the output's rate grows by the EMM bandwidth. For
+    /// variable-rate input such as ffmpeg's, which has no null packets.
+    #[default]
+    AddRate,
+    /// Only in place of null packets: a constant-rate multiplex keeps its
+    /// rate, and EMMs get at most what the nulls leave.
+    ReplaceNulls,
+}
+
+/// Whether UDP output is paced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Pacing {
+    /// Paced to UDP, as fast as possible to a file or stdout.
+    #[default]
+    Auto,
+    Always,
+    Never,
+}
+
+/// One service to scramble.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ServiceStream {
+    /// The DVB service_id (program_number in the PAT).
+    pub service_id: u16,
+    pub ecm_pid: u16,
+}
+
+/// One channel's stream: its input, its output, and what to scramble.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChannelStreamConfig {
+    /// For logs and errors.
+    pub name: String,
+    /// `udp://HOST:PORT`, `file://PATH`, a path, or `-`.
+    pub input: String,
+    pub output: String,
+    /// Start a file input again when it ends.
+    pub loop_input: bool,
+    pub services: Vec<ServiceStream>,
+    pub emm_pid: u16,
+    pub ecm_interval_ms: u64,
+    /// EMM bandwidth in bit/s of TS packets (0: no EMMs).
+    pub emm_bitrate: u64,
+    pub emm_insertion: EmmInsertion,
+    pub cat_interval_ms: u64,
+    pub packets_per_datagram: usize,
+    pub pacing: Pacing,
+    /// A paced sender that falls this far behind starts again from now
+    /// instead of bursting to catch up.
+    pub max_late_ms: u64,
+    /// The rate the air clock assumes until the first PCR, and for a
+    /// stream without any.
+    pub fallback_bitrate: u64,
+    /// The Unix time (ms) of the first packet, for the feed's clock;
+    /// `None` for the wall clock at start.
+    pub start_unix_ms: Option<u64>,
+}
+
+impl ChannelStreamConfig {
+    /// A channel with the defaults and no service yet.
+    pub fn new(
+        name: impl Into<String>,
+        input: impl Into<String>,
+        output: impl Into<String>,
+        emm_pid: u16,
+    ) -> Self {
+        ChannelStreamConfig {
+            name: name.into(),
+            input: input.into(),
+            output: output.into(),
+            loop_input: false,
+            services: Vec::new(),
+            emm_pid,
+            ecm_interval_ms: DEFAULT_ECM_INTERVAL_MS,
+            emm_bitrate: DEFAULT_EMM_BITRATE,
+            emm_insertion: EmmInsertion::default(),
+            cat_interval_ms: DEFAULT_CAT_INTERVAL_MS,
+            packets_per_datagram: DEFAULT_PACKETS_PER_DATAGRAM,
+            pacing: Pacing::default(),
+            max_late_ms: 500,
+            fallback_bitrate: 4_000_000,
+            start_unix_ms: None,
+        }
+    }
+
+    /// Adds a service to scramble.
+    #[must_use]
+    pub fn service(mut self, service_id: u16, ecm_pid: u16) -> Self {
+        self.services.push(ServiceStream {
+            service_id,
+            ecm_pid,
+        });
+        self
+    }
+
+    fn bad(&self, field: &'static str, reason: impl Into<String>) -> StreamError {
+        StreamError::Config {
+            channel: self.name.clone(),
+            field,
+            reason: reason.into(),
+        }
+    }
+
+    /// Checks every field; the error names the bad one.
+    pub fn validate(&self) -> Result<(), StreamError> {
+        let pid_ok = |pid: u16| (0x20..NULL_PID).contains(&pid);
+        if !pid_ok(self.emm_pid) {
+            return Err(self.bad(
+                "emm_pid",
+                format!("{:#06x} is not in 0x0020..=0x1FFE", self.emm_pid),
+            ));
+        }
+        if self.services.len() > MAX_SERVICES {
+            return Err(self.bad("services", format!("more than {MAX_SERVICES}")));
+        }
+        for (i, s) in self.services.iter().enumerate() {
+            if s.service_id == 0 {
+                return Err(self.bad(
+                    "service_id",
+                    "0 is the NIT's entry in the PAT, not a service",
+                ));
+            }
+            if !pid_ok(s.ecm_pid) || s.ecm_pid == self.emm_pid {
+                return Err(self.bad(
+                    "ecm_pid",
+                    format!(
+                        "{:#06x} must be in 0x0020..=0x1FFE and differ from the EMM PID",
+                        s.ecm_pid
+                    ),
+                ));
+            }
+            for t in &self.services[..i] {
+                if t.service_id == s.service_id {
+                    return Err(self.bad("service_id", format!("{} twice", s.service_id)));
+                }
+                if t.ecm_pid == s.ecm_pid {
+                    return Err(self.bad(
+                        "ecm_pid",
+                        format!("{:#06x} used by two services", s.ecm_pid),
+                    ));
+                }
+            }
+        }
+        if !(10..=10_000).contains(&self.ecm_interval_ms) {
+            return Err(self.bad("ecm_interval_ms", "must be 10..=10000"));
+        }
+        if !(10..=10_000).contains(&self.cat_interval_ms) {
+            return Err(self.bad("cat_interval_ms", "must be 10..=10000"));
+        }
+        if self.emm_bitrate > 100_000_000 {
+            return Err(self.bad("emm_bitrate", "more than 100 Mbit/s"));
+        }
+        if !(1..=7).contains(&self.packets_per_datagram) {
+            return Err(self.bad("packets_per_datagram", "must be 1..=7 (a 1500-byte MTU)"));
+        }
+        if !(10_000..=1_000_000_000).contains(&self.fallback_bitrate) {
+            return Err(self.bad("fallback_bitrate", "must be 10 kbit/s..=1 Gbit/s"));
+        }
+        Endpoint::parse(&self.input)?;
+        Endpoint::parse(&self.output)?;
+        Ok(())
+    }
+}
+
+/// Counters of one channel, for logs and metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct StreamStats {
+    pub packets_in: u64,
+    pub packets_out: u64,
+    /// Packets scrambled (with a payload).
+    pub scrambled: u64,
+    pub cw_changes: u64,
+    pub ecm_sections: u64,
+    pub emm_sections: u64,
+    pub emm_packets: u64,
+    /// EMM sections from the feed that were not EMM sections.
+    pub emm_rejected: u64,
+    pub nulls_replaced: u64,
+    pub pmt_sections: u64,
+    /// PMT versions sent (1 + the number of changes).
+    pub pmt_versions: u64,
+    pub cat_sections: u64,
+    /// On PIDs that no PMT names (yet).
+    pub dropped_unreferenced: u64,
+    /// A configured service's packets while it has no crypto period.
+    pub dropped_no_cw: u64,
+    pub dropped_already_scrambled: u64,
+    pub dropped_malformed: u64,
+    /// On our ECM or EMM PIDs.
+    pub dropped_collision: u64,
+    pub psi_errors: u64,
+    pub feed_errors: u64,
+    pub loops: u64,
+    pub skipped_bytes: u64,
+    pub sync_losses: u64,
+    pub pcr_discontinuities: u64,
+    pub pacing_rebases: u64,
+    pub udp_send_errors: u64,
+}
+
+/// Asks one or more channels to stop. Clones share the flag.
+#[derive(Debug, Clone, Default)]
+pub struct Shutdown(Arc<AtomicBool>);
+
+impl Shutdown {
+    pub fn new() -> Self {
+        Self::default()
+    }
+    pub fn trigger(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+    pub fn is_triggered(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+}
+
+#[derive(Debug, Default)]
+struct Shared {
+    stats: Mutex<StreamStats>,
+    input_addr: Mutex<Option<SocketAddr>>,
+}
+
+fn unix_ms_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Runs one channel on the calling thread until its input ends (a file
+/// that does not loop) or `shutdown` is triggered, and returns its
+/// counters.
+pub fn run_channel<F: CaFeed>(
+    cfg: ChannelStreamConfig,
+    feed: F,
+    shutdown: Shutdown,
+) -> Result<StreamStats, StreamError> {
+    run(&cfg, feed, &shutdown, None)
+}
+
+fn run<F: CaFeed>(
+    cfg: &ChannelStreamConfig,
+    feed: F,
+    shutdown: &Shutdown,
+    shared: Option<&Shared>,
+) -> Result<StreamStats, StreamError> {
+    cfg.validate()?;
+    let in_ep = Endpoint::parse(&cfg.input)?;
+    let out_ep = Endpoint::parse(&cfg.output)?;
+    let paced = match cfg.pacing {
+        Pacing::Auto => matches!(out_ep, Endpoint::Udp(_)),
+        Pacing::Always => true,
+        Pacing::Never => false,
+    };
+    let mut input = Input::open(&in_ep)?;
+    if let Some(sh) = shared {
+        *sh.input_addr.lock().unwrap_or_else(|e| e.into_inner()) = input.local_addr();
+    }
+    let mut output = Output::open(&out_ep, cfg.packets_per_datagram, paced, cfg.max_late_ms)?;
+    let start = cfg.start_unix_ms.unwrap_or_else(unix_ms_now);
+    let mut mux = Mux::new(cfg, feed, start)?;
+    let mut reader = PacketReader::new();
+    // Sync counters of the readers of earlier loops.
+    let (mut skipped, mut losses) = (0u64, 0u64);
+    let mut buf = vec![0u8; 1 << 16];
+    let mut out = Vec::with_capacity(1024);
+    let mut bytes_this_pass = 0u64;
+    let mut packets_this_pass = 0u64;
+    let snapshot = |mux: &Mux<F>, r: &PacketReader, skipped: u64, losses: u64, o: &Output| {
+        let mut s = *mux.stats();
+        s.skipped_bytes = skipped + r.stats().skipped_bytes;
+        s.sync_losses = losses + r.stats().sync_losses;
+        s.pcr_discontinuities = mux.pcr_discontinuities();
+        (s.pacing_rebases, s.udp_send_errors) = o.counters();
+        s
+    };
+    tracing::info!(channel = %cfg.name, input = %in_ep, output = %out_ep, paced, "stream started");
+    while !shutdown.is_triggered() {
+        let mut eof = false;
+        match input.read(&mut buf)? {
+            Got::Data(n) => {
+                bytes_this_pass += n as u64;
+                reader.push(&buf[..n]);
+            }
+            Got::Idle => {
+                mux.flush();
+                mux.take_output(&mut out);
+                output.write(&out, shutdown)?;
+                out.clear();
+                output.flush(shutdown)?;
+                output.idle();
+            }
+            Got::Eof => {
+                reader.finish();
+                eof = true;
+            }
+        }
+        while let Some(p) = reader.next_packet() {
+            packets_this_pass += 1;
+            mux.push(p);
+        }
+        if eof {
+            mux.flush();
+        }
+        mux.take_output(&mut out);
+        let go_on = output.write(&out, shutdown)?;
+        out.clear();
+        if let Some(sh) = shared {
+            *sh.stats.lock().unwrap_or_else(|e| e.into_inner()) =
+                snapshot(&mux, &reader, skipped, losses, &output);
+        }
+        if !go_on {
+            break;
+        }
+        if eof {
+            if packets_this_pass == 0 && bytes_this_pass > 0 {
+                return Err(StreamError::NotTs(in_ep.to_string()));
+            }
+            if !cfg.loop_input || packets_this_pass == 0 || !input.rewind()? {
+                break;
+            }
+            skipped += reader.stats().skipped_bytes;
+            losses += reader.stats().sync_losses;
+            reader = PacketReader::new();
+            mux.input_restarted();
+            (bytes_this_pass, packets_this_pass) = (0, 0);
+        }
+    }
+    output.flush(shutdown)?;
+    let stats = snapshot(&mux, &reader, skipped, losses, &output);
+    if let Some(sh) = shared {
+        *sh.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+    }
+    tracing::info!(channel = %cfg.name, ?stats, "stream stopped");
+    Ok(stats)
+}
+
+/// A channel running on its own thread.
+#[derive(Debug)]
+pub struct ChannelHandle {
+    name: String,
+    shutdown: Shutdown,
+    shared: Arc<Shared>,
+    thread: JoinHandle<Result<StreamStats, StreamError>>,
+}
+
+impl ChannelHandle {
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The channel's counters, updated after every read.
+    pub fn stats(&self) -> StreamStats {
+        *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Where a UDP input listens, once bound (for `udp://127.0.0.1:0`).
+    pub fn input_addr(&self) -> Option<SocketAddr> {
+        *self
+            .shared
+            .input_addr
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Triggers the channel's [`Shutdown`] (shared with whoever else holds
+    /// it). The thread stops within about 100 ms.
+    pub fn stop(&self) {
+        self.shutdown.trigger();
+    }
+
+    pub fn is_finished(&self) -> bool {
+        self.thread.is_finished()
+    }
+
+    /// Waits for the thread and returns how the channel ended.
+    pub fn join(self) -> Result<StreamStats, StreamError> {
+        self.thread
+            .join()
+            .unwrap_or(Err(StreamError::Panicked(self.name)))
+    }
+}
+
+/// Runs one channel on a thread of its own until its input ends or
+/// `shutdown` is triggered. The config is checked before the thread
+/// starts.
+///
+/// A thread, not a tokio task: the per-packet work (CISSA over every
+/// payload) is CPU-bound and would stall the daemon's async runtime, and
+/// pacing a live output wants sleeps finer than tokio's millisecond timer
+/// wheel. A channel is a few Mbit/s, so one thread each is cheap; the feed
+/// it calls ([`CaFeed`]) must not block for long.
+pub fn spawn_channel<F: CaFeed + 'static>(
+    cfg: ChannelStreamConfig,
+    feed: F,
+    shutdown: Shutdown,
+) -> Result<ChannelHandle, StreamError> {
+    cfg.validate()?;
+    let shared = Arc::new(Shared::default());
+    let name = cfg.name.clone();
+    let thread = {
+        let (shared, shutdown) = (shared.clone(), shutdown.clone());
+        std::thread::Builder::new()
+            .name(format!("stream {}", cfg.name))
+            .spawn(move || {
+                let r = run(&cfg, feed, &shutdown, Some(&shared));
+                if let Err(e) = &r {
+                    tracing::error!(channel = %cfg.name, "stream stopped: {e}");
+                }
+                r
+            })
+            .map_err(|source| StreamError::Io {
+                what: "start a thread for",
+                target: name.clone(),
+                source,
+            })?
+    };
+    Ok(ChannelHandle {
+        name,
+        shutdown,
+        shared,
+        thread,
+    })
+}
+
+/// Runs a whole TS held in memory through a [`Mux`] and returns the
+/// output, as a file output would hold it. For tests and tools (the
+/// receiver's tests can make scrambled streams with it).
+pub fn process_buffer<F: CaFeed>(
+    cfg: &ChannelStreamConfig,
+    feed: F,
+    input: &[u8],
+    start_unix_ms: u64,
+) -> Result<(Vec<u8>, StreamStats, F), StreamError> {
+    let mut mux = Mux::new(cfg, feed, start_unix_ms)?;
+    let mut reader = PacketReader::new();
+    reader.push(input);
+    reader.finish();
+    let mut out = Vec::new();
+    let mut bytes = Vec::with_capacity(input.len() + input.len() / 4);
+    while let Some(p) = reader.next_packet() {
+        mux.push(p);
+        mux.take_output(&mut out);
+        for p in out.drain(..) {
+            bytes.extend_from_slice(&p.bytes);
+        }
+    }
+    mux.flush();
+    mux.take_output(&mut out);
+    for p in out.drain(..) {
+        bytes.extend_from_slice(&p.bytes);
+    }
+    let mut stats = *mux.stats();
+    stats.skipped_bytes = reader.stats().skipped_bytes;
+    stats.sync_losses = reader.stats().sync_losses;
+    stats.pcr_discontinuities = mux.pcr_discontinuities();
+    Ok((bytes, stats, mux.into_feed()))
+}

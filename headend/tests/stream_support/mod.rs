@@ -1,0 +1,312 @@
+//! Shared by the stream engine's tests: real TS from ffmpeg, a key engine
+//! feed, and an analyzer that checks what a receiver would check.
+#![allow(dead_code)]
+
+use headend::stream::EngineFeed;
+use headend::{ControlWordSchedule, KeyEngine, OperatorKeys};
+use proto::ecm::Ecm;
+use proto::secret::ProductKey;
+use proto::Codec;
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use ts::cissa::{Descrambler, Outcome};
+use ts::packet::{Packet, Packets, PACKET_LEN};
+use ts::psi::{
+    Cat, Descriptor, Pat, Pmt, PrivateSection, SectionAssembler, CA_SYSTEM_ID,
+    SCRAMBLING_MODE_CISSA,
+};
+
+pub const SERVICE: u16 = 1;
+pub const PRODUCT: u32 = 7;
+pub const ECM_PID: u16 = 0x1F0;
+pub const EMM_PID: u16 = 0x1F1;
+pub const START_MS: u64 = 1_700_000_000_000;
+
+/// A clear TS made by ffmpeg: H.264 test pattern and AAC sine, `secs`
+/// long (program 1, PMT 0x1000, video 0x100 with the PCR, audio 0x101).
+/// `None` (test skipped, with a note) when ffmpeg is missing, unless
+/// `CI=true`, where a missing ffmpeg fails the test.
+pub fn ffmpeg_ts(secs: u32) -> Option<Vec<u8>> {
+    static CACHE: OnceLock<std::sync::Mutex<HashMap<u32, Option<Vec<u8>>>>> = OnceLock::new();
+    let cache = CACHE.get_or_init(Default::default);
+    let mut c = cache.lock().unwrap();
+    c.entry(secs).or_insert_with(|| make_ts(secs)).clone()
+}
+
+fn make_ts(secs: u32) -> Option<Vec<u8>> {
+    let dir = tempfile::tempdir().unwrap();
+    let path: PathBuf = dir.path().join("clear.ts");
+    let run = Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y"])
+        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=25"])
+        .args(["-f", "lavfi", "-i", "sine=frequency=1000"])
+        .args(["-t", &secs.to_string()])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"])
+        .args(["-f", "mpegts"])
+        .arg(&path)
+        .output();
+    match run {
+        Ok(o) if o.status.success() => Some(std::fs::read(&path).unwrap()),
+        other => {
+            let why = match other {
+                Ok(o) => format!(
+                    "ffmpeg failed: {}",
+                    String::from_utf8_lossy(&o.stderr).trim()
+                ),
+                Err(e) => {
+                    format!("ffmpeg not found ({e}); install it with `apt-get install ffmpeg`")
+                }
+            };
+            if std::env::var("CI").is_ok_and(|v| v == "true") {
+                panic!("the stream tests need ffmpeg to make a real TS: {why}");
+            }
+            eprintln!("SKIPPED: {why}");
+            None
+        }
+    }
+}
+
+/// A feed with one product and service 1, crypto periods of `period_ms`,
+/// and an EMM carousel of `emms` sections of 120 bytes. Returns the
+/// product key too, to open the ECMs found in the output.
+pub fn feed(period_ms: u64, emms: usize) -> (EngineFeed, ProductKey) {
+    let key = ProductKey::random();
+    let mut engine = KeyEngine::new(OperatorKeys::generate(1));
+    engine
+        .add_product_with_key(PRODUCT, 1, key.clone())
+        .unwrap();
+    let mut f = EngineFeed::new(engine, ControlWordSchedule::new(10).unwrap(), period_ms).unwrap();
+    f.add_service(SERVICE, PRODUCT, 0);
+    for i in 0..emms {
+        // An EMM-U-shaped message: kind, version, address, filler.
+        let mut emm = vec![0x01, 0x01];
+        emm.extend_from_slice(&(i as u32 + 1).to_be_bytes());
+        emm.resize(117, i as u8);
+        f.push_emm(ts::psi::TableId(0x82 + (i % 2) as u8), &emm)
+            .unwrap();
+    }
+    (f, key)
+}
+
+/// One ECM found on the air, opened.
+#[derive(Debug, Clone)]
+pub struct SeenEcm {
+    /// Index of the packet that completed it.
+    pub at: usize,
+    pub table_id: u8,
+    pub epoch: u64,
+    pub even: [u8; 16],
+    pub odd: [u8; 16],
+}
+
+/// What the analyzer found in a scrambled stream.
+#[derive(Debug, Default)]
+pub struct Analysis {
+    pub packets: usize,
+    pub pat: Vec<Pat>,
+    pub pmts: Vec<Pmt>,
+    pub cats: Vec<Cat>,
+    pub ecms: Vec<SeenEcm>,
+    /// EMM sections, with the index of the packet that completed each.
+    pub emms: Vec<(usize, Vec<u8>)>,
+    pub emm_packets: usize,
+    /// Errors from the section assemblers (CRC, continuity, ...), by PID.
+    pub psi_errors: Vec<(u16, String)>,
+    /// Continuity errors, by PID.
+    pub cc_errors: Vec<(u16, usize, u8, u8)>,
+    /// Descrambled packets of each ES PID, in order.
+    pub es: BTreeMap<u16, Vec<[u8; PACKET_LEN]>>,
+    /// ES packets whose parity was not the current ECM's epoch parity.
+    pub wrong_parity: usize,
+    /// ES packets with a payload sent clear.
+    pub clear_es: usize,
+    /// Scrambled packets that the CWs from the ECMs seen so far could not
+    /// open.
+    pub undecryptable: usize,
+    /// Time of each packet (seconds), from the PCR of the PCR PID,
+    /// interpolated by position.
+    pub times: Vec<f64>,
+    /// PCR packets that carry the discontinuity_indicator.
+    pub pcr_discontinuities: usize,
+}
+
+impl Analysis {
+    pub fn duration(&self) -> f64 {
+        match (self.times.first(), self.times.last()) {
+            (Some(a), Some(b)) => b - a,
+            _ => 0.0,
+        }
+    }
+}
+
+/// Walks a scrambled stream as a receiver with the product key would:
+/// PAT, PMT (CA descriptor → ECM PID), CAT (→ EMM PID), ECMs opened with
+/// the key, both CW slots loaded from each, ES packets descrambled.
+pub fn analyze(out: &[u8], key: &ProductKey, es_pids: &[u16]) -> Analysis {
+    let mut a = Analysis::default();
+    let mut asm: HashMap<u16, SectionAssembler> = HashMap::new();
+    let mut last_cc: HashMap<u16, u8> = HashMap::new();
+    let mut d = Descrambler::new();
+    let mut current_epoch: Option<u64> = None;
+    let mut pcrs: Vec<(usize, f64)> = Vec::new();
+    let mut pcr_pid = None;
+    let mut pmt_pid = None;
+    let mut ecm_pid = None;
+    let mut emm_pid = None;
+    let mut reader = Packets::new(out);
+    for (i, raw) in reader.by_ref().enumerate() {
+        a.packets += 1;
+        let p = Packet::from_array(raw).expect("valid packet out");
+        let pid = p.pid();
+        // Continuity: +1 with a payload, the same without.
+        if pid != 0x1FFF {
+            if let Some(&l) = last_cc.get(&pid) {
+                let want = if p.has_payload() { (l + 1) & 0x0F } else { l };
+                if p.continuity_counter() != want {
+                    a.cc_errors.push((pid, i, l, p.continuity_counter()));
+                }
+            }
+            last_cc.insert(pid, p.continuity_counter());
+        }
+        if let Some(pcr) = p.pcr() {
+            if pcr_pid.is_none() || pcr_pid == Some(pid) {
+                pcrs.push((i, pcr.ticks_27mhz() as f64 / 27e6));
+            }
+            if p.adaptation_field().is_some_and(|f| f.discontinuity()) {
+                a.pcr_discontinuities += 1;
+            }
+        }
+        if es_pids.contains(&pid) {
+            if !p.has_payload() {
+                continue;
+            }
+            let Some(parity) = p.scrambling().parity() else {
+                a.clear_es += 1;
+                continue;
+            };
+            if current_epoch.map(|e| e % 2) != Some(u64::from(parity == ts::Parity::Odd)) {
+                a.wrong_parity += 1;
+            }
+            let mut b = *raw;
+            match d.descramble(&mut b) {
+                Ok(Outcome::Done(_)) => a.es.entry(pid).or_default().push(b),
+                _ => a.undecryptable += 1,
+            }
+            continue;
+        }
+        let psi = pid == 0
+            || pid == 1
+            || Some(pid) == pmt_pid
+            || Some(pid) == ecm_pid
+            || Some(pid) == emm_pid;
+        if !psi {
+            continue;
+        }
+        if Some(pid) == emm_pid {
+            a.emm_packets += 1;
+        }
+        for r in asm.entry(pid).or_default().push(&p) {
+            let s = match r {
+                Ok(s) => s,
+                Err(e) => {
+                    a.psi_errors.push((pid, e.to_string()));
+                    continue;
+                }
+            };
+            match s[0] {
+                0x00 => {
+                    let pat = Pat::from_section(&s).unwrap();
+                    pmt_pid = pat.pmt_pid(super_service());
+                    a.pat.push(pat);
+                }
+                0x01 => {
+                    let cat = Cat::from_section(&s).unwrap();
+                    emm_pid = cat.emm_pid(CA_SYSTEM_ID);
+                    a.cats.push(cat);
+                }
+                0x02 => {
+                    let pmt = Pmt::from_section(&s).unwrap();
+                    ecm_pid = pmt.ca_descriptors(CA_SYSTEM_ID).first().map(|c| c.ca_pid);
+                    pcr_pid = Some(pmt.pcr_pid);
+                    a.pmts.push(pmt);
+                }
+                0x80 | 0x81 => {
+                    let sec = PrivateSection::parse(&s).unwrap();
+                    let ecm = Ecm::from_bytes(sec.payload).unwrap();
+                    let h = ecm.header;
+                    let ek = key.epoch_key(h.product, h.generation, h.epoch).ecm_key();
+                    let payload = ecm.open(&ek).expect("ECM opens with the product key");
+                    d.set_even(&payload.even);
+                    d.set_odd(&payload.odd);
+                    current_epoch = Some(h.epoch);
+                    a.ecms.push(SeenEcm {
+                        at: i,
+                        table_id: s[0],
+                        epoch: h.epoch,
+                        even: *payload.even.expose(),
+                        odd: *payload.odd.expose(),
+                    });
+                }
+                0x82..=0x8F => a.emms.push((i, s)),
+                other => panic!("unexpected table {other:#04x} on PID {pid:#06x}"),
+            }
+        }
+    }
+    assert_eq!(reader.stats().skipped_bytes, 0, "output out of sync");
+    // Packet times from the PCR, interpolated by position.
+    a.times = vec![0.0; a.packets];
+    if pcrs.len() >= 2 {
+        let mut k = 0;
+        for (i, t) in a.times.iter_mut().enumerate() {
+            while k + 2 < pcrs.len() && pcrs[k + 1].0 <= i {
+                k += 1;
+            }
+            let ((i0, t0), (i1, t1)) = (pcrs[k], pcrs[k + 1]);
+            let step = if t1 > t0 {
+                (t1 - t0) / (i1 - i0) as f64
+            } else {
+                0.0
+            };
+            *t = t0 + (i as f64 - i0 as f64) * step;
+        }
+    }
+    a
+}
+
+fn super_service() -> u16 {
+    SERVICE
+}
+
+/// The packets of each PID of a clear stream, in order.
+pub fn packets_by_pid(ts: &[u8]) -> BTreeMap<u16, Vec<[u8; PACKET_LEN]>> {
+    let mut m: BTreeMap<u16, Vec<[u8; PACKET_LEN]>> = BTreeMap::new();
+    for p in Packets::new(ts) {
+        let pid = Packet::from_array(p).unwrap().pid();
+        m.entry(pid).or_default().push(*p);
+    }
+    m
+}
+
+/// The ES PIDs with a payload only (what `analyze` keeps).
+pub fn with_payload(v: &[[u8; PACKET_LEN]]) -> Vec<[u8; PACKET_LEN]> {
+    v.iter()
+        .filter(|p| Packet::from_array(p).unwrap().has_payload())
+        .copied()
+        .collect()
+}
+
+/// The program-level descriptors a scrambled PMT must carry.
+pub fn check_pmt_signalling(pmt: &Pmt) {
+    assert!(
+        pmt.descriptors.contains(&Descriptor::iodoform_ca(ECM_PID)),
+        "PMT has no CA_descriptor for ECM PID {ECM_PID:#x}: {pmt:?}"
+    );
+    assert!(
+        pmt.descriptors.contains(&Descriptor::Scrambling {
+            mode: SCRAMBLING_MODE_CISSA
+        }),
+        "PMT has no scrambling_descriptor: {pmt:?}"
+    );
+}
