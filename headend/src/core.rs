@@ -529,6 +529,16 @@ fn renew_in_tx(
     })
 }
 
+/// A short-syntax private section around `payload`, in one allocation:
+/// exactly what `ts::psi::PrivateSection::build` writes (a test checks),
+/// for the carousel's hot path. `payload` is one EMM, at most 4016 bytes.
+fn short_section(table: TableId, payload: &[u8]) -> Arc<[u8]> {
+    debug_assert!(payload.len() <= ts::psi::MAX_PRIVATE_PAYLOAD);
+    let len = payload.len() as u16;
+    let head = [table.0, 0x70 | (len >> 8) as u8, len as u8];
+    head.iter().chain(payload).copied().collect()
+}
+
 /// Commits a new EMM sequence block and returns its floor.
 fn new_seq_block(conn: &mut Connection, run: u64, now_ms: u64) -> Result<u64> {
     let tx = conn.transaction()?;
@@ -1673,6 +1683,9 @@ impl Core {
             if let Err(e) = self.engine.emm_u_batch(chunk, now, &mut buf) {
                 self.internal_error(&format!("EMM-U batch: {e}"));
             }
+            // Cut the batch into EMMs and wrap each in its section, one
+            // allocation each, and publish them under one lock.
+            let mut sections = Vec::with_capacity(chunk.len());
             let mut at = 0;
             while at + EMM_HEADER_LEN <= buf.len() {
                 let body = u16::from_be_bytes([buf[at + 14], buf[at + 15]]) as usize;
@@ -1680,10 +1693,11 @@ impl Core {
                 if end > buf.len() {
                     break;
                 }
-                let emm = buf[at..end].to_vec();
-                self.emit(EMM_U_TABLE, &emm, false);
+                sections.push(short_section(EMM_U_TABLE, &buf[at..end]));
                 at = end;
             }
+            Metrics::add(&self.metrics.emm_u_sent, sections.len() as u64);
+            self.output.publish_emms(sections);
             self.emm_buf = buf;
         }
     }
@@ -1778,16 +1792,69 @@ impl Core {
         })
     }
 
-    /// Test and benchmark access to the engine.
+    /// Read access to the key engine (tests, benchmarks, embedding).
     pub fn engine(&self) -> &KeyEngine {
         &self.engine
     }
 
-    /// Sends one full carousel cycle at once (benchmarks).
-    pub fn carousel_full_cycle(&mut self, now_ms: u64) -> usize {
+    /// Registers cards whose KEKs were derived elsewhere (a bulk import
+    /// from another subscriber system, or a benchmark), each subscribed to
+    /// `product` from `start` to `end` (Unix seconds), in one transaction.
+    pub fn import_cards(
+        &mut self,
+        cards: Vec<(u32, [u8; 32], proto::secret::Kek)>,
+        product: u32,
+        start: u64,
+        end: u64,
+        now_ms: u64,
+    ) -> Result<usize> {
+        if !self.products.contains_key(&product) {
+            return Err(CoreError::NotFound(format!("unknown product {product}")));
+        }
+        let ours = self.engine.operator().operator_id();
+        let tx = self.conn.transaction()?;
+        {
+            let mut card = tx.prepare(
+                "INSERT INTO cards (id, operator_id, public_key, sealed_kek, state, created_ms) VALUES (?1, ?2, ?3, ?4, 'active', ?5)",
+            )?;
+            let mut sub = tx.prepare(
+                "INSERT INTO subscriptions (card, product, start, end, lapsed, created_ms) VALUES (?1, ?2, ?3, ?4, 0, ?5)",
+            )?;
+            for (id, public, kek) in &cards {
+                let sealed = self.mk.seal(row("cards", u64::from(*id), 0), kek.expose());
+                card.execute(params![id, ours, public.to_vec(), sealed, now_ms as i64])?;
+                sub.execute(params![id, product, start as i64, end as i64, now_ms as i64])?;
+            }
+        }
+        tx.commit()?;
+        let n = cards.len();
+        for (id, public, kek) in cards {
+            let p = self.engine.prepare_stored_card(id, public, kek)?;
+            self.engine.insert_card(p)?;
+            self.engine.raise_emm_u_seq(id, self.seq_floor)?;
+            self.engine.entitle(id, product, start, end)?;
+            self.carousel.members.insert(id);
+        }
+        Ok(n)
+    }
+
+    /// One whole carousel cycle at once, as the scheduler spreads it over
+    /// `emm_cycle_ms`: a new sequence block (a commit, and every active
+    /// card's id read from the database), then one EMM-U per member into
+    /// the output. Returns the EMM-Us sent. For benchmarks.
+    pub fn carousel_cycle_now(&mut self, now_ms: u64) -> Result<usize> {
+        self.roll_seq_block(now_ms)?;
         let ids: Vec<u32> = self.carousel.members.iter().copied().collect();
         self.send_emm_us(&ids, now_ms);
-        ids.len()
+        Metrics::inc(&self.metrics.carousel_cycles);
+        Ok(ids.len())
+    }
+
+    /// The engine's bare EMM-U batch for `ids`, with no database and no
+    /// output: the in-memory rate the carousel is compared with. Counters
+    /// only move up, so this is safe, but the EMMs go nowhere.
+    pub fn emm_u_batch_in_memory(&mut self, ids: &[u32], now: u64, out: &mut Vec<u8>) -> Result<()> {
+        Ok(self.engine.emm_u_batch(ids, now, out)?)
     }
 }
 
@@ -1813,6 +1880,17 @@ mod tests {
         assert!(restored >= c + BLOCK_ROOM, "{restored} {c}");
         assert_eq!(next_seq_floor(i64::MAX as u64, t0), None);
         assert_eq!(next_seq_floor(0, u64::MAX), None);
+    }
+
+    #[test]
+    fn short_sections_match_ts() {
+        for len in [40, 98, 255, 256, 4016] {
+            let emm: Vec<u8> = (0..len).map(|i| i as u8).collect();
+            assert_eq!(
+                &*short_section(EMM_U_TABLE, &emm),
+                &ts::psi::emm_section(EMM_U_TABLE, &emm).unwrap()[..]
+            );
+        }
     }
 
     #[test]

@@ -163,6 +163,25 @@ impl CaOutput {
             .insert(ecm.service, ecm);
     }
 
+    /// Publishes several EMM sections under one lock.
+    pub(crate) fn publish_emms(&self, sections: Vec<Arc<[u8]>>) {
+        {
+            let mut log = self.0.emms.lock().unwrap_or_else(|e| e.into_inner());
+            for s in &sections {
+                if log.sections.len() == EMM_LOG_LEN {
+                    log.sections.pop_front();
+                    log.first += 1;
+                }
+                log.sections.push_back(s.clone());
+            }
+        }
+        if self.0.push.receiver_count() > 0 {
+            for s in sections {
+                let _ = self.0.push.send(s);
+            }
+        }
+    }
+
     pub(crate) fn publish_emm(&self, section: Vec<u8>) {
         let section: Arc<[u8]> = section.into();
         {

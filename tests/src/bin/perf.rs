@@ -12,6 +12,9 @@
 //! add it to [`FIGURES`].
 #![forbid(unsafe_code)]
 
+#[path = "perf/headend.rs"]
+mod headend_figures;
+
 use clap::Parser;
 use headend::{KeyEngine, OperatorKeys, PreparedCard};
 use proto::crypto::X25519Secret;
@@ -69,6 +72,16 @@ const FIGURES: &[(&str, &str, Figure)] = &[
         "scramble",
         "headend DVB-CISSA scrambling, MB/s of TS, against raw AES-128-CBC encrypt of the same blocks",
         |s| vec![ts::bench::scramble_rate(s.quick)],
+    ),
+    (
+        "carousel_sqlite",
+        "a full EMM-U carousel cycle of the daemon over 1 M cards stored in SQLite, against the bare in-memory EMM-U rate",
+        headend_figures::carousel_sqlite,
+    ),
+    (
+        "api_writes",
+        "subscriptions per second through the admin API over loopback HTTP, against bare one-row SQLite commits",
+        headend_figures::api_writes,
     ),
 ];
 
