@@ -48,9 +48,8 @@ impl Endpoint {
                 .map_err(|e| bad(&format!("expected udp://HOST:PORT ({e})")))?
                 .next()
                 .ok_or_else(|| bad("the host has no address"))?;
-            if addr.port() == 0 {
-                return Err(bad("port 0"));
-            }
+            // Port 0 is fine for an input (any free port: see
+            // `ChannelHandle::input_addr`); an output refuses it.
             return Ok(Endpoint::Udp(addr));
         }
         if let Some(path) = url.strip_prefix("file://") {

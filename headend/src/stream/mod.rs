@@ -234,7 +234,11 @@ impl ChannelStreamConfig {
             return Err(self.bad("fallback_bitrate", "must be 10 kbit/s..=1 Gbit/s"));
         }
         Endpoint::parse(&self.input)?;
-        Endpoint::parse(&self.output)?;
+        if let Endpoint::Udp(a) = Endpoint::parse(&self.output)? {
+            if a.port() == 0 || a.ip().is_unspecified() {
+                return Err(self.bad("output", format!("cannot send to {a}")));
+            }
+        }
         Ok(())
     }
 }
@@ -359,6 +363,19 @@ fn run<F: CaFeed>(
                 reader.push(&buf[..n]);
             }
             Got::Idle => {
+                // The reader holds the last packet back until a byte of
+                // the next one confirms it; after 100 ms of silence, let it
+                // go (the next datagram finds sync again at once).
+                if reader.buffered() > 0 {
+                    reader.finish();
+                    while let Some(p) = reader.next_packet() {
+                        packets_this_pass += 1;
+                        mux.push(p);
+                    }
+                    skipped += reader.stats().skipped_bytes;
+                    losses += reader.stats().sync_losses;
+                    reader = PacketReader::new();
+                }
                 mux.flush();
                 mux.take_output(&mut out);
                 output.write(&out, shutdown)?;

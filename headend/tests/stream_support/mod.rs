@@ -310,3 +310,110 @@ pub fn check_pmt_signalling(pmt: &Pmt) {
         "PMT has no scrambling_descriptor: {pmt:?}"
     );
 }
+
+/// Builds small synthetic streams packet by packet, with right continuity
+/// counters, for the cases ffmpeg does not make.
+#[derive(Debug, Default)]
+pub struct Synth {
+    cc: HashMap<u16, u8>,
+    pub out: Vec<u8>,
+}
+
+impl Synth {
+    pub fn section(&mut self, pid: u16, section: &[u8]) {
+        let cc = self.cc.entry(pid).or_insert(0);
+        let mut pkts = Vec::new();
+        ts::psi::packetize(&[section], pid, cc, &mut pkts).unwrap();
+        for p in pkts {
+            self.out.extend_from_slice(&p);
+        }
+    }
+
+    pub fn pat(&mut self, programs: &[(u16, u16)]) {
+        let pat = Pat {
+            transport_stream_id: 1,
+            version: 0,
+            current_next: true,
+            programs: programs
+                .iter()
+                .map(|&(program_number, pid)| ts::psi::PatEntry {
+                    program_number,
+                    pid,
+                })
+                .collect(),
+        };
+        self.section(0, &pat.to_section().unwrap());
+    }
+
+    pub fn pmt(
+        &mut self,
+        program: u16,
+        pmt_pid: u16,
+        pcr_pid: u16,
+        streams: &[(u8, u16)],
+        version: u8,
+    ) {
+        let pmt = Pmt {
+            program_number: program,
+            version,
+            current_next: true,
+            pcr_pid,
+            descriptors: vec![],
+            streams: streams
+                .iter()
+                .map(|&(stream_type, pid)| ts::psi::PmtStream {
+                    stream_type,
+                    pid,
+                    descriptors: vec![],
+                })
+                .collect(),
+        };
+        self.section(pmt_pid, &pmt.to_section().unwrap());
+    }
+
+    pub fn cat(&mut self, descriptors: Vec<Descriptor>, version: u8) {
+        let cat = Cat {
+            version,
+            current_next: true,
+            descriptors,
+        };
+        self.section(1, &cat.to_section().unwrap());
+    }
+
+    /// One ES packet with a full payload (`fill` repeated), with a PCR of
+    /// `pcr_ms` if given.
+    pub fn es(&mut self, pid: u16, fill: u8, pcr_ms: Option<u64>) {
+        let cc = self.cc.entry(pid).or_insert(0);
+        let mut b = ts::packet::PacketBuilder::new(pid);
+        b.continuity_counter = *cc;
+        *cc = (*cc + 1) & 0x0F;
+        b.pcr = pcr_ms.map(|ms| ts::packet::Pcr::from_27mhz(ms * 27_000));
+        let (p, _) = b.build(&[fill; 184]).unwrap();
+        self.out.extend_from_slice(&p);
+    }
+}
+
+/// The PAT and service 1's PMT (on 0x1000, PCR on 0x100), every 100 ms.
+pub fn psi_every_100ms(s: &mut Synth, ms: u64, streams: &[(u8, u16)], version: u8) {
+    if ms % 100 == 0 {
+        s.pat(&[(SERVICE, 0x1000)]);
+        s.pmt(SERVICE, 0x1000, 0x100, streams, version);
+    }
+}
+
+/// Two seconds of a synthetic stream: a video packet (0x100, with the PCR
+/// every 40 ms) and an audio packet (0x101) every 10 ms, after what `at`
+/// adds at each 10 ms step (at least the PSI: see [`psi_every_100ms`]).
+pub fn synth_stream(mut at: impl FnMut(&mut Synth, u64)) -> Vec<u8> {
+    let mut s = Synth::default();
+    for step in 0..200u64 {
+        let ms = step * 10;
+        at(&mut s, ms);
+        s.es(0x100, step as u8, (step % 4 == 0).then_some(ms + 1000));
+        s.es(0x101, step as u8, None);
+    }
+    s.out
+}
+
+/// The usual service 1: H.264 on 0x100, AAC on 0x101.
+pub const AV: &[(u8, u16)] = &[(0x1B, 0x100), (0x0F, 0x101)];

@@ -1,0 +1,146 @@
+//! The stream engine over UDP on loopback: output paced by the PCR as a
+//! live source would be, input in datagrams with garbage in between.
+
+mod stream_support;
+
+use headend::stream::{spawn_channel, ChannelStreamConfig, Pacing, Shutdown};
+use std::net::UdpSocket;
+use std::time::{Duration, Instant};
+use stream_support::*;
+use ts::packet::{Packets, PACKET_LEN};
+
+const VIDEO: u16 = 0x100;
+const AUDIO: u16 = 0x101;
+
+/// Bytes with no sync byte, so that they cannot look like a packet.
+fn garbage(n: usize) -> Vec<u8> {
+    (0..n)
+        .map(|i| (i as u8).wrapping_mul(31) | 0x80)
+        .map(|b| if b == 0x47 { 0x48 } else { b })
+        .collect()
+}
+
+/// Receives datagrams until none comes for `idle`, with their arrival
+/// times.
+fn receive_all(sock: &UdpSocket, idle: Duration, limit: Duration) -> Vec<(Instant, Vec<u8>)> {
+    sock.set_read_timeout(Some(idle)).unwrap();
+    let started = Instant::now();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    while started.elapsed() < limit {
+        match sock.recv(&mut buf) {
+            Ok(n) => got.push((Instant::now(), buf[..n].to_vec())),
+            Err(_) if !got.is_empty() => break,
+            Err(_) => {}
+        }
+    }
+    got
+}
+
+fn check_descrambled(out: &[u8], clear: &[u8], key: &proto::secret::ProductKey) {
+    let a = analyze(out, key, &[VIDEO, AUDIO]);
+    assert!(a.psi_errors.is_empty(), "{:?}", a.psi_errors);
+    assert!(a.cc_errors.is_empty(), "{:?}", a.cc_errors);
+    assert_eq!(a.clear_es + a.wrong_parity + a.undecryptable, 0);
+    let input = packets_by_pid(clear);
+    for pid in [VIDEO, AUDIO] {
+        assert!(
+            a.es[&pid] == with_payload(&input[&pid]),
+            "PID {pid:#x}: descrambled output differs from the input"
+        );
+    }
+}
+
+#[test]
+fn file_to_udp_is_paced_by_the_pcr_and_resyncs_after_garbage() {
+    let Some(clear) = ffmpeg_ts(2) else { return };
+    // Garbage in the middle of the file, between two packets: the reader
+    // skips it and every packet survives.
+    let cut = (clear.len() / PACKET_LEN / 2) * PACKET_LEN;
+    let junk = garbage(300);
+    let mut input = clear[..cut].to_vec();
+    input.extend_from_slice(&junk);
+    input.extend_from_slice(&clear[cut..]);
+    let dir = tempfile::tempdir().unwrap();
+    let inp = dir.path().join("in.ts");
+    std::fs::write(&inp, &input).unwrap();
+
+    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let dest = format!("udp://{}", rx.local_addr().unwrap());
+    let (feed, key) = feed(200, 10);
+    let mut cfg = ChannelStreamConfig::new("udp", inp.to_str().unwrap(), dest, EMM_PID)
+        .service(SERVICE, ECM_PID);
+    cfg.start_unix_ms = Some(START_MS);
+    let h = spawn_channel(cfg, feed, Shutdown::new()).unwrap();
+    let got = receive_all(&rx, Duration::from_millis(600), Duration::from_secs(20));
+    let stats = h.join().unwrap();
+    assert_eq!(stats.skipped_bytes, junk.len() as u64, "{stats:?}");
+    assert_eq!(stats.sync_losses, 1);
+
+    // 7 packets per datagram (the last may be short), nothing lost.
+    let n = got.len();
+    for (_, d) in &got[..n - 1] {
+        assert_eq!(d.len(), 7 * PACKET_LEN);
+    }
+    let out: Vec<u8> = got.iter().flat_map(|(_, d)| d.clone()).collect();
+    assert_eq!(out.len() as u64, stats.packets_out * PACKET_LEN as u64);
+
+    // Paced: the datagrams span about the stream's own duration.
+    let span = analyze(&out, &key, &[VIDEO, AUDIO]).duration();
+    let took = (got[n - 1].0 - got[0].0).as_secs_f64();
+    assert!(
+        took > 0.8 * span && took < 1.3 * span + 0.3,
+        "sent {span:.2} s of stream in {took:.2} s"
+    );
+    check_descrambled(&out, &clear, &key);
+}
+
+#[test]
+fn udp_input_in_odd_datagrams_with_garbage_datagrams() {
+    let Some(clear) = ffmpeg_ts(2) else { return };
+    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (feed, key) = feed(200, 10);
+    let mut cfg = ChannelStreamConfig::new(
+        "udp-in",
+        "udp://127.0.0.1:0",
+        format!("udp://{}", rx.local_addr().unwrap()),
+        EMM_PID,
+    )
+    .service(SERVICE, ECM_PID);
+    cfg.start_unix_ms = Some(START_MS);
+    cfg.pacing = Pacing::Never;
+    let h = spawn_channel(cfg, feed, Shutdown::new()).unwrap();
+    let t = Instant::now();
+    let addr = loop {
+        if let Some(a) = h.input_addr() {
+            break a;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "input never bound");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    // Datagrams of 5 packets and a half, so that packets straddle them,
+    // and a datagram of garbage every 20.
+    let chunk = 5 * PACKET_LEN + PACKET_LEN / 2;
+    let mut junk_total = 0;
+    for (i, d) in clear.chunks(chunk).enumerate() {
+        tx.send_to(d, addr).unwrap();
+        if i % 20 == 9 {
+            // After an even number of datagrams: between two packets.
+            assert_eq!((i + 1) * chunk % PACKET_LEN, 0);
+            let j = garbage(100);
+            tx.send_to(&j, addr).unwrap();
+            junk_total += j.len();
+        }
+        if i % 8 == 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+    let got = receive_all(&rx, Duration::from_millis(500), Duration::from_secs(20));
+    h.stop();
+    let stats = h.join().unwrap();
+    assert_eq!(stats.skipped_bytes, junk_total as u64, "{stats:?}");
+    let out: Vec<u8> = got.iter().flat_map(|(_, d)| d.clone()).collect();
+    assert_eq!(Packets::new(&out).count() as u64, stats.packets_out);
+    check_descrambled(&out, &clear, &key);
+}
