@@ -9,8 +9,13 @@
 //! With no figure named, every figure runs. Each prints one JSON object
 //! per line with at least `figure`, `ours`, `limit`, `ratio` (ours / limit)
 //! and `unit`. To add a figure, write a `fn(&Settings) -> Vec<Value>` and
-//! add it to [`FIGURES`].
+//! add it to [`FIGURES`]. A figure that cannot be measured (say, pcscd is
+//! not running) prints an object with `figure` and `error` instead, and
+//! the report exits 1 after the other figures.
 #![forbid(unsafe_code)]
+
+#[path = "perf/pcsc.rs"]
+mod pcsc_figures;
 
 #[path = "perf/headend.rs"]
 mod headend_figures;
@@ -74,6 +79,11 @@ const FIGURES: &[(&str, &str, Figure)] = &[
         |s| vec![ts::bench::scramble_rate(s.quick)],
     ),
     (
+        "ecm_cw_pcsc",
+        "ECM to control words through the real pcscd and vpcd (p50 ms, with p90/p99/max), against a bare NOP APDU round trip",
+        pcsc_figures::ecm_cw_pcsc,
+    ),
+    (
         "carousel_sqlite",
         "a full EMM-U carousel cycle of the daemon over 1 M cards stored in SQLite, against the bare in-memory EMM-U rate",
         headend_figures::carousel_sqlite,
@@ -127,12 +137,18 @@ fn main() -> ExitCode {
         chosen = FIGURES.iter().map(|(_, _, f)| *f).collect();
     }
     let settings = Settings::new(args.quick);
+    let mut failed = false;
     for figure in chosen {
         for line in figure(&settings) {
+            failed |= line.get("error").is_some();
             println!("{line}");
         }
     }
-    ExitCode::SUCCESS
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }
 
 /// Operations per second of `step`, which does a batch of operations and
