@@ -1839,11 +1839,14 @@ impl Core {
     }
 
     /// One whole carousel cycle at once, as the scheduler spreads it over
-    /// `emm_cycle_ms`: a new sequence block (a commit, and every active
-    /// card's id read from the database), then one EMM-U per member into
-    /// the output. Returns the EMM-Us sent. For benchmarks.
-    pub fn carousel_cycle_now(&mut self, now_ms: u64) -> Result<usize> {
-        self.roll_seq_block(now_ms)?;
+    /// `emm_cycle_ms`: optionally a new sequence block (a commit, and every
+    /// active card's id read back from the database, as every 10 minutes),
+    /// then one EMM-U per member into the output. Returns the EMM-Us sent.
+    /// For benchmarks.
+    pub fn carousel_cycle_now(&mut self, now_ms: u64, new_block: bool) -> Result<usize> {
+        if new_block {
+            self.roll_seq_block(now_ms)?;
+        }
         let ids: Vec<u32> = self.carousel.members.iter().copied().collect();
         self.send_emm_us(&ids, now_ms);
         Metrics::inc(&self.metrics.carousel_cycles);

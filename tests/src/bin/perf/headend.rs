@@ -12,7 +12,7 @@ use headend::metrics::Metrics;
 use headend::{CaOutput, OperatorKeys};
 use proto::crypto::X25519Secret;
 use proto::emm::Emm;
-use proto::secret::{Key32, Kek};
+use proto::secret::{Kek, Key32};
 use proto::Codec;
 use serde_json::{json, Value};
 use std::sync::Arc;
@@ -83,16 +83,22 @@ pub(crate) fn carousel_sqlite(s: &Settings) -> Vec<Value> {
         let chunk: Vec<(u32, [u8; 32], Kek)> = (id..=last)
             .map(|i| (i, random32(&mut st), Kek::from_bytes(random32(&mut st))))
             .collect();
-        core.import_cards(chunk, 1, start, end, now).expect("import");
+        core.import_cards(chunk, 1, start, end, now)
+            .expect("import");
         id = last + 1;
     }
     // One real card, to prove that what the cycle makes opens on a card.
     let probe_id = cards + 1;
     let probe = X25519Secret::random();
-    let probe_kek =
-        Kek::derive_card(&probe, probe_id, &op_public.x25519).expect("probe KEK");
-    core.import_cards(vec![(probe_id, probe.public(), probe_kek.clone())], 1, start, end, now)
-        .expect("probe");
+    let probe_kek = Kek::derive_card(&probe, probe_id, &op_public.x25519).expect("probe KEK");
+    core.import_cards(
+        vec![(probe_id, probe.public(), probe_kek.clone())],
+        1,
+        start,
+        end,
+        now,
+    )
+    .expect("probe");
     drop(core);
     let setup_seconds = setup.elapsed().as_secs_f64();
 
@@ -117,22 +123,21 @@ pub(crate) fn carousel_sqlite(s: &Settings) -> Vec<Value> {
         }
         total as f64 / start.elapsed().as_secs_f64()
     };
-    let cycle = |core: &mut Core| {
+    let cycle = |core: &mut Core, new_block: bool| {
         t.set(t.get() + 1000);
         let t = t.get();
         let start = Instant::now();
-        let n = core.carousel_cycle_now(t).expect("cycle");
+        let n = core.carousel_cycle_now(t, new_block).expect("cycle");
         assert_eq!(n as u64, total);
         total as f64 / start.elapsed().as_secs_f64()
     };
-    let (mut best_ours, mut best_limit) = (0f64, 0f64);
-    let mut cycle_seconds = f64::MAX;
+    let (mut best_ours, mut best_limit, mut best_steady) = (0f64, 0f64, 0f64);
     for _ in 0..s.rounds.min(3) {
         best_limit = best_limit.max(in_memory(&mut core));
-        let r = cycle(&mut core);
-        best_ours = best_ours.max(r);
-        cycle_seconds = cycle_seconds.min(total as f64 / r);
+        best_ours = best_ours.max(cycle(&mut core, true));
+        best_steady = best_steady.max(cycle(&mut core, false));
     }
+    let cycle_seconds = total as f64 / best_ours;
 
     // The probe's EMM-U from the last cycle opens with its card-side KEK.
     let output = core.output().clone();
@@ -143,7 +148,9 @@ pub(crate) fn carousel_sqlite(s: &Settings) -> Vec<Value> {
         .find(|s| ts::psi::emm_section_address(&s.section) == Some(probe_id))
         .expect("the probe's EMM-U is in the output");
     let emm = Emm::from_bytes(&probe_section.section[3..]).expect("EMM parses");
-    let payload = emm.open_unique(&probe_kek).expect("EMM-U opens on the card");
+    let payload = emm
+        .open_unique(&probe_kek)
+        .expect("EMM-U opens on the card");
     assert_eq!(payload.commands.len(), 1);
 
     let ratio = best_ours / best_limit;
@@ -153,9 +160,11 @@ pub(crate) fn carousel_sqlite(s: &Settings) -> Vec<Value> {
         "limit": best_limit.round(),
         "ratio": round3(ratio),
         "unit": "EMM-U/s",
-        "what": "one full EMM-U carousel cycle of the daemon over cards stored in SQLite (new sequence block committed, card ids read back, EMM-U sealed, wrapped in a section, published to CaOutput) vs the bare in-memory KeyEngine::emm_u_batch over the same cards",
+        "what": "one full EMM-U carousel cycle of the daemon over cards stored in SQLite (a new sequence block committed and every card id read back from SQLite, then each EMM-U sealed, wrapped in a section and published to CaOutput) vs the bare in-memory KeyEngine::emm_u_batch over the same cards",
         "cards": total,
         "cycle_seconds": round3(cycle_seconds),
+        "steady_cycle_per_s": best_steady.round(),
+        "steady_ratio": round3(best_steady / best_limit),
         "cold_load_seconds": round3(load_seconds),
         "cold_load_cards_per_s": (total as f64 / load_seconds).round(),
         "setup_seconds": round3(setup_seconds),
@@ -240,7 +249,9 @@ pub(crate) fn api_writes(s: &Settings) -> Vec<Value> {
                         let r = agent
                             .post(&format!("{url}/api/v1/subscriptions"))
                             .set("Authorization", &format!("Bearer {token}"))
-                            .send_json(json!({"card_id": card, "product": "sports", "until": until}));
+                            .send_json(
+                                json!({"card_id": card, "product": "sports", "until": until}),
+                            );
                         assert!(matches!(&r, Ok(resp) if resp.status() == 201), "{r:?}");
                     }
                 });
@@ -256,7 +267,8 @@ pub(crate) fn api_writes(s: &Settings) -> Vec<Value> {
     let bare = rusqlite::Connection::open(&bare_path).expect("bare db");
     bare.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
         .expect("wal");
-    bare.pragma_update(None, "synchronous", "FULL").expect("sync");
+    bare.pragma_update(None, "synchronous", "FULL")
+        .expect("sync");
     bare.execute_batch(
         "CREATE TABLE subscriptions (card INTEGER NOT NULL, product INTEGER NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL, PRIMARY KEY (card, product))",
     )
