@@ -542,8 +542,9 @@ fn short_section(table: TableId, payload: &[u8]) -> Arc<[u8]> {
 /// Commits a new EMM sequence block and returns its floor.
 fn new_seq_block(conn: &mut Connection, run: u64, now_ms: u64) -> Result<u64> {
     let tx = conn.transaction()?;
-    let last: i64 =
-        tx.query_row("SELECT COALESCE(MAX(floor), 0) FROM seq_blocks", [], |r| r.get(0))?;
+    let last: i64 = tx.query_row("SELECT COALESCE(MAX(floor), 0) FROM seq_blocks", [], |r| {
+        r.get(0)
+    })?;
     let floor = next_seq_floor(last as u64, now_ms)
         .ok_or_else(|| CoreError::Internal("EMM sequence space exhausted".into()))?;
     tx.execute(
@@ -1016,8 +1017,7 @@ impl Core {
             params![req.card_id, ours, public.to_vec(), sealed, now_ms as i64],
         )?;
         self.engine.insert_card(prepared)?;
-        self.engine
-            .raise_emm_u_seq(req.card_id, self.seq_floor)?;
+        self.engine.raise_emm_u_seq(req.card_id, self.seq_floor)?;
         tracing::info!(card = req.card_id, "card registered");
         self.card(req.card_id)
     }
@@ -1404,7 +1404,8 @@ impl Core {
     /// new block starts well before that could reach the room.
     fn ensure_seq_room(&mut self, one_offs: u64, now_ms: u64) -> Result<()> {
         let bound = 2 * (self.block_ticks + 1) + self.block_one_offs + one_offs;
-        if bound >= BLOCK_ROOM / 2 || now_ms.saturating_sub(self.block_started_ms) >= BLOCK_MAX_AGE_MS
+        if bound >= BLOCK_ROOM / 2
+            || now_ms.saturating_sub(self.block_started_ms) >= BLOCK_MAX_AGE_MS
         {
             self.roll_seq_block(now_ms)?;
         }
@@ -1823,7 +1824,13 @@ impl Core {
             for (id, public, kek) in &cards {
                 let sealed = self.mk.seal(row("cards", u64::from(*id), 0), kek.expose());
                 card.execute(params![id, ours, public.to_vec(), sealed, now_ms as i64])?;
-                sub.execute(params![id, product, start as i64, end as i64, now_ms as i64])?;
+                sub.execute(params![
+                    id,
+                    product,
+                    start as i64,
+                    end as i64,
+                    now_ms as i64
+                ])?;
             }
         }
         tx.commit()?;
@@ -1856,7 +1863,12 @@ impl Core {
     /// The engine's bare EMM-U batch for `ids`, with no database and no
     /// output: the in-memory rate the carousel is compared with. Counters
     /// only move up, so this is safe, but the EMMs go nowhere.
-    pub fn emm_u_batch_in_memory(&mut self, ids: &[u32], now: u64, out: &mut Vec<u8>) -> Result<()> {
+    pub fn emm_u_batch_in_memory(
+        &mut self,
+        ids: &[u32],
+        now: u64,
+        out: &mut Vec<u8>,
+    ) -> Result<()> {
         Ok(self.engine.emm_u_batch(ids, now, out)?)
     }
 }
@@ -1907,7 +1919,13 @@ mod tests {
             parse_date("2026-12-01T01:00:00+01:00", true, "x").unwrap(),
             1_796_083_200
         );
-        for bad in ["2026-02-30", "tomorrow", "", "2026-12-01T25:00:00Z", "1969-12-31"] {
+        for bad in [
+            "2026-02-30",
+            "tomorrow",
+            "",
+            "2026-12-01T25:00:00Z",
+            "1969-12-31",
+        ] {
             assert!(parse_date(bad, true, "until").is_err(), "{bad}");
         }
         assert_eq!(rfc3339(1_796_083_200), "2026-12-01T00:00:00Z");

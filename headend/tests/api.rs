@@ -71,7 +71,16 @@ fn bad_requests_get_4xx_json_and_change_nothing() {
     let pk = hex::encode(public);
     let big = format!("{{\"name\": \"{}\"}}", "x".repeat(100 * 1024));
 
-    let cases: Vec<(&str, &str, Option<&str>, Option<&str>, String, u16)> = vec![
+    // (method, path, authorization, content type, body, expected status)
+    type Case<'a> = (
+        &'a str,
+        &'a str,
+        Option<&'a str>,
+        Option<&'a str>,
+        String,
+        u16,
+    );
+    let cases: Vec<Case> = vec![
         // Token.
         ("GET", "/api/v1/products", None, None, String::new(), 401),
         (

@@ -261,5 +261,5 @@ fn kill_dash_nine_loses_nothing_and_reuses_no_nonce() {
         acked_subs.len()
     );
     assert!(ecm_bytes.len() > RUNS);
-    assert!(last_seq.get(&CARD).is_some());
+    assert!(last_seq.contains_key(&CARD));
 }

@@ -68,7 +68,7 @@ fn ended_and_revoked_cards_lose_cws_at_the_next_renewal_only() {
 
     // All three watch.
     let t = Instant::now();
-    while !(results.iter().filter(|r| r.2).count() >= 6) {
+    while results.iter().filter(|r| r.2).count() < 6 {
         step(&mut cards, &mut results);
         assert!(t.elapsed() < Duration::from_secs(5), "{results:?}");
     }

@@ -242,6 +242,9 @@ pub fn register(h: &Headend, id: u32, public: &[u8; 32]) {
     );
 }
 
+/// New ECM sections and new EMM sections.
+pub type NewSections = (Vec<Vec<u8>>, Vec<Vec<u8>>);
+
 /// What the debug endpoint showed: ECM sections and EMM sections in order.
 #[derive(Debug, Default)]
 pub struct Sections {
@@ -257,7 +260,7 @@ pub struct Sections {
 
 impl Sections {
     /// Polls the debug endpoint once; returns the new ECMs and EMMs.
-    pub fn poll(&mut self, h: &Headend) -> Option<(Vec<Vec<u8>>, Vec<Vec<u8>>)> {
+    pub fn poll(&mut self, h: &Headend) -> Option<NewSections> {
         let (st, v) = h.request(
             "GET",
             &format!("/api/v1/debug/sections?since={}", self.cursor),
