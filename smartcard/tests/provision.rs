@@ -286,6 +286,33 @@ fn bad_command_lines_exit_64() {
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
 }
 
+/// Needs no pcscd, and stops none: libpcsclite is pointed at a socket
+/// where no pcscd listens.
+#[test]
+fn no_pcscd_is_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let opfile = operator_file(dir.path(), &Operator::new());
+    let nowhere = dir.path().join("no-pcscd.comm");
+    for args in [
+        &[
+            "provision",
+            "--operator",
+            opfile.to_str().unwrap(),
+            "--card-id",
+            "1",
+        ][..],
+        &["info"][..],
+        &["readers"][..],
+    ] {
+        let out = smartcard(args)
+            .env("PCSCLITE_CSOCK_NAME", &nowhere)
+            .output()
+            .unwrap();
+        assert_fails(&out, 1, "pcscd is not running");
+        assert!(stderr(&out).contains("scripts/ensure-pcscd.sh"));
+    }
+}
+
 /// Two blank cards, one after the other, in one reader: the tool waits
 /// for each to be inserted and for the first to be removed. The records
 /// go to `--out` as a JSON array.
