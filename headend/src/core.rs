@@ -1951,3 +1951,117 @@ mod tests {
         assert_eq!(c.priority, [9]);
     }
 }
+
+#[cfg(test)]
+mod scheduler_tests {
+    use super::*;
+    use crate::config::ChannelConfig;
+
+    const T0: u64 = 1_800_000_000_000;
+
+    fn open(db: &Path, key: &proto::secret::Key32, channels: &[ChannelConfig], now: u64) -> Core {
+        Core::open(
+            db,
+            MasterKey::new(key),
+            1,
+            Timing {
+                period_ms: 1000,
+                renewal_ms: 60_000,
+                cycle_ms: 5000,
+            },
+            channels,
+            CaOutput::new(),
+            Arc::new(Metrics::default()),
+            now,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn schedule_renews_activates_and_never_goes_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("h.db");
+        let key = proto::secret::Key32::random();
+        init_database(&db, &MasterKey::new(&key), &OperatorKeys::generate(1), T0).unwrap();
+        let channels = [ChannelConfig {
+            name: "one".into(),
+            service_id: 7,
+            product: "basic".into(),
+            ecm_pid: 0x100,
+            emm_pid: 0x101,
+            maturity: 0,
+            input: None,
+            output: None,
+        }];
+        let mut core = open(&db, &key, &channels, T0);
+        assert_eq!(core.products()[0].name, "basic");
+        core.tick(T0).unwrap();
+        let first = core.output().current_ecm(7).unwrap();
+        assert_eq!((first.epoch, first.generation), (T0 / 1000, 1));
+
+        // The scheduled renewal makes generation 2; ECMs switch to it one
+        // cycle plus one period later.
+        core.tick(T0 + 60_000).unwrap();
+        let p = &core.products()[0];
+        assert_eq!((p.generation, p.active_generation), (2, 1));
+        assert_eq!(core.output().current_ecm(7).unwrap().generation, 1);
+        core.tick(T0 + 66_000).unwrap();
+        let e = core.output().current_ecm(7).unwrap();
+        assert_eq!((e.generation, e.epoch), (2, (T0 + 66_000) / 1000));
+
+        // A crash and a restart within the same epoch: the same ECM bytes
+        // and the same CWs, even with other CWs in memory gone.
+        drop(core);
+        let mut core = open(&db, &key, &channels, T0 + 66_500);
+        core.tick(T0 + 66_500).unwrap();
+        let again = core.output().current_ecm(7).unwrap();
+        assert_eq!(again.section, e.section);
+        assert_eq!(again.cws, e.cws);
+
+        // The clock goes back an hour: the newest epoch stays on the air.
+        core.tick(T0 + 66_000 - 3_600_000).unwrap();
+        assert_eq!(core.output().current_ecm(7).unwrap().epoch, e.epoch);
+        drop(core);
+        let mut core = open(&db, &key, &channels, T0 - 3_600_000);
+        core.tick(T0 - 3_600_000).unwrap();
+        assert_eq!(core.output().current_ecm(7).unwrap().section, e.section);
+
+        // A longer crypto period that would take epochs back is refused.
+        drop(core);
+        let refused = Core::open(
+            &db,
+            MasterKey::new(&key),
+            1,
+            Timing {
+                period_ms: 10_000,
+                renewal_ms: 60_000,
+                cycle_ms: 5000,
+            },
+            &channels,
+            CaOutput::new(),
+            Arc::new(Metrics::default()),
+            T0 + 70_000,
+        );
+        assert!(
+            matches!(refused, Err(CoreError::Config { ref field, .. }) if field == "crypto_period_ms")
+        );
+        // Another master key opens nothing.
+        assert!(matches!(
+            Core::open(
+                &db,
+                MasterKey::new(&proto::secret::Key32::random()),
+                1,
+                Timing {
+                    period_ms: 1000,
+                    renewal_ms: 60_000,
+                    cycle_ms: 5000
+                },
+                &channels,
+                CaOutput::new(),
+                Arc::new(Metrics::default()),
+                T0 + 70_000,
+            ),
+            Err(CoreError::Sealed(_))
+        ));
+    }
+}
