@@ -66,7 +66,7 @@ pub struct Args {
     #[arg(long, requires = "count")]
     pub jsonl: bool,
     /// Register each card with the headend's admin API at URL
-    /// (`POST URL/api/v1/cards`), e.g. http://127.0.0.1:8440.
+    /// (`POST URL/api/v1/cards`), e.g. http://127.0.0.1:7480.
     #[arg(long, value_name = "URL")]
     pub register: Option<String>,
     /// The admin API's bearer token (`admin.token` of `headend init`);
@@ -247,7 +247,7 @@ impl Registrar {
             );
         };
         if host.is_empty() || host.contains('/') {
-            usage!("--register {url:?}: give the API's root, like http://127.0.0.1:8440");
+            usage!("--register {url:?}: give the API's root, like http://127.0.0.1:7480");
         }
         let token = match token_file {
             Some(p) => match std::fs::read_to_string(p) {
@@ -601,8 +601,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let tok = dir.path().join("admin.token");
         std::fs::write(&tok, "abc123\n").unwrap();
-        let r = Registrar::new("http://127.0.0.1:8440/", Some(&tok)).unwrap();
-        assert_eq!(r.base, "http://127.0.0.1:8440");
+        let r = Registrar::new("http://127.0.0.1:7480/", Some(&tok)).unwrap();
+        assert_eq!(r.base, "http://127.0.0.1:7480");
         assert_eq!(r.token, "abc123");
         let usage = |url: &str, t: Option<&Path>| {
             Registrar::new(url, t)
@@ -610,14 +610,14 @@ mod tests {
                 .downcast_ref::<card::Usage>()
                 .is_some()
         };
-        assert!(usage("https://127.0.0.1:8440", Some(&tok)));
-        assert!(usage("127.0.0.1:8440", Some(&tok)));
-        assert!(usage("http://127.0.0.1:8440/api", Some(&tok)));
+        assert!(usage("https://127.0.0.1:7480", Some(&tok)));
+        assert!(usage("127.0.0.1:7480", Some(&tok)));
+        assert!(usage("http://127.0.0.1:7480/api", Some(&tok)));
         assert!(usage(
-            "http://127.0.0.1:8440",
+            "http://127.0.0.1:7480",
             Some(&dir.path().join("none"))
         ));
         std::fs::write(&tok, "\n").unwrap();
-        assert!(usage("http://127.0.0.1:8440", Some(&tok)));
+        assert!(usage("http://127.0.0.1:7480", Some(&tok)));
     }
 }
