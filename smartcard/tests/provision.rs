@@ -210,6 +210,28 @@ fn missing_reader_and_missing_card() {
         1,
         &format!("no card in reader {:?} within 0.5 s", slot.reader),
     );
+    assert!(out.stdout.is_empty());
+    // A batch that did no card leaves no --out file behind.
+    let cards = dir.path().join("cards.json");
+    let batch = [
+        "--reader",
+        slot.reader,
+        "--timeout",
+        "0.5",
+        "--count",
+        "3",
+        "--out",
+        cards.to_str().unwrap(),
+    ];
+    let out = run(&[&base[..], &batch[..]].concat());
+    assert_eq!(out.status.code(), Some(1));
+    // Batch mode prompts on stderr; the error is the last line.
+    let err = stderr(&out);
+    assert!(
+        err.lines().last().unwrap().contains("no card in reader"),
+        "{err}"
+    );
+    assert!(!cards.exists());
     let out = run(&["info", "--reader", slot.reader]);
     assert_fails(&out, 1, "no card in reader");
 }

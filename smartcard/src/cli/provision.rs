@@ -186,6 +186,11 @@ impl<W: Write> Records<W> {
         self.out.flush()
     }
 
+    /// How many records were written.
+    pub fn written(&self) -> usize {
+        self.written
+    }
+
     pub fn finish(&mut self) -> io::Result<()> {
         if self.format == Format::Array {
             let end = if self.written == 0 { "[]\n" } else { "\n]\n" };
@@ -503,8 +508,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         Ok(())
     })();
     progress.done();
-    // A batch that failed still closes its array over the cards it did.
-    let finished = records.finish().context("cannot finish the card records");
+    // A batch that failed still closes its array over the cards it did;
+    // one that did none writes nothing, and leaves no --out file behind.
+    let finished = if records.written() > 0 {
+        records.finish().context("cannot finish the card records")
+    } else {
+        Ok(())
+    };
     result?;
     finished
 }
