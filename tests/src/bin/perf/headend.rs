@@ -261,38 +261,72 @@ pub(crate) fn api_writes(s: &Settings) -> Vec<Value> {
     };
 
     // The limit: the same number of one-row transactions straight into
-    // SQLite with the daemon's settings (WAL, synchronous = FULL), on the
-    // same disk.
+    // SQLite, opened exactly as the daemon opens its database (WAL,
+    // synchronous = FULL, exclusive locking), on the same disk.
     let bare_path = dir.path().join("bare.db");
-    let bare = rusqlite::Connection::open(&bare_path).expect("bare db");
-    bare.query_row("PRAGMA journal_mode = WAL", [], |r| r.get::<_, String>(0))
-        .expect("wal");
-    bare.pragma_update(None, "synchronous", "FULL")
-        .expect("sync");
+    let bare = headend::store::open(&bare_path, true).expect("bare db");
     bare.execute_batch(
-        "CREATE TABLE subscriptions (card INTEGER NOT NULL, product INTEGER NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL, PRIMARY KEY (card, product))",
+        "CREATE TABLE bare (card INTEGER NOT NULL, product INTEGER NOT NULL, start INTEGER NOT NULL, end INTEGER NOT NULL, PRIMARY KEY (card, product))",
     )
     .expect("table");
+    // From THREADS threads sharing the connection behind a mutex, as the
+    // daemon's request handlers share its core. On this virtual machine an
+    // fsync returns several times sooner while another vCPU is busy (as
+    // the HTTP clients keep it during `ours`) than when every vCPU is idle,
+    // so the bare rate is measured both ways and the better one counts.
+    let bare = std::sync::Mutex::new(bare);
     let mut bare_round = 0i64;
-    let mut limit = || {
+    let mut limit = |busy: bool| {
         bare_round += 1;
+        let round = bare_round;
+        let spinning = std::sync::atomic::AtomicBool::new(busy);
         let start = Instant::now();
-        for card in 1..=per_round {
-            bare.execute(
-                "INSERT INTO subscriptions (card, product, start, end) VALUES (?1, 2, 0, ?2)
-                 ON CONFLICT(card, product) DO UPDATE SET end = ?2",
-                rusqlite::params![card, bare_round],
-            )
-            .expect("insert");
-        }
-        f64::from(per_round) / start.elapsed().as_secs_f64()
+        let mut elapsed = Duration::ZERO;
+        std::thread::scope(|sc| {
+            if busy {
+                sc.spawn(|| {
+                    while spinning.load(std::sync::atomic::Ordering::Relaxed) {
+                        std::hint::spin_loop();
+                    }
+                });
+            }
+            let writers: Vec<_> = (0..THREADS as u32)
+                .map(|t| {
+                    let bare = &bare;
+                    sc.spawn(move || {
+                        for card in (1..=per_round).filter(|c| c % THREADS as u32 == t) {
+                            bare.lock()
+                                .expect("bare")
+                                .execute(
+                                    "INSERT INTO bare (card, product, start, end) VALUES (?1, 2, 0, ?2)
+                                     ON CONFLICT(card, product) DO UPDATE SET end = ?2",
+                                    rusqlite::params![card, round],
+                                )
+                                .expect("insert");
+                        }
+                    })
+                })
+                .collect();
+            for w in writers {
+                w.join().expect("writer");
+            }
+            elapsed = start.elapsed();
+            spinning.store(false, std::sync::atomic::Ordering::Relaxed);
+        });
+        f64::from(per_round) / elapsed.as_secs_f64()
     };
 
-    let (mut best_ours, mut best_limit) = (0f64, 0f64);
+    // A warm-up round of each (the WAL files grow to their working size),
+    // then alternating rounds; the best of each counts.
+    limit(false);
+    ours();
+    let (mut best_ours, mut best_idle, mut best_busy) = (0f64, 0f64, 0f64);
     for _ in 0..rounds {
-        best_limit = best_limit.max(limit());
+        best_idle = best_idle.max(limit(false));
+        best_busy = best_busy.max(limit(true));
         best_ours = best_ours.max(ours());
     }
+    let best_limit = best_idle.max(best_busy);
     let _ = stop_tx.send(());
     rt.block_on(async {
         let _ = tokio::time::timeout(Duration::from_secs(10), server).await;
@@ -305,11 +339,13 @@ pub(crate) fn api_writes(s: &Settings) -> Vec<Value> {
         "limit": best_limit.round(),
         "ratio": round3(ratio),
         "unit": "writes/s",
-        "what": "POST /api/v1/subscriptions over loopback HTTP (token check, JSON, validation, one committed SQLite transaction, key engine update) from 2 client threads vs bare one-row SQLite commits (WAL, synchronous=FULL) on the same disk",
+        "what": "POST /api/v1/subscriptions over loopback HTTP (token check, JSON, validation, one committed SQLite transaction, key engine update) from 2 client threads vs bare one-row SQLite commits from 2 threads sharing one connection, on a database opened as the daemon opens its own (WAL, synchronous=FULL, exclusive locking), on the same disk",
         "requests_per_round": per_round,
         "client_threads": THREADS,
         "ms_per_write": round3(1000.0 / best_ours),
         "ms_per_bare_commit": round3(1000.0 / best_limit),
+        "bare_commits_per_s_idle_cpus": best_idle.round(),
+        "bare_commits_per_s_one_cpu_busy": best_busy.round(),
         "rounds": rounds,
         "quick": s.quick,
     })]
