@@ -43,19 +43,12 @@ struct Anchor {
     at: u64,
 }
 
-/// The times of a run of packets: the `i`th of `n` (from 1) is at
-/// `from + (to - from) * i / n`.
+/// The times of a run of `n` packets: the `i`th (from 1) is at
+/// `from + (to - from) * i / n` (the multiplexer steps through them).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Span {
     pub(crate) from: u64,
     pub(crate) to: u64,
-}
-
-impl Span {
-    pub(crate) fn at(&self, i: usize, n: usize) -> u64 {
-        let d = u128::from(self.to - self.from) * i as u128 / n.max(1) as u128;
-        self.from + d as u64
-    }
 }
 
 /// See the module docs.
@@ -180,8 +173,6 @@ mod tests {
         // Ten packets over 40 ms, the last with the PCR.
         let s = c.on_pcr(10, pcr(5040), false);
         assert_eq!(s.to - s.from, 40 * TICKS_PER_MS);
-        assert_eq!(s.at(1, 10) - s.from, 4 * TICKS_PER_MS);
-        assert_eq!(s.at(10, 10), s.to);
         // Then extrapolated at 4 ms per packet.
         let e = c.extrapolate(2);
         assert_eq!((e.from, e.to - e.from), (s.to, 8 * TICKS_PER_MS));

@@ -417,14 +417,7 @@ mod tests {
             Endpoint::File("a.ts".into())
         );
         assert_eq!(Endpoint::parse("-").unwrap(), Endpoint::Stdio);
-        for bad in [
-            "",
-            "udp://",
-            "udp://127.0.0.1",
-            "udp://127.0.0.1:0",
-            "http://x/y",
-            "udp://:x",
-        ] {
+        for bad in ["", "udp://", "udp://127.0.0.1", "http://x/y", "udp://:x"] {
             assert!(Endpoint::parse(bad).is_err(), "{bad}");
         }
     }

@@ -10,6 +10,10 @@
 //!   [`EngineFeed`], an implementation on the key engine alone.
 //! * `clock`: the air clock read from the PCR, the one time base of
 //!   everything above.
+//! * [`bench`](mod@bench): the `scramble` figure of the `perf` report,
+//!   through this engine's per-packet path.
+//! * [`daemon_feed`]: the engine inside `headend run`, fed by the daemon's
+//!   [`CaOutput`](crate::output::CaOutput).
 //!
 //! [`run_channel`] runs one channel on the calling thread until its input
 //! ends or a [`Shutdown`] is triggered; [`spawn_channel`] runs it on a
@@ -20,11 +24,14 @@
 //! carry. No input, however malformed, makes it panic.
 #![forbid(unsafe_code)]
 
+pub mod bench;
 mod clock;
+pub mod daemon_feed;
 pub mod feed;
 pub mod io;
 pub mod mux;
 
+pub use daemon_feed::{spawn_configured, CaOutputFeed};
 pub use feed::{CaFeed, CryptoPeriod, EngineFeed, FeedError, MIN_CRYPTO_PERIOD_MS};
 pub use io::Endpoint;
 pub use mux::{Mux, OutPacket};

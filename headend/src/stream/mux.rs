@@ -144,6 +144,7 @@ pub struct Mux<F: CaFeed> {
     clock: AirClock,
     /// Input packets waiting for the next PCR to be timed.
     pending: Vec<[u8; PACKET_LEN]>,
+    pending_limit: usize,
     next_event: u64,
     out: Vec<OutPacket>,
     scratch: Vec<[u8; PACKET_LEN]>,
@@ -220,6 +221,7 @@ impl<F: CaFeed> Mux<F> {
             },
             clock: AirClock::new(cfg.fallback_bitrate),
             pending: Vec::with_capacity(512),
+            pending_limit: 2_000,
             next_event: 0,
             out: Vec::with_capacity(64),
             scratch: Vec::with_capacity(8),
@@ -255,7 +257,12 @@ impl<F: CaFeed> Mux<F> {
     /// Moves the packets made so far to the end of `into`. Input packets
     /// still waiting for a PCR are not there yet: see [`flush`](Self::flush).
     pub fn take_output(&mut self, into: &mut Vec<OutPacket>) {
-        into.append(&mut self.out);
+        if into.is_empty() {
+            // The usual case: hand the buffer over, no copy.
+            std::mem::swap(into, &mut self.out);
+        } else {
+            into.append(&mut self.out);
+        }
     }
 
     /// The Unix time (ms) at the current air time.
@@ -307,14 +314,18 @@ impl<F: CaFeed> Mux<F> {
             // first PID with a PCR keeps time.
             self.clock.set_pid(pid);
         }
-        self.pending.push(*pkt);
+        self.pending.extend_from_slice(std::slice::from_ref(pkt));
         let n = self.pending.len();
         match pcr {
             Some(pcr) if self.clock.pid() == Some(pid) => {
                 let span = self.clock.on_pcr(n, pcr, discontinuity);
+                self.pending_limit = self.clock.pending_limit();
                 self.process_pending(span);
             }
-            _ if n >= self.clock.pending_limit() => self.flush(),
+            _ if n >= self.pending_limit => {
+                self.flush();
+                self.pending_limit = self.clock.pending_limit();
+            }
             _ => {}
         }
     }
@@ -330,9 +341,20 @@ impl<F: CaFeed> Mux<F> {
 
     fn process_pending(&mut self, span: Span) {
         let mut pending = std::mem::take(&mut self.pending);
-        let n = pending.len();
-        for (i, p) in pending.iter_mut().enumerate() {
-            self.process(p, span.at(i + 1, n));
+        // The i-th of n (from 1) at from + floor(d * i / n), stepped
+        // without a division per packet.
+        let n = pending.len().max(1) as u64;
+        let d = span.to - span.from;
+        let (step, rem) = (d / n, d % n);
+        let (mut t, mut acc) = (span.from, 0u64);
+        for p in pending.iter_mut() {
+            t += step;
+            acc += rem;
+            if acc >= n {
+                t += 1;
+                acc -= n;
+            }
+            self.process(p, t);
         }
         pending.clear();
         self.pending = pending;

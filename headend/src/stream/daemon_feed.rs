@@ -1,0 +1,307 @@
+//! The stream engine inside `headend run`: [`CaOutputFeed`], the
+//! [`CaFeed`] on the daemon's [`CaOutput`], the channel config turned into
+//! a [`ChannelStreamConfig`], and [`spawn_configured`], which starts one
+//! stream thread per channel that has an `input` and an `output`.
+//!
+//! The daemon's scheduler decides the crypto periods on its own wall
+//! clock and publishes each service's current ECM with the CW pair it
+//! carries; the engine scrambles with whatever is published, so the CW in
+//! use is always the one in the ECM on the air. The EMM carousel is read
+//! through a cursor at the channel's EMM bandwidth: every channel carries
+//! every EMM.
+
+use super::feed::{CaFeed, CryptoPeriod, FeedError};
+use super::{spawn_channel, ChannelHandle, ChannelStreamConfig, Endpoint, Shutdown, StreamError};
+use crate::config::ChannelConfig;
+use crate::output::CaOutput;
+use std::collections::VecDeque;
+use std::path::Path;
+use std::sync::Arc;
+
+/// Sections fetched from the log at a time.
+const EMM_BATCH: usize = 256;
+
+/// A [`CaFeed`] reading the daemon's [`CaOutput`].
+#[derive(Debug)]
+pub struct CaOutputFeed {
+    output: CaOutput,
+    cursor: u64,
+    /// Fetched, not yet handed out (the next did not fit the budget).
+    pending: VecDeque<Arc<[u8]>>,
+    dropped: u64,
+}
+
+impl CaOutputFeed {
+    /// Starts with the EMMs published from now on: the carousel repeats,
+    /// so a channel that starts late misses nothing for long.
+    pub fn new(output: CaOutput) -> Self {
+        let cursor = output.emm_cursor();
+        CaOutputFeed {
+            output,
+            cursor,
+            pending: VecDeque::new(),
+            dropped: 0,
+        }
+    }
+
+    /// EMM sections that the log dropped before this channel could send
+    /// them: the daemon's carousel is faster than the channel's EMM
+    /// bandwidth.
+    pub fn dropped(&self) -> u64 {
+        self.dropped
+    }
+}
+
+impl CaFeed for CaOutputFeed {
+    fn period(&mut self, service: u16, _now_ms: u64) -> Result<CryptoPeriod, FeedError> {
+        let e = self
+            .output
+            .current_ecm(service)
+            .ok_or(FeedError::NotReady(service))?;
+        Ok(CryptoPeriod {
+            epoch: e.epoch,
+            cws: e.cws,
+            ecm_section: e.section,
+        })
+    }
+
+    fn emm_sections(&mut self, _now_ms: u64, max_bytes: usize) -> Vec<Arc<[u8]>> {
+        let mut out = Vec::new();
+        let mut used = 0;
+        loop {
+            if self.pending.is_empty() {
+                let (got, next, dropped) = self.output.emm_sections_since(self.cursor, EMM_BATCH);
+                self.cursor = next;
+                if dropped > 0 {
+                    self.dropped += dropped;
+                    tracing::warn!(
+                        dropped,
+                        "EMM carousel faster than the channel's EMM bandwidth"
+                    );
+                }
+                if got.is_empty() {
+                    break;
+                }
+                self.pending.extend(got.into_iter().map(|e| e.section));
+            }
+            match self.pending.front() {
+                Some(s) if used + s.len() <= max_bytes => {
+                    used += s.len();
+                    out.extend(self.pending.pop_front());
+                }
+                _ => break,
+            }
+        }
+        out
+    }
+}
+
+impl ChannelStreamConfig {
+    /// The stream of a configured channel, `None` if it has no `input` or
+    /// no `output`. Relative file paths are taken from `base` (the config
+    /// file's folder). A file input ending in `?loop` is played again and
+    /// again.
+    pub fn from_channel(
+        ch: &ChannelConfig,
+        base: &Path,
+    ) -> Result<Option<ChannelStreamConfig>, StreamError> {
+        let (Some(input), Some(output)) = (&ch.input, &ch.output) else {
+            return Ok(None);
+        };
+        let (input, looped) = match input.strip_suffix("?loop") {
+            Some(i) if !i.starts_with("udp://") => (i, true),
+            _ => (input.as_str(), false),
+        };
+        let resolve = |url: &str| -> Result<String, StreamError> {
+            Ok(match Endpoint::parse(url)? {
+                Endpoint::File(p) if p.is_relative() => base.join(p).to_string_lossy().into_owned(),
+                _ => url.to_owned(),
+            })
+        };
+        let mut c =
+            ChannelStreamConfig::new(&ch.name, resolve(input)?, resolve(output)?, ch.emm_pid)
+                .service(ch.service_id, ch.ecm_pid);
+        c.loop_input = looped;
+        c.validate()?;
+        Ok(Some(c))
+    }
+}
+
+/// Starts a stream thread for every channel with an `input` and an
+/// `output`, all fed by `output` and stopped by `shutdown`. On an error
+/// the threads already started are stopped.
+pub fn spawn_configured(
+    channels: &[ChannelConfig],
+    base: &Path,
+    output: &CaOutput,
+    shutdown: &Shutdown,
+) -> Result<Vec<ChannelHandle>, StreamError> {
+    let mut handles = Vec::new();
+    for ch in channels {
+        let started = ChannelStreamConfig::from_channel(ch, base).and_then(|cfg| match cfg {
+            Some(cfg) => {
+                spawn_channel(cfg, CaOutputFeed::new(output.clone()), shutdown.clone()).map(Some)
+            }
+            None => Ok(None),
+        });
+        match started {
+            Ok(Some(h)) => handles.push(h),
+            Ok(None) => {}
+            Err(e) => {
+                shutdown.trigger();
+                for h in handles {
+                    let _ = h.join();
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(handles)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::output::EcmOutput;
+    use crate::schedule::{ControlWordSchedule, Parity};
+    use crate::stream::Mux;
+    use proto::secret::ControlWord;
+
+    fn ecm(epoch: u64) -> EcmOutput {
+        let cws = ControlWordSchedule::new(1).unwrap().pair(1, epoch).unwrap();
+        let parity = crate::stream::feed::ts_parity(Parity::of(epoch));
+        EcmOutput {
+            service: 1,
+            ecm_pid: 0x1F0,
+            product: 7,
+            generation: 1,
+            epoch,
+            epoch_start_ms: epoch * 1000,
+            period_ms: 1000,
+            section: ts::psi::ecm_section(parity, &[epoch as u8; 78])
+                .unwrap()
+                .into(),
+            cws,
+        }
+    }
+
+    #[test]
+    fn periods_and_emms_come_from_the_daemon_output() {
+        let out = CaOutput::new();
+        out.publish_emm(ts::psi::emm_section(ts::psi::TableId(0x82), &[0; 10]).unwrap());
+        let mut f = CaOutputFeed::new(out.clone());
+        assert!(matches!(f.period(1, 0), Err(FeedError::NotReady(1))));
+        out.publish_ecm(ecm(41));
+        let p = f.period(1, 0).unwrap();
+        assert_eq!(p.epoch, 41);
+        p.check().unwrap();
+        assert_ne!(p.current(), &ControlWord::from_bytes([0; 16]));
+        // Only EMMs published after the feed was made, within the budget.
+        assert!(f.emm_sections(0, 1000).is_empty());
+        for i in 0..5u8 {
+            out.publish_emm(ts::psi::emm_section(ts::psi::TableId(0x82), &[i; 97]).unwrap());
+        }
+        let a = f.emm_sections(0, 250);
+        assert_eq!(a.len(), 2);
+        assert_eq!(a[0][3], 0);
+        let b = f.emm_sections(0, 10_000);
+        assert_eq!(b.len(), 3);
+        assert_eq!(b[0][3], 2);
+        assert_eq!(f.dropped(), 0);
+    }
+
+    #[test]
+    fn the_engine_follows_the_published_periods() {
+        // A tiny stream: PAT, PMT, then ES packets; the ECM changes midway.
+        let out = CaOutput::new();
+        out.publish_ecm(ecm(10));
+        let cfg = ChannelStreamConfig::new("d", "-", "-", 0x1F1).service(1, 0x1F0);
+        let mut mux = Mux::new(&cfg, CaOutputFeed::new(out.clone()), 0).unwrap();
+        let mut cc = 0;
+        let mut pkts = Vec::new();
+        let pat = ts::psi::Pat {
+            transport_stream_id: 1,
+            version: 0,
+            current_next: true,
+            programs: vec![ts::psi::PatEntry {
+                program_number: 1,
+                pid: 0x1000,
+            }],
+        };
+        ts::psi::packetize(&[&pat.to_section().unwrap()], 0, &mut cc, &mut pkts).unwrap();
+        let pmt = ts::psi::Pmt {
+            program_number: 1,
+            version: 0,
+            current_next: true,
+            pcr_pid: 0x100,
+            descriptors: vec![],
+            streams: vec![ts::psi::PmtStream {
+                stream_type: 0x1B,
+                pid: 0x100,
+                descriptors: vec![],
+            }],
+        };
+        cc = 0;
+        ts::psi::packetize(&[&pmt.to_section().unwrap()], 0x1000, &mut cc, &mut pkts).unwrap();
+        for p in &pkts {
+            mux.push(p);
+        }
+        let es = |i: u8| {
+            let mut b = ts::packet::PacketBuilder::new(0x100);
+            b.continuity_counter = i;
+            b.pcr = Some(ts::packet::Pcr::from_27mhz(u64::from(i) * 27_000 * 30));
+            b.build(&[i; 184]).unwrap().0
+        };
+        let mut parities = Vec::new();
+        for i in 0..8u8 {
+            if i == 4 {
+                out.publish_ecm(ecm(11));
+            }
+            mux.push(&es(i));
+            mux.flush();
+            let mut o = Vec::new();
+            mux.take_output(&mut o);
+            parities.extend(
+                o.iter()
+                    .filter(|p| p.bytes[1] & 0x1F == 1 && p.bytes[2] == 0)
+                    .map(|p| p.bytes[3] >> 6),
+            );
+        }
+        // Even epoch 10 (0b10) until the daemon published 11 (odd, 0b11).
+        assert_eq!(parities.first(), Some(&0b10));
+        assert_eq!(parities.last(), Some(&0b11));
+        assert_eq!(mux.stats().cw_changes, 1);
+    }
+
+    #[test]
+    fn channel_configs_become_stream_configs() {
+        let mut ch = ChannelConfig {
+            name: "one".into(),
+            service_id: 5,
+            product: "basic".into(),
+            ecm_pid: 0x101,
+            emm_pid: 0x102,
+            maturity: 0,
+            input: Some("clip.ts?loop".into()),
+            output: None,
+        };
+        let base = Path::new("/etc/iodoform");
+        assert!(ChannelStreamConfig::from_channel(&ch, base)
+            .unwrap()
+            .is_none());
+        ch.output = Some("udp://127.0.0.1:5002".into());
+        let c = ChannelStreamConfig::from_channel(&ch, base)
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.input, "/etc/iodoform/clip.ts");
+        assert!(c.loop_input);
+        assert_eq!(c.services[0].service_id, 5);
+        ch.input = Some("udp://127.0.0.1:5000".into());
+        let c = ChannelStreamConfig::from_channel(&ch, base)
+            .unwrap()
+            .unwrap();
+        assert!(!c.loop_input);
+        ch.output = Some("udp://nowhere".into());
+        assert!(ChannelStreamConfig::from_channel(&ch, base).is_err());
+    }
+}
