@@ -1,0 +1,215 @@
+//! The `receiver` command: a set-top box on the command line.
+#![forbid(unsafe_code)]
+
+use clap::{Args, Parser, Subcommand};
+use receiver::card::{CardConnector, LinkOptions, PcscCard, StateFileCard};
+use receiver::error::exit;
+use receiver::identity::{self, IdentityError};
+use receiver::io::Endpoint;
+use receiver::{run, Failure, PipelineOptions, RunConfig};
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const ABOUT: &str =
+    "Iodoform receiver: descrambles one service of a broadcast TS with the card's help";
+
+const LONG_ABOUT: &str = "\
+Iodoform receiver: descrambles one service of a broadcast TS with the card's help.
+
+It finds the service through the PAT and PMT, the ECM PID in the PMT's
+CA_descriptor and the EMM PID in the CAT. It hands the card the EMMs
+addressed to it (or to all cards) and every new ECM, over a session that
+seals the control words, and writes a clear TS: scrambling bits cleared,
+the PMT without CA descriptors, and no CAT, ECM or EMM packets.
+
+Play the output with `receiver -i udp://127.0.0.1:5000 -o - | ffplay -`.";
+
+const AFTER_HELP: &str = "\
+Exit codes:
+  0  the input ended (or the output was closed)
+  2  bad command line
+  3  the card refused the service's ECMs (no entitlement, dates, key)
+  4  no reader, no card in time, or a card that cannot be used
+  5  the card is paired with another receiver
+  6  the service is not in the stream, or not scrambled by Iodoform
+  7  the input is not an MPEG transport stream
+  8  reading the input or writing the output failed
+  9  the receiver key file is unusable
+
+Logs: RUST_LOG=receiver=debug (default: warnings).";
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "receiver",
+    version,
+    about = ABOUT,
+    long_about = LONG_ABOUT,
+    after_help = AFTER_HELP,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: RunArgs,
+    /// The receiver's key file (created with mode 0600 on first start).
+    /// Default: $XDG_STATE_HOME/iodoform/receiver.key, else
+    /// ~/.local/state/iodoform/receiver.key.
+    #[arg(long, value_name = "FILE", global = true)]
+    identity: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Prints this receiver's public key in hex (for `headend pair CARD KEY`),
+    /// creating the key on first use.
+    Identity,
+}
+
+#[derive(Debug, Args)]
+struct RunArgs {
+    /// The scrambled TS: udp://HOST:PORT (a multicast group is joined), a file, or - for stdin.
+    #[arg(short, long, value_name = "URL", required = true)]
+    input: Option<Endpoint>,
+    /// Where the clear TS goes: a file, udp://HOST:PORT (7 packets per datagram), or - for stdout.
+    #[arg(short, long, value_name = "URL", required = true)]
+    output: Option<Endpoint>,
+    /// The service (program_number) to descramble; default: the first in the PAT.
+    #[arg(short, long, value_name = "N", value_parser = parse_u16)]
+    service: Option<u16>,
+    /// The PC/SC reader (exact name, or part of it); default: the first reader with a card.
+    #[arg(long, value_name = "NAME")]
+    reader: Option<String>,
+    /// Use the card applet in process, on this card state file, instead of PC/SC (tests).
+    #[arg(long, value_name = "FILE", hide = true, conflicts_with = "reader")]
+    card_state: Option<PathBuf>,
+    /// How long to wait for a card at start.
+    #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
+    card_timeout: Duration,
+    /// How long to wait for the card to come back when the link breaks
+    /// (removal, reset, pcscd restart); default: for ever.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    reconnect_timeout: Option<Duration>,
+    /// How long the card may refuse the service's ECMs, with the output
+    /// stopped, before the receiver gives up (EMMs may still bring the
+    /// entitlement meanwhile). Stream time or wall time, whichever is faster.
+    #[arg(long, value_name = "SECS", default_value = "3", value_parser = parse_secs)]
+    entitlement_wait: Duration,
+    /// Give up when the input sends nothing for this long; default: wait for ever.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    input_timeout: Option<Duration>,
+    /// Write the final counters and the exit reason to FILE as JSON.
+    #[arg(long, value_name = "FILE")]
+    stats_json: Option<PathBuf>,
+    /// No live status line (it is drawn only when stderr is a terminal anyway).
+    #[arg(short, long)]
+    quiet: bool,
+}
+
+fn parse_u16(s: &str) -> Result<u16, String> {
+    let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(h) => u16::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.map_err(|_| format!("{s} is not a number from 0 to 65535"))
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("{s} is not a number of seconds"))?;
+    Duration::try_from_secs_f64(v).map_err(|_| format!("{s} is not a number of seconds"))
+}
+
+fn identity_path(cli: &Cli) -> Result<PathBuf, IdentityError> {
+    match &cli.identity {
+        Some(p) => Ok(p.clone()),
+        None => identity::default_path(),
+    }
+}
+
+fn fail(msg: impl std::fmt::Display, code: u8) -> ExitCode {
+    eprintln!("receiver: {msg}");
+    ExitCode::from(code)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .init();
+
+    let identity = match identity_path(&cli).and_then(|p| identity::load_or_create(&p)) {
+        Ok(i) => i,
+        Err(e) => return fail(Failure::from(e), exit::IDENTITY),
+    };
+    if identity.created {
+        eprintln!(
+            "receiver: created a new receiver key in {}",
+            identity.path.display()
+        );
+    }
+    if let Some(Command::Identity) = cli.command {
+        println!("{}", identity.public_hex());
+        return ExitCode::SUCCESS;
+    }
+
+    let a = cli.run;
+    let (Some(input), Some(output)) = (a.input, a.output) else {
+        return fail("--input and --output are required", exit::USAGE);
+    };
+    let connector: Box<dyn CardConnector> = match a.card_state {
+        Some(path) => Box::new(StateFileCard { path }),
+        None => Box::new(PcscCard { reader: a.reader }),
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    {
+        let stop = stop.clone();
+        // The first signal ends the run cleanly (summary, flushed output);
+        // a second one, for a run stuck waiting for a card, exits at once.
+        let _ = ctrlc::set_handler(move || {
+            if stop.swap(true, Ordering::Relaxed) {
+                std::process::exit(130);
+            }
+        });
+    }
+    let cfg = RunConfig {
+        input,
+        output,
+        pipeline: PipelineOptions {
+            service: a.service,
+            entitlement_wait: a.entitlement_wait,
+            ..PipelineOptions::default()
+        },
+        link: LinkOptions {
+            connect_timeout: a.card_timeout,
+            reconnect_timeout: a.reconnect_timeout,
+        },
+        input_timeout: a.input_timeout,
+        status_line: !a.quiet && std::io::stderr().is_terminal(),
+        stop: Some(stop),
+    };
+    let report = run(&cfg, connector, identity.secret);
+    if let Some(path) = &a.stats_json {
+        let text = serde_json::to_string_pretty(&report.to_json()).unwrap_or_default();
+        if let Err(e) = std::fs::write(path, text + "\n") {
+            eprintln!("receiver: cannot write {}: {e}", path.display());
+        }
+    }
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "{}", report.stats.summary());
+    if let Some(f) = &report.failure {
+        let _ = writeln!(err, "receiver: {f}");
+    }
+    ExitCode::from(report.exit_code())
+}

@@ -1,0 +1,170 @@
+//! One run of the receiver: open the input, the output and the card,
+//! push the stream through the [`Pipeline`], and report how it ended.
+
+use crate::card::{CardConnector, CardLink, LinkOptions};
+use crate::error::{exit, Failure};
+use crate::io::{open_output, Chunk, Endpoint, Input};
+use crate::pipeline::{PacketSink, Pipeline, PipelineOptions};
+use crate::stats::{Stats, StatusLine};
+use proto::crypto::X25519Secret;
+use serde_json::json;
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub input: Endpoint,
+    pub output: Endpoint,
+    pub pipeline: PipelineOptions,
+    pub link: LinkOptions,
+    /// Give up when no input arrives for this long; `None` waits for ever
+    /// (a live input may pause while the headend restarts).
+    pub input_timeout: Option<Duration>,
+    /// Draw the live status line (only sensible on a terminal).
+    pub status_line: bool,
+    /// Set to end the run cleanly (a signal, a benchmark).
+    pub stop: Option<Arc<AtomicBool>>,
+}
+
+/// How a run ended.
+#[derive(Debug)]
+pub struct Report {
+    pub stats: Stats,
+    pub service: Option<u16>,
+    pub card_id: Option<u32>,
+    /// `None`: the input ended (or the output was closed) normally.
+    pub failure: Option<Failure>,
+}
+
+impl Report {
+    pub fn exit_code(&self) -> u8 {
+        self.failure.as_ref().map_or(exit::OK, Failure::exit_code)
+    }
+
+    /// The report as JSON, for `--stats-json`.
+    pub fn to_json(&self) -> serde_json::Value {
+        json!({
+            "exit_code": self.exit_code(),
+            "reason": self.failure.as_ref().map(ToString::to_string),
+            "service": self.service,
+            "card_id": self.card_id,
+            "stats": self.stats,
+        })
+    }
+}
+
+/// How often the loop wakes without input (status line, stop flag).
+const TICK: Duration = Duration::from_millis(200);
+
+/// Runs the receiver until the input ends, the output closes, `stop` is
+/// set, or something fails.
+pub fn run(cfg: &RunConfig, connector: Box<dyn CardConnector>, identity: X25519Secret) -> Report {
+    let mut report = Report {
+        stats: Stats::default(),
+        service: None,
+        card_id: None,
+        failure: None,
+    };
+    let input = match Input::open(&cfg.input) {
+        Ok(i) => i,
+        Err(source) => {
+            report.failure = Some(Failure::Input {
+                what: cfg.input.to_string(),
+                source,
+            });
+            return report;
+        }
+    };
+    let mut sink = match open_output(&cfg.output) {
+        Ok(s) => s,
+        Err(source) => {
+            report.failure = Some(Failure::Output {
+                what: cfg.output.to_string(),
+                source,
+            });
+            return report;
+        }
+    };
+    let card = match CardLink::open(connector, identity, cfg.link) {
+        Ok(c) => c,
+        Err(e) => {
+            report.failure = Some(e.into());
+            return report;
+        }
+    };
+    report.card_id = Some(card.card_id());
+    let mut pipeline = Pipeline::new(card, cfg.pipeline.clone());
+    let mut status = StatusLine::new(cfg.status_line);
+    let result = pump(cfg, &input, sink.as_mut(), &mut pipeline, &mut status);
+    status.clear();
+    report.stats = pipeline.stats();
+    report.stats.datagrams_dropped = input.dropped();
+    report.service = pipeline.service();
+    report.card_id = Some(pipeline.card_id());
+    report.failure = match result {
+        Ok(()) => None,
+        // A player that quits closes its pipe: that ends the run, it is
+        // not a failure.
+        Err(Failure::Output { source, .. }) if source.kind() == io::ErrorKind::BrokenPipe => None,
+        Err(Failure::Output { what, source }) if what.is_empty() => Some(Failure::Output {
+            what: cfg.output.to_string(),
+            source,
+        }),
+        Err(e) => Some(e),
+    };
+    report
+}
+
+fn pump(
+    cfg: &RunConfig,
+    input: &Input,
+    sink: &mut dyn PacketSink,
+    pipeline: &mut Pipeline,
+    status: &mut StatusLine,
+) -> Result<(), Failure> {
+    let mut last_data = Instant::now();
+    loop {
+        if cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+            return sink.flush().map_err(|source| Failure::Output {
+                what: String::new(),
+                source,
+            });
+        }
+        match input.next(TICK) {
+            Some(Chunk::Data(d)) => {
+                last_data = Instant::now();
+                pipeline.push(&d, sink)?;
+                sink.flush().map_err(|source| Failure::Output {
+                    what: String::new(),
+                    source,
+                })?;
+            }
+            Some(Chunk::End) => return pipeline.finish(sink),
+            Some(Chunk::Failed(source)) => {
+                return Err(Failure::Input {
+                    what: cfg.input.to_string(),
+                    source,
+                })
+            }
+            None => {
+                if let Some(t) = cfg.input_timeout {
+                    if last_data.elapsed() >= t {
+                        return Err(Failure::Input {
+                            what: cfg.input.to_string(),
+                            source: io::Error::new(
+                                io::ErrorKind::TimedOut,
+                                format!("no data for {:.0} s", t.as_secs_f64()),
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        let mut s = pipeline.stats();
+        s.datagrams_dropped = input.dropped();
+        status.update(&s);
+    }
+}

@@ -1,0 +1,158 @@
+//! The receiver's counters, the live status line and the final summary.
+
+use serde::Serialize;
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+/// Everything the receiver counts. All counts are since start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Stats {
+    /// Whole TS packets read.
+    pub packets_in: u64,
+    /// Packets written.
+    pub packets_out: u64,
+    /// Bytes skipped while looking for packet sync.
+    pub bytes_skipped: u64,
+    /// Times packet sync was lost after it had been found.
+    pub sync_losses: u64,
+    /// Packets with a malformed header (dropped).
+    pub bad_packets: u64,
+    /// UDP datagrams lost because the receiver fell behind.
+    pub datagrams_dropped: u64,
+    /// PSI, ECM or EMM sections dropped (bad CRC, continuity, length...).
+    pub section_errors: u64,
+
+    /// Packets of the service descrambled.
+    pub descrambled: u64,
+    /// Scrambled packets of the service dropped for want of a key, once the
+    /// card had answered an ECM (or refused one).
+    pub undecryptable: u64,
+    /// Scrambled packets dropped before the card had answered the first
+    /// ECM (zapping).
+    pub before_first_key: u64,
+    /// Scrambled packets on PIDs outside the service (dropped).
+    pub scrambled_elsewhere: u64,
+
+    /// ECM sections received (repetitions included).
+    pub ecm_sections: u64,
+    /// ECMs sent to the card (new ones only).
+    pub ecms_to_card: u64,
+    /// ECMs the card refused.
+    pub ecms_refused: u64,
+    /// New control words loaded into the descrambler.
+    pub cw_changes: u64,
+
+    /// EMM sections received (all addresses).
+    pub emm_sections: u64,
+    /// EMM sections addressed to this card or to all cards.
+    pub emms_for_card: u64,
+    /// Of those, copies of a section already handed to the card.
+    pub emm_duplicates: u64,
+    /// EMMs sent to the card.
+    pub emms_to_card: u64,
+    pub emms_accepted: u64,
+    /// Refused as replayed: normal on a carousel.
+    pub emms_replayed: u64,
+    /// Refused for another reason.
+    pub emms_rejected: u64,
+
+    /// Times the card link was re-established.
+    pub card_reconnects: u64,
+}
+
+impl Stats {
+    /// The final one-line summary.
+    pub fn summary(&self) -> String {
+        format!(
+            "receiver: {} packets in, {} out ({} descrambled); {} ECMs to the card ({} refused), {} CW changes; \
+             {} EMMs for this card ({} accepted, {} replayed, {} rejected); {} undecryptable, {} before the first key",
+            self.packets_in,
+            self.packets_out,
+            self.descrambled,
+            self.ecms_to_card,
+            self.ecms_refused,
+            self.cw_changes,
+            self.emms_to_card,
+            self.emms_accepted,
+            self.emms_replayed,
+            self.emms_rejected,
+            self.undecryptable,
+            self.before_first_key,
+        )
+    }
+
+    /// The live status line (without line control).
+    pub fn status(&self, elapsed: Duration) -> String {
+        format!(
+            "{:>6.1}s  packets {} in / {} out  ECMs {}  CW changes {}  EMMs {} ({} ok)  undecryptable {}",
+            elapsed.as_secs_f64(),
+            self.packets_in,
+            self.packets_out,
+            self.ecms_to_card,
+            self.cw_changes,
+            self.emms_to_card,
+            self.emms_accepted,
+            self.undecryptable,
+        )
+    }
+}
+
+/// Redraws a one-line status on stderr about once a second, and only when
+/// stderr is a terminal (a log file gets the summary alone).
+#[derive(Debug)]
+pub struct StatusLine {
+    enabled: bool,
+    started: Instant,
+    last: Option<Instant>,
+    drawn: bool,
+}
+
+impl StatusLine {
+    pub fn new(enabled: bool) -> Self {
+        StatusLine {
+            enabled,
+            started: Instant::now(),
+            last: None,
+            drawn: false,
+        }
+    }
+
+    /// For stderr: enabled when it is a terminal.
+    pub fn for_stderr() -> Self {
+        use std::io::IsTerminal;
+        Self::new(std::io::stderr().is_terminal())
+    }
+
+    pub fn update(&mut self, stats: &Stats) {
+        if !self.enabled {
+            return;
+        }
+        let now = Instant::now();
+        if self
+            .last
+            .is_some_and(|t| now.duration_since(t) < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last = Some(now);
+        let mut err = std::io::stderr().lock();
+        // \r and "erase to end of line": the line is redrawn in place.
+        let _ = write!(
+            err,
+            "\r\x1b[K{}",
+            stats.status(now.duration_since(self.started))
+        );
+        let _ = err.flush();
+        self.drawn = true;
+    }
+
+    /// Erases the status line so that a message can take its place.
+    pub fn clear(&mut self) {
+        if self.drawn {
+            let mut err = std::io::stderr().lock();
+            let _ = write!(err, "\r\x1b[K");
+            let _ = err.flush();
+            self.drawn = false;
+        }
+    }
+}
