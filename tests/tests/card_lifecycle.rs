@@ -14,7 +14,7 @@ const CARD: u32 = 42;
 const SPORTS: u32 = 7;
 const SERVICE: u16 = 0x0101;
 /// 2026-12-01T00:00:00Z.
-const T0: u64 = 1_764_547_200;
+const T0: u64 = 1_796_083_200;
 const DAY: u64 = 86_400;
 
 type Card = CardClient<InProcessCard<MemEeprom>>;

@@ -15,7 +15,7 @@ pub const CARD: u32 = 42;
 pub const PRODUCT: u32 = 7;
 pub const DAY: u64 = 86_400;
 /// 2026-12-01T00:00:00Z.
-pub const T0: u64 = 1_764_547_200;
+pub const T0: u64 = 1_796_083_200;
 
 pub struct Operator {
     pub kex: X25519Secret,
