@@ -39,11 +39,13 @@ mod tests {
     }
 }
 
-/// How far the RAM clock may run ahead of the stored clock before an ECM
-/// writes it to EEPROM. Persisting every ECM's time would wear the EEPROM
-/// and cost a write per crypto period; after a power loss the clock can
-/// fall back by at most this much. EMMs always persist it.
-pub const CLOCK_PERSIST_STEP: u64 = 300;
+/// How far the RAM clock may run ahead of the stored clock before an
+/// accepted ECM writes it to EEPROM. Persisting every ECM's time would wear
+/// the EEPROM and put an fsync into one ECM per crypto period. An accepted
+/// ECM whose time passes the end of any entitlement is always persisted,
+/// as is every accepted EMM, so after a power loss the clock falls back by
+/// at most this much and never to before an end date it had passed.
+pub const CLOCK_PERSIST_STEP: u64 = 3600;
 
 /// Why the card refused a command. Each maps to one status word, here and
 /// nowhere else.
@@ -592,17 +594,22 @@ impl<E: Eeprom> Applet<E> {
             .open(&key.epoch_key(h.product, h.generation, h.epoch).ecm_key())
             .map_err(|_| CardError::EcmAuth)?;
         // The clock never goes backwards: an old ECM replayed after the
-        // entitlement ended is judged at the card's time, not its own.
+        // entitlement ended is judged at the card's time, not its own. Any
+        // authentic ECM moves the RAM clock, even one refused for its
+        // dates, so that the headend's current ECMs close the door on
+        // replayed old ones (stored state is not touched by a refusal).
         let now = self.ram.clock.max(payload.time);
+        self.ram.clock = now;
         if payload.time < ent.start || now > ent.end {
             return Err(CardError::OutsideDates);
         }
-        if now >= self.state.clock.saturating_add(CLOCK_PERSIST_STEP) {
+        let stored = self.state.clock;
+        let passes_an_end = self.state.entitlements.iter().any(|e| (stored..now).contains(&e.end));
+        if passes_an_end || now >= stored.saturating_add(CLOCK_PERSIST_STEP) {
             let mut next = self.state.clone();
             next.clock = now;
             self.commit(next)?;
         }
-        self.ram.clock = now;
         let session = self.ram.session.as_mut().ok_or(CardError::NoSession)?;
         let cws = ControlWords {
             even: payload.even.clone(),

@@ -360,3 +360,40 @@ fn get_response_reports_what_is_still_waiting() {
     assert_eq!(r.len(), total - 10 + 2);
     assert_eq!(&r[r.len() - 2..], &[0x90, 0x00]);
 }
+
+#[test]
+fn a_current_ecm_refused_for_its_dates_still_moves_the_clock() {
+    let mut op = Operator::new();
+    let (mut c, _) = entitled_card(&mut op);
+    let old = op.ecm(PRODUCT, 1, T0 + DAY, [1; 16], [2; 16]);
+    c.process_ecm(&old).unwrap();
+    // The headend's current ECM, after the end: refused, stored state
+    // untouched, but the card now knows what time it is.
+    let current = op.ecm(PRODUCT, 2, T0 + 31 * DAY, [1; 16], [2; 16]);
+    rejects(&mut c, StatusWord::ECM_OUTSIDE_DATES, |c| {
+        c.process_ecm(&current).map(drop)
+    });
+    rejects(&mut c, StatusWord::ECM_OUTSIDE_DATES, |c| {
+        c.process_ecm(&old).map(drop)
+    });
+}
+
+#[test]
+fn passing_an_end_date_is_persisted_at_once() {
+    let mut op = Operator::new();
+    let (mut c, _) = entitled_card(&mut op);
+    let public = c.info().unwrap().public_key;
+    // A second product that ends a minute after T0.
+    let mut short = op.entitle(T0, T0 + 60);
+    if let proto::emm::EmmCommand::Entitle(e) = &mut short {
+        e.product = PRODUCT + 1;
+    }
+    let emm = op.emm_u(CARD, &public, T0, vec![short]);
+    c.process_emm(&emm).unwrap();
+    let stored = applet(&mut c).state().clock;
+    // Two minutes later: well under CLOCK_PERSIST_STEP, but past an end.
+    let ecm = op.ecm(PRODUCT, 3, T0 + 120, [1; 16], [2; 16]);
+    c.process_ecm(&ecm).unwrap();
+    assert_eq!(applet(&mut c).state().clock, T0 + 120);
+    assert!(stored < T0 + 60);
+}

@@ -14,7 +14,7 @@
 //!
 //! ECMs are 10 s of card time apart, as a broadcast's crypto periods are,
 //! so the card writes its clock to its (file-backed, fsync'd) EEPROM every
-//! `CLOCK_PERSIST_STEP` = 300 s, i.e. one ECM in 30: those are in the
+//! `CLOCK_PERSIST_STEP` = 3600 s, i.e. one ECM in 360: those are in the
 //! distribution, and reported apart as well.
 
 use fs2::FileExt;
