@@ -2,18 +2,23 @@
 //! key belongs to.
 //!
 //! The ECM of epoch `n` carries `CW_n` and `CW_{n+1}`, each in the slot of
-//! its epoch's parity, so a key is always loaded before the stream switches
-//! to it and a change of crypto period loses no packet. Two rules keep a
-//! stale key from ever descrambling a packet into garbage (CISSA has no
-//! integrity check, so a wrong key would go unnoticed):
+//! its epoch's parity, so a key is loaded before the stream switches to it
+//! and a change of crypto period loses no packet. CISSA has no integrity
+//! check: a packet descrambled with the key of another period turns into
+//! noise that nothing downstream notices. So the slots follow epochs, not
+//! just parities:
 //!
-//! * **Retire on switch.** When the packets switch from parity `p` to the
-//!   other, the key in slot `p` belongs to a period that is over. Unless a
-//!   newer ECM refreshes it, the next switch back to `p` finds no key: the
-//!   packets are counted as undecryptable instead of being turned into
-//!   noise. This is what stops the output when ECMs stop being answered.
+//! * **The packets' epoch.** Packets carry only a parity bit. The epoch of
+//!   the packets on the air is inferred once from the newest ECM (its
+//!   epoch if the parities agree, the one before if not: ECMs may come a
+//!   little before their period) and then advanced by one at every switch
+//!   of parity. A new ECM whose epoch does not fit the inferred one (a gap
+//!   in the input, a restarted headend) makes the receiver infer it again.
+//! * **A key only for its epoch.** A packet is descrambled only with the
+//!   key of exactly its epoch; otherwise it is counted as undecryptable.
+//!   Missing ECMs therefore stop the output instead of garbling it.
 //! * **Never overwrite the key in use.** An ECM that arrives before its
-//!   period starts would put `CW_{n+1}` into the slot that still holds the
+//!   period would put `CW_{n+1}` into the slot that still holds the
 //!   running `CW_{n-1}`. That key waits until the stream leaves the slot.
 //!
 //! [`KeySlots::revoke_from`] drops the keys of a period whose ECM the card
@@ -29,10 +34,14 @@ struct Slot {
     /// The epoch of the key in the slot (or of the key revoked from it).
     epoch: Option<u64>,
     has_key: bool,
-    /// The stream has left this slot since the key was loaded.
-    retired: bool,
     /// A newer key that waits until the stream leaves this slot.
     pending: Option<(u64, ControlWord)>,
+}
+
+impl Slot {
+    fn holds(&self, epoch: u64) -> bool {
+        self.has_key && self.epoch == Some(epoch)
+    }
 }
 
 /// What [`KeySlots::descramble`] did with a packet.
@@ -42,7 +51,7 @@ pub enum Descrambled {
     Clear,
     /// Descrambled in place; scrambling bits cleared.
     Done(Parity),
-    /// No usable key for this parity; the packet is untouched.
+    /// No key for this packet's epoch; the packet is untouched.
     NoKey(Parity),
     /// Reserved scrambling bits or a malformed header.
     Invalid,
@@ -54,8 +63,10 @@ pub struct KeySlots {
     descrambler: Descrambler,
     even: Slot,
     odd: Slot,
-    /// The parity of the last scrambled packet.
-    current: Option<Parity>,
+    /// The epoch of the packets on the air, once inferred.
+    current: Option<u64>,
+    /// The epoch of the newest ECM.
+    ecm_epoch: Option<u64>,
     /// Keys loaded that were new (not a repetition of one held).
     changes: u64,
 }
@@ -86,50 +97,95 @@ impl KeySlots {
         self.changes
     }
 
-    /// Whether any key was ever loaded.
-    pub fn ever_loaded(&self) -> bool {
-        self.changes > 0
+    /// The epoch of the packets on the air, if known.
+    pub fn current_epoch(&self) -> Option<u64> {
+        self.current
     }
 
     /// Loads the control words of the ECM of `epoch`: `CW_epoch` and
     /// `CW_{epoch+1}`.
     pub fn install(&mut self, epoch: u64, cws: &ControlWords) {
+        if self.ecm_epoch.is_some_and(|e| epoch.saturating_add(1) < e) {
+            // Epochs went back by more than a repetition across a change
+            // can explain: a headend started again from scratch. Start
+            // over with it rather than wait for its epochs to catch up.
+            tracing::warn!(epoch, "ECM epochs went back; control words reset");
+            let changes = self.changes;
+            *self = KeySlots {
+                changes,
+                ..KeySlots::default()
+            };
+        }
+        self.note_ecm(epoch);
         for e in [epoch, epoch.saturating_add(1)] {
-            let p = parity_of(e);
-            let cw = match p {
+            let cw = match parity_of(e) {
                 Parity::Even => &cws.even,
                 Parity::Odd => &cws.odd,
             };
-            self.set(p, e, cw);
+            self.set(e, cw);
         }
     }
 
-    fn set(&mut self, p: Parity, epoch: u64, cw: &ControlWord) {
-        let in_use = self.current == Some(p);
+    /// An ECM of `epoch` is on the air: the packets are of that epoch or
+    /// the one before. If the inferred epoch disagrees, infer it again.
+    fn note_ecm(&mut self, epoch: u64) {
+        if self.ecm_epoch.is_some_and(|e| epoch < e) {
+            return;
+        }
+        self.ecm_epoch = Some(epoch);
+        if let Some(c) = self.current {
+            if c > epoch || c.saturating_add(1) < epoch {
+                self.current = None;
+            }
+        }
+    }
+
+    fn set(&mut self, epoch: u64, cw: &ControlWord) {
+        let current = self.current;
+        let p = parity_of(epoch);
         let s = self.slot(p);
         match s.epoch {
             Some(old) if epoch < old => return,
             Some(old) if epoch == old && s.has_key => return,
             _ => {}
         }
-        if in_use && s.has_key && !s.retired && s.epoch.is_some_and(|old| old < epoch) {
+        if current.is_some_and(|c| s.holds(c)) {
             // The stream still runs on the older key in this slot.
             if s.pending.as_ref().is_none_or(|(e, _)| *e < epoch) {
                 s.pending = Some((epoch, cw.clone()));
             }
             return;
         }
+        self.load(p, epoch, cw.clone());
+    }
+
+    fn load(&mut self, p: Parity, epoch: u64, cw: ControlWord) {
+        let s = self.slot(p);
         s.epoch = Some(epoch);
         s.has_key = true;
-        s.retired = false;
         s.pending = None;
-        self.descrambler.set(p, cw);
+        self.descrambler.set(p, &cw);
         self.changes += 1;
+    }
+
+    /// Loads the keys that waited for their slot to be free.
+    fn load_pending(&mut self) {
+        for p in [Parity::Even, Parity::Odd] {
+            let current = self.current;
+            let s = self.slot(p);
+            if current.is_some_and(|c| s.holds(c)) {
+                continue;
+            }
+            if let Some((e, cw)) = s.pending.take() {
+                self.load(p, e, cw);
+            }
+        }
     }
 
     /// Drops every key of `epoch` or later: the card refused the ECM of
     /// `epoch`, so nothing from that period on may be descrambled.
     pub fn revoke_from(&mut self, epoch: u64) {
+        self.note_ecm(epoch);
         for p in [Parity::Even, Parity::Odd] {
             let s = self.slot(p);
             if s.pending.as_ref().is_some_and(|(e, _)| *e >= epoch) {
@@ -142,15 +198,6 @@ impl KeySlots {
         }
     }
 
-    /// Whether a packet of this parity would find a usable key.
-    pub fn has_key(&self, p: Parity) -> bool {
-        let s = match p {
-            Parity::Even => &self.even,
-            Parity::Odd => &self.odd,
-        };
-        s.has_key && !s.retired
-    }
-
     /// Descrambles one packet in place (see the module docs for which key
     /// it may use).
     #[inline]
@@ -161,13 +208,33 @@ impl KeySlots {
             0b11 => Parity::Odd,
             _ => return Descrambled::Invalid,
         };
-        if self.current != Some(parity) {
-            if let Some(prev) = self.current {
-                self.leave(prev);
+        let epoch = match self.current {
+            Some(c) if parity_of(c) == parity => c,
+            Some(c) => {
+                // A switch of parity: the next period.
+                self.current = Some(c.saturating_add(1));
+                self.load_pending();
+                c.saturating_add(1)
             }
-            self.current = Some(parity);
-        }
-        if !self.has_key(parity) {
+            None => {
+                let Some(n) = self.ecm_epoch else {
+                    return Descrambled::NoKey(parity);
+                };
+                let e = if parity_of(n) == parity {
+                    n
+                } else {
+                    n.saturating_sub(1)
+                };
+                self.current = Some(e);
+                self.load_pending();
+                e
+            }
+        };
+        let holds = match parity {
+            Parity::Even => self.even.holds(epoch),
+            Parity::Odd => self.odd.holds(epoch),
+        };
+        if !holds {
             return Descrambled::NoKey(parity);
         }
         match self.descrambler.descramble(packet) {
@@ -177,29 +244,14 @@ impl KeySlots {
             Err(_) => Descrambled::Invalid,
         }
     }
-
-    /// The stream left slot `p`: load a key waiting for it, or retire it.
-    fn leave(&mut self, p: Parity) {
-        let s = self.slot(p);
-        match s.pending.take() {
-            Some((epoch, cw)) => {
-                s.epoch = Some(epoch);
-                s.has_key = true;
-                s.retired = false;
-                self.descrambler.set(p, &cw);
-                self.changes += 1;
-            }
-            None => s.retired = true,
-        }
-    }
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
     use ts::Scrambler;
 
-    fn cw(n: u64) -> ControlWord {
+    pub fn cw(n: u64) -> ControlWord {
         let mut b = [0u8; 16];
         b[..8].copy_from_slice(&n.to_be_bytes());
         b[8] = 0xA5;
@@ -207,7 +259,7 @@ mod tests {
     }
 
     /// The ECM of epoch n: CW_n and CW_{n+1} in their parity's slots.
-    fn ecm(n: u64) -> ControlWords {
+    pub fn ecm(n: u64) -> ControlWords {
         let (even, odd) = if n % 2 == 0 {
             (cw(n), cw(n + 1))
         } else {
@@ -217,7 +269,7 @@ mod tests {
     }
 
     /// A packet of epoch n, scrambled with CW_n; its payload names n.
-    fn packet(n: u64) -> [u8; PACKET_LEN] {
+    pub fn packet(n: u64) -> [u8; PACKET_LEN] {
         let mut p = [0u8; PACKET_LEN];
         p[..4].copy_from_slice(&[0x47, 0x01, 0x00, 0x10]);
         p[4..12].copy_from_slice(&n.to_be_bytes());
@@ -227,13 +279,19 @@ mod tests {
         p
     }
 
-    fn epoch_of(k: &mut KeySlots, n: u64) -> Option<u64> {
+    pub fn epoch_of(k: &mut KeySlots, n: u64) -> Option<u64> {
         let mut p = packet(n);
         match k.descramble(&mut p) {
             Descrambled::Done(_) => Some(u64::from_be_bytes(p[4..12].try_into().unwrap())),
             _ => None,
         }
     }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::*;
+    use super::*;
 
     #[test]
     fn ecm_at_the_start_of_each_period() {
@@ -300,8 +358,60 @@ mod tests {
         assert_eq!(epoch_of(&mut k, 10), Some(10));
         assert_eq!(epoch_of(&mut k, 11), Some(11));
         k.install(12, &ecm(12));
-        k.install(9, &ecm(9));
+        k.install(11, &ecm(11));
         assert_eq!(epoch_of(&mut k, 12), Some(12));
         assert_eq!(epoch_of(&mut k, 13), Some(13));
+    }
+
+    #[test]
+    fn ecms_that_come_before_their_period() {
+        // As the headend sends them: ECM n goes out just before the first
+        // packet of period n, while packets of n - 1 are still coming.
+        let mut k = KeySlots::new();
+        k.install(10, &ecm(10));
+        // The receiver joined late in epoch 9: no key for it, and above
+        // all not CW_11, which now sits in the odd slot.
+        assert_eq!(epoch_of(&mut k, 9), None);
+        assert_eq!(epoch_of(&mut k, 10), Some(10));
+        for n in 11..30 {
+            k.install(n, &ecm(n));
+            assert_eq!(epoch_of(&mut k, n - 1), Some(n - 1));
+            assert_eq!(epoch_of(&mut k, n), Some(n));
+        }
+    }
+
+    #[test]
+    fn refused_then_entitled_by_an_emm() {
+        // ECMs 0..=2 refused (each just before its period), then an EMM
+        // brings the entitlement and ECM 2 is sent again.
+        let b = 1_796_040_000u64;
+        let mut k = KeySlots::new();
+        for n in b..b + 3 {
+            k.revoke_from(n);
+            assert_eq!(epoch_of(&mut k, n.saturating_sub(1)), None);
+            assert_eq!(epoch_of(&mut k, n), None);
+        }
+        k.install(b + 2, &ecm(b + 2));
+        assert_eq!(epoch_of(&mut k, b + 2), Some(b + 2));
+        for n in b + 3..b + 10 {
+            k.install(n, &ecm(n));
+            assert_eq!(epoch_of(&mut k, n - 1), Some(n - 1), "epoch {}", n - b - 1);
+            assert_eq!(epoch_of(&mut k, n), Some(n), "epoch {}", n - b);
+        }
+    }
+
+    #[test]
+    fn a_gap_in_the_input_resynchronizes_on_the_next_ecm() {
+        let mut k = KeySlots::new();
+        k.install(10, &ecm(10));
+        assert_eq!(epoch_of(&mut k, 10), Some(10));
+        // Ten periods lost, then the stream is back with ECM 21 on time.
+        k.install(21, &ecm(21));
+        assert_eq!(epoch_of(&mut k, 21), Some(21));
+        assert_eq!(epoch_of(&mut k, 22), Some(22));
+        // A headend started from scratch, whose epochs went back.
+        k.install(5, &ecm(5));
+        assert_eq!(epoch_of(&mut k, 5), Some(5));
+        assert_eq!(epoch_of(&mut k, 6), Some(6));
     }
 }

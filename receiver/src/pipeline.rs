@@ -889,6 +889,11 @@ impl Core {
         self.ecm_answered = true;
         match self.card.process_ecm(ecm)? {
             EcmOutcome::ControlWords(cws) => {
+                tracing::debug!(
+                    epoch = header.epoch,
+                    generation = header.generation,
+                    "ECM answered"
+                );
                 self.keys.install(header.epoch, &cws);
                 if self.denial.take().is_some() {
                     tracing::info!(

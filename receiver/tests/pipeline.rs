@@ -1,0 +1,447 @@
+//! The receiver pipeline in process, on streams scrambled by the headend's
+//! stream engine, with an in-process card (the fast transport).
+
+mod common;
+
+use common::*;
+use proto::apdu::{Ins, StatusWord};
+use proto::crypto::X25519Secret;
+use proto::Codec;
+use receiver::{exit, Failure, LinkError, PipelineOptions};
+use std::collections::BTreeMap;
+use ts::packet::{Packet, Packets, PACKET_LEN};
+use ts::psi::{Pmt, SectionAssembler, CA_SYSTEM_ID};
+
+const WIDE: (u64, u64) = (DAY0 - 30 * DAY, DAY0 + 30 * DAY);
+
+fn opts() -> PipelineOptions {
+    PipelineOptions::default()
+}
+
+/// Checks the output is clear TS as promised: no CAT, ECM or EMM packet,
+/// no scrambling bits, and PMTs without CA signalling.
+fn assert_clear_output(out: &[u8]) {
+    assert_eq!(out.len() % PACKET_LEN, 0);
+    let mut pmt = SectionAssembler::new();
+    let mut pmts = 0;
+    for p in Packets::new(out) {
+        let v = Packet::from_array(p).unwrap();
+        assert!(
+            ![1, ECM_PID, EMM_PID].contains(&v.pid()),
+            "PID {:#x} in the output",
+            v.pid()
+        );
+        assert_eq!(
+            v.scrambling().0,
+            0,
+            "scrambled packet on PID {:#x}",
+            v.pid()
+        );
+        if v.pid() == 0x1000 {
+            for s in pmt.push(&v) {
+                let t = Pmt::from_section(&s.unwrap()).unwrap();
+                assert!(t.ca_descriptors(CA_SYSTEM_ID).is_empty());
+                assert!(t
+                    .descriptors
+                    .iter()
+                    .all(|d| d.tag() != ts::psi::descriptor_tag::SCRAMBLING));
+                pmts += 1;
+            }
+        }
+    }
+    assert!(pmts > 0, "no PMT in the output");
+}
+
+/// The address of each PROCESS EMM the card got, in order.
+fn emm_addresses(log: &[(Vec<u8>, Vec<u8>)]) -> Vec<u32> {
+    log.iter()
+        .filter(|(c, _)| c.len() > 12 && c[1] == Ins::PROCESS_EMM.0)
+        .map(|(c, _)| {
+            // CLA INS P1 P2, then Lc in one byte, or 00 and two bytes.
+            let emm = if c[4] == 0 { &c[7..] } else { &c[5..] };
+            u32::from_be_bytes(emm[2..6].try_into().unwrap())
+        })
+        .collect()
+}
+
+#[test]
+fn ffmpeg_stream_comes_out_clear_byte_identical_and_decodable() {
+    let Some(clear) = ffmpeg_ts(3) else { return };
+    let mut engine = engine();
+    let (applet, given) = mem_card(&mut engine, CARD, Some(WIDE));
+    let _ = mem_card(&mut engine, OTHER_CARD, Some(WIDE));
+    let t = START_MS / 1000;
+    let old = given.unwrap();
+    let renewed = engine.emm_u_for(CARD, t).unwrap();
+    let others = engine.emm_u_for(OTHER_CARD, t).unwrap();
+    let global = engine
+        .emm_g(t, vec![proto::emm::EmmCommand::BlockCards(vec![99])])
+        .unwrap();
+    let mut feed = TestFeed::new(engine, 1000);
+    for emm in [&old, &others, &global, &renewed] {
+        feed.carousel_emm(emm);
+    }
+    let (scrambled, _) = scramble(&clear, feed, START_MS, 100_000);
+
+    let card = SharedCard::new(applet);
+    let rx = X25519Secret::random();
+    let (out, result, stats) = receive(card.clone(), &rx, &scrambled, opts(), 65_424);
+    result.unwrap();
+    eprintln!("{}", stats.summary());
+    assert_es_identical(&clear, &out);
+    assert_clear_output(&out);
+    assert_eq!(stats.undecryptable, 0, "{stats:?}");
+    assert_eq!(stats.before_first_key, 0, "{stats:?}");
+    assert!(stats.cw_changes >= 3, "{stats:?}");
+    assert_eq!(stats.ecms_refused, 0);
+
+    // EMMs: only this card's and the global one reached the card, each
+    // once; the old one was refused as a replay, which is normal.
+    let addresses = emm_addresses(&card.log());
+    assert_eq!(
+        addresses,
+        [CARD, proto::emm::GLOBAL_ADDRESS, CARD],
+        "{stats:?}"
+    );
+    assert_eq!(stats.emms_to_card, 3);
+    assert_eq!(stats.emms_replayed, 1);
+    assert_eq!(stats.emms_accepted, 2);
+    assert_eq!(stats.emms_rejected, 0);
+    assert!(stats.emm_duplicates > 10, "{stats:?}");
+    assert!(stats.emm_sections > stats.emms_for_card);
+
+    // ffprobe decodes it, without an error, to as many frames as the input.
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (dir.path().join("clear.ts"), dir.path().join("out.ts"));
+    std::fs::write(&a, &clear).unwrap();
+    std::fs::write(&b, &out).unwrap();
+    if let (Some((want, _)), Some((got, errors))) = (ffprobe_frames(&a), ffprobe_frames(&b)) {
+        assert!(want >= 70, "{want} frames in the input");
+        assert_eq!(got, want, "frames decoded");
+        assert_eq!(errors.trim(), "", "ffprobe errors");
+    }
+    // And the scrambled stream in between is not the clear one.
+    let s = es(&scrambled, &[VIDEO]);
+    let c = es(&clear, &[VIDEO]);
+    let same = s[&VIDEO]
+        .iter()
+        .zip(&c[&VIDEO])
+        .filter(|(x, y)| x[8..] == y[8..] && Packet::new(&y[..]).unwrap().payload().len() >= 64)
+        .count();
+    assert_eq!(same, 0, "{same} video packets went out clear");
+}
+
+#[test]
+fn a_thousand_cw_changes_and_three_key_renewals_lose_no_packet() {
+    // 100 ms crypto periods over 100 s of stream: 1,000 changes. The
+    // product key is renewed three times; the card gets each new key by
+    // EMM, and the ECMs switch to it 300 ms later.
+    let clear = synthetic_ts(100_200, 6);
+    let mut engine = engine();
+    let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
+    let mut feed = TestFeed::new(engine, 100);
+    feed.renew_for = vec![CARD];
+    feed.renewals = [25_000, 50_000, 75_000]
+        .iter()
+        .map(|ms| START_MS + ms)
+        .collect();
+    let (scrambled, feed) = scramble(&clear, feed, START_MS, 100_000);
+    assert_eq!(
+        feed.generations_used.len(),
+        4,
+        "{:?}",
+        feed.generations_used
+    );
+
+    let card = SharedCard::new(applet);
+    let (out, result, stats) = receive(card, &X25519Secret::random(), &scrambled, opts(), 1316);
+    result.unwrap();
+    eprintln!("{}", stats.summary());
+    assert_eq!(stats.undecryptable, 0, "{stats:?}");
+    assert_eq!(stats.before_first_key, 0, "{stats:?}");
+    assert!(stats.cw_changes >= 1_000, "{stats:?}");
+    assert_eq!(stats.ecms_refused, 0, "{stats:?}");
+    assert_eq!(stats.emms_accepted, 3, "{stats:?}");
+    assert_es_identical(&clear, &out);
+}
+
+#[test]
+fn no_control_word_crosses_the_card_link_in_clear() {
+    let clear = synthetic_ts(20_000, 6);
+    let mut engine = engine();
+    let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
+    let feed = TestFeed::new(engine, 100);
+    let (scrambled, feed) = scramble(&clear, feed, START_MS, 0);
+    let card = SharedCard::new(applet);
+    let rx = X25519Secret::random();
+    let (out, result, stats) = receive(card.clone(), &rx, &scrambled, opts(), 4096);
+    result.unwrap();
+    assert_es_identical(&clear, &out);
+
+    let log = card.log();
+    let ecms = log
+        .iter()
+        .filter(|(c, _)| c[1] == Ins::PROCESS_ECM.0)
+        .count();
+    assert!(ecms >= 190, "{ecms} PROCESS ECM commands");
+    assert_eq!(stats.ecms_to_card as usize, ecms);
+    assert!(feed.cws.len() >= 195, "{} CWs", feed.cws.len());
+    let traffic: Vec<&[u8]> = log
+        .iter()
+        .flat_map(|(c, r)| [c.as_slice(), r.as_slice()])
+        .collect();
+    for cw in &feed.cws {
+        let cw = cw.expose();
+        for m in &traffic {
+            assert!(
+                !m.windows(16).any(|w| w == cw),
+                "a control word crossed the card link in clear"
+            );
+            // Not even half of one.
+            assert!(!m.windows(8).any(|w| w == &cw[..8] || w == &cw[8..]));
+        }
+    }
+    // Nor the receiver's private key.
+    let seed = rx.to_seed();
+    assert!(traffic
+        .iter()
+        .all(|m| !m.windows(32).any(|w| w == seed.expose())));
+}
+
+#[test]
+fn the_card_pulled_out_and_reset_mid_stream_loses_no_packet() {
+    let clear = synthetic_ts(30_000, 6);
+    let mut engine = engine();
+    let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
+    let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 100), START_MS, 0);
+    let card = SharedCard::new(applet);
+    {
+        let mut f = card.faults.lock().unwrap();
+        f.remove_at = vec![40, 181, 300];
+        f.reset_at = vec![240, 280];
+        f.absent_for = 3;
+    }
+    let (out, result, stats) = receive(
+        card.clone(),
+        &X25519Secret::random(),
+        &scrambled,
+        opts(),
+        1316,
+    );
+    result.unwrap();
+    eprintln!("{}", stats.summary());
+    let f = card.faults.lock().unwrap();
+    assert_eq!((f.removals, f.resets), (3, 2));
+    assert_eq!(stats.card_reconnects, 5, "{stats:?}");
+    assert_eq!(stats.undecryptable, 0, "{stats:?}");
+    assert_es_identical(&clear, &out);
+}
+
+#[test]
+fn a_card_entitled_by_an_emm_on_the_air_starts_descrambling() {
+    let clear = synthetic_ts(10_000, 6);
+    let mut engine = engine();
+    let (applet, _) = mem_card(&mut engine, CARD, None);
+    engine.entitle(CARD, PRODUCT, WIDE.0, WIDE.1).unwrap();
+    let emm = engine.emm_u_for(CARD, START_MS / 1000).unwrap();
+    let mut feed = TestFeed::new(engine, 1000);
+    // The EMM comes 2 s into the stream; the ECMs before it are refused.
+    feed.emm_at(START_MS + 2_000, &emm);
+    let (scrambled, _) = scramble(&clear, feed, START_MS, 100_000);
+    let (out, result, stats) = receive(
+        SharedCard::new(applet),
+        &X25519Secret::random(),
+        &scrambled,
+        opts(),
+        1316,
+    );
+    result.unwrap();
+    eprintln!("{}", stats.summary());
+    assert_eq!(stats.emms_accepted, 1);
+    assert!(stats.ecms_refused >= 1, "{stats:?}");
+    // From the EMM on, everything; before it, nothing.
+    let want = es(&clear, &[VIDEO, AUDIO]);
+    let got = es(&out, &[VIDEO, AUDIO]);
+    for pid in [VIDEO, AUDIO] {
+        let (w, g) = (&want[&pid], &got[&pid]);
+        assert!(
+            g.len() * 10 > w.len() * 7 && g.len() * 10 < w.len() * 9,
+            "{} of {}",
+            g.len(),
+            w.len()
+        );
+        assert_eq!(
+            &w[w.len() - g.len()..],
+            &g[..],
+            "PID {pid:#x}: not a suffix"
+        );
+    }
+}
+
+/// How many ES packets of each PID the scrambled stream carries before
+/// the first ECM of `epoch`.
+fn es_before_epoch(scrambled: &[u8], epoch: u64) -> BTreeMap<u16, usize> {
+    let mut asm = SectionAssembler::new();
+    let mut n = BTreeMap::from([(VIDEO, 0), (AUDIO, 0)]);
+    for p in Packets::new(scrambled) {
+        let v = Packet::from_array(p).unwrap();
+        if v.pid() == ECM_PID {
+            for s in asm.push(&v) {
+                let s = s.unwrap();
+                let h = proto::ecm::EcmHeader::read(&mut proto::Reader::new(&s[3..])).unwrap();
+                if h.epoch >= epoch {
+                    return n;
+                }
+            }
+        }
+        if let Some(c) = n.get_mut(&v.pid()) {
+            *c += 1;
+        }
+    }
+    n
+}
+
+#[test]
+fn an_entitlement_that_ends_stops_the_output_at_the_next_crypto_period() {
+    // The entitlement ends at 2026-11-30T23:59:59Z (inclusive); the stream
+    // starts 2 s before, with 1 s crypto periods. The ECM of the period
+    // that starts at midnight is refused.
+    let end = DAY0 + DAY - 1;
+    let start_ms = (end - 2) * 1000;
+    let clear = synthetic_ts(8_000, 6);
+    let mut engine = engine();
+    let (applet, _) = mem_card(&mut engine, CARD, Some((DAY0 - DAY, end)));
+    let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 1000), start_ms, 0);
+    let (out, result, stats) = receive(
+        SharedCard::new(applet),
+        &X25519Secret::random(),
+        &scrambled,
+        opts(),
+        1316,
+    );
+    let err = result.unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "card 42 has no entitlement for product 7 (ended 2026-11-30)"
+    );
+    assert_eq!(err.exit_code(), exit::NOT_ENTITLED);
+    assert!(stats.undecryptable > 0, "{stats:?}");
+    // Exactly the periods up to the end, and nothing after.
+    let cut = es_before_epoch(&scrambled, end + 1);
+    let want = es(&clear, &[VIDEO, AUDIO]);
+    let got = es(&out, &[VIDEO, AUDIO]);
+    for pid in [VIDEO, AUDIO] {
+        assert!(cut[&pid] >= 80, "{cut:?}");
+        assert_eq!(got[&pid].len(), cut[&pid], "PID {pid:#x}");
+        assert_eq!(&got[&pid][..], &want[&pid][..cut[&pid]]);
+    }
+}
+
+#[test]
+fn a_card_without_the_product_gives_no_clear_output_and_says_why() {
+    let clear = synthetic_ts(5_000, 6);
+    let mut engine = engine();
+    let (applet, _) = mem_card(&mut engine, CARD, None);
+    let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 1000), START_MS, 0);
+    let (out, result, stats) = receive(
+        SharedCard::new(applet),
+        &X25519Secret::random(),
+        &scrambled,
+        opts(),
+        1316,
+    );
+    let err = result.unwrap_err();
+    assert_eq!(err.to_string(), "card 42 has no entitlement for product 7");
+    assert_eq!(err.exit_code(), exit::NOT_ENTITLED);
+    assert_eq!(stats.descrambled, 0);
+    let got = es(&out, &[VIDEO, AUDIO]);
+    assert!(got.values().all(Vec::is_empty), "ES packets in the output");
+}
+
+#[test]
+fn a_card_paired_with_another_receiver_is_refused_at_once_and_mid_stream() {
+    let mut engine = engine();
+    let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
+    let mine = X25519Secret::random();
+    let theirs = X25519Secret::random();
+    let pair = engine
+        .emm_u_pair(CARD, theirs.public(), START_MS / 1000)
+        .unwrap();
+
+    // Paired on the air 3 s in: the session ends, and the new one is refused.
+    let clear = synthetic_ts(8_000, 6);
+    let mut feed = TestFeed::new(engine, 1000);
+    feed.emm_at(START_MS + 3_000, &pair);
+    let (scrambled, _) = scramble(&clear, feed, START_MS, 100_000);
+    let card = SharedCard::new(applet);
+    let (out, result, _) = receive(card.clone(), &mine, &scrambled, opts(), 1316);
+    let err = result.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            Failure::Card(LinkError::PairedElsewhere { card_id: CARD })
+        ),
+        "{err:?}"
+    );
+    assert_eq!(err.to_string(), "card 42 is paired with another receiver");
+    assert_eq!(err.exit_code(), exit::PAIRED_ELSEWHERE);
+    assert!(!es(&out, &[VIDEO])[&VIDEO].is_empty());
+    // The refusal came from the card, with its own status word.
+    let refused = card.log().iter().any(|(c, r)| {
+        c[1] == Ins::ESTABLISH_SESSION.0
+            && r.ends_with(&StatusWord::NOT_PAIRED_RECEIVER.0.to_be_bytes())
+    });
+    assert!(refused);
+
+    // A receiver started with the card already paired elsewhere stops at once.
+    let (_, result, _) = receive(card.clone(), &mine, &scrambled, opts(), 1316);
+    assert!(matches!(
+        result.unwrap_err(),
+        Failure::Card(LinkError::PairedElsewhere { card_id: CARD })
+    ));
+    // The paired receiver is welcome.
+    let (_, result, stats) = receive(card, &theirs, &scrambled, opts(), 1316);
+    result.unwrap();
+    assert!(stats.descrambled > 0);
+}
+
+#[test]
+fn not_ts_and_unknown_services_are_clear_errors() {
+    let mut engine = engine();
+    let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
+    let card = SharedCard::new(applet);
+    let rx = X25519Secret::random();
+    let text = b"This is not a transport stream. ".repeat(4096);
+    let (_, r, _) = receive(card.clone(), &rx, &text, opts(), 4096);
+    let e = r.unwrap_err();
+    assert_eq!(e.exit_code(), exit::NOT_TS);
+    assert!(
+        e.to_string()
+            .starts_with("input is not an MPEG transport stream: no packet sync"),
+        "{e}"
+    );
+    let (_, r, _) = receive(card.clone(), &rx, b"", opts(), 4096);
+    assert_eq!(
+        r.unwrap_err().to_string(),
+        "input is not an MPEG transport stream: the input is empty"
+    );
+    // TS without PSI.
+    let nulls: Vec<u8> = (0..2000).flat_map(|_| ts::packet::null_packet()).collect();
+    let (_, r, _) = receive(card.clone(), &rx, &nulls, opts(), 4096);
+    assert_eq!(
+        r.unwrap_err().to_string(),
+        "input is not an MPEG transport stream: no PAT (program association table) in 2000 packets"
+    );
+    let clear = synthetic_ts(1_000, 6);
+    let o = PipelineOptions {
+        service: Some(5),
+        ..opts()
+    };
+    let (_, r, _) = receive(card, &rx, &clear, o, 4096);
+    let e = r.unwrap_err();
+    assert_eq!(
+        e.to_string(),
+        "service 5 is not in the stream (it has service 1)"
+    );
+    assert_eq!(e.exit_code(), exit::UNKNOWN_SERVICE);
+}
