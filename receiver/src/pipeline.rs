@@ -396,6 +396,15 @@ impl Pipeline {
         sink.flush().map_err(output_error)
     }
 
+    /// Ends a run that was asked to stop: writes the packets still held
+    /// back (the reader keeps the last one until it sees the next sync
+    /// byte), without judging how the stream ended.
+    pub fn stop(&mut self, sink: &mut dyn PacketSink) -> Result<(), Failure> {
+        self.reader.finish();
+        self.drain(sink)?;
+        sink.flush().map_err(output_error)
+    }
+
     fn drain(&mut self, sink: &mut dyn PacketSink) -> Result<(), Failure> {
         while let Some(p) = self.reader.next_packet() {
             self.core.packet(p, sink)?;

@@ -128,10 +128,7 @@ fn pump(
     let mut last_data = Instant::now();
     loop {
         if cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
-            return sink.flush().map_err(|source| Failure::Output {
-                what: String::new(),
-                source,
-            });
+            return pipeline.stop(sink);
         }
         match input.next(TICK) {
             Some(Chunk::Data(d)) => {

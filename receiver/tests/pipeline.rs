@@ -6,9 +6,7 @@ mod common;
 use common::*;
 use proto::apdu::{Ins, StatusWord};
 use proto::crypto::X25519Secret;
-use proto::Codec;
 use receiver::{exit, Failure, LinkError, PipelineOptions};
-use std::collections::BTreeMap;
 use ts::packet::{Packet, Packets, PACKET_LEN};
 use ts::psi::{Pmt, SectionAssembler, CA_SYSTEM_ID};
 
@@ -276,29 +274,6 @@ fn a_card_entitled_by_an_emm_on_the_air_starts_descrambling() {
             "PID {pid:#x}: not a suffix"
         );
     }
-}
-
-/// How many ES packets of each PID the scrambled stream carries before
-/// the first ECM of `epoch`.
-fn es_before_epoch(scrambled: &[u8], epoch: u64) -> BTreeMap<u16, usize> {
-    let mut asm = SectionAssembler::new();
-    let mut n = BTreeMap::from([(VIDEO, 0), (AUDIO, 0)]);
-    for p in Packets::new(scrambled) {
-        let v = Packet::from_array(p).unwrap();
-        if v.pid() == ECM_PID {
-            for s in asm.push(&v) {
-                let s = s.unwrap();
-                let h = proto::ecm::EcmHeader::read(&mut proto::Reader::new(&s[3..])).unwrap();
-                if h.epoch >= epoch {
-                    return n;
-                }
-            }
-        }
-        if let Some(c) = n.get_mut(&v.pid()) {
-            *c += 1;
-        }
-    }
-    n
 }
 
 #[test]

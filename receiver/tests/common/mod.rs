@@ -22,8 +22,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
-use ts::packet::{PacketBuilder, Packets, Pcr, PACKET_LEN};
-use ts::psi::{packetize, stream_type, Pat, PatEntry, Pmt, PmtStream, TableId};
+use ts::packet::{Packet, PacketBuilder, Packets, Pcr, PACKET_LEN};
+use ts::psi::{packetize, stream_type, Pat, PatEntry, Pmt, PmtStream, SectionAssembler, TableId};
 
 pub const CARD: u32 = 42;
 pub const OTHER_CARD: u32 = 43;
@@ -237,6 +237,29 @@ pub fn assert_es_identical(clear: &[u8], out: &[u8]) {
             "PID {pid:#x}: packets differ from the input"
         );
     }
+}
+
+/// How many ES packets of each PID the scrambled stream carries before
+/// the first ECM of `epoch`.
+pub fn es_before_epoch(scrambled: &[u8], epoch: u64) -> BTreeMap<u16, usize> {
+    let mut asm = SectionAssembler::new();
+    let mut n = BTreeMap::from([(VIDEO, 0), (AUDIO, 0)]);
+    for p in Packets::new(scrambled) {
+        let v = Packet::from_array(p).unwrap();
+        if v.pid() == ECM_PID {
+            for s in asm.push(&v) {
+                let s = s.unwrap();
+                let h = proto::ecm::EcmHeader::read(&mut proto::Reader::new(&s[3..])).unwrap();
+                if h.epoch >= epoch {
+                    return n;
+                }
+            }
+        }
+        if let Some(c) = n.get_mut(&v.pid()) {
+            *c += 1;
+        }
+    }
+    n
 }
 
 // ---------------------------------------------------------------- headend

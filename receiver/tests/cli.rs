@@ -1,0 +1,440 @@
+//! The `receiver` binary: files, pipes and UDP, with the card applet in
+//! process on a card state file (`--card-state`), exit codes and messages.
+
+mod common;
+
+use common::*;
+use receiver::exit;
+use serde_json::Value;
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+const WIDE: (u64, u64) = (DAY0 - 30 * DAY, DAY0 + 30 * DAY);
+
+fn receiver() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_receiver"));
+    c.env_remove("RUST_LOG");
+    c
+}
+
+struct Ran {
+    code: i32,
+    stderr: String,
+    out: Vec<u8>,
+    stats: Value,
+}
+
+impl Ran {
+    /// The last line on stderr: the reason for a failure.
+    fn reason(&self) -> &str {
+        self.stderr.lines().last().unwrap_or("")
+    }
+}
+
+/// Runs the receiver on a scrambled file with a card state file.
+fn run(dir: &Path, scrambled: &[u8], card: &Path, extra: &[&str]) -> Ran {
+    let input = dir.join("in.ts");
+    let output = dir.join("out.ts");
+    let stats = dir.join("stats.json");
+    std::fs::write(&input, scrambled).unwrap();
+    let _ = std::fs::remove_file(&stats);
+    let o = receiver()
+        .arg("--input")
+        .arg(&input)
+        .arg("--output")
+        .arg(&output)
+        .arg("--card-state")
+        .arg(card)
+        .arg("--identity")
+        .arg(dir.join("rx.key"))
+        .arg("--stats-json")
+        .arg(&stats)
+        .args(extra)
+        .output()
+        .unwrap();
+    ran(o, std::fs::read(&output).unwrap_or_default(), &stats)
+}
+
+fn ran(o: Output, out: Vec<u8>, stats: &Path) -> Ran {
+    let r = Ran {
+        code: o.status.code().unwrap_or(-1),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+        out,
+        stats: std::fs::read(stats)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null),
+    };
+    eprintln!("exit {}; stderr:\n{}", r.code, r.stderr);
+    r
+}
+
+/// A card state file for card 42, entitled from `dates` if given.
+fn card_file(dir: &Path, engine: &mut headend::KeyEngine, dates: Option<(u64, u64)>) -> PathBuf {
+    let path = dir.join("card.bin");
+    file_card(engine, CARD, &path, dates);
+    path
+}
+
+#[test]
+fn file_to_file_clear_output_stats_and_ffprobe() {
+    let Some(clear) = ffmpeg_ts(3) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = engine();
+    let card = card_file(dir.path(), &mut engine, Some(WIDE));
+    let other = engine.emm_u_for(CARD, START_MS / 1000).unwrap();
+    let mut feed = TestFeed::new(engine, 1000);
+    feed.carousel_emm(&other);
+    let (scrambled, _) = scramble(&clear, feed, START_MS, 100_000);
+    let r = run(dir.path(), &scrambled, &card, &[]);
+    assert_eq!(r.code, 0);
+    assert!(r.stderr.contains("created a new receiver key"));
+    assert!(
+        r.reason().starts_with("receiver: "),
+        "summary line: {}",
+        r.reason()
+    );
+    assert!(r.reason().contains("0 undecryptable"));
+    assert_es_identical(&clear, &r.out);
+    let s = &r.stats;
+    assert_eq!(s["exit_code"], 0);
+    assert_eq!(s["reason"], Value::Null);
+    assert_eq!(s["service"], 1);
+    assert_eq!(s["card_id"], CARD);
+    assert_eq!(s["stats"]["undecryptable"], 0);
+    assert_eq!(s["stats"]["emms_accepted"], 1);
+    assert!(s["stats"]["cw_changes"].as_u64().unwrap() >= 3);
+    assert_eq!(
+        s["stats"]["packets_out"].as_u64().unwrap() as usize * 188,
+        r.out.len()
+    );
+    let out = dir.path().join("out.ts");
+    let input = dir.path().join("clear.ts");
+    std::fs::write(&input, &clear).unwrap();
+    if let (Some((want, _)), Some((got, errors))) = (ffprobe_frames(&input), ffprobe_frames(&out)) {
+        assert_eq!(got, want);
+        assert_eq!(errors.trim(), "");
+    }
+    // The key file was made 0600 and is used again.
+    let key = dir.path().join("rx.key");
+    assert_eq!(
+        std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let r = run(dir.path(), &scrambled, &card, &["--service", "1"]);
+    assert_eq!(r.code, 0);
+    assert!(!r.stderr.contains("created a new receiver key"));
+}
+
+#[test]
+fn stdin_to_stdout() {
+    let clear = synthetic_ts(3_000, 6);
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = engine();
+    let card = card_file(dir.path(), &mut engine, Some(WIDE));
+    let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 1000), START_MS, 0);
+    let mut child = receiver()
+        .args(["-i", "-", "-o", "-", "--card-state"])
+        .arg(&card)
+        .arg("--identity")
+        .arg(dir.path().join("rx.key"))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        // In odd-sized pieces, as a pipe may deliver them.
+        for piece in scrambled.chunks(1000) {
+            stdin.write_all(piece).unwrap();
+        }
+    });
+    let o = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_es_identical(&clear, &o.stdout);
+}
+
+#[test]
+fn a_card_without_the_product_gets_no_clear_output_and_exit_3() {
+    let Some(clear) = ffmpeg_ts(3) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = engine();
+    let card = card_file(dir.path(), &mut engine, None);
+    let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 1000), START_MS, 0);
+    let r = run(dir.path(), &scrambled, &card, &[]);
+    assert_eq!(r.code, i32::from(exit::NOT_ENTITLED));
+    assert_eq!(
+        r.reason(),
+        "receiver: card 42 has no entitlement for product 7"
+    );
+    assert_eq!(
+        r.stats["reason"],
+        "card 42 has no entitlement for product 7"
+    );
+    let got = es(&r.out, &[VIDEO, AUDIO]);
+    assert!(got.values().all(Vec::is_empty), "ES packets in the output");
+}
+
+#[test]
+fn an_entitlement_ending_mid_run_stops_at_the_next_crypto_period_with_exit_3() {
+    let Some(clear) = ffmpeg_ts(3) else { return };
+    // Ends 2026-11-30T23:59:59Z; the stream starts a second before, with
+    // 1 s crypto periods: the third period's ECM is refused.
+    let end = DAY0 + DAY - 1;
+    let start_ms = (end - 1) * 1000;
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = engine();
+    let card = card_file(dir.path(), &mut engine, Some((DAY0 - DAY, end)));
+    let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 1000), start_ms, 0);
+    let r = run(dir.path(), &scrambled, &card, &[]);
+    assert_eq!(r.code, i32::from(exit::NOT_ENTITLED));
+    assert_eq!(
+        r.reason(),
+        "receiver: card 42 has no entitlement for product 7 (ended 2026-11-30)"
+    );
+    let cut = es_before_epoch(&scrambled, end + 1);
+    let want = es(&clear, &[VIDEO, AUDIO]);
+    let got = es(&r.out, &[VIDEO, AUDIO]);
+    for pid in [VIDEO, AUDIO] {
+        assert!(cut[&pid] * 10 > want[&pid].len() * 5, "{cut:?}");
+        assert!(cut[&pid] < want[&pid].len(), "{cut:?}");
+        assert_eq!(got[&pid].len(), cut[&pid], "PID {pid:#x}");
+        assert_eq!(&got[&pid][..], &want[&pid][..cut[&pid]]);
+    }
+}
+
+#[test]
+fn input_that_is_not_ts_is_refused_with_exit_7() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = engine();
+    let card = card_file(dir.path(), &mut engine, Some(WIDE));
+    let mut rng = Rng(7);
+    let mut garbage = vec![0u8; 200_000];
+    rng.fill(&mut garbage);
+    for b in garbage.iter_mut() {
+        if *b == 0x47 {
+            *b = 0x48;
+        }
+    }
+    let r = run(dir.path(), &garbage, &card, &[]);
+    assert_eq!(r.code, i32::from(exit::NOT_TS));
+    assert!(
+        r.reason().starts_with(
+            "receiver: input is not an MPEG transport stream: no packet sync in the first"
+        ),
+        "{}",
+        r.reason()
+    );
+    let r = run(dir.path(), b"", &card, &[]);
+    assert_eq!(r.code, i32::from(exit::NOT_TS));
+    assert_eq!(
+        r.reason(),
+        "receiver: input is not an MPEG transport stream: the input is empty"
+    );
+    // A missing input file is an I/O error, said as such.
+    let o = receiver()
+        .args(["-i", "/nonexistent/in.ts", "-o"])
+        .arg(dir.path().join("o.ts"))
+        .arg("--card-state")
+        .arg(&card)
+        .arg("--identity")
+        .arg(dir.path().join("rx.key"))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(i32::from(exit::IO)));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("receiver: input /nonexistent/in.ts: No such file"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unknown_service_a_missing_card_and_a_paired_card_are_clear_errors() {
+    let clear = synthetic_ts(2_000, 6);
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = engine();
+    let card = card_file(dir.path(), &mut engine, Some(WIDE));
+    // Pair the card with another receiver's key.
+    let theirs = proto::crypto::X25519Secret::random();
+    let pair = engine
+        .emm_u_pair(CARD, theirs.public(), START_MS / 1000)
+        .unwrap();
+    let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 1000), START_MS, 0);
+
+    let r = run(dir.path(), &scrambled, &card, &["--service", "9"]);
+    assert_eq!(r.code, i32::from(exit::UNKNOWN_SERVICE));
+    assert_eq!(
+        r.reason(),
+        "receiver: service 9 is not in the stream (it has service 1)"
+    );
+
+    let missing = dir.path().join("no-card.bin");
+    let r = run(dir.path(), &scrambled, &missing, &[]);
+    assert_eq!(r.code, i32::from(exit::NO_CARD));
+    assert!(
+        r.reason().contains("no-card.bin does not exist"),
+        "{}",
+        r.reason()
+    );
+    assert!(!missing.exists(), "a blank card file was created");
+
+    {
+        let mut c = smartcard::CardClient::new(smartcard::InProcessCard::new(
+            smartcard::Applet::power_on(smartcard::eeprom::FileEeprom::open(&card).unwrap())
+                .unwrap(),
+        ));
+        c.select().unwrap();
+        c.process_emm(&pair).unwrap();
+    }
+    let r = run(dir.path(), &scrambled, &card, &[]);
+    assert_eq!(r.code, i32::from(exit::PAIRED_ELSEWHERE));
+    assert_eq!(
+        r.reason(),
+        "receiver: card 42 is paired with another receiver"
+    );
+    assert!(es(&r.out, &[VIDEO])[&VIDEO].is_empty());
+}
+
+#[test]
+fn the_paired_receiver_works_and_identity_prints_its_key() {
+    let clear = synthetic_ts(2_000, 6);
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("rx.key");
+    let o = receiver()
+        .arg("identity")
+        .arg("--identity")
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let hex_key = String::from_utf8(o.stdout).unwrap().trim().to_string();
+    assert_eq!(hex_key.len(), 64);
+    assert!(String::from_utf8_lossy(&o.stderr).contains("created a new receiver key"));
+    // The same key again, from the default place under XDG_STATE_HOME too.
+    let again = receiver()
+        .args(["identity", "--identity"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8(again.stdout).unwrap().trim(), hex_key);
+    let state = dir.path().join("state");
+    let a = receiver()
+        .arg("identity")
+        .env("XDG_STATE_HOME", &state)
+        .output()
+        .unwrap();
+    assert!(a.status.success());
+    assert!(state.join("iodoform/receiver.key").is_file());
+
+    let mut engine = engine();
+    let card = card_file(dir.path(), &mut engine, Some(WIDE));
+    let public: [u8; 32] = hex::decode(&hex_key).unwrap().try_into().unwrap();
+    let pair = engine.emm_u_pair(CARD, public, START_MS / 1000).unwrap();
+    let mut feed = TestFeed::new(engine, 1000);
+    feed.carousel_emm(&pair);
+    let (scrambled, _) = scramble(&clear, feed, START_MS, 100_000);
+    let r = run(dir.path(), &scrambled, &card, &[]);
+    assert_eq!(r.code, 0);
+    assert_eq!(r.stats["stats"]["emms_accepted"], 1);
+    assert_es_identical(&clear, &r.out);
+}
+
+#[test]
+fn help_says_how_to_use_it() {
+    let o = receiver().arg("--help").output().unwrap();
+    assert!(o.status.success());
+    let h = String::from_utf8(o.stdout).unwrap();
+    for want in [
+        "--input",
+        "--output",
+        "--service",
+        "--reader",
+        "--stats-json",
+        "Exit codes",
+        "identity",
+    ] {
+        assert!(h.contains(want), "--help lacks {want}:\n{h}");
+    }
+    assert!(!h.contains("--card-state"), "the test option is hidden");
+    let o = receiver().args(["-i", "x.ts"]).output().unwrap();
+    assert_eq!(o.status.code(), Some(2));
+}
+
+#[test]
+fn udp_in_udp_out_live() {
+    let clear = synthetic_ts(3_000, 20);
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = engine();
+    let card = card_file(dir.path(), &mut engine, Some(WIDE));
+    let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 500), START_MS, 0);
+    let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sink.set_read_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let in_port = std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let stats = dir.path().join("stats.json");
+    let mut child = receiver()
+        .arg("-i")
+        .arg(format!("udp://{in_port}"))
+        .arg("-o")
+        .arg(format!("udp://{}", sink.local_addr().unwrap()))
+        .arg("--card-state")
+        .arg(&card)
+        .arg("--identity")
+        .arg(dir.path().join("rx.key"))
+        .arg("--stats-json")
+        .arg(&stats)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(500));
+    let sender = {
+        let s = scrambled.clone();
+        std::thread::spawn(move || {
+            receiver::bench::pace_udp(&s, in_port, &std::sync::atomic::AtomicBool::new(false))
+                .unwrap()
+        })
+    };
+    let mut out = Vec::new();
+    let mut datagram = [0u8; 2048];
+    let mut receive = |out: &mut Vec<u8>| {
+        let mut idle = 0;
+        while idle < 5 {
+            match sink.recv(&mut datagram) {
+                Ok(n) => {
+                    assert_eq!(n % 188, 0);
+                    assert!(n <= 7 * 188);
+                    out.extend_from_slice(&datagram[..n]);
+                    idle = 0;
+                }
+                Err(_) => idle += 1,
+            }
+        }
+    };
+    while !sender.is_finished() {
+        receive(&mut out);
+    }
+    sender.join().unwrap();
+    // SIGINT: a clean stop, with the last packet, the summary and exit 0.
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    receive(&mut out);
+    let status = child.wait().unwrap();
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(status.code(), Some(0), "{err}");
+    assert!(err.contains("0 undecryptable"), "{err}");
+    assert_es_identical(&clear, &out);
+    let s: Value = serde_json::from_slice(&std::fs::read(&stats).unwrap()).unwrap();
+    assert_eq!(s["stats"]["datagrams_dropped"], 0);
+}
