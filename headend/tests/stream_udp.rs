@@ -144,3 +144,37 @@ fn udp_input_in_odd_datagrams_with_garbage_datagrams() {
     assert_eq!(Packets::new(&out).count() as u64, stats.packets_out);
     check_descrambled(&out, &clear, &key);
 }
+
+#[test]
+fn a_paced_channel_stops_promptly() {
+    let Some(clear) = ffmpeg_ts(4) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let inp = dir.path().join("in.ts");
+    std::fs::write(&inp, &clear).unwrap();
+    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (feed, _) = feed(200, 10);
+    let mut cfg = ChannelStreamConfig::new(
+        "stop",
+        inp.to_str().unwrap(),
+        format!("udp://{}", rx.local_addr().unwrap()),
+        EMM_PID,
+    )
+    .service(SERVICE, ECM_PID);
+    cfg.loop_input = true;
+    let h = spawn_channel(cfg, feed, Shutdown::new()).unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let t = Instant::now();
+    h.stop();
+    let stats = h.join().unwrap();
+    assert!(
+        t.elapsed() < Duration::from_millis(400),
+        "took {:?}",
+        t.elapsed()
+    );
+    // Paced, and the reader held to at most 300 ms ahead of the sending:
+    // not much more than 600 ms of the 4 s file were made (about 190
+    // packets a second, plus the PSI, ECMs and the first EMM burst).
+    assert!(stats.packets_in < 250, "{stats:?}");
+    assert_eq!(stats.loops, 0);
+    assert!(stats.packets_out > 20, "{stats:?}");
+}

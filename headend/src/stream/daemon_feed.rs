@@ -62,6 +62,7 @@ impl CaFeed for CaOutputFeed {
             epoch: e.epoch,
             cws: e.cws,
             ecm_section: e.section,
+            next_ms: e.epoch_start_ms.checked_add(e.period_ms),
         })
     }
 

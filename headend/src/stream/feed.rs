@@ -70,6 +70,9 @@ pub struct CryptoPeriod {
     /// The whole ECM section (short syntax, table_id 0x80 for an even
     /// epoch, 0x81 for an odd one), repeated as it is.
     pub ecm_section: Arc<[u8]>,
+    /// When the feed expects the next period to start (Unix ms), if it
+    /// knows: the engine asks again then, rather than up to 20 ms later.
+    pub next_ms: Option<u64>,
 }
 
 impl CryptoPeriod {
@@ -245,6 +248,9 @@ impl CaFeed for EngineFeed {
             epoch,
             cws,
             ecm_section: section.into(),
+            next_ms: epoch
+                .checked_add(1)
+                .and_then(|n| n.checked_mul(self.period_ms)),
         };
         self.current.insert(service, p.clone());
         Ok(p)

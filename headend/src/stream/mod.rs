@@ -39,11 +39,11 @@ pub use mux::{Mux, OutPacket};
 use io::{Got, Input, Output};
 use serde::Serialize;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use thiserror::Error;
-use ts::packet::{PacketReader, NULL_PID};
+use ts::packet::{PacketReader, NULL_PID, PACKET_LEN};
 
 /// The default ECM repetition interval.
 pub const DEFAULT_ECM_INTERVAL_MS: u64 = 100;
@@ -264,6 +264,8 @@ pub struct StreamStats {
     /// EMM sections from the feed that were not EMM sections.
     pub emm_rejected: u64,
     pub nulls_replaced: u64,
+    /// PAT sections sent (the input's, again with every ECM).
+    pub pat_sections: u64,
     pub pmt_sections: u64,
     /// PMT versions sent (1 + the number of changes).
     pub pmt_versions: u64,
@@ -325,6 +327,49 @@ pub fn run_channel<F: CaFeed>(
     run(&cfg, feed, &shutdown, None)
 }
 
+/// What the read loop hands to the output side.
+enum Msg {
+    Packets(Vec<OutPacket>),
+    /// The input paused: send the partial datagram, restart the pacing.
+    Idle,
+}
+
+/// The output's counters, shared with the writer thread.
+#[derive(Debug, Default)]
+struct OutCounters {
+    rebases: AtomicU64,
+    send_errors: AtomicU64,
+    /// Air time of the last packet the paced writer sent.
+    sent_ticks: AtomicU64,
+    /// The writer thread has stopped.
+    done: AtomicBool,
+}
+
+/// How far (in air time) a paced channel's reader may run ahead of what
+/// is sent: enough to cover a PCR interval and a read, small enough that
+/// the CWs the feed gives are the ones in force when the packets air.
+const MAX_AHEAD_TICKS: u64 = 300 * clock::TICKS_PER_MS;
+
+impl OutCounters {
+    fn update(&self, o: &Output) {
+        let (r, e) = o.counters();
+        self.rebases.store(r, Ordering::Relaxed);
+        self.send_errors.store(e, Ordering::Relaxed);
+    }
+}
+
+/// Writes one message; false when a shutdown cut the pacing short.
+fn deliver(output: &mut Output, msg: &Msg, shutdown: &Shutdown) -> Result<bool, StreamError> {
+    match msg {
+        Msg::Packets(p) => output.write(p, shutdown),
+        Msg::Idle => {
+            output.flush(shutdown)?;
+            output.idle();
+            Ok(true)
+        }
+    }
+}
+
 fn run<F: CaFeed>(
     cfg: &ChannelStreamConfig,
     feed: F,
@@ -339,31 +384,157 @@ fn run<F: CaFeed>(
         Pacing::Always => true,
         Pacing::Never => false,
     };
-    let mut input = Input::open(&in_ep)?;
+    let input = Input::open(&in_ep)?;
     if let Some(sh) = shared {
         *sh.input_addr.lock().unwrap_or_else(|e| e.into_inner()) = input.local_addr();
     }
     let mut output = Output::open(&out_ep, cfg.packets_per_datagram, paced, cfg.max_late_ms)?;
     let start = cfg.start_unix_ms.unwrap_or_else(unix_ms_now);
-    let mut mux = Mux::new(cfg, feed, start)?;
+    let mux = Mux::new(cfg, feed, start)?;
+    let counters = OutCounters::default();
+    // A paced file is read a few datagrams at a time, so that the reader
+    // stays close to the writer; anything else in big reads (a UDP read is
+    // one datagram whatever the buffer).
+    let read_size = if paced && !matches!(in_ep, Endpoint::Udp(_)) {
+        8 * 7 * PACKET_LEN
+    } else {
+        1 << 16
+    };
+    tracing::info!(channel = %cfg.name, input = %in_ep, output = %out_ep, paced, "stream started");
+    let stats = if paced {
+        // Pacing sleeps; a writer thread of its own keeps those sleeps
+        // from delaying the reads of a live input, whose socket buffer
+        // holds only a few hundred milliseconds. The bounded queue (about
+        // 2 MB) holds a file input back to the output's pace.
+        std::thread::scope(|s| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(32);
+            let counters = &counters;
+            let writer = s.spawn(move || -> Result<(), StreamError> {
+                let r = (|| {
+                    'queue: for msg in rx {
+                        let Msg::Packets(packets) = &msg else {
+                            deliver(&mut output, &msg, shutdown)?;
+                            continue;
+                        };
+                        // A datagram at a time, so that the reader knows
+                        // how far the sending has come.
+                        for d in packets.chunks(cfg.packets_per_datagram) {
+                            let go_on = output.write(d, shutdown)?;
+                            counters.update(&output);
+                            if let Some(last) = d.last() {
+                                counters.sent_ticks.store(last.ticks, Ordering::Relaxed);
+                            }
+                            if !go_on {
+                                break 'queue;
+                            }
+                        }
+                    }
+                    output.flush(shutdown)?;
+                    counters.update(&output);
+                    Ok(())
+                })();
+                counters.done.store(true, Ordering::Relaxed);
+                r
+            });
+            let read = read_loop(
+                cfg,
+                &in_ep,
+                input,
+                mux,
+                shutdown,
+                shared,
+                counters,
+                read_size,
+                |msg| {
+                    if let Msg::Packets(p) = &msg {
+                        // Hold the reader back to the writer's pace.
+                        let first = p.first().map_or(0, |p| p.ticks);
+                        while first > counters.sent_ticks.load(Ordering::Relaxed) + MAX_AHEAD_TICKS
+                            && !counters.done.load(Ordering::Relaxed)
+                            && !shutdown.is_triggered()
+                        {
+                            std::thread::sleep(std::time::Duration::from_millis(5));
+                        }
+                    }
+                    Ok(tx.send(msg).is_ok())
+                },
+            );
+            drop(tx);
+            let written = writer
+                .join()
+                .unwrap_or(Err(StreamError::Panicked(cfg.name.clone())));
+            // The reader's error first: a closed queue is only its effect.
+            let stats = read?;
+            written?;
+            Ok::<_, StreamError>(StreamStats {
+                pacing_rebases: counters.rebases.load(Ordering::Relaxed),
+                udp_send_errors: counters.send_errors.load(Ordering::Relaxed),
+                ..stats
+            })
+        })?
+    } else {
+        let counters = &counters;
+        let stats = read_loop(
+            cfg,
+            &in_ep,
+            input,
+            mux,
+            shutdown,
+            shared,
+            counters,
+            read_size,
+            |msg| {
+                let go_on = deliver(&mut output, &msg, shutdown)?;
+                counters.update(&output);
+                Ok(go_on)
+            },
+        )?;
+        output.flush(shutdown)?;
+        counters.update(&output);
+        StreamStats {
+            udp_send_errors: counters.send_errors.load(Ordering::Relaxed),
+            ..stats
+        }
+    };
+    if let Some(sh) = shared {
+        *sh.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
+    }
+    tracing::info!(channel = %cfg.name, ?stats, "stream stopped");
+    Ok(stats)
+}
+
+/// Reads the input, runs the packets through the multiplexer and hands
+/// the output to `send` (false: stop) until the input ends or `shutdown`.
+#[allow(clippy::too_many_arguments)]
+fn read_loop<F: CaFeed>(
+    cfg: &ChannelStreamConfig,
+    in_ep: &Endpoint,
+    mut input: Input,
+    mut mux: Mux<F>,
+    shutdown: &Shutdown,
+    shared: Option<&Shared>,
+    counters: &OutCounters,
+    read_size: usize,
+    mut send: impl FnMut(Msg) -> Result<bool, StreamError>,
+) -> Result<StreamStats, StreamError> {
     let mut reader = PacketReader::new();
     // Sync counters of the readers of earlier loops.
     let (mut skipped, mut losses) = (0u64, 0u64);
-    let mut buf = vec![0u8; 1 << 16];
-    let mut out = Vec::with_capacity(1024);
+    let mut buf = vec![0u8; read_size];
     let mut bytes_this_pass = 0u64;
     let mut packets_this_pass = 0u64;
-    let snapshot = |mux: &Mux<F>, r: &PacketReader, skipped: u64, losses: u64, o: &Output| {
+    let snapshot = |mux: &Mux<F>, r: &PacketReader, skipped: u64, losses: u64| {
         let mut s = *mux.stats();
         s.skipped_bytes = skipped + r.stats().skipped_bytes;
         s.sync_losses = losses + r.stats().sync_losses;
         s.pcr_discontinuities = mux.pcr_discontinuities();
-        (s.pacing_rebases, s.udp_send_errors) = o.counters();
+        s.pacing_rebases = counters.rebases.load(Ordering::Relaxed);
+        s.udp_send_errors = counters.send_errors.load(Ordering::Relaxed);
         s
     };
-    tracing::info!(channel = %cfg.name, input = %in_ep, output = %out_ep, paced, "stream started");
     while !shutdown.is_triggered() {
         let mut eof = false;
+        let mut idle = false;
         match input.read(&mut buf)? {
             Got::Data(n) => {
                 bytes_this_pass += n as u64;
@@ -383,12 +554,7 @@ fn run<F: CaFeed>(
                     losses += reader.stats().sync_losses;
                     reader = PacketReader::new();
                 }
-                mux.flush();
-                mux.take_output(&mut out);
-                output.write(&out, shutdown)?;
-                out.clear();
-                output.flush(shutdown)?;
-                output.idle();
+                idle = true;
             }
             Got::Eof => {
                 reader.finish();
@@ -399,15 +565,18 @@ fn run<F: CaFeed>(
             packets_this_pass += 1;
             mux.push(p);
         }
-        if eof {
+        if eof || idle {
             mux.flush();
         }
+        let mut out = Vec::new();
         mux.take_output(&mut out);
-        let go_on = output.write(&out, shutdown)?;
-        out.clear();
+        let mut go_on = out.is_empty() || send(Msg::Packets(out))?;
+        if idle && go_on {
+            go_on = send(Msg::Idle)?;
+        }
         if let Some(sh) = shared {
             *sh.stats.lock().unwrap_or_else(|e| e.into_inner()) =
-                snapshot(&mux, &reader, skipped, losses, &output);
+                snapshot(&mux, &reader, skipped, losses);
         }
         if !go_on {
             break;
@@ -426,13 +595,7 @@ fn run<F: CaFeed>(
             (bytes_this_pass, packets_this_pass) = (0, 0);
         }
     }
-    output.flush(shutdown)?;
-    let stats = snapshot(&mux, &reader, skipped, losses, &output);
-    if let Some(sh) = shared {
-        *sh.stats.lock().unwrap_or_else(|e| e.into_inner()) = stats;
-    }
-    tracing::info!(channel = %cfg.name, ?stats, "stream stopped");
-    Ok(stats)
+    Ok(snapshot(&mux, &reader, skipped, losses))
 }
 
 /// A channel running on its own thread.

@@ -6,16 +6,21 @@
 //!
 //! | PID | what | out |
 //! |---|---|---|
-//! | 0 (PAT) | learnt | as it came |
+//! | 0 (PAT) | learnt | its section, with our own counter: at once when it changes, then with every ECM repetition |
 //! | 1 (CAT) | its descriptors are kept | replaced by ours, with our CA_descriptor for the EMM PID |
 //! | 2..=0x1F (SI) | | as it came |
-//! | PMT of a configured service | learnt | rewritten: CA_descriptor (ECM PID) and scrambling_descriptor in the program loop, our own version number |
+//! | PMT of a configured service | learnt | rewritten (CA_descriptor for the ECM PID and scrambling_descriptor in the program loop, our own version number): at once when it changes, then with every ECM repetition |
 //! | its elementary streams | | scrambled with the period's CW (section streams excepted, see [`carries_pes`]) |
 //! | its PCR PID when not an ES | | as it came |
 //! | PMT and streams of other programs | learnt | as they came |
 //! | null (0x1FFF) | | as it came, or replaced by EMM packets |
 //! | ECM and EMM PIDs | collision: dropped | ours |
 //! | anything else | not in any PMT | dropped |
+//!
+//! Every ECM interval (100 ms by default) the PAT, then each service's PMT
+//! and ECM go out back to back, so that a receiver tuning in has all it
+//! needs within one interval whatever the input's PSI rate; a new crypto
+//! period's ECM goes out at once, before the first packet it scrambles.
 //!
 //! It never lets a configured service's elementary stream out clear: until
 //! that service's PMT and crypto period are known its packets are
@@ -102,10 +107,11 @@ struct Service {
     /// The PMT as it came, and as we send it.
     pmt_in: Option<Pmt>,
     pmt_out: Option<(Pmt, Vec<u8>)>,
+    /// Where the PAT says the PMT is.
+    pmt_pid: u16,
     scrambler: Scrambler,
     active: Option<Active>,
     next_poll: u64,
-    next_ecm: u64,
     /// When the feed started failing, while a period is still in use.
     failing_since: Option<u64>,
 }
@@ -135,6 +141,9 @@ pub struct Mux<F: CaFeed> {
     services: Vec<Service>,
     assemblers: HashMap<u16, SectionAssembler>,
     pat: Option<Pat>,
+    /// The PAT section as it came, which we send.
+    pat_section: Vec<u8>,
+    next_psi: u64,
     /// PMTs of programs that are not ours, by program number.
     other_pmts: HashMap<u16, Pmt>,
     cat_in: Vec<Descriptor>,
@@ -178,10 +187,10 @@ impl<F: CaFeed> Mux<F> {
                 ecm_pid: s.ecm_pid,
                 pmt_in: None,
                 pmt_out: None,
+                pmt_pid: NULL_PID,
                 scrambler: Scrambler::new(),
                 active: None,
                 next_poll: 0,
-                next_ecm: 0,
                 failing_since: None,
             })
             .collect();
@@ -197,6 +206,8 @@ impl<F: CaFeed> Mux<F> {
             services,
             assemblers: HashMap::new(),
             pat: None,
+            pat_section: Vec::new(),
+            next_psi: 0,
             other_pmts: HashMap::new(),
             cat_in: Vec::new(),
             cat_out: (
@@ -377,11 +388,11 @@ impl<F: CaFeed> Mux<F> {
             }
             Role::Null => self.null_packet(pkt, now),
             Role::Pass => self.emit_input(pid, pkt, now),
-            Role::Pat | Role::PmtPass => {
+            Role::PmtPass => {
                 self.sections(pid, pkt, now);
                 self.emit_input(pid, pkt, now);
             }
-            Role::CatIn | Role::PmtOurs => self.sections(pid, pkt, now),
+            Role::Pat | Role::CatIn | Role::PmtOurs => self.sections(pid, pkt, now),
             Role::Es(i) => self.scramble(usize::from(i), pid, pkt, now),
         }
     }
@@ -468,7 +479,10 @@ impl<F: CaFeed> Mux<F> {
                 Ok(pat) if pat.current_next => {
                     if self.pat.as_ref() != Some(&pat) {
                         self.pat = Some(pat);
+                        self.pat_section = section.to_vec();
                         self.reclassify();
+                        // A new PAT goes out at once; then with the bundle.
+                        self.emit_pat(now);
                     }
                 }
                 Ok(_) => {}
@@ -555,11 +569,48 @@ impl<F: CaFeed> Mux<F> {
                 }
             }
             self.services[i].pmt_in = Some(pmt);
+            self.services[i].pmt_pid = pid;
             self.reclassify();
+            // A new or changed PMT goes out at once; then with the bundle.
+            self.emit_pmt(i, now);
         }
-        if let Some(s) = self.services[i].pmt_out.as_ref().map(|o| o.1.clone()) {
+    }
+
+    fn emit_pat(&mut self, now: u64) {
+        if self.pat_section.is_empty() {
+            return;
+        }
+        let s = std::mem::take(&mut self.pat_section);
+        self.emit_sections(0, &[&s], now);
+        self.pat_section = s;
+        self.stats.pat_sections += 1;
+    }
+
+    fn emit_pmt(&mut self, i: usize, now: u64) {
+        let pid = self.services[i].pmt_pid;
+        let Some(o) = self.services[i].pmt_out.as_mut() else {
+            return;
+        };
+        let s = std::mem::take(&mut o.1);
+        if self.roles[usize::from(pid)] == Role::PmtOurs {
             self.emit_sections(pid, &[&s], now);
             self.stats.pmt_sections += 1;
+        }
+        if let Some(o) = self.services[i].pmt_out.as_mut() {
+            o.1 = s;
+        }
+    }
+
+    /// PAT, then each live service's PMT and ECM, back to back: a
+    /// receiver that tunes in has all it needs to descramble within one
+    /// interval, whatever the input's PSI rate.
+    fn emit_psi_bundle(&mut self, now: u64) {
+        self.emit_pat(now);
+        for i in 0..self.services.len() {
+            if self.services[i].pmt_in.is_some() {
+                self.emit_pmt(i, now);
+                self.emit_ecm(i, now);
+            }
         }
     }
 
@@ -688,16 +739,13 @@ impl<F: CaFeed> Mux<F> {
             if now >= self.services[i].next_poll {
                 self.poll(i, now);
             }
-            let s = &self.services[i];
-            if s.active.is_some() && now >= s.next_ecm {
-                self.emit_ecm(i, now);
-            }
-            let s = &self.services[i];
-            next = next.min(s.next_poll);
-            if s.active.is_some() {
-                next = next.min(s.next_ecm);
-            }
+            next = next.min(self.services[i].next_poll);
         }
+        if now >= self.next_psi {
+            self.emit_psi_bundle(now);
+            self.next_psi = now.saturating_add(self.ecm_interval);
+        }
+        next = next.min(self.next_psi);
         if now >= self.next_cat {
             let s = std::mem::take(&mut self.cat_out.1);
             self.emit_sections(1, &[&s], now);
@@ -722,8 +770,22 @@ impl<F: CaFeed> Mux<F> {
             .feed
             .period(id, now_ms)
             .and_then(|p| p.check().map(|()| p));
+        let next_ticks = |ms: u64| {
+            ms.saturating_sub(self.start_unix_ms)
+                .saturating_mul(TICKS_PER_MS)
+        };
+        let mut next_poll = now.saturating_add(POLL_MS * TICKS_PER_MS);
+        if let Ok(CryptoPeriod {
+            next_ms: Some(ms), ..
+        }) = &result
+        {
+            let at = next_ticks(*ms);
+            if at > now {
+                next_poll = next_poll.min(at);
+            }
+        }
         let svc = &mut self.services[i];
-        svc.next_poll = now.saturating_add(POLL_MS * TICKS_PER_MS);
+        svc.next_poll = next_poll;
         match result {
             Ok(p) => {
                 svc.failing_since = None;
@@ -767,9 +829,10 @@ impl<F: CaFeed> Mux<F> {
             self.stats.cw_changes += 1;
         }
         // The new ECM goes out at once, before the first packet of the
-        // period: a receiver passes an ECM to its card when its table_id
-        // changes.
-        self.emit_ecm(i, now);
+        // period (a receiver passes an ECM to its card when its table_id
+        // changes), with the PAT and PMT; the repetitions follow from here.
+        self.next_psi = now;
+        self.next_event = now;
     }
 
     fn emit_ecm(&mut self, i: usize, now: u64) {
@@ -780,7 +843,6 @@ impl<F: CaFeed> Mux<F> {
         let pid = self.services[i].ecm_pid;
         self.emit_sections(pid, &[&section], now);
         self.stats.ecm_sections += 1;
-        self.services[i].next_ecm = now.saturating_add(self.ecm_interval);
     }
 
     fn emm_tick(&mut self, now: u64) {
