@@ -1,0 +1,222 @@
+//! The receiver with its card behind the real pcscd and vpcd: the card
+//! applet served as a virtual card from a thread of this test (the same
+//! code as `smartcard emulate`), found by reader name, pulled out and put
+//! back while the receiver runs.
+//!
+//! vpcd's stock two slots are shared with the smartcard tests, which may
+//! run at the same time: a slot is taken with the same file lock they use.
+//! Without pcscd these tests fail under `CI=true` and are skipped (with a
+//! note) otherwise; scripts/ensure-pcscd.sh starts it.
+
+mod common;
+
+use common::*;
+use fs2::FileExt;
+use proto::crypto::X25519Secret;
+use receiver::card::{CardLink, LinkOptions, PcscCard};
+use receiver::{Pipeline, PipelineOptions};
+use smartcard::eeprom::MemEeprom;
+use smartcard::pcsc::list_readers;
+use smartcard::vpcd::{self, StopHandle, VirtualCard};
+use smartcard::Applet;
+use std::fs::File;
+use std::process::Command;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+const SLOTS: [(u16, &str); 2] = [(35963, "Virtual PCD 00 00"), (35964, "Virtual PCD 00 01")];
+const WIDE: (u64, u64) = (DAY0 - 30 * DAY, DAY0 + 30 * DAY);
+
+fn pcscd_or_skip(test: &str) -> bool {
+    let why = match list_readers() {
+        Ok(r) if SLOTS.iter().all(|(_, n)| r.iter().any(|x| x.name == *n)) => return true,
+        Ok(r) => format!(
+            "pcscd has readers {:?}",
+            r.iter().map(|x| &x.name).collect::<Vec<_>>()
+        ),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        std::env::var("CI").as_deref() != Ok("true"),
+        "{test}: pcscd with vpcd is required under CI=true: {why}. Run scripts/ensure-pcscd.sh"
+    );
+    eprintln!("SKIPPED {test}: pcscd with vpcd is not available ({why})");
+    false
+}
+
+fn card_in(reader: &str) -> bool {
+    list_readers()
+        .map(|r| r.iter().any(|x| x.name == reader && x.card_present))
+        .unwrap_or(false)
+}
+
+fn wait_reader(reader: &str, present: bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while card_in(reader) != present {
+        assert!(
+            Instant::now() < deadline,
+            "{reader}: card present should be {present}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A vpcd slot, held with the smartcard tests' lock.
+struct Slot {
+    port: u16,
+    reader: &'static str,
+    _lock: File,
+}
+
+fn slot() -> Slot {
+    loop {
+        for (port, reader) in SLOTS {
+            let p = std::env::temp_dir().join(format!("iodoform-vpcd-{port}.lock"));
+            let f = File::create(&p).unwrap();
+            if f.try_lock_exclusive().is_ok() {
+                wait_reader(reader, false);
+                return Slot {
+                    port,
+                    reader,
+                    _lock: f,
+                };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The card in the slot's reader, served from a thread.
+struct Inserted {
+    stop: StopHandle,
+    thread: JoinHandle<Applet<MemEeprom>>,
+}
+
+fn insert(slot: &Slot, applet: Applet<MemEeprom>) -> Inserted {
+    insert_at(slot.port, slot.reader, applet)
+}
+
+fn insert_at(port: u16, reader: &str, applet: Applet<MemEeprom>) -> Inserted {
+    let stop = StopHandle::new();
+    let config = vpcd::Config {
+        addr: format!("127.0.0.1:{port}"),
+        ..vpcd::Config::default()
+    };
+    let s = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let mut card = VirtualCard::new(applet);
+        vpcd::run(&mut card, &config, &s);
+        card.into_applet()
+    });
+    wait_reader(reader, true);
+    Inserted { stop, thread }
+}
+
+fn pull_out(slot: &Slot, card: Inserted) -> Applet<MemEeprom> {
+    card.stop.stop();
+    let applet = card.thread.join().unwrap();
+    wait_reader(slot.reader, false);
+    applet
+}
+
+#[test]
+fn the_receiver_binary_uses_a_card_in_a_named_reader() {
+    if !pcscd_or_skip("the_receiver_binary_uses_a_card_in_a_named_reader") {
+        return;
+    }
+    let clear = synthetic_ts(4_000, 6);
+    let mut engine = engine();
+    let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
+    let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 500), START_MS, 0);
+    let slot = slot();
+    let card = insert(&slot, applet);
+    let dir = tempfile::tempdir().unwrap();
+    let (input, output) = (dir.path().join("in.ts"), dir.path().join("out.ts"));
+    std::fs::write(&input, &scrambled).unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_receiver"))
+        .arg("-i")
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .args(["--reader", slot.reader, "--identity"])
+        .arg(dir.path().join("rx.key"))
+        .output()
+        .unwrap();
+    pull_out(&slot, card);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "{err}");
+    assert!(err.contains("0 undecryptable"), "{err}");
+    assert_es_identical(&clear, &std::fs::read(&output).unwrap());
+
+    // No card in that reader: a clear error once the timeout is over.
+    let o = Command::new(env!("CARGO_BIN_EXE_receiver"))
+        .arg("-i")
+        .arg(&input)
+        .arg("-o")
+        .arg(&output)
+        .args(["--reader", slot.reader, "--card-timeout", "1", "--identity"])
+        .arg(dir.path().join("rx.key"))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(
+        o.status.code(),
+        Some(i32::from(receiver::exit::NO_CARD)),
+        "{err}"
+    );
+    assert_eq!(
+        err.lines().last().unwrap(),
+        format!("receiver: no card in reader '{}' within 1 s", slot.reader)
+    );
+}
+
+#[test]
+fn the_card_pulled_out_and_put_back_while_the_receiver_runs() {
+    if !pcscd_or_skip("the_card_pulled_out_and_put_back_while_the_receiver_runs") {
+        return;
+    }
+    let clear = synthetic_ts(20_000, 6);
+    let mut engine = engine();
+    let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
+    let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 500), START_MS, 0);
+    let slot = slot();
+    let card = insert(&slot, applet);
+    logs();
+    let link = CardLink::open(
+        Box::new(PcscCard {
+            reader: Some(slot.reader.to_string()),
+        }),
+        X25519Secret::random(),
+        LinkOptions {
+            connect_timeout: Duration::from_secs(5),
+            reconnect_timeout: Some(Duration::from_secs(20)),
+        },
+    )
+    .unwrap();
+    let mut pipeline = Pipeline::new(link, PipelineOptions::default());
+    let mut out = Vec::new();
+    let half = scrambled.len() / 2 / 188 * 188;
+    pipeline.push(&scrambled[..half], &mut out).unwrap();
+
+    // Out of the reader; back in 1.5 s later, while the receiver waits
+    // for it at its next ECM.
+    let applet = pull_out(&slot, card);
+    let back = {
+        let (port, reader) = (slot.port, slot.reader);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            insert_at(port, reader, applet)
+        })
+    };
+    let t = Instant::now();
+    pipeline.push(&scrambled[half..], &mut out).unwrap();
+    pipeline.finish(&mut out).unwrap();
+    let card = back.join().unwrap();
+    let stats = pipeline.stats();
+    eprintln!("{} (waited {:?})", stats.summary(), t.elapsed());
+    assert!(t.elapsed() >= Duration::from_millis(1000));
+    assert!(stats.card_reconnects >= 1, "{stats:?}");
+    assert_eq!(stats.undecryptable, 0, "{stats:?}");
+    assert_es_identical(&clear, &out);
+    pull_out(&slot, card);
+}
