@@ -113,8 +113,12 @@ enum Role {
     Cat,
     Ecm,
     Emm,
-    /// A component (or the PCR PID) of the service: descrambled.
+    /// A component of the service: descrambled.
     Es,
+    /// The service's PCR PID when it is not one of its components (another
+    /// service's stream, say): its payload is not ours to descramble, so a
+    /// scrambled packet goes out as its adaptation field alone.
+    PcrOnly,
 }
 
 /// The role of a PID that no table has claimed.
@@ -713,6 +717,23 @@ impl Core {
                 Ok(())
             }
             Role::Es => self.on_es(p, sink),
+            Role::PcrOnly => {
+                if view.scrambling().0 == 0 {
+                    return self.emit(p, sink);
+                }
+                if view.pcr().is_none() {
+                    self.stats.scrambled_elsewhere += 1;
+                    return Ok(());
+                }
+                let af = view.adaptation_field().map_or(&[][..], |a| a.bytes());
+                let mut out = [0xFFu8; PACKET_LEN];
+                // Same PID and counter; clear, adaptation field only.
+                out[..3].copy_from_slice(&p[..3]);
+                out[3] = 0x20 | (p[3] & 0x0F);
+                out[4] = 183;
+                out[5..5 + af.len()].copy_from_slice(af);
+                self.emit(&out, sink)
+            }
         }
     }
 
@@ -803,11 +824,17 @@ impl Core {
             self.release(pid);
         }
         let mut es: Vec<u16> = pmt.streams.iter().map(|s| s.pid).collect();
-        es.push(pmt.pcr_pid);
         for &pid in &es {
             if !matches!(self.role(pid), Role::Pat | Role::Pmt | Role::Cat) {
                 self.set_role(pid, Role::Es);
             }
+        }
+        if !matches!(
+            self.role(pmt.pcr_pid),
+            Role::Es | Role::Pat | Role::Pmt | Role::Cat | Role::Pass
+        ) {
+            self.set_role(pmt.pcr_pid, Role::PcrOnly);
+            es.push(pmt.pcr_pid);
         }
         self.es_pids = es;
         self.pcr_pid = Some(pmt.pcr_pid).filter(|&p| p != NULL_PID);
@@ -924,10 +951,13 @@ impl Core {
                     self.keys.revoke_from(header.epoch);
                 }
                 let message = self.explain(sw, header);
-                tracing::warn!(%message, epoch = header.epoch, "ECM refused");
                 match &mut self.denial {
-                    Some(d) => d.message = message,
+                    Some(d) => {
+                        tracing::debug!(%message, epoch = header.epoch, "ECM refused again");
+                        d.message = message;
+                    }
                     None => {
+                        tracing::warn!(%message, epoch = header.epoch, "ECM refused");
                         self.denial = Some(Denial {
                             since: self.clock.now(),
                             message,

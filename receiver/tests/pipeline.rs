@@ -420,3 +420,70 @@ fn not_ts_and_unknown_services_are_clear_errors() {
     );
     assert_eq!(e.exit_code(), exit::UNKNOWN_SERVICE);
 }
+
+fn want_pcrs(ts: &[u8]) -> usize {
+    Packets::new(ts)
+        .filter_map(|p| Packet::from_array(p).ok())
+        .filter(|v| v.pid() == VIDEO && v.pcr().is_some())
+        .count()
+}
+
+#[test]
+fn one_service_of_two_comes_out_alone() {
+    let clear = synthetic_multi(4_000, 8, 2);
+    let mut engine = engine();
+    let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
+    let mut feed = TestFeed::new(engine, 1000);
+    feed.add_service(2);
+    let (scrambled, _) = scramble_services(
+        &clear,
+        feed,
+        START_MS,
+        0,
+        &[(SERVICE, ECM_PID), (2, ECM_PID + 2)],
+    );
+    let o = PipelineOptions {
+        service: Some(2),
+        ..opts()
+    };
+    let (out, result, stats) = receive(
+        SharedCard::new(applet),
+        &X25519Secret::random(),
+        &scrambled,
+        o,
+        1316,
+    );
+    result.unwrap();
+    assert_eq!(stats.undecryptable, 0, "{stats:?}");
+    let want = es(&clear, &[0x200, 0x201]);
+    let got = es(
+        &out,
+        &[0x200, 0x201, VIDEO, AUDIO, ECM_PID, ECM_PID + 2, 0x1000],
+    );
+    for pid in [0x200, 0x201] {
+        assert!(!want[&pid].is_empty());
+        assert_eq!(got[&pid], want[&pid], "PID {pid:#x}");
+    }
+    for pid in [AUDIO, ECM_PID, ECM_PID + 2, 0x1000] {
+        assert!(got[&pid].is_empty(), "PID {pid:#x} in the output");
+    }
+    // Both services take their PCR from service 1's video: it comes out
+    // as PCRs alone, never as video descrambled with service 2's key.
+    assert_eq!(got[&VIDEO].len(), want_pcrs(&clear));
+    for p in &got[&VIDEO] {
+        let v = Packet::new(&p[..]).unwrap();
+        assert!(v.pcr().is_some() && !v.has_payload() && v.scrambling().0 == 0);
+    }
+    // The PAT lists service 2 alone.
+    let mut asm = SectionAssembler::new();
+    let pat = Packets::new(&out)
+        .filter_map(|p| Packet::from_array(p).ok())
+        .filter(|v| v.pid() == 0)
+        .flat_map(|v| asm.push(&v))
+        .next()
+        .unwrap()
+        .unwrap();
+    let pat = ts::psi::Pat::from_section(&pat).unwrap();
+    assert_eq!(pat.programs.len(), 1);
+    assert_eq!(pat.programs[0].program_number, 2);
+}

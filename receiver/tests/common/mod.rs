@@ -138,58 +138,76 @@ impl Rng {
 /// video (with a PCR in every packet) and audio, `per_100ms` ES packets
 /// per 100 ms, with random payloads.
 pub fn synthetic_ts(duration_ms: u64, per_100ms: u64) -> Vec<u8> {
+    synthetic_multi(duration_ms, per_100ms, 1)
+}
+
+/// Like [`synthetic_ts`] with `services` programs: program `n` has its
+/// PMT on 0x1000 + n - 1 and its video and audio on 0x100 + 0x100 (n - 1)
+/// and the next PID; the first program's video carries the PCR.
+pub fn synthetic_multi(duration_ms: u64, per_100ms: u64, services: u16) -> Vec<u8> {
     let pat = Pat {
         transport_stream_id: 1,
         version: 0,
         current_next: true,
-        programs: vec![PatEntry {
-            program_number: SERVICE,
-            pid: 0x1000,
-        }],
+        programs: (1..=services)
+            .map(|n| PatEntry {
+                program_number: n,
+                pid: 0x1000 + n - 1,
+            })
+            .collect(),
     }
     .to_section()
     .unwrap();
-    let pmt = Pmt {
-        program_number: SERVICE,
-        version: 0,
-        current_next: true,
-        pcr_pid: VIDEO,
-        descriptors: vec![],
-        streams: vec![
-            PmtStream {
-                stream_type: stream_type::H264,
-                pid: VIDEO,
+    let pmts: Vec<Vec<u8>> = (1..=services)
+        .map(|n| {
+            let v = VIDEO + 0x100 * (n - 1);
+            Pmt {
+                program_number: n,
+                version: 0,
+                current_next: true,
+                pcr_pid: VIDEO,
                 descriptors: vec![],
-            },
-            PmtStream {
-                stream_type: stream_type::AAC_ADTS,
-                pid: AUDIO,
-                descriptors: vec![],
-            },
-        ],
-    }
-    .to_section()
-    .unwrap();
+                streams: vec![
+                    PmtStream {
+                        stream_type: stream_type::H264,
+                        pid: v,
+                        descriptors: vec![],
+                    },
+                    PmtStream {
+                        stream_type: stream_type::AAC_ADTS,
+                        pid: v + 1,
+                        descriptors: vec![],
+                    },
+                ],
+            }
+            .to_section()
+            .unwrap()
+        })
+        .collect();
     let mut rng = Rng(0x1234_5678_9abc_def1);
     let mut out = Vec::new();
-    let (mut pat_cc, mut pmt_cc, mut v_cc, mut a_cc) = (0u8, 0u8, 0u8, 0u8);
+    let mut cc: HashMap<u16, u8> = HashMap::new();
     let mut psi = Vec::new();
     let mut payload = [0u8; 184];
     for t in (0..duration_ms).step_by(100) {
         psi.clear();
-        packetize(&[&pat], 0, &mut pat_cc, &mut psi).unwrap();
-        packetize(&[&pmt], 0x1000, &mut pmt_cc, &mut psi).unwrap();
+        packetize(&[&pat], 0, cc.entry(0).or_default(), &mut psi).unwrap();
+        for (i, pmt) in pmts.iter().enumerate() {
+            let pid = 0x1000 + i as u16;
+            packetize(&[pmt], pid, cc.entry(pid).or_default(), &mut psi).unwrap();
+        }
         for p in &psi {
             out.extend_from_slice(p);
         }
         for k in 0..per_100ms {
-            let video = k % 2 == 0;
-            let mut b = PacketBuilder::new(if video { VIDEO } else { AUDIO });
-            let cc = if video { &mut v_cc } else { &mut a_cc };
-            b.continuity_counter = *cc;
-            *cc = (*cc + 1) & 0x0F;
+            let n = (k / 2 % u64::from(services)) as u16;
+            let pid = VIDEO + 0x100 * n + (k % 2) as u16;
+            let mut b = PacketBuilder::new(pid);
+            let c = cc.entry(pid).or_default();
+            b.continuity_counter = *c;
+            *c = (*c + 1) & 0x0F;
             b.pusi = k % 10 < 2;
-            if video {
+            if pid == VIDEO {
                 let ms = t * 1000 + k * 100_000 / per_100ms;
                 b.pcr = Some(Pcr::from_27mhz(27_000 * (1_000 + ms / 1000)));
             }
@@ -366,6 +384,11 @@ impl TestFeed {
         self.inner.engine_mut()
     }
 
+    /// Scrambles another service under the same product.
+    pub fn add_service(&mut self, service: u16) {
+        self.inner.add_service(service, PRODUCT, 0);
+    }
+
     /// Sends an EMM once, at `at_ms` (Unix ms of stream time).
     pub fn emm_at(&mut self, at_ms: u64, emm: &[u8]) {
         self.scheduled.push_back((
@@ -454,7 +477,21 @@ pub fn scramble(
     start_ms: u64,
     emm_bitrate: u64,
 ) -> (Vec<u8>, TestFeed) {
-    let mut cfg = ChannelStreamConfig::new("test", "-", "-", EMM_PID).service(SERVICE, ECM_PID);
+    scramble_services(clear, feed, start_ms, emm_bitrate, &[(SERVICE, ECM_PID)])
+}
+
+/// Scrambles the given (service, ECM PID) pairs.
+pub fn scramble_services(
+    clear: &[u8],
+    feed: TestFeed,
+    start_ms: u64,
+    emm_bitrate: u64,
+    services: &[(u16, u16)],
+) -> (Vec<u8>, TestFeed) {
+    let mut cfg = ChannelStreamConfig::new("test", "-", "-", EMM_PID);
+    for &(s, pid) in services {
+        cfg = cfg.service(s, pid);
+    }
     cfg.start_unix_ms = Some(start_ms);
     cfg.emm_bitrate = emm_bitrate;
     let (out, stats, feed) = process_buffer(&cfg, feed, clear, start_ms).unwrap();
