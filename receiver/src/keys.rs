@@ -34,6 +34,8 @@ struct Slot {
     /// The epoch of the key in the slot (or of the key revoked from it).
     epoch: Option<u64>,
     has_key: bool,
+    /// The key itself, to tell a repetition from a changed key.
+    cw: Option<ControlWord>,
     /// A newer key that waits until the stream leaves this slot.
     pending: Option<(u64, ControlWord)>,
 }
@@ -146,7 +148,14 @@ impl KeySlots {
         let s = self.slot(p);
         match s.epoch {
             Some(old) if epoch < old => return,
-            Some(old) if epoch == old && s.has_key => return,
+            Some(old) if epoch == old && s.has_key => {
+                if s.cw.as_ref() != Some(cw) {
+                    // Another key for the same period (a headend that
+                    // re-keyed it): the newer ECM is the one on the air.
+                    self.load(p, epoch, cw.clone());
+                }
+                return;
+            }
             _ => {}
         }
         if current.is_some_and(|c| s.holds(c)) {
@@ -160,11 +169,12 @@ impl KeySlots {
     }
 
     fn load(&mut self, p: Parity, epoch: u64, cw: ControlWord) {
+        self.descrambler.set(p, &cw);
         let s = self.slot(p);
         s.epoch = Some(epoch);
         s.has_key = true;
         s.pending = None;
-        self.descrambler.set(p, &cw);
+        s.cw = Some(cw);
         self.changes += 1;
     }
 
@@ -193,6 +203,7 @@ impl KeySlots {
             }
             if s.has_key && s.epoch.is_some_and(|e| e >= epoch) {
                 s.has_key = false;
+                s.cw = None;
                 self.descrambler.clear(p);
             }
         }
@@ -398,6 +409,24 @@ mod tests {
             assert_eq!(epoch_of(&mut k, n - 1), Some(n - 1), "epoch {}", n - b - 1);
             assert_eq!(epoch_of(&mut k, n), Some(n), "epoch {}", n - b);
         }
+    }
+
+    #[test]
+    fn a_period_re_keyed_by_the_headend_takes_the_new_key() {
+        let mut k = KeySlots::new();
+        k.install(10, &ecm(10));
+        assert_eq!(epoch_of(&mut k, 10), Some(10));
+        // ECM 10 again, with other CWs: packets now use those.
+        let other = ControlWords {
+            even: ControlWord::from_bytes([9; 16]),
+            odd: cw(11),
+            time: 0,
+        };
+        k.install(10, &other);
+        let mut p = packet(10);
+        assert_eq!(k.descramble(&mut p), Descrambled::Done(Parity::Even));
+        assert_ne!(u64::from_be_bytes(p[4..12].try_into().unwrap()), 10);
+        assert_eq!(k.changes(), 3);
     }
 
     #[test]
