@@ -30,7 +30,8 @@ Play the output with `receiver -i udp://127.0.0.1:5000 -o - | ffplay -`.";
 
 const AFTER_HELP: &str = "\
 Exit codes:
-  0  the input ended (or the output was closed)
+  0  the input ended, the output was closed, or SIGINT/SIGTERM stopped it
+     (a second signal exits at once with 130)
   2  bad command line
   3  the card refused the service's ECMs (no entitlement, dates, key)
   4  no reader, no card in time, or a card that cannot be used
