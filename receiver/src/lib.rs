@@ -9,10 +9,10 @@
 //!   before they reach the card; new ECMs to the card; both CW slots; PSI
 //!   rewritten without CA signalling.
 //! * [`keys`]: the CW slots and which crypto period each key belongs to.
-//! * [`io`], [`run`]: files, pipes and UDP; one whole run with its report.
+//! * [`io`], [`run`](mod@run): files, pipes and UDP; one whole run with its report.
 //! * [`stats`], [`error`]: counters, the status line, and why a run ended
 //!   (one line, one exit code each).
-//! * [`bench`]: the zap time, for the `perf` report.
+//! * [`bench`](mod@bench): the zap time, for the `perf` report.
 //!
 //! Control words exist in clear only inside this process, in
 //! [`proto::card::ControlWords`] and the descrambler's key slots, whose
