@@ -604,7 +604,11 @@ impl<E: Eeprom> Applet<E> {
             return Err(CardError::OutsideDates);
         }
         let stored = self.state.clock;
-        let passes_an_end = self.state.entitlements.iter().any(|e| (stored..now).contains(&e.end));
+        let passes_an_end = self
+            .state
+            .entitlements
+            .iter()
+            .any(|e| (stored..now).contains(&e.end));
         if passes_an_end || now >= stored.saturating_add(CLOCK_PERSIST_STEP) {
             let mut next = self.state.clone();
             next.clock = now;
