@@ -243,7 +243,31 @@ fn run(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(70);
         }
     };
-    match rt.block_on(daemon.serve(shutdown_signal())) {
+    // The stream engine: a thread per channel with an input and an output,
+    // scrambling with the CWs and carrying the ECMs and EMMs that the
+    // scheduler publishes. A bad URL is a config error.
+    let streams_stop = headend::stream::Shutdown::new();
+    let channels = daemon
+        .core()
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .channels();
+    let base = path.parent().unwrap_or(std::path::Path::new("."));
+    let streams =
+        match headend::stream::spawn_configured(&channels, base, &daemon.output(), &streams_stop) {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("headend run: {}: {e}", path.display());
+                return ExitCode::from(64);
+            }
+        };
+    let served = rt.block_on(daemon.serve(shutdown_signal()));
+    streams_stop.trigger();
+    for h in streams {
+        // Each stream thread logs how it ended.
+        let _ = h.join();
+    }
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("headend run: {e}");

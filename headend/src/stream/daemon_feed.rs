@@ -13,6 +13,7 @@
 use super::feed::{CaFeed, CryptoPeriod, FeedError};
 use super::{spawn_channel, ChannelHandle, ChannelStreamConfig, Endpoint, Shutdown, StreamError};
 use crate::config::ChannelConfig;
+use crate::core::Channel;
 use crate::output::CaOutput;
 use std::collections::VecDeque;
 use std::path::Path;
@@ -98,20 +99,57 @@ impl CaFeed for CaOutputFeed {
 }
 
 impl ChannelStreamConfig {
-    /// The stream of a configured channel, `None` if it has no `input` or
-    /// no `output`. Relative file paths are taken from `base` (the config
-    /// file's folder). A file input ending in `?loop` is played again and
-    /// again.
+    /// The stream of a channel of the config file, `None` if it has no
+    /// `input` or no `output`. Relative file paths are taken from `base`
+    /// (the config file's folder). A file input ending in `?loop` is
+    /// played again and again.
     pub fn from_channel(
         ch: &ChannelConfig,
         base: &Path,
     ) -> Result<Option<ChannelStreamConfig>, StreamError> {
-        let (Some(input), Some(output)) = (&ch.input, &ch.output) else {
+        Self::from_fields(
+            &ch.name,
+            ch.service_id,
+            ch.ecm_pid,
+            ch.emm_pid,
+            ch.input.as_deref(),
+            ch.output.as_deref(),
+            base,
+        )
+    }
+
+    /// The same for a channel as the daemon holds it (from the config or
+    /// added through the API).
+    pub fn from_daemon_channel(
+        ch: &Channel,
+        base: &Path,
+    ) -> Result<Option<ChannelStreamConfig>, StreamError> {
+        Self::from_fields(
+            &ch.name,
+            ch.service_id,
+            ch.ecm_pid,
+            ch.emm_pid,
+            ch.input.as_deref(),
+            ch.output.as_deref(),
+            base,
+        )
+    }
+
+    fn from_fields(
+        name: &str,
+        service_id: u16,
+        ecm_pid: u16,
+        emm_pid: u16,
+        input: Option<&str>,
+        output: Option<&str>,
+        base: &Path,
+    ) -> Result<Option<ChannelStreamConfig>, StreamError> {
+        let (Some(input), Some(output)) = (input, output) else {
             return Ok(None);
         };
         let (input, looped) = match input.strip_suffix("?loop") {
             Some(i) if !i.starts_with("udp://") => (i, true),
-            _ => (input.as_str(), false),
+            _ => (input, false),
         };
         let resolve = |url: &str| -> Result<String, StreamError> {
             Ok(match Endpoint::parse(url)? {
@@ -119,9 +157,8 @@ impl ChannelStreamConfig {
                 _ => url.to_owned(),
             })
         };
-        let mut c =
-            ChannelStreamConfig::new(&ch.name, resolve(input)?, resolve(output)?, ch.emm_pid)
-                .service(ch.service_id, ch.ecm_pid);
+        let mut c = ChannelStreamConfig::new(name, resolve(input)?, resolve(output)?, emm_pid)
+            .service(service_id, ecm_pid);
         c.loop_input = looped;
         c.validate()?;
         Ok(Some(c))
@@ -129,22 +166,26 @@ impl ChannelStreamConfig {
 }
 
 /// Starts a stream thread for every channel with an `input` and an
-/// `output`, all fed by `output` and stopped by `shutdown`. On an error
-/// the threads already started are stopped.
+/// `output`, all fed by `output` and stopped by `shutdown`. Relative file
+/// paths are taken from `base`. On an error (a bad URL, say) the threads
+/// already started are stopped, through `shutdown`, and the error names
+/// the channel.
 pub fn spawn_configured(
-    channels: &[ChannelConfig],
+    channels: &[Channel],
     base: &Path,
     output: &CaOutput,
     shutdown: &Shutdown,
 ) -> Result<Vec<ChannelHandle>, StreamError> {
     let mut handles = Vec::new();
     for ch in channels {
-        let started = ChannelStreamConfig::from_channel(ch, base).and_then(|cfg| match cfg {
-            Some(cfg) => {
-                spawn_channel(cfg, CaOutputFeed::new(output.clone()), shutdown.clone()).map(Some)
-            }
-            None => Ok(None),
-        });
+        let started =
+            ChannelStreamConfig::from_daemon_channel(ch, base).and_then(|cfg| match cfg {
+                Some(cfg) => {
+                    spawn_channel(cfg, CaOutputFeed::new(output.clone()), shutdown.clone())
+                        .map(Some)
+                }
+                None => Ok(None),
+            });
         match started {
             Ok(Some(h)) => handles.push(h),
             Ok(None) => {}
@@ -153,7 +194,14 @@ pub fn spawn_configured(
                 for h in handles {
                     let _ = h.join();
                 }
-                return Err(e);
+                return Err(match e {
+                    StreamError::Url { url, reason } => StreamError::Config {
+                        channel: ch.name.clone(),
+                        field: "input/output",
+                        reason: format!("{url:?}: {reason}"),
+                    },
+                    other => other,
+                });
             }
         }
     }

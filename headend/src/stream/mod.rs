@@ -19,6 +19,17 @@
 //! ends or a [`Shutdown`] is triggered; [`spawn_channel`] runs it on a
 //! thread of its own.
 //!
+//! A looping file input is re-stamped as little as possible: each PID's
+//! continuity counter is re-linked (an offset per PID, so that it goes on
+//! from where the output left it), and the first PCR of each PID after
+//! the loop carries the discontinuity_indicator, which tells a decoder
+//! that a new time base starts (its PTS and DTS with it). Re-stamping the
+//! PCR, PTS and DTS instead would rewrite bytes inside the PES headers,
+//! which are part of the scrambled payload that the receiver must give
+//! back byte for byte; and adding the flag to packets that have no
+//! adaptation field would need room they do not have. The air clock
+//! itself runs on across the loop, so crypto periods and pacing continue.
+//!
 //! It must never send a configured service's elementary stream clear, and
 //! never scramble a packet with a CW that the ECM on the air does not
 //! carry. No input, however malformed, makes it panic.
@@ -258,6 +269,9 @@ pub struct StreamStats {
     /// Packets scrambled (with a payload).
     pub scrambled: u64,
     pub cw_changes: u64,
+    /// New periods whose epoch has the parity of the last one: the feed
+    /// skipped an epoch (see the log).
+    pub epoch_skips: u64,
     pub ecm_sections: u64,
     pub emm_sections: u64,
     pub emm_packets: u64,

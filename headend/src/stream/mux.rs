@@ -816,21 +816,36 @@ impl<F: CaFeed> Mux<F> {
 
     fn start_period(&mut self, i: usize, p: CryptoPeriod, now: u64) {
         let svc = &mut self.services[i];
-        let first = svc.active.is_none();
+        let parity = ts_parity(p.parity());
+        let previous = svc.active.as_ref().map(|a| (a.epoch, a.parity));
         svc.scrambler.set_even(&p.cws.even);
         svc.scrambler.set_odd(&p.cws.odd);
-        let new_epoch = !matches!(&svc.active, Some(a) if a.epoch == p.epoch);
         svc.active = Some(Active {
             epoch: p.epoch,
-            parity: ts_parity(p.parity()),
+            parity,
             section: p.ecm_section,
         });
-        if new_epoch && !first {
-            self.stats.cw_changes += 1;
+        if let Some((old_epoch, old_parity)) = previous {
+            if old_epoch != p.epoch {
+                self.stats.cw_changes += 1;
+                if old_parity == parity {
+                    // The feed skipped an epoch (its scheduler stalled for
+                    // more than a period): this ECM keeps the table_id of
+                    // the last one, and its CW was never announced.
+                    // Receivers that pass the card every changed ECM
+                    // recover at once; nothing better exists.
+                    self.stats.epoch_skips += 1;
+                    tracing::warn!(
+                        service = svc.id,
+                        epoch = p.epoch,
+                        "the CA feed skipped an epoch"
+                    );
+                }
+            }
         }
         // The new ECM goes out at once, before the first packet of the
-        // period (a receiver passes an ECM to its card when its table_id
-        // changes), with the PAT and PMT; the repetitions follow from here.
+        // period (a receiver passes an ECM to its card when it changes),
+        // with the PAT and PMT; the repetitions follow from here.
         self.next_psi = now;
         self.next_event = now;
     }
