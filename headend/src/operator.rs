@@ -6,9 +6,7 @@
 //! types (for sealed storage). [`OperatorPublic`] is what the card factory
 //! writes into each card, and it is the only part that serializes.
 
-use proto::card::Personalization;
 use proto::crypto::{SigningKey, X25519Secret};
-use serde::{Deserialize, Serialize};
 
 /// The operator's private keys.
 #[derive(Debug)]
@@ -60,28 +58,7 @@ impl OperatorKeys {
     }
 }
 
-/// The public half of the operator's keys, as the provisioning tool reads
-/// it. In JSON the keys are lowercase hex strings.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct OperatorPublic {
-    pub operator_id: u32,
-    #[serde(with = "hex::serde")]
-    pub x25519: [u8; 32],
-    #[serde(with = "hex::serde")]
-    pub ed25519: [u8; 32],
-}
-
-impl OperatorPublic {
-    /// The PERSONALIZE data for one card of this operator.
-    pub fn personalization(&self, card_id: u32) -> Personalization {
-        Personalization {
-            card_id,
-            operator_id: self.operator_id,
-            operator_kex: self.x25519,
-            operator_sig: self.ed25519,
-        }
-    }
-}
+pub use proto::operator::OperatorPublic;
 
 #[cfg(test)]
 mod tests {

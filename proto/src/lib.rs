@@ -11,6 +11,7 @@ pub mod codec;
 pub mod crypto;
 pub mod ecm;
 pub mod emm;
+pub mod operator;
 pub mod secret;
 
 pub use codec::{Codec, InvalidMessage, Reader};

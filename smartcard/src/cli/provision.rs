@@ -27,7 +27,7 @@
 use super::card::{self, usage};
 use anyhow::Context as _;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use proto::card::{LifeCycle, Personalization, APPLET_VERSION};
+use proto::card::{LifeCycle, APPLET_VERSION};
 use serde::{Deserialize, Serialize};
 use smartcard::pcsc::ReaderChoice;
 use smartcard::CardClient;
@@ -76,43 +76,26 @@ pub struct Args {
 }
 
 /// The operator's public info, as `headend init` writes it.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-pub struct OperatorInfo {
-    pub operator_id: u32,
-    #[serde(with = "hex::serde")]
-    pub x25519: [u8; 32],
-    #[serde(with = "hex::serde")]
-    pub ed25519: [u8; 32],
-}
+pub use proto::operator::OperatorPublic as OperatorInfo;
 
-impl OperatorInfo {
-    /// Reads and checks the file; every failure is a [`card::Usage`] error.
-    pub fn load(path: &Path) -> anyhow::Result<Self> {
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(e) => usage!("cannot read operator file {}: {e}", path.display()),
-        };
-        let op: OperatorInfo = match serde_json::from_str(&text) {
-            Ok(o) => o,
-            Err(e) => usage!(
-                "operator file {} is not the operator's public info from `headend init`: {e}",
-                path.display()
-            ),
-        };
-        if op.x25519 == [0; 32] || op.ed25519 == [0; 32] {
-            usage!("operator file {} holds an all-zero key", path.display());
-        }
-        Ok(op)
+/// Reads and checks the operator file; every failure is a [`card::Usage`]
+/// error.
+pub fn load_operator(path: &Path) -> anyhow::Result<OperatorInfo> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) => usage!("cannot read operator file {}: {e}", path.display()),
+    };
+    let op: OperatorInfo = match serde_json::from_str(&text) {
+        Ok(o) => o,
+        Err(e) => usage!(
+            "operator file {} is not the operator's public info from `headend init`: {e}",
+            path.display()
+        ),
+    };
+    if op.x25519 == [0; 32] || op.ed25519 == [0; 32] {
+        usage!("operator file {} holds an all-zero key", path.display());
     }
-
-    pub fn personalization(&self, card_id: u32) -> Personalization {
-        Personalization {
-            card_id,
-            operator_id: self.operator_id,
-            operator_kex: self.x25519,
-            operator_sig: self.ed25519,
-        }
-    }
+    Ok(op)
 }
 
 /// What the subscriber system learns about a card: the body of
@@ -426,7 +409,7 @@ impl Progress {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     // Everything that can be checked without a card is checked first.
-    let op = OperatorInfo::load(&args.operator)?;
+    let op = load_operator(&args.operator)?;
     let ids = card_ids(args.card_id, args.count.unwrap_or(1))?;
     let registrar = match &args.register {
         Some(url) => Some(Registrar::new(url, args.token_file.as_deref())?),
@@ -590,11 +573,11 @@ mod tests {
             "ed25519": hex::encode([2u8; 32]),
         });
         std::fs::write(&p, good.to_string()).unwrap();
-        let op = OperatorInfo::load(&p).unwrap();
+        let op = load_operator(&p).unwrap();
         assert_eq!(op.operator_id, 3);
         assert_eq!(op.personalization(9).operator_sig, [2; 32]);
         let is_usage = |p: &Path| {
-            OperatorInfo::load(p)
+            load_operator(p)
                 .unwrap_err()
                 .downcast_ref::<card::Usage>()
                 .is_some()
