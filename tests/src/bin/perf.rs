@@ -20,6 +20,9 @@ mod pcsc_figures;
 #[path = "perf/headend.rs"]
 mod headend_figures;
 
+#[path = "perf/vcard.rs"]
+mod vcard;
+
 use clap::Parser;
 use headend::{KeyEngine, OperatorKeys, PreparedCard};
 use proto::crypto::X25519Secret;

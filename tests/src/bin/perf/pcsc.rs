@@ -4,11 +4,10 @@
 //! on a thread of its own, so that no separately built binary is
 //! needed).
 //!
-//! It takes a vpcd slot the way the smartcard tests do (a file lock,
-//! `/tmp/iodoform-vpcd-<port>.lock`, and an empty reader), plugs in a
-//! card on a fresh state file, personalizes and entitles it, opens a
-//! session, and then times, for each ECM, the whole receiver-side call:
-//! PROCESS ECM through pcscd, and opening the sealed control words that
+//! It takes a vpcd slot and plugs in a card on a fresh state file (see
+//! [`super::vcard`]), personalizes and entitles it, opens a session, and
+//! then times, for each ECM, the whole receiver-side call: PROCESS ECM
+//! through pcscd, and opening the sealed control words that
 //! come back. The limit is a bare NOP APDU through the same stack,
 //! interleaved one per ECM, so that both see the same conditions.
 //!
@@ -17,7 +16,6 @@
 //! `CLOCK_PERSIST_STEP` = 3600 s, i.e. one ECM in 360: those are in the
 //! distribution, and reported apart as well.
 
-use fs2::FileExt;
 use proto::card::Personalization;
 use proto::crypto::{SigningKey, X25519Secret};
 use proto::ecm::{Ecm, EcmHeader, EcmPayload};
@@ -26,16 +24,12 @@ use proto::secret::{ControlWord, Kek, ProductKey};
 use proto::Codec;
 use serde_json::{json, Value};
 use smartcard::applet::CLOCK_PERSIST_STEP;
-use smartcard::eeprom::FileEeprom;
-use smartcard::pcsc::{list_readers, PcscTransport, ReaderChoice};
-use smartcard::vpcd::{self, StopHandle, VirtualCard};
-use smartcard::{Applet, CardClient, TransportError};
-use std::fs::File;
-use std::path::{Path, PathBuf};
+use smartcard::pcsc::{PcscTransport, ReaderChoice};
+use smartcard::CardClient;
 use std::time::{Duration, Instant};
 
-/// Debian's stock vpcd slots: port and reader name.
-const SLOTS: [(u16, &str); 2] = [(35963, "Virtual PCD 00 00"), (35964, "Virtual PCD 00 01")];
+use super::vcard::{take_slot, Emulator};
+
 const CARD: u32 = 1;
 const PRODUCT: u32 = 1;
 /// 2025-12-01T00:00:00Z.
@@ -51,110 +45,6 @@ pub fn ecm_cw_pcsc(s: &super::Settings) -> Vec<Value> {
             eprintln!("perf: ecm_cw_pcsc: {e}");
             vec![json!({"figure": "ecm_cw_pcsc", "error": e})]
         }
-    }
-}
-
-/// A vpcd slot held for the run.
-struct Slot {
-    port: u16,
-    reader: &'static str,
-    _lock: File,
-}
-
-fn card_in(reader: &str) -> Result<bool, String> {
-    Ok(list_readers()
-        .map_err(|e| e.to_string())?
-        .iter()
-        .any(|r| r.name == reader && r.card_present))
-}
-
-/// Takes a free vpcd slot whose reader is empty, waiting up to 30 s.
-fn take_slot() -> Result<Slot, String> {
-    let readers = match list_readers() {
-        Ok(r) => r,
-        Err(TransportError::NoService(e)) => {
-            return Err(format!(
-                "pcscd is not running ({e}); start it with scripts/ensure-pcscd.sh"
-            ))
-        }
-        Err(e) => return Err(format!("cannot list the PC/SC readers: {e}")),
-    };
-    let present: Vec<(u16, &'static str)> = SLOTS
-        .into_iter()
-        .filter(|(_, name)| readers.iter().any(|r| r.name == *name))
-        .collect();
-    if present.is_empty() {
-        return Err(
-            "pcscd has no vpcd reader (\"Virtual PCD 00 00\"); run scripts/ensure-pcscd.sh".into(),
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        for &(port, reader) in &present {
-            let path = std::env::temp_dir().join(format!("iodoform-vpcd-{port}.lock"));
-            let f = File::create(&path).map_err(|e| format!("{}: {e}", path.display()))?;
-            if f.try_lock_exclusive().is_ok() && !card_in(reader)? {
-                return Ok(Slot {
-                    port,
-                    reader,
-                    _lock: f,
-                });
-            }
-        }
-        if Instant::now() >= deadline {
-            return Err("every vpcd slot stayed busy for 30 s (are tests running?)".into());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// The emulated card, on a thread until dropped.
-struct Emulator {
-    stop: StopHandle,
-    thread: Option<std::thread::JoinHandle<()>>,
-    dir: PathBuf,
-}
-
-impl Emulator {
-    fn start(slot: &Slot) -> Result<Emulator, String> {
-        let dir = std::env::temp_dir().join(format!("iodoform-perf-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        let state = dir.join("card.img");
-        let _ = std::fs::remove_file(&state);
-        let eeprom = FileEeprom::open(&state).map_err(|e| format!("{}: {e}", state.display()))?;
-        let applet = Applet::power_on(eeprom).map_err(|e| format!("card state: {e}"))?;
-        let stop = StopHandle::new();
-        let config = vpcd::Config {
-            addr: format!("127.0.0.1:{}", slot.port),
-            ..vpcd::Config::default()
-        };
-        let on_thread = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("vpcd-card".into())
-            .spawn(move || {
-                let mut card = VirtualCard::new(applet);
-                vpcd::run(&mut card, &config, &on_thread);
-            })
-            .map_err(|e| format!("cannot start the emulator thread: {e}"))?;
-        Ok(Emulator {
-            stop,
-            thread: Some(thread),
-            dir,
-        })
-    }
-
-    fn state_dir(&self) -> &Path {
-        &self.dir
-    }
-}
-
-impl Drop for Emulator {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 
