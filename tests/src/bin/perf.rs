@@ -23,6 +23,9 @@ mod headend_figures;
 #[path = "perf/vcard.rs"]
 mod vcard;
 
+#[path = "perf/zap.rs"]
+mod zap_figure;
+
 use clap::Parser;
 use headend::{KeyEngine, OperatorKeys, PreparedCard};
 use proto::crypto::X25519Secret;
@@ -80,6 +83,11 @@ const FIGURES: &[(&str, &str, Figure)] = &[
         "scramble",
         "headend DVB-CISSA scrambling, MB/s of TS, against raw AES-128-CBC encrypt of the same blocks",
         |s| vec![ts::bench::scramble_rate(s.quick)],
+    ),
+    (
+        "zap",
+        "receiver start to first clear packet on a live-paced stream, card through the real pcscd (median ms, with p90/max), against the ECM repetition interval",
+        zap_figure::zap,
     ),
     (
         "ecm_cw_pcsc",
