@@ -208,10 +208,16 @@ pub fn zap_ms(
     let trials = trials.max(1);
     let mut samples = Vec::with_capacity(trials);
     for i in 0..trials {
-        // Offsets spread over the span and over the ECM interval (the
-        // golden ratio keeps them from lining up with it).
-        let frac = (i as f64 * 0.618_034).fract();
-        let join = Duration::from_secs_f64(0.3 + frac * (span - 0.3).max(0.0));
+        // Each trial joins at a whole number of ECM intervals into the
+        // span (spread by the golden ratio), plus its own fixed position
+        // inside the interval: the positions cover the interval evenly
+        // whatever the stream's length, so the median is not an accident
+        // of where the span's length falls against the interval.
+        let interval = ecm_interval_ms.max(1) as f64 / 1000.0;
+        let slots = (((span - 0.3).max(0.0) / interval).floor()).max(1.0);
+        let slot = ((i as f64 * 0.618_034).fract() * slots).floor();
+        let within = (i as f64 + 0.5) / trials as f64 * interval;
+        let join = Duration::from_secs_f64(0.3 + slot * interval + within);
         let z = zap_once(
             stream,
             connector(),

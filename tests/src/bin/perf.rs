@@ -82,7 +82,7 @@ const FIGURES: &[(&str, &str, Figure)] = &[
     (
         "scramble",
         "headend DVB-CISSA scrambling, MB/s of TS, against raw AES-128-CBC encrypt of the same blocks",
-        |s| vec![ts::bench::scramble_rate(s.quick)],
+        |s| vec![headend::stream::bench::scramble_rate(s.quick)],
     ),
     (
         "zap",
