@@ -1,0 +1,1079 @@
+//! The whole system, as an operator and a subscriber run it: the real
+//! `headend` daemon, a virtual card (`smartcard emulate`) behind the
+//! system's pcscd, provisioned and registered with `smartcard provision
+//! --register`, a product and a subscription through the `headend` CLI,
+//! and the real `receiver` descrambling the broadcast from UDP.
+//!
+//! ```text
+//!  feeder ──udp──▶ headend run ──udp──▶ tee ──udp──▶ receiver ──▶ clear TS
+//!  (paced clear TS)   (scrambles)      (captures the     │ PC/SC
+//!                                       scrambled air)  pcscd ─ vpcd ─ smartcard emulate
+//! ```
+//!
+//! The binaries are the workspace's own, found next to this test's
+//! executable (`target/debug/`); `cargo test --workspace` builds them.
+//!
+//! Each test holds a vpcd slot with the smartcard tests' file lock
+//! (`/tmp/iodoform-vpcd-<port>.lock`). Without pcscd (with the vpcd
+//! readers) or ffmpeg the tests are skipped with a note, except under
+//! `CI=true`, where they fail: `scripts/ensure-pcscd.sh` starts pcscd.
+
+use fs2::FileExt;
+use std::collections::{BTreeMap, HashSet};
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use ts::packet::{Packet, Packets, PACKET_LEN};
+
+/// The stock vpcd slots: port and reader name.
+const SLOTS: [(u16, &str); 2] = [(35963, "Virtual PCD 00 00"), (35964, "Virtual PCD 00 01")];
+/// ffmpeg's elementary streams (program 1, PMT on 0x1000).
+const VIDEO: u16 = 0x100;
+const AUDIO: u16 = 0x101;
+const ES: [u16; 2] = [VIDEO, AUDIO];
+const PMT_PID: u16 = 0x1000;
+const CARD: &str = "1000";
+/// Short crypto periods, so that "within one crypto period" is quick.
+const PERIOD_MS: u64 = 1000;
+const EMM_CYCLE_MS: u64 = 1000;
+
+// ------------------------------------------------------------ environment
+
+fn ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true")
+}
+
+/// Whether pcscd with both vpcd readers and ffmpeg are here. Under
+/// `CI=true` a missing one fails the test; otherwise it is skipped.
+fn prerequisites(test: &str) -> bool {
+    let mut missing = Vec::new();
+    match smartcard::pcsc::list_readers() {
+        Ok(r) => {
+            for (_, name) in SLOTS {
+                if !r.iter().any(|x| x.name == name) {
+                    missing.push(format!("pcscd has no reader {name:?}"));
+                }
+            }
+        }
+        Err(e) => missing.push(format!("pcscd: {e}")),
+    }
+    for tool in ["ffmpeg", "ffprobe"] {
+        match Command::new(tool).arg("-version").output() {
+            Ok(o) if o.status.success() => {}
+            Ok(o) => missing.push(format!("{tool} -version failed: {}", o.status)),
+            Err(e) => missing.push(format!("{tool}: {e}")),
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    let why = missing.join("; ");
+    assert!(
+        !ci(),
+        "{test}: needs pcscd with vpcd and ffmpeg under CI=true: {why}. \
+         Run scripts/ensure-pcscd.sh and apt-get install ffmpeg"
+    );
+    eprintln!("SKIPPED {test}: {why} (scripts/ensure-pcscd.sh; apt-get install ffmpeg)");
+    false
+}
+
+/// A workspace binary, next to this test's executable.
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable");
+    let mut dir = exe.parent().expect("its folder").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let p = dir.join(name);
+    assert!(
+        p.is_file(),
+        "{} is missing: build the workspace's binaries first \
+         (`cargo build --bins`; `cargo test --workspace` builds them)",
+        p.display()
+    );
+    p
+}
+
+fn free_tcp_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn free_udp_port() -> u16 {
+    UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn card_in(reader: &str) -> bool {
+    smartcard::pcsc::list_readers()
+        .map(|r| r.iter().any(|x| x.name == reader && x.card_present))
+        .unwrap_or(false)
+}
+
+fn wait_reader(reader: &str, present: bool, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if card_in(reader) == present {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
+/// A vpcd slot, held with the file lock every test on vpcd takes.
+struct Slot {
+    port: u16,
+    reader: &'static str,
+    _lock: File,
+}
+
+fn slot() -> Slot {
+    loop {
+        for (port, reader) in SLOTS {
+            let p = std::env::temp_dir().join(format!("iodoform-vpcd-{port}.lock"));
+            let f = File::create(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+            if f.try_lock_exclusive().is_ok() {
+                assert!(
+                    wait_reader(reader, false, Duration::from_secs(10)),
+                    "a card is already in {reader}: another emulator on port {port}?"
+                );
+                return Slot {
+                    port,
+                    reader,
+                    _lock: f,
+                };
+            }
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// SIGTERM (the std library only sends SIGKILL).
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "cannot signal process {}", child.id());
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            return Some(st);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A child process, killed when dropped (a failing test leaves nothing
+/// running).
+struct Proc {
+    child: Option<Child>,
+}
+
+impl Proc {
+    fn spawn(cmd: &mut Command, log: &Path) -> Proc {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(log)
+            .unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
+        Proc { child: Some(child) }
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+
+    /// SIGKILL, and reap.
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM; the exit status, or SIGKILL after `timeout`.
+    fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut c = self.child.take()?;
+        sigterm(&c);
+        let st = wait_exit(&mut c, timeout);
+        if st.is_none() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        st
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+// ---------------------------------------------------------------- ffmpeg
+
+/// A clear TS from ffmpeg: H.264 test pattern and AAC sine (program 1,
+/// PMT 0x1000, video 0x100 with the PCR, audio 0x101).
+fn ffmpeg_ts(out: &Path, secs: u32, video: &str, tone: u32) -> Vec<u8> {
+    let o = Command::new("ffmpeg")
+        .args(["-nostdin", "-loglevel", "error", "-y"])
+        .args(["-f", "lavfi", "-i", video])
+        .args(["-f", "lavfi", "-i", &format!("sine=frequency={tone}")])
+        .args(["-t", &secs.to_string()])
+        .args(["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"])
+        .args(["-f", "mpegts"])
+        .arg(out)
+        .output()
+        .expect("ffmpeg");
+    assert!(
+        o.status.success(),
+        "ffmpeg failed: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    std::fs::read(out).unwrap()
+}
+
+/// Video frames that ffprobe decodes in `file`, and what it said on
+/// stderr (nothing when it decoded without error).
+fn ffprobe_frames(file: &Path) -> (u64, String) {
+    let o = Command::new("ffprobe")
+        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
+        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
+        .arg(file)
+        .output()
+        .expect("ffprobe");
+    let frames = String::from_utf8_lossy(&o.stdout)
+        .lines()
+        .find_map(|l| l.trim().trim_end_matches(',').parse().ok())
+        .unwrap_or(0);
+    (frames, String::from_utf8_lossy(&o.stderr).into_owned())
+}
+
+fn pid_of(p: &[u8; PACKET_LEN]) -> u16 {
+    u16::from_be_bytes([p[1] & 0x1F, p[2]])
+}
+
+/// The packets of the ES PIDs, each PID in order.
+fn es_packets(ts: &[u8]) -> BTreeMap<u16, Vec<[u8; PACKET_LEN]>> {
+    let mut m: BTreeMap<u16, Vec<[u8; PACKET_LEN]>> = ES.iter().map(|&p| (p, vec![])).collect();
+    for p in Packets::new(ts) {
+        if let Some(v) = m.get_mut(&pid_of(p)) {
+            v.push(*p);
+        }
+    }
+    m
+}
+
+// --------------------------------------------------------------- headend
+
+/// A headend folder made by `headend init`, and its daemon while it runs.
+struct Headend {
+    home: PathBuf,
+    api: u16,
+    daemon: Option<Proc>,
+}
+
+impl Headend {
+    fn init(dir: &Path) -> Headend {
+        let home = dir.join("headend");
+        let api = free_tcp_port();
+        let o = Command::new(bin("headend"))
+            .args(["init", "--dir"])
+            .arg(&home)
+            .args(["--listen", &format!("127.0.0.1:{api}")])
+            .args(["--crypto-period-ms", &PERIOD_MS.to_string()])
+            .args(["--emm-cycle-ms", &EMM_CYCLE_MS.to_string()])
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "headend init: {o:?}");
+        Headend {
+            home,
+            api,
+            daemon: None,
+        }
+    }
+
+    fn config(&self) -> PathBuf {
+        self.home.join("headend.toml")
+    }
+
+    fn log(&self) -> PathBuf {
+        self.home.join("daemon.log")
+    }
+
+    fn api_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.api)
+    }
+
+    /// `headend run`, and waits until it answers `/ready`.
+    fn start(&mut self) {
+        assert!(self.daemon.is_none(), "already running");
+        let mut p = Proc::spawn(
+            Command::new(bin("headend"))
+                .args(["run", "--config"])
+                .arg(self.config())
+                .env("RUST_LOG", "info"),
+            &self.log(),
+        );
+        let agent = ureq::AgentBuilder::new()
+            .timeout(Duration::from_secs(2))
+            .build();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if agent
+                .get(&format!("{}/ready", self.api_url()))
+                .call()
+                .is_ok_and(|r| r.status() == 200)
+            {
+                break;
+            }
+            assert!(
+                p.alive(),
+                "headend run exited at start:\n{}",
+                tail(&self.log(), 30)
+            );
+            assert!(
+                Instant::now() < deadline,
+                "headend not ready:\n{}",
+                tail(&self.log(), 30)
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.daemon = Some(p);
+    }
+
+    fn kill9(&mut self) {
+        self.daemon.take().expect("running").kill9();
+    }
+
+    fn stop(&mut self) {
+        let st = self
+            .daemon
+            .take()
+            .expect("running")
+            .terminate(Duration::from_secs(10));
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "headend run did not stop cleanly on SIGTERM ({st:?}):\n{}",
+            tail(&self.log(), 30)
+        );
+    }
+
+    /// A `headend` CLI subcommand on this headend; it must succeed.
+    fn cli(&self, args: &[&str]) -> Output {
+        let o = Command::new(bin("headend"))
+            .args(args)
+            .arg("--config")
+            .arg(self.config())
+            .env_remove("IODOFORM_CONFIG")
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "headend {args:?}: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            tail(&self.log(), 20)
+        );
+        o
+    }
+}
+
+// ------------------------------------------------------------------ card
+
+/// `smartcard emulate` in the slot, until dropped.
+struct Emulator {
+    proc: Proc,
+    log: PathBuf,
+}
+
+impl Emulator {
+    fn start(slot: &Slot, dir: &Path) -> Emulator {
+        let log = dir.join("card.log");
+        let mut proc = Proc::spawn(
+            Command::new(bin("smartcard"))
+                .args(["emulate", "--state"])
+                .arg(dir.join("card.img"))
+                .args(["--vpcd", &format!("127.0.0.1:{}", slot.port)])
+                .env("RUST_LOG", "info"),
+            &log,
+        );
+        assert!(
+            wait_reader(slot.reader, true, Duration::from_secs(10)),
+            "pcscd did not see the emulated card in {}:\n{}",
+            slot.reader,
+            tail(&log, 20)
+        );
+        assert!(proc.alive());
+        Emulator { proc, log }
+    }
+}
+
+/// The set-up every test starts with: a headend with product "basic" and
+/// channel 1 (input `udp://input`, output `udp://output`), a card
+/// provisioned, registered and subscribed, and the daemon streaming.
+struct System {
+    dir: tempfile::TempDir,
+    headend: Headend,
+    card: Emulator,
+    reader: &'static str,
+    /// Where the headend reads its clear input.
+    input: SocketAddr,
+}
+
+impl System {
+    fn set_up(slot: &Slot, output: SocketAddr) -> System {
+        let dir = tempfile::tempdir().unwrap();
+        let mut headend = Headend::init(dir.path());
+        headend.start();
+        let input: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+        headend.cli(&["product", "add", "basic"]);
+        headend.cli(&[
+            "channel",
+            "add",
+            "--name",
+            "one",
+            "--service-id",
+            "1",
+            "--product",
+            "basic",
+            "--ecm-pid",
+            "0x1F0",
+            "--emm-pid",
+            "0x1F1",
+            "--input",
+            &format!("udp://{input}"),
+            "--output",
+            &format!("udp://{output}"),
+        ]);
+
+        let card = Emulator::start(slot, dir.path());
+        let o = Command::new(bin("smartcard"))
+            .args(["provision", "--operator"])
+            .arg(headend.home.join("operator.json"))
+            .args(["--card-id", CARD, "--reader", slot.reader])
+            .args(["--register", &headend.api_url(), "--token-file"])
+            .arg(headend.home.join("admin.token"))
+            .env_remove("IODOFORM_TOKEN")
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "smartcard provision: {}\n{}",
+            String::from_utf8_lossy(&o.stderr),
+            tail(&card.log, 20)
+        );
+        headend.cli(&["subscribe", CARD, "basic", "--until", "2099-12-31"]);
+        let shown = headend.cli(&["card", "show", CARD, "--json"]);
+        assert!(
+            String::from_utf8_lossy(&shown.stdout).contains("basic"),
+            "{shown:?}"
+        );
+
+        // A channel added through the API goes on the air at the next
+        // start of the daemon.
+        headend.stop();
+        headend.start();
+        System {
+            dir,
+            headend,
+            card,
+            reader: slot.reader,
+            input,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// The logs of every part, for a failure message.
+    fn logs(&self, receiver: &Path) -> String {
+        format!(
+            "--- headend ---\n{}\n--- card ---\n{}\n--- receiver ---\n{}",
+            tail(&self.headend.log(), 25),
+            tail(&self.card.log, 10),
+            tail(receiver, 25)
+        )
+    }
+
+    /// The receiver on `input`, writing to `output`; returns once its
+    /// card session is up (its input socket is bound before that).
+    fn receiver(&self, input: SocketAddr, output: &str, log: &Path) -> Proc {
+        let mut p = Proc::spawn(
+            Command::new(bin("receiver"))
+                .args(["-i", &format!("udp://{input}"), "-o", output])
+                .args(["--reader", self.reader, "--entitlement-wait", "30"])
+                .arg("--stats-json")
+                .arg(self.path("stats.json"))
+                .arg("--identity")
+                .arg(self.path("receiver.key"))
+                .env("RUST_LOG", "receiver=info"),
+            log,
+        );
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !std::fs::read_to_string(log)
+            .unwrap_or_default()
+            .contains("card session established")
+        {
+            assert!(p.alive(), "receiver exited:\n{}", self.logs(log));
+            assert!(
+                Instant::now() < deadline,
+                "no card session:\n{}",
+                self.logs(log)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        p
+    }
+
+    /// Stops the receiver with SIGTERM; its `--stats-json` report.
+    fn stop_receiver(&self, mut p: Proc, log: &Path) -> serde_json::Value {
+        let st = p.terminate(Duration::from_secs(10));
+        assert!(
+            st.is_some_and(|s| s.success()),
+            "receiver: {st:?}\n{}",
+            self.logs(log)
+        );
+        let text = std::fs::read_to_string(self.path("stats.json")).expect("stats.json");
+        serde_json::from_str(&text).unwrap()
+    }
+}
+
+// ------------------------------------------------------------- UDP plumbing
+
+/// Sends clear TS to the headend's UDP input, 7 packets a datagram,
+/// paced by the PCR of the video PID as an encoder would. `next` gives
+/// each next segment to send (`None` ends); a segment's PCRs start again
+/// (a loop), and its first packet follows the previous segment's last.
+struct Feeder {
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<Vec<u8>>>,
+}
+
+impl Feeder {
+    fn start(
+        to: SocketAddr,
+        mut next: impl FnMut() -> Option<Arc<Vec<u8>>> + Send + 'static,
+    ) -> Feeder {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut fed = Vec::new();
+            let mut seg_start = Instant::now();
+            while let Some(seg) = next() {
+                let mut first_pcr = None;
+                let mut last = Duration::ZERO;
+                let mut dgram = Vec::with_capacity(7 * PACKET_LEN);
+                for p in Packets::new(&seg) {
+                    if s.load(Ordering::Relaxed) {
+                        return fed;
+                    }
+                    let pcr = Packet::from_array(p)
+                        .ok()
+                        .filter(|v| v.pid() == VIDEO)
+                        .and_then(|v| v.pcr())
+                        .map(|p| p.ticks_27mhz());
+                    if let Some(pcr) = pcr {
+                        let first = *first_pcr.get_or_insert(pcr);
+                        last = Duration::from_nanos(pcr.saturating_sub(first) * 1000 / 27);
+                        if !dgram.is_empty() {
+                            let _ = sock.send_to(&dgram, to);
+                            dgram.clear();
+                        }
+                        let at = seg_start + last;
+                        let now = Instant::now();
+                        if at > now {
+                            std::thread::sleep(at - now);
+                        }
+                    }
+                    dgram.extend_from_slice(p);
+                    fed.extend_from_slice(p);
+                    if dgram.len() == 7 * PACKET_LEN {
+                        // Errors (no daemon listening) are the network's.
+                        let _ = sock.send_to(&dgram, to);
+                        dgram.clear();
+                    }
+                }
+                if !dgram.is_empty() {
+                    let _ = sock.send_to(&dgram, to);
+                }
+                // The next segment starts one frame after this one's last
+                // PCR.
+                seg_start += last + Duration::from_millis(40);
+            }
+            fed
+        });
+        Feeder {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits for the feeder to run out of segments (or stops it); what it
+    /// sent.
+    fn finish(mut self, stop: bool) -> Vec<u8> {
+        if stop {
+            self.stop.store(true, Ordering::Relaxed);
+        }
+        self.thread.take().unwrap().join().unwrap()
+    }
+}
+
+impl Drop for Feeder {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Datagrams with their arrival times.
+type Datagrams = Vec<(Instant, Vec<u8>)>;
+
+/// Datagrams received on a UDP socket, with their arrival times; with
+/// `forward`, each is passed on (the tee between the headend and the
+/// receiver, which keeps a capture of the scrambled air).
+struct Tap {
+    addr: SocketAddr,
+    got: Arc<Mutex<Datagrams>>,
+    stop: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Tap {
+    fn start(forward: Option<SocketAddr>) -> Tap {
+        let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+        sock.set_read_timeout(Some(Duration::from_millis(50)))
+            .unwrap();
+        let addr = sock.local_addr().unwrap();
+        let got: Arc<Mutex<Datagrams>> = Arc::default();
+        let stop = Arc::new(AtomicBool::new(false));
+        let (g, s) = (got.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            let out = UdpSocket::bind("127.0.0.1:0").unwrap();
+            let mut buf = vec![0u8; 65536];
+            while !s.load(Ordering::Relaxed) {
+                let Ok(n) = sock.recv(&mut buf) else { continue };
+                if let Some(to) = forward {
+                    let _ = out.send_to(&buf[..n], to);
+                }
+                g.lock().unwrap().push((Instant::now(), buf[..n].to_vec()));
+            }
+        });
+        Tap {
+            addr,
+            got,
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    fn bytes(&self) -> Vec<u8> {
+        let g = self.got.lock().unwrap();
+        g.iter().flat_map(|(_, d)| d.iter().copied()).collect()
+    }
+
+    /// Arrival times of the datagrams that carry an ES packet.
+    fn es_times(&self) -> Vec<Instant> {
+        let g = self.got.lock().unwrap();
+        g.iter()
+            .filter(|(_, d)| Packets::new(d).any(|p| ES.contains(&pid_of(p))))
+            .map(|(t, _)| *t)
+            .collect()
+    }
+
+    fn stop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for Tap {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Waits until the receiver's clear output (to `tap`) carries ES packets.
+fn wait_clear(tap: &Tap, sys: &System, log: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while tap.es_times().len() < 10 {
+        assert!(
+            Instant::now() < deadline,
+            "no clear output from the receiver within 15 s:\n{}",
+            sys.logs(log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A single free UDP port for the receiver's input: the tee sends there.
+fn receiver_input() -> SocketAddr {
+    format!("127.0.0.1:{}", free_udp_port()).parse().unwrap()
+}
+
+// ------------------------------------------------------------------ tests
+
+/// Encoder → headend → UDP → receiver with its card through pcscd: the
+/// whole clip comes out with ES packets byte-identical to the input's,
+/// ffprobe decodes it with the input's frame count, and the scrambled air
+/// in between is not the clear stream.
+///
+/// The card gets its entitlement over the air, so the feeder first loops
+/// a short warm-up clip (another picture and tone) until the receiver
+/// writes clear video; only then does the clip under test go through,
+/// whole, to a receiver that already holds the CWs.
+#[test]
+fn clip_through_headend_card_and_receiver_comes_out_clear_and_identical() {
+    let test = "clip_through_headend_card_and_receiver_comes_out_clear_and_identical";
+    if !prerequisites(test) {
+        return;
+    }
+    let slot = slot();
+    let t0 = Instant::now();
+    let rx_in = receiver_input();
+    let mut tee = Tap::start(Some(rx_in));
+    let sys = System::set_up(&slot, tee.addr);
+    let clip = ffmpeg_ts(
+        &sys.path("clear.ts"),
+        4,
+        "testsrc=size=320x240:rate=25",
+        1000,
+    );
+    let warm = ffmpeg_ts(
+        &sys.path("warm.ts"),
+        1,
+        "testsrc2=size=160x120:rate=25",
+        440,
+    );
+    let set_up = t0.elapsed();
+
+    let out_path = sys.path("out.ts");
+    let log = sys.path("receiver.log");
+    let rx = sys.receiver(rx_in, out_path.to_str().unwrap(), &log);
+
+    // Warm-up loops until the receiver writes clear video, then the clip.
+    let go = Arc::new(AtomicBool::new(false));
+    let (warm, clip_seg) = (Arc::new(warm), Arc::new(clip.clone()));
+    let mut sent_clip = false;
+    let g = go.clone();
+    let feeder = Feeder::start(sys.input, move || {
+        if sent_clip {
+            None
+        } else if g.load(Ordering::Relaxed) {
+            sent_clip = true;
+            Some(clip_seg.clone())
+        } else {
+            Some(warm.clone())
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let out = std::fs::read(&out_path).unwrap_or_default();
+        if Packets::new(&out).any(|p| pid_of(p) == VIDEO) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no clear video from the receiver within 15 s:\n{}",
+            sys.logs(&log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let first_clear = t0.elapsed();
+    go.store(true, Ordering::Relaxed);
+    let fed = feeder.finish(false);
+    // Everything on the air reaches the receiver: the headend holds at
+    // most a PCR interval and its writer 300 ms ahead.
+    std::thread::sleep(Duration::from_millis(1000));
+    let stats = sys.stop_receiver(rx, &log);
+    tee.stop();
+    let out = std::fs::read(&out_path).unwrap();
+    let air = tee.bytes();
+
+    // 1. The receiver's ES packets are the fed ones, byte for byte: a
+    //    contiguous run from its first clear packet to the end, which
+    //    covers the whole clip.
+    let fed_es = es_packets(&fed);
+    let clip_es = es_packets(&clip);
+    let out_es = es_packets(&out);
+    for pid in ES {
+        let (f, o, c) = (&fed_es[&pid], &out_es[&pid], &clip_es[&pid]);
+        assert!(!c.is_empty());
+        assert!(
+            o.len() >= c.len(),
+            "PID {pid:#x}: the receiver wrote {} packets, the clip has {}; stats {stats}\n{}",
+            o.len(),
+            c.len(),
+            sys.logs(&log)
+        );
+        assert!(o.len() <= f.len());
+        let tail_of_fed = &f[f.len() - o.len()..];
+        let first_diff = o.iter().zip(tail_of_fed).position(|(a, b)| a != b);
+        assert_eq!(
+            first_diff,
+            None,
+            "PID {pid:#x}: output packet differs from the input ({} packets out); stats {stats}",
+            o.len()
+        );
+    }
+    // (ECMs refused and packets dropped before the EMM reached the card
+    // are the warm-up's; the run above proves nothing was lost after.)
+    assert_eq!(stats["exit_code"], 0, "{stats}");
+
+    // 2. ffprobe decodes the clip's part of the output without an error,
+    //    with the input's frame count. That part starts at the clip's
+    //    first ES packet; the last PAT and PMT before it lead it.
+    let out_packets: Vec<&[u8; PACKET_LEN]> = Packets::new(&out).collect();
+    let mut seen = BTreeMap::<u16, usize>::new();
+    let mut boundary = out_packets.len();
+    for (i, p) in out_packets.iter().enumerate() {
+        let pid = pid_of(p);
+        if let Some(c) = clip_es.get(&pid) {
+            let n = seen.entry(pid).or_default();
+            if *n == out_es[&pid].len() - c.len() {
+                boundary = boundary.min(i);
+            }
+            *n += 1;
+        }
+    }
+    let mut clip_out = Vec::new();
+    for psi in [0, PMT_PID] {
+        let last = out_packets[..boundary]
+            .iter()
+            .rev()
+            .find(|p| pid_of(p) == psi)
+            .expect("PSI before the clip");
+        clip_out.extend_from_slice(&last[..]);
+    }
+    for p in &out_packets[boundary..] {
+        clip_out.extend_from_slice(&p[..]);
+    }
+    std::fs::write(sys.path("clip-out.ts"), &clip_out).unwrap();
+    let (want_frames, _) = ffprobe_frames(&sys.path("clear.ts"));
+    let (frames, err) = ffprobe_frames(&sys.path("clip-out.ts"));
+    assert!(want_frames >= 90, "the clip has {want_frames} frames");
+    assert_eq!(
+        (frames, err.trim()),
+        (want_frames, ""),
+        "ffprobe of the receiver's clip"
+    );
+
+    // 3. The scrambled air in between is not the clear stream: every ES
+    //    packet is marked scrambled and none with a whole block of payload
+    //    equals a clear input packet; ffprobe decodes no clean video.
+    let clear_payloads: HashSet<Vec<u8>> = es_packets(&fed)
+        .values()
+        .flatten()
+        .filter_map(|p| {
+            let v = Packet::from_array(p).ok()?;
+            (v.payload().len() >= 16).then(|| v.payload().to_vec())
+        })
+        .collect();
+    let (mut es_on_air, mut leaked) = (0, 0);
+    for p in Packets::new(&air) {
+        let v = Packet::from_array(p).unwrap();
+        if !ES.contains(&v.pid()) || !v.has_payload() {
+            continue;
+        }
+        es_on_air += 1;
+        assert_ne!(v.scrambling().0, 0, "a clear ES packet on the air");
+        if clear_payloads.contains(v.payload()) {
+            leaked += 1;
+        }
+    }
+    let clip_total: usize = clip_es.values().map(Vec::len).sum();
+    assert!(
+        es_on_air >= clip_total,
+        "{es_on_air} ES packets captured, the clip has {clip_total}"
+    );
+    assert_eq!(leaked, 0, "ES packets on the air equal to clear ones");
+    std::fs::write(sys.path("air.ts"), &air).unwrap();
+    let (air_frames, air_err) = ffprobe_frames(&sys.path("air.ts"));
+    assert!(
+        air_frames == 0 || !air_err.trim().is_empty(),
+        "ffprobe decoded {air_frames} frames of the scrambled air without an error"
+    );
+    // ffprobe skips packets marked scrambled; with the marks cleared, as a
+    // pirate box would, it still gets nothing clean out of them.
+    let mut unmarked = air.clone();
+    for p in unmarked.chunks_exact_mut(PACKET_LEN) {
+        if p[0] == 0x47 && ES.contains(&u16::from_be_bytes([p[1] & 0x1F, p[2]])) {
+            p[3] &= 0x3F;
+        }
+    }
+    std::fs::write(sys.path("air-unmarked.ts"), &unmarked).unwrap();
+    let (unmarked_frames, unmarked_err) = ffprobe_frames(&sys.path("air-unmarked.ts"));
+    assert!(
+        unmarked_frames == 0 || !unmarked_err.trim().is_empty(),
+        "ffprobe decoded {unmarked_frames} frames of the scrambled air, unmarked, without an error"
+    );
+    eprintln!(
+        "set-up {:.1} s, first clear video at {:.1} s, total {:.1} s; clip {want_frames} frames; \
+         scrambled air: {air_frames} frames, {} lines of errors; unmarked: {unmarked_frames} frames, \
+         {} lines of errors",
+        set_up.as_secs_f64(),
+        first_clear.as_secs_f64(),
+        t0.elapsed().as_secs_f64(),
+        air_err.lines().count(),
+        unmarked_err.lines().count()
+    );
+}
+
+/// `headend run` killed with SIGKILL and started again, three times, while
+/// the receiver stays up with its card: the clear output resumes within
+/// one crypto period of the daemon being back, with nothing done to the
+/// card (no provisioning, no new EMM needed: the restarted daemon sends
+/// the CWs it had stored).
+#[test]
+fn receiver_resumes_within_a_crypto_period_after_the_daemon_is_killed() {
+    let test = "receiver_resumes_within_a_crypto_period_after_the_daemon_is_killed";
+    if !prerequisites(test) {
+        return;
+    }
+    let slot = slot();
+    let t0 = Instant::now();
+    let rx_in = receiver_input();
+    let tee = Tap::start(Some(rx_in));
+    let mut sys = System::set_up(&slot, tee.addr);
+    let clip = Arc::new(ffmpeg_ts(
+        &sys.path("clear.ts"),
+        2,
+        "testsrc=size=320x240:rate=25",
+        1000,
+    ));
+    let clip_packets: HashSet<[u8; PACKET_LEN]> =
+        es_packets(&clip).into_values().flatten().collect();
+    // A live encoder: the clip again and again, through the restarts.
+    let feeder = Feeder::start(sys.input, move || Some(clip.clone()));
+    // A first receiver run until the card has its entitlement (the EMM
+    // from the air), so that the run under test starts on an entitled card.
+    let log = sys.path("receiver-warm-up.log");
+    let warm = Tap::start(None);
+    let rx = sys.receiver(rx_in, &format!("udp://{}", warm.addr), &log);
+    wait_clear(&warm, &sys, &log);
+    sys.stop_receiver(rx, &log);
+
+    let clear = Tap::start(None);
+    let log = sys.path("receiver.log");
+    let rx = sys.receiver(rx_in, &format!("udp://{}", clear.addr), &log);
+    wait_clear(&clear, &sys, &log);
+    let card_pid = sys.card.proc.child.as_ref().unwrap().id();
+    let mut report = Vec::new();
+    for round in 0..3 {
+        std::thread::sleep(Duration::from_millis(1500));
+        let killed = Instant::now();
+        sys.headend.kill9();
+        std::thread::sleep(Duration::from_millis(500));
+        sys.headend.start();
+        let back = Instant::now();
+        let deadline = back + Duration::from_secs(5);
+        let resumed = loop {
+            if let Some(t) = clear.es_times().into_iter().find(|t| *t > back) {
+                break t;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: no clear output within 5 s of the restart:\n{}",
+                sys.logs(&log)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The longest pause in clear output around the restart.
+        let times = clear.es_times();
+        let from = killed - Duration::from_secs(1);
+        let around: Vec<Instant> = times
+            .into_iter()
+            .filter(|t| *t >= from && *t <= resumed)
+            .collect();
+        let gap = around
+            .windows(2)
+            .map(|w| w[1] - w[0])
+            .max()
+            .unwrap_or_default();
+        let down = back - killed;
+        let after_back = resumed.saturating_duration_since(back);
+        report.push(format!(
+            "round {round}: down {} ms, clear again {} ms after the daemon was ready, gap {} ms",
+            down.as_millis(),
+            after_back.as_millis(),
+            gap.as_millis()
+        ));
+        assert!(
+            after_back <= Duration::from_millis(PERIOD_MS),
+            "round {round}: clear output {} ms after the daemon was back (crypto period {PERIOD_MS} ms)\n{}",
+            after_back.as_millis(),
+            sys.logs(&log)
+        );
+        assert!(
+            gap <= down + Duration::from_millis(PERIOD_MS),
+            "round {round}: clear output stopped for {} ms, the daemon was down {} ms",
+            gap.as_millis(),
+            down.as_millis()
+        );
+    }
+    // Keep going a little: the stream is steady after the last restart.
+    std::thread::sleep(Duration::from_millis(1000));
+    feeder.finish(true);
+    std::thread::sleep(Duration::from_millis(500));
+    let stats = sys.stop_receiver(rx, &log);
+    let s = &stats["stats"];
+    eprintln!("{}", report.join("\n"));
+    assert_eq!(
+        sys.card.proc.child.as_ref().map(Child::id),
+        Some(card_pid),
+        "the card stayed in"
+    );
+    assert_eq!(s["card_reconnects"], 0, "{stats}");
+    assert_eq!(s["ecms_refused"], 0, "{stats}");
+    assert_eq!(s["undecryptable"], 0, "{stats}");
+    // What came out is the clip, byte for byte.
+    let out = clear.bytes();
+    let out_es: Vec<[u8; PACKET_LEN]> = es_packets(&out).into_values().flatten().collect();
+    assert!(out_es.len() > 500, "{} ES packets out", out_es.len());
+    let foreign = out_es.iter().filter(|p| !clip_packets.contains(*p)).count();
+    assert_eq!(foreign, 0, "ES packets out that are not the clip's");
+    assert_eq!(stats["exit_code"], 0, "{stats}");
+    eprintln!(
+        "receiver: {} descrambled, {} undecryptable, {} CW changes; total {:.1} s",
+        s["descrambled"],
+        s["undecryptable"],
+        s["cw_changes"],
+        t0.elapsed().as_secs_f64()
+    );
+}
