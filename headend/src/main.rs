@@ -247,11 +247,18 @@ fn run(config: Option<PathBuf>) -> ExitCode {
     // scrambling with the CWs and carrying the ECMs and EMMs that the
     // scheduler publishes. A bad URL is a config error.
     let streams_stop = headend::stream::Shutdown::new();
-    let channels = daemon
-        .core()
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .channels();
+    let channels = {
+        let core = daemon.core();
+        let mut core = core.lock().unwrap_or_else(|e| e.into_inner());
+        // One scheduler step now, so that every channel's current ECM is
+        // published before its stream starts: a file input is read at
+        // once, and the packets read before the CA side is ready are
+        // dropped (never sent clear), the start of the file with them.
+        if let Err(e) = core.tick(now_ms()) {
+            tracing::warn!(error = %e, "first scheduler step failed; the scheduler retries");
+        }
+        core.channels()
+    };
     let base = path.parent().unwrap_or(std::path::Path::new("."));
     let streams =
         match headend::stream::spawn_configured(&channels, base, &daemon.output(), &streams_stop) {
