@@ -17,7 +17,8 @@
 # needs nothing. Exits non-zero with a message saying what failed.
 set -euo pipefail
 
-PACKAGES=(pcscd libpcsclite-dev vsmartcard-vpcd)
+# pkg-config: the pcsc crate finds libpcsclite through it at build time.
+PACKAGES=(pcscd libpcsclite-dev vsmartcard-vpcd pkg-config)
 LOG="${PCSCD_LOG:-/var/log/pcscd-iodoform.log}"
 WAIT_SECONDS="${PCSCD_WAIT_SECONDS:-15}"
 EXTRA_CONF=/etc/reader.conf.d/iodoform-vpcd
