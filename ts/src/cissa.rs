@@ -125,6 +125,42 @@ pub fn decrypt_payload(key: &Aes128, payload: &mut [u8]) {
         .decrypt_blocks_inout_mut(blocks);
 }
 
+/// The two key slots' methods, the same for both directions.
+macro_rules! key_slots {
+    ($t:ty) => {
+        impl $t {
+            pub fn new() -> Self {
+                Self::default()
+            }
+
+            pub fn set_even(&mut self, cw: &ControlWord) {
+                self.keys.set(Parity::Even, cw);
+            }
+
+            pub fn set_odd(&mut self, cw: &ControlWord) {
+                self.keys.set(Parity::Odd, cw);
+            }
+
+            pub fn set(&mut self, parity: Parity, cw: &ControlWord) {
+                self.keys.set(parity, cw);
+            }
+
+            /// Forgets a key (for example when the card stops being
+            /// entitled).
+            pub fn clear(&mut self, parity: Parity) {
+                self.keys.clear(parity);
+            }
+
+            pub fn has_key(&self, parity: Parity) -> bool {
+                self.keys.get(parity).is_some()
+            }
+        }
+    };
+}
+
+key_slots!(Descrambler);
+key_slots!(Scrambler);
+
 /// The receiver's descrambler: it holds both control words so that a
 /// change of crypto period loses no packet.
 #[derive(Debug, Default)]
@@ -133,31 +169,6 @@ pub struct Descrambler {
 }
 
 impl Descrambler {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn set_even(&mut self, cw: &ControlWord) {
-        self.keys.set(Parity::Even, cw);
-    }
-
-    pub fn set_odd(&mut self, cw: &ControlWord) {
-        self.keys.set(Parity::Odd, cw);
-    }
-
-    pub fn set(&mut self, parity: Parity, cw: &ControlWord) {
-        self.keys.set(parity, cw);
-    }
-
-    /// Forgets a key (for example when the card stops being entitled).
-    pub fn clear(&mut self, parity: Parity) {
-        self.keys.clear(parity);
-    }
-
-    pub fn has_key(&self, parity: Parity) -> bool {
-        self.keys.get(parity).is_some()
-    }
-
     /// Descrambles one packet in place and clears its scrambling bits.
     /// A clear packet is left alone; a packet whose key is missing is left
     /// scrambled and reported as [`Outcome::NoKey`].
@@ -188,30 +199,6 @@ pub struct Scrambler {
 }
 
 impl Scrambler {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn set_even(&mut self, cw: &ControlWord) {
-        self.keys.set(Parity::Even, cw);
-    }
-
-    pub fn set_odd(&mut self, cw: &ControlWord) {
-        self.keys.set(Parity::Odd, cw);
-    }
-
-    pub fn set(&mut self, parity: Parity, cw: &ControlWord) {
-        self.keys.set(parity, cw);
-    }
-
-    pub fn clear(&mut self, parity: Parity) {
-        self.keys.clear(parity);
-    }
-
-    pub fn has_key(&self, parity: Parity) -> bool {
-        self.keys.get(parity).is_some()
-    }
-
     /// Scrambles one clear packet in place with the key of `parity` and
     /// sets its scrambling bits. A packet without a payload is left clear.
     /// A packet that is already scrambled is refused: scrambling it again
