@@ -6,7 +6,9 @@
 //! vpcd's stock two slots are shared with the smartcard tests, which may
 //! run at the same time: a slot is taken with the same file lock they use.
 //! Without pcscd these tests fail under `CI=true` and are skipped (with a
-//! note) otherwise; scripts/ensure-pcscd.sh starts it.
+//! note) otherwise; scripts/ensure-pcscd.sh starts it. The test that
+//! restarts pcscd holds every slot meanwhile, so the others look for pcscd
+//! only once they hold theirs.
 
 mod common;
 
@@ -20,7 +22,10 @@ use smartcard::pcsc::list_readers;
 use smartcard::vpcd::{self, StopHandle, VirtualCard};
 use smartcard::Applet;
 use std::fs::File;
+use std::path::PathBuf;
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -68,11 +73,14 @@ struct Slot {
     _lock: File,
 }
 
+fn lock_path(port: u16) -> PathBuf {
+    std::env::temp_dir().join(format!("iodoform-vpcd-{port}.lock"))
+}
+
 fn slot() -> Slot {
     loop {
         for (port, reader) in SLOTS {
-            let p = std::env::temp_dir().join(format!("iodoform-vpcd-{port}.lock"));
-            let f = File::create(&p).unwrap();
+            let f = File::create(lock_path(port)).unwrap();
             if f.try_lock_exclusive().is_ok() {
                 wait_reader(reader, false);
                 return Slot {
@@ -84,6 +92,25 @@ fn slot() -> Slot {
         }
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Every vpcd slot, taken in port order as the smartcard tests'
+/// `harness::all_slots` does (the same order everywhere: no deadlock), for
+/// a test that disturbs pcscd itself.
+fn all_slots() -> Vec<Slot> {
+    SLOTS
+        .iter()
+        .map(|&(port, reader)| {
+            let f = File::create(lock_path(port)).unwrap();
+            f.lock_exclusive().expect("slot lock");
+            wait_reader(reader, false);
+            Slot {
+                port,
+                reader,
+                _lock: f,
+            }
+        })
+        .collect()
 }
 
 /// The card in the slot's reader, served from a thread.
@@ -121,6 +148,7 @@ fn pull_out(slot: &Slot, card: Inserted) -> Applet<MemEeprom> {
 
 #[test]
 fn the_receiver_binary_uses_a_card_in_a_named_reader() {
+    let slot = slot();
     if !pcscd_or_skip("the_receiver_binary_uses_a_card_in_a_named_reader") {
         return;
     }
@@ -128,7 +156,6 @@ fn the_receiver_binary_uses_a_card_in_a_named_reader() {
     let mut engine = engine();
     let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
     let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 500), START_MS, 0);
-    let slot = slot();
     let card = insert(&slot, applet);
     let dir = tempfile::tempdir().unwrap();
     let (input, output) = (dir.path().join("in.ts"), dir.path().join("out.ts"));
@@ -172,6 +199,7 @@ fn the_receiver_binary_uses_a_card_in_a_named_reader() {
 
 #[test]
 fn the_card_pulled_out_and_put_back_while_the_receiver_runs() {
+    let slot = slot();
     if !pcscd_or_skip("the_card_pulled_out_and_put_back_while_the_receiver_runs") {
         return;
     }
@@ -179,7 +207,6 @@ fn the_card_pulled_out_and_put_back_while_the_receiver_runs() {
     let mut engine = engine();
     let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
     let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 500), START_MS, 0);
-    let slot = slot();
     let card = insert(&slot, applet);
     logs();
     let link = CardLink::open(
@@ -219,4 +246,160 @@ fn the_card_pulled_out_and_put_back_while_the_receiver_runs() {
     assert_eq!(stats.undecryptable, 0, "{stats:?}");
     assert_es_identical(&clear, &out);
     pull_out(&slot, card);
+}
+
+/// Stops the system's pcscd (SIGTERM, as an administrator would), waits
+/// for it to exit and starts it again with scripts/ensure-pcscd.sh; then
+/// waits for the virtual card in `reader` to be plugged in again. Returns
+/// how long pcscd was away.
+fn restart_pcscd(reader: &str) -> Result<Duration, String> {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/ensure-pcscd.sh");
+    let pid: String = std::fs::read_to_string("/run/pcscd/pcscd.pid")
+        .map_err(|e| format!("pcscd pid file: {e}"))?
+        .chars()
+        .filter(char::is_ascii_digit)
+        .collect();
+    let t = Instant::now();
+    let killed = Command::new("sh")
+        .args(["-c", &format!("kill -TERM {pid}")])
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !killed.success() {
+        return Err(format!("cannot stop pcscd {pid}"));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
+        if Instant::now() >= deadline {
+            return Err(format!("pcscd {pid} did not stop"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = Command::new("bash")
+        .arg(script)
+        .output()
+        .map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(format!(
+            "ensure-pcscd.sh failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !card_in(reader) {
+        if Instant::now() >= deadline {
+            return Err(format!("the virtual card did not come back in {reader}"));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(t.elapsed())
+}
+
+/// pcscd stops and comes back while the receiver descrambles: the link
+/// waits for it, sets a new session up with the card (which plugs itself
+/// in again) and clear output resumes. This restarts the system's pcscd,
+/// so it runs under CI=true (or IODOFORM_TEST_PCSCD_RESTART=1) only, and
+/// holds every vpcd slot meanwhile.
+#[test]
+fn the_receiver_follows_a_pcscd_restart() {
+    let wanted = std::env::var("CI").as_deref() == Ok("true")
+        || std::env::var("IODOFORM_TEST_PCSCD_RESTART").as_deref() == Ok("1");
+    if !wanted {
+        eprintln!("SKIPPED the_receiver_follows_a_pcscd_restart: set CI=true or IODOFORM_TEST_PCSCD_RESTART=1 to let it restart pcscd");
+        return;
+    }
+    let slots = all_slots();
+    if !pcscd_or_skip("the_receiver_follows_a_pcscd_restart") {
+        return;
+    }
+    let slot = &slots[0];
+    // 10 s of stream, 0.5 s crypto periods, fed in 100 ms chunks at twice
+    // the live rate.
+    let clear = synthetic_ts(10_000, 6);
+    let mut engine = engine();
+    let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
+    let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 500), START_MS, 0);
+    let card = insert(slot, applet);
+    logs();
+    let link = CardLink::open(
+        Box::new(PcscCard {
+            reader: Some(slot.reader.to_string()),
+        }),
+        X25519Secret::random(),
+        LinkOptions {
+            connect_timeout: Duration::from_secs(5),
+            reconnect_timeout: Some(Duration::from_secs(20)),
+        },
+    )
+    .unwrap();
+    let mut pipeline = Pipeline::new(link, PipelineOptions::default());
+    let mut out = Vec::new();
+    let chunk = scrambled.len() / 100 / 188 * 188;
+    let chunks: Vec<&[u8]> = scrambled.chunks(chunk).collect();
+
+    // pcscd goes after 1 s of feeding (2 s of stream).
+    let restarted = Arc::new(AtomicBool::new(false));
+    let restarter = {
+        let (done, reader) = (restarted.clone(), slot.reader);
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_secs(1));
+            let r = restart_pcscd(reader);
+            done.store(true, Ordering::SeqCst);
+            r
+        })
+    };
+    let mut restarter = Some(restarter);
+    let mut outage = None;
+    // Input offset from which every chunk went in after pcscd was back.
+    let mut after = None;
+    let t = Instant::now();
+    for (i, c) in chunks.iter().enumerate() {
+        // Keep the last 30 % of the stream for after the restart.
+        if i == chunks.len() * 7 / 10 || restarted.load(Ordering::SeqCst) {
+            if let Some(h) = restarter.take() {
+                outage = Some(h.join().unwrap().unwrap_or_else(|e| panic!("{e}")));
+                after = Some(i * chunk);
+            }
+        }
+        pipeline
+            .push(c, &mut out)
+            .expect("the receiver stopped while pcscd restarted");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    pipeline.finish(&mut out).unwrap();
+    let (outage, after) = (outage.unwrap(), after.unwrap());
+    let stats = pipeline.stats();
+    eprintln!(
+        "{} (pcscd away for {outage:?}; fed in {:?}; clear input from byte {after} of {} fed after the restart)",
+        stats.summary(),
+        t.elapsed(),
+        scrambled.len()
+    );
+    assert!(stats.card_reconnects >= 1, "{stats:?}");
+
+    // Everything fed after the restart comes out clear, byte for byte.
+    let want = es(&clear, &[VIDEO, AUDIO]);
+    let got = es(&out, &[VIDEO, AUDIO]);
+    let before = es(&scrambled[..after], &[VIDEO, AUDIO]);
+    for pid in [VIDEO, AUDIO] {
+        let tail = want[&pid].len() - before[&pid].len();
+        assert!(
+            tail >= 50,
+            "PID {pid:#x}: only {tail} packets after the restart"
+        );
+        assert!(
+            got[&pid].len() >= tail,
+            "PID {pid:#x}: {} packets out, {tail} fed after the restart",
+            got[&pid].len()
+        );
+        assert!(
+            got[&pid][got[&pid].len() - tail..] == want[&pid][want[&pid].len() - tail..],
+            "PID {pid:#x}: packets after the restart differ from the clear input"
+        );
+    }
+    // Lost packets, if any, only around the outage: at most two crypto
+    // periods (60 ES packets a second).
+    assert!(stats.undecryptable <= 60, "{stats:?}");
+    assert_eq!(stats.before_first_key, 0, "{stats:?}");
+    pull_out(slot, card);
 }
