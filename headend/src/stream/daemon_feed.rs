@@ -12,7 +12,6 @@
 
 use super::feed::{CaFeed, CryptoPeriod, FeedError};
 use super::{spawn_channel, ChannelHandle, ChannelStreamConfig, Endpoint, Shutdown, StreamError};
-use crate::config::ChannelConfig;
 use crate::core::Channel;
 use crate::output::CaOutput;
 use std::collections::VecDeque;
@@ -99,27 +98,10 @@ impl CaFeed for CaOutputFeed {
 }
 
 impl ChannelStreamConfig {
-    /// The stream of a channel of the config file, `None` if it has no
-    /// `input` or no `output`. Relative file paths are taken from `base`
-    /// (the config file's folder). A file input ending in `?loop` is
-    /// played again and again.
-    pub fn from_channel(
-        ch: &ChannelConfig,
-        base: &Path,
-    ) -> Result<Option<ChannelStreamConfig>, StreamError> {
-        Self::from_fields(
-            &ch.name,
-            ch.service_id,
-            ch.ecm_pid,
-            ch.emm_pid,
-            ch.input.as_deref(),
-            ch.output.as_deref(),
-            base,
-        )
-    }
-
-    /// The same for a channel as the daemon holds it (from the config or
-    /// added through the API).
+    /// The stream of a channel as the daemon holds it (from the config or
+    /// added through the API), `None` if it has no `input` or no `output`.
+    /// Relative file paths are taken from `base` (the config file's
+    /// folder). A file input ending in `?loop` is played again and again.
     pub fn from_daemon_channel(
         ch: &Channel,
         base: &Path,
@@ -324,10 +306,10 @@ mod tests {
 
     #[test]
     fn channel_configs_become_stream_configs() {
-        let mut ch = ChannelConfig {
+        let mut ch = Channel {
             name: "one".into(),
             service_id: 5,
-            product: "basic".into(),
+            product: 1,
             ecm_pid: 0x101,
             emm_pid: 0x102,
             maturity: 0,
@@ -335,22 +317,22 @@ mod tests {
             output: None,
         };
         let base = Path::new("/etc/iodoform");
-        assert!(ChannelStreamConfig::from_channel(&ch, base)
+        assert!(ChannelStreamConfig::from_daemon_channel(&ch, base)
             .unwrap()
             .is_none());
         ch.output = Some("udp://127.0.0.1:5002".into());
-        let c = ChannelStreamConfig::from_channel(&ch, base)
+        let c = ChannelStreamConfig::from_daemon_channel(&ch, base)
             .unwrap()
             .unwrap();
         assert_eq!(c.input, "/etc/iodoform/clip.ts");
         assert!(c.loop_input);
         assert_eq!(c.services[0].service_id, 5);
         ch.input = Some("udp://127.0.0.1:5000".into());
-        let c = ChannelStreamConfig::from_channel(&ch, base)
+        let c = ChannelStreamConfig::from_daemon_channel(&ch, base)
             .unwrap()
             .unwrap();
         assert!(!c.loop_input);
         ch.output = Some("udp://nowhere".into());
-        assert!(ChannelStreamConfig::from_channel(&ch, base).is_err());
+        assert!(ChannelStreamConfig::from_daemon_channel(&ch, base).is_err());
     }
 }
