@@ -8,9 +8,6 @@ use proto::ecm::Ecm;
 use proto::secret::ProductKey;
 use proto::Codec;
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
-use std::process::Command;
-use std::sync::OnceLock;
 use ts::cissa::{Descrambler, Outcome};
 use ts::packet::{Packet, Packets, PACKET_LEN};
 use ts::psi::{
@@ -24,49 +21,8 @@ pub const ECM_PID: u16 = 0x1F0;
 pub const EMM_PID: u16 = 0x1F1;
 pub const START_MS: u64 = 1_700_000_000_000;
 
-/// A clear TS made by ffmpeg: H.264 test pattern and AAC sine, `secs`
-/// long (program 1, PMT 0x1000, video 0x100 with the PCR, audio 0x101).
-/// `None` (test skipped, with a note) when ffmpeg is missing, unless
-/// `CI=true`, where a missing ffmpeg fails the test.
-pub fn ffmpeg_ts(secs: u32) -> Option<Vec<u8>> {
-    static CACHE: OnceLock<std::sync::Mutex<HashMap<u32, Option<Vec<u8>>>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    let mut c = cache.lock().unwrap();
-    c.entry(secs).or_insert_with(|| make_ts(secs)).clone()
-}
-
-fn make_ts(secs: u32) -> Option<Vec<u8>> {
-    let dir = tempfile::tempdir().unwrap();
-    let path: PathBuf = dir.path().join("clear.ts");
-    let run = Command::new("ffmpeg")
-        .args(["-nostdin", "-loglevel", "error", "-y"])
-        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=25"])
-        .args(["-f", "lavfi", "-i", "sine=frequency=1000"])
-        .args(["-t", &secs.to_string()])
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"])
-        .args(["-f", "mpegts"])
-        .arg(&path)
-        .output();
-    match run {
-        Ok(o) if o.status.success() => Some(std::fs::read(&path).unwrap()),
-        other => {
-            let why = match other {
-                Ok(o) => format!(
-                    "ffmpeg failed: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ),
-                Err(e) => {
-                    format!("ffmpeg not found ({e}); install it with `apt-get install ffmpeg`")
-                }
-            };
-            if std::env::var("CI").is_ok_and(|v| v == "true") {
-                panic!("the stream tests need ffmpeg to make a real TS: {why}");
-            }
-            eprintln!("SKIPPED: {why}");
-            None
-        }
-    }
-}
+#[allow(unused_imports)] // not every test binary makes ffmpeg streams
+pub use ts::testing::ffmpeg_ts;
 
 /// A feed with one product and service 1, crypto periods of `period_ms`,
 /// and an EMM carousel of `emms` sections of 120 bytes. Returns the

@@ -18,9 +18,9 @@ use receiver::{Failure, Pipeline, PipelineOptions, Stats};
 use smartcard::eeprom::{Eeprom, MemEeprom};
 use smartcard::{Applet, CardClient, CardTransport, InProcessCard, TransportError};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use ts::packet::{Packet, PacketBuilder, Packets, Pcr, PACKET_LEN};
 use ts::psi::{packetize, stream_type, Pat, PatEntry, Pmt, PmtStream, SectionAssembler, TableId};
@@ -42,52 +42,11 @@ pub const START_MS: u64 = (DAY0 + DAY / 2) * 1000;
 
 // ---------------------------------------------------------------- streams
 
-/// A clear TS made by ffmpeg as the brief says: H.264 test pattern and AAC
-/// sine, `secs` long (program 1, PMT 0x1000, video 0x100 with the PCR,
-/// audio 0x101). `None` (the test is skipped, with a note) when ffmpeg is
-/// missing, unless `CI=true`, where a missing ffmpeg fails the test.
-pub fn ffmpeg_ts(secs: u32) -> Option<Vec<u8>> {
-    static CACHE: OnceLock<Mutex<HashMap<u32, Option<Vec<u8>>>>> = OnceLock::new();
-    let cache = CACHE.get_or_init(Default::default);
-    let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
-    c.entry(secs).or_insert_with(|| make_ts(secs)).clone()
-}
+#[allow(unused_imports)] // not every test binary makes ffmpeg streams
+pub use ts::testing::ffmpeg_ts;
 
 fn ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-fn make_ts(secs: u32) -> Option<Vec<u8>> {
-    let dir = tempfile::tempdir().unwrap();
-    let path: PathBuf = dir.path().join("clear.ts");
-    let run = Command::new("ffmpeg")
-        .args(["-nostdin", "-loglevel", "error", "-y"])
-        .args(["-f", "lavfi", "-i", "testsrc=size=320x240:rate=25"])
-        .args(["-f", "lavfi", "-i", "sine"])
-        .args(["-t", &secs.to_string()])
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"])
-        .args(["-f", "mpegts"])
-        .arg(&path)
-        .output();
-    match run {
-        Ok(o) if o.status.success() => Some(std::fs::read(&path).unwrap()),
-        other => {
-            let why = match other {
-                Ok(o) => format!(
-                    "ffmpeg failed: {}",
-                    String::from_utf8_lossy(&o.stderr).trim()
-                ),
-                Err(e) => {
-                    format!("ffmpeg not found ({e}); install it with `apt-get install ffmpeg`")
-                }
-            };
-            if ci() {
-                panic!("the receiver's stream tests need ffmpeg to make a real TS: {why}");
-            }
-            eprintln!("SKIPPED: {why}");
-            None
-        }
-    }
 }
 
 /// Video frames that ffprobe decodes in `file`, and whatever it said on
