@@ -39,11 +39,13 @@ pub mod bench;
 mod clock;
 pub mod daemon_feed;
 pub mod feed;
+pub mod health;
 pub mod io;
 pub mod mux;
 
 pub use daemon_feed::{spawn_configured, CaOutputFeed};
 pub use feed::{CaFeed, CryptoPeriod, EngineFeed, FeedError, MIN_CRYPTO_PERIOD_MS};
+pub use health::{ChannelHealth, ServiceHealth, Withheld, INPUT_SILENCE_MS};
 pub use io::Endpoint;
 pub use mux::{Mux, OutPacket};
 
@@ -132,6 +134,9 @@ pub struct ChannelStreamConfig {
     /// Start a file input again when it ends.
     pub loop_input: bool,
     pub services: Vec<ServiceStream>,
+    /// Programs of the input sent unscrambled, on purpose. Any other
+    /// program that is not in `services` is dropped.
+    pub clear_services: Vec<u16>,
     pub emm_pid: u16,
     pub ecm_interval_ms: u64,
     /// EMM bandwidth in bit/s of TS packets (0: no EMMs).
@@ -165,6 +170,7 @@ impl ChannelStreamConfig {
             output: output.into(),
             loop_input: false,
             services: Vec::new(),
+            clear_services: Vec::new(),
             emm_pid,
             ecm_interval_ms: DEFAULT_ECM_INTERVAL_MS,
             emm_bitrate: DEFAULT_EMM_BITRATE,
@@ -234,6 +240,23 @@ impl ChannelStreamConfig {
                         format!("{:#06x} used by two services", s.ecm_pid),
                     ));
                 }
+            }
+        }
+        for (i, &c) in self.clear_services.iter().enumerate() {
+            if c == 0 {
+                return Err(self.bad(
+                    "clear_services",
+                    "0 is the NIT's entry in the PAT, not a service",
+                ));
+            }
+            if self.services.iter().any(|s| s.service_id == c) {
+                return Err(self.bad(
+                    "clear_services",
+                    format!("{c} is also a service to scramble; it cannot be both"),
+                ));
+            }
+            if self.clear_services[..i].contains(&c) {
+                return Err(self.bad("clear_services", format!("{c} twice")));
             }
         }
         if !(10..=10_000).contains(&self.ecm_interval_ms) {
@@ -321,6 +344,7 @@ impl Shutdown {
 #[derive(Debug, Default)]
 struct Shared {
     stats: Mutex<StreamStats>,
+    health: Mutex<ChannelHealth>,
     input_addr: Mutex<Option<SocketAddr>>,
 }
 
@@ -631,6 +655,21 @@ impl ChannelHandle {
         *self.shared.stats.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// The channel's input and services, as of the last read (at most
+    /// about 100 ms old while the thread runs); a service counts as
+    /// withheld for [`Withheld::NoInput`] once the input has been silent
+    /// for [`INPUT_SILENCE_MS`], whatever the thread is doing. Cheap.
+    pub fn health(&self) -> ChannelHealth {
+        let mut h = self
+            .shared
+            .health
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        h.apply_silence(unix_ms_now());
+        h
+    }
+
     /// Where a UDP input listens, once bound (for `udp://127.0.0.1:0`).
     pub fn input_addr(&self) -> Option<SocketAddr> {
         *self
@@ -674,6 +713,15 @@ pub fn spawn_channel<F: CaFeed + 'static>(
 ) -> Result<ChannelHandle, StreamError> {
     cfg.validate()?;
     let shared = Arc::new(Shared::default());
+    *shared.health.lock().unwrap_or_else(|e| e.into_inner()) = ChannelHealth {
+        started_unix_ms: unix_ms_now(),
+        services: cfg
+            .services
+            .iter()
+            .map(|s| ServiceHealth::new(s.service_id))
+            .collect(),
+        ..ChannelHealth::default()
+    };
     let name = cfg.name.clone();
     let thread = {
         let (shared, shutdown) = (shared.clone(), shutdown.clone());
