@@ -1757,6 +1757,7 @@ impl Core {
             channels: self.channels.len() as u64,
             carousel_cards: self.carousel.members.len() as u64,
             run: self.run,
+            ..Gauges::default()
         }
     }
 
