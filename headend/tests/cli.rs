@@ -134,6 +134,19 @@ fn cli_subcommands_drive_the_daemon() {
     let out = cli(&h, &["card", "list"]);
     assert!(text(&out).contains("42"), "{}", text(&out));
     ok_json(&h, &["pair", "42", &"ab".repeat(32)]);
+    // A low-order key is refused with the fix; unpair ends the pairing.
+    let out = cli(&h, &["pair", "42", &"00".repeat(32)]);
+    assert_eq!(out.status.code(), Some(65));
+    assert!(
+        text(&out).contains("receiver_key") && text(&out).contains("receiver identity"),
+        "{}",
+        text(&out)
+    );
+    let shown = ok_json(&h, &["card", "show", "42"]);
+    assert_eq!(shown["paired_receiver"], "ab".repeat(32));
+    let unpaired = ok_json(&h, &["unpair", "42"]);
+    assert_eq!(unpaired["paired_receiver"], serde_json::Value::Null);
+    ok_json(&h, &["pair", "42", &"ab".repeat(32)]);
     let r = ok_json(&h, &["rotate", "sports"]);
     assert_eq!(r["rotated"][0]["generation"], 2);
     let r = ok_json(&h, &["rotate"]);
@@ -179,4 +192,63 @@ fn cli_subcommands_drive_the_daemon() {
     // SIGTERM: a clean exit.
     assert!(h.terminate().success());
     assert!(h.log().contains("headend stopped"), "{}", h.log());
+}
+
+/// Issue 8: a closed pipe ends the tool quietly (141, no panic); a bad
+/// command line exits 64 as everywhere else; a bad `init` flag names the
+/// flag; `--help` prints the shared exit-code table.
+#[test]
+fn closed_pipes_usage_errors_and_help() {
+    use cli::testing::{assert_quiet_closed_pipe, into_closed_pipe};
+    let mut h = Headend::init(500, 1000);
+    h.start();
+    let mut status = Command::new(BIN);
+    status
+        .env("IODOFORM_CONFIG", h.config())
+        .args(["status", "--json"]);
+    assert_quiet_closed_pipe("headend status --json", &into_closed_pipe(&status));
+    // As the issue has it: the reader takes one byte and goes.
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(r#""$0" status --json | head -c1 > /dev/null; exit "${PIPESTATUS[0]}""#)
+        .arg(BIN)
+        .env("IODOFORM_CONFIG", h.config())
+        .output()
+        .unwrap();
+    assert!(matches!(out.status.code(), Some(0 | 141)), "{}", text(&out));
+    assert!(!text(&out).contains("panicked"), "{}", text(&out));
+    assert_quiet_closed_pipe(
+        "headend --help",
+        &into_closed_pipe(Command::new(BIN).arg("--help")),
+    );
+
+    let out = Command::new(BIN).arg("--bogus").output().unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    let out = Command::new(BIN)
+        .args(["card", "show", "x"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new(BIN)
+        .args(["init", "--dir"])
+        .arg(dir.path().join("h"))
+        .args(["--crypto-period-ms", "50"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64), "{}", text(&out));
+    let msg = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        msg.starts_with("headend init: --crypto-period-ms must be at least"),
+        "{msg}"
+    );
+    assert_eq!(msg.trim_end().lines().count(), 1, "{msg}");
+    assert!(!dir.path().join("h").exists(), "nothing is written");
+
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(help.status.success());
+    let help = String::from_utf8_lossy(&help.stdout);
+    assert!(help.contains(cli::EXIT_CODES_HELP), "{help}");
+    assert!(help.contains("Examples:"), "{help}");
 }

@@ -7,29 +7,17 @@ use crate::identity::IdentityError;
 use std::io;
 use thiserror::Error;
 
-/// Exit codes of the `receiver` binary.
+/// Exit codes of the `receiver` binary: the one table of every Iodoform
+/// tool ([`cli::exit`]), under the receiver's names.
 pub mod exit {
-    /// Ran to the end of the input (or the output was closed).
-    pub const OK: u8 = 0;
-    /// Any other failure.
-    pub const OTHER: u8 = 1;
-    /// Bad command line (clap's own code).
-    pub const USAGE: u8 = 2;
-    /// The card refused the service's ECMs: no entitlement, outside its
-    /// dates, or the product's current key has not reached the card.
-    pub const NOT_ENTITLED: u8 = 3;
-    /// No reader, no card within the timeout, or a card that cannot be used.
-    pub const NO_CARD: u8 = 4;
-    /// The card is paired with another receiver.
-    pub const PAIRED_ELSEWHERE: u8 = 5;
-    /// The service is not in the stream, or not scrambled by Iodoform.
-    pub const UNKNOWN_SERVICE: u8 = 6;
-    /// The input is not an MPEG transport stream, or carries no PSI.
-    pub const NOT_TS: u8 = 7;
-    /// Reading the input or writing the output failed.
-    pub const IO: u8 = 8;
-    /// The receiver's key file is missing, unreadable or unsafe.
-    pub const IDENTITY: u8 = 9;
+    pub use cli::exit::{
+        FAILURE as OTHER, IO, NOT_ENTITLED, NOT_TS, NO_CARD, OK, PAIRED_ELSEWHERE, UNKNOWN_SERVICE,
+        USAGE,
+    };
+    /// The receiver's key file is missing or unreadable.
+    pub const IDENTITY: u8 = cli::exit::NO_INPUT;
+    /// The receiver's key file is readable by other users.
+    pub const IDENTITY_TOO_OPEN: u8 = cli::exit::NO_PERMISSION;
 }
 
 /// Why the receiver stopped.
@@ -48,6 +36,8 @@ pub enum Failure {
         service: u16,
         ca_system_ids: Vec<u16>,
     },
+    #[error("service {service} is not scrambled (its PMT has no CA_descriptor): nothing to descramble; play the input directly")]
+    NotScrambled { service: u16 },
     #[error("input is not an MPEG transport stream: {0}")]
     NotTs(String),
     #[error("input {what}: {source}")]
@@ -89,9 +79,12 @@ impl Failure {
             Failure::NotEntitled(_) => exit::NOT_ENTITLED,
             Failure::Card(LinkError::PairedElsewhere { .. }) => exit::PAIRED_ELSEWHERE,
             Failure::Card(_) => exit::NO_CARD,
-            Failure::UnknownService { .. } | Failure::ForeignCa { .. } => exit::UNKNOWN_SERVICE,
+            Failure::UnknownService { .. }
+            | Failure::ForeignCa { .. }
+            | Failure::NotScrambled { .. } => exit::UNKNOWN_SERVICE,
             Failure::NotTs(_) => exit::NOT_TS,
             Failure::Input { .. } | Failure::Output { .. } => exit::IO,
+            Failure::Identity(IdentityError::TooOpen { .. }) => exit::IDENTITY_TOO_OPEN,
             Failure::Identity(_) => exit::IDENTITY,
         }
     }
@@ -112,8 +105,18 @@ mod tests {
             "service 5 is not in the stream (it has services 1, 2)"
         );
         assert_eq!(f.exit_code(), exit::UNKNOWN_SERVICE);
-        let f = Failure::Card(LinkError::PairedElsewhere { card_id: 42 });
-        assert_eq!(f.to_string(), "card 42 is paired with another receiver");
+        let f = Failure::Card(LinkError::PairedElsewhere {
+            card_id: 42,
+            receiver: [0xAB; 32],
+        });
+        assert_eq!(
+            f.to_string(),
+            format!(
+                "card 42 is paired with another receiver: the operator must run \
+                 \"headend pair 42 {}\" (this receiver's key) or \"headend unpair 42\"",
+                "ab".repeat(32)
+            )
+        );
         assert_eq!(f.exit_code(), exit::PAIRED_ELSEWHERE);
         let f = Failure::ForeignCa {
             service: 1,

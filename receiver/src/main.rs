@@ -28,20 +28,16 @@ the PMT without CA descriptors, and no CAT, ECM or EMM packets.
 
 Play the output with `receiver -i udp://127.0.0.1:5000 -o - | ffplay -`.";
 
-const AFTER_HELP: &str = "\
-Exit codes:
-  0  the input ended, the output was closed, or SIGINT/SIGTERM stopped it
-     (a second signal exits at once with 130)
-  2  bad command line
-  3  the card refused the service's ECMs (no entitlement, dates, key)
-  4  no reader, no card in time, or a card that cannot be used
-  5  the card is paired with another receiver
-  6  the service is not in the stream, or not scrambled by Iodoform
-  7  the input is not an MPEG transport stream
-  8  reading the input or writing the output failed
-  9  the receiver key file is unusable
-
-Logs: RUST_LOG=receiver=debug (default: warnings).";
+/// Shown after `--help`: the exit codes (one table for every Iodoform
+/// tool) and where the logs go.
+fn after_help() -> String {
+    format!(
+        "Examples:\n  receiver identity\n  receiver -i udp://127.0.0.1:5000 -o - | ffplay -\n  \
+         receiver -i capture.ts -o clear.ts --service 1 --reader vpcd\n\n{}\n\n\
+         Logs: RUST_LOG=receiver=debug (default: warnings).",
+        cli::EXIT_CODES_HELP
+    )
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -49,7 +45,7 @@ Logs: RUST_LOG=receiver=debug (default: warnings).";
     version,
     about = ABOUT,
     long_about = LONG_ABOUT,
-    after_help = AFTER_HELP,
+    after_help = after_help(),
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
@@ -97,10 +93,19 @@ struct RunArgs {
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     reconnect_timeout: Option<Duration>,
     /// How long the card may refuse the service's ECMs, with the output
-    /// stopped, before the receiver gives up (EMMs may still bring the
-    /// entitlement meanwhile). Stream time or wall time, whichever is faster.
-    #[arg(long, value_name = "SECS", default_value = "3", value_parser = parse_secs)]
+    /// stopped, before the receiver gives up (exit 3); EMMs may still bring
+    /// the entitlement meanwhile. Stream time or wall time, whichever is
+    /// faster. The default outlasts the headend's default EMM cycle (60 s)
+    /// plus a crypto period; a new subscription comes within a second or so.
+    #[arg(long, value_name = "SECS", default_value = "70", value_parser = parse_secs)]
     entitlement_wait: Duration,
+    /// How long the card may stay paired with another receiver before the
+    /// receiver gives up (exit 5). Meanwhile it says once what the operator
+    /// can run, writes nothing for the service, and hands the card its EMMs,
+    /// so `headend pair CARD KEY` or `headend unpair CARD` reaches it and
+    /// the picture starts. Default: for ever.
+    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
+    pairing_wait: Option<Duration>,
     /// Give up when the input sends nothing for this long; default: wait for ever.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     input_timeout: Option<Duration>,
@@ -140,7 +145,7 @@ fn fail(msg: impl std::fmt::Display, code: u8) -> ExitCode {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
@@ -152,7 +157,11 @@ fn main() -> ExitCode {
 
     let identity = match identity_path(&cli).and_then(|p| identity::load_or_create(&p)) {
         Ok(i) => i,
-        Err(e) => return fail(Failure::from(e), exit::IDENTITY),
+        Err(e) => {
+            let f = Failure::from(e);
+            let code = f.exit_code();
+            return fail(f, code);
+        }
     };
     if identity.created {
         eprintln!(
@@ -161,7 +170,7 @@ fn main() -> ExitCode {
         );
     }
     if let Some(Command::Identity) = cli.command {
-        println!("{}", identity.public_hex());
+        cli::outln!("{}", identity.public_hex());
         return ExitCode::SUCCESS;
     }
 
@@ -190,6 +199,7 @@ fn main() -> ExitCode {
         pipeline: PipelineOptions {
             service: a.service,
             entitlement_wait: a.entitlement_wait,
+            pairing_wait: a.pairing_wait,
             ..PipelineOptions::default()
         },
         link: LinkOptions {

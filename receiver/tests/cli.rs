@@ -293,10 +293,15 @@ fn an_unknown_service_a_missing_card_and_a_paired_card_are_clear_errors() {
         c.process_emm(&pair).unwrap();
     }
     let r = run(dir.path(), &scrambled, &card, &[]);
+    // A file input: the receiver reads it all, waiting for the operator,
+    // and reports the pairing when it ends.
     assert_eq!(r.code, i32::from(exit::PAIRED_ELSEWHERE));
-    assert_eq!(
-        r.reason(),
-        "receiver: card 42 is paired with another receiver"
+    assert!(
+        r.reason().starts_with(
+            "receiver: card 42 is paired with another receiver: the operator must run \"headend pair 42 "
+        ) && r.reason().ends_with("\" (this receiver's key) or \"headend unpair 42\""),
+        "{}",
+        r.reason()
     );
     assert!(es(&r.out, &[VIDEO])[&VIDEO].is_empty());
 }
@@ -362,8 +367,24 @@ fn help_says_how_to_use_it() {
         assert!(h.contains(want), "--help lacks {want}:\n{h}");
     }
     assert!(!h.contains("--card-state"), "the test option is hidden");
+    assert!(h.contains(cli::EXIT_CODES_HELP), "{h}");
     let o = receiver().args(["-i", "x.ts"]).output().unwrap();
-    assert_eq!(o.status.code(), Some(2));
+    assert_eq!(o.status.code(), Some(64));
+}
+
+/// Issue 8: `receiver identity | true` ends quietly (141), no panic.
+#[test]
+fn identity_into_a_closed_pipe() {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("rx.key");
+    let mut c = receiver();
+    c.arg("identity").arg("--identity").arg(&key);
+    // The first run makes the key and says so on stderr.
+    assert!(c.output().unwrap().status.success());
+    cli::testing::assert_quiet_closed_pipe(
+        "receiver identity",
+        &cli::testing::into_closed_pipe(&c),
+    );
 }
 
 #[test]

@@ -4,8 +4,11 @@
 //! shows what a card holds (`info`). Each subcommand lives in its own
 //! module under `cli/`.
 //!
-//! Exit codes: 0 success, 1 a failure while running, 64 a bad command
-//! line or configuration (an unreadable operator file, a missing token).
+//! Exit codes: the table every Iodoform tool shares ([`cli::exit`]); the
+//! ones this tool uses are 0 success, 1 a failure while running, 4 no
+//! reader or card, 64 a bad command line or configuration (an unreadable
+//! operator file, a missing token), 69 pcscd not running, 130 a second
+//! signal, 141 a closed standard output.
 #![forbid(unsafe_code)]
 
 mod cli;
@@ -14,7 +17,12 @@ use clap::{Parser, Subcommand};
 use std::process::ExitCode;
 
 #[derive(Debug, Parser)]
-#[command(name = "smartcard", version, about = "The Iodoform smartcard tool")]
+#[command(
+    name = "smartcard",
+    version,
+    about = "The Iodoform smartcard tool: virtual card, readers, provisioning, card info",
+    after_help = after_help()
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -33,18 +41,17 @@ enum Command {
     Info(cli::info::Args),
 }
 
+fn after_help() -> String {
+    format!(
+        "Examples:\n  smartcard emulate --state card.state &\n  smartcard readers\n  \
+         smartcard provision --operator operator.json --card-id 1 --register http://127.0.0.1:7480 --token-file admin.token\n  \
+         smartcard info --reader vpcd\n\n{}",
+        ::cli::EXIT_CODES_HELP
+    )
+}
+
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
-        Ok(c) => c,
-        Err(e) => {
-            let _ = e.print();
-            return if e.use_stderr() {
-                ExitCode::from(64)
-            } else {
-                ExitCode::SUCCESS
-            };
-        }
-    };
+    let cli: Cli = ::cli::parse();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
@@ -64,7 +71,9 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("smartcard: {e:#}");
             if e.downcast_ref::<cli::card::Usage>().is_some() {
-                ExitCode::from(64)
+                ExitCode::from(::cli::exit::USAGE)
+            } else if let Some(c) = e.downcast_ref::<cli::card::Coded>() {
+                ExitCode::from(c.code)
             } else {
                 ExitCode::FAILURE
             }

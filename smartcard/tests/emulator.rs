@@ -321,3 +321,29 @@ fn emulator_and_client_follow_a_pcscd_restart() {
     assert_eq!(read_back(&mut fresh), want);
     assert!(fresh.transport().supports_extended());
 }
+
+/// Issue 8: `smartcard readers | true` ends quietly (141), no panic; a
+/// bad command line exits 64; `--help` prints the shared exit codes.
+#[test]
+fn readers_into_a_closed_pipe_and_usage() {
+    let bin = env!("CARGO_BIN_EXE_smartcard");
+    let out = std::process::Command::new(bin)
+        .arg("--bogus")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let help = std::process::Command::new(bin)
+        .arg("--help")
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains(cli::EXIT_CODES_HELP));
+    if !harness::pcscd_or_skip("readers_into_a_closed_pipe_and_usage") {
+        return;
+    }
+    let mut readers = std::process::Command::new(bin);
+    readers.arg("readers").env("RUST_LOG", "off");
+    cli::testing::assert_quiet_closed_pipe(
+        "smartcard readers",
+        &cli::testing::into_closed_pipe(&readers),
+    );
+}

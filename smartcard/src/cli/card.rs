@@ -13,6 +13,15 @@ use std::time::Duration;
 #[error("{0}")]
 pub struct Usage(pub String);
 
+/// A failure with its own exit code from the shared table
+/// ([`cli::exit`]): pcscd not running (69), no reader (4).
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct Coded {
+    pub code: u8,
+    pub message: String,
+}
+
 /// Returns early with a [`Usage`] error.
 macro_rules! usage {
     ($($arg:tt)*) => {
@@ -24,12 +33,16 @@ pub(crate) use usage;
 /// A transport error as one line that says what to do about it.
 pub fn explain(e: TransportError) -> anyhow::Error {
     match e {
-        TransportError::NoService(why) => anyhow::anyhow!(
-            "pcscd is not running ({why}); start it with scripts/ensure-pcscd.sh"
-        ),
-        TransportError::NoReader => anyhow::anyhow!(
-            "no smartcard reader found (is pcscd running with a reader driver? see scripts/ensure-pcscd.sh)"
-        ),
+        TransportError::NoService(why) => Coded {
+            code: ::cli::exit::UNAVAILABLE,
+            message: format!("pcscd is not running ({why}); start it with scripts/ensure-pcscd.sh"),
+        }
+        .into(),
+        TransportError::NoReader => Coded {
+            code: ::cli::exit::NO_CARD,
+            message: "no smartcard reader found (is pcscd running with a reader driver? see scripts/ensure-pcscd.sh)".into(),
+        }
+        .into(),
         other => other.into(),
     }
 }

@@ -185,9 +185,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .into_transport()
         .disconnect(pcsc::Disposition::LeaveCard);
     if args.json {
-        println!("{}", to_json(&reader, &info, &ents));
+        ::cli::outln!("{}", to_json(&reader, &info, &ents));
     } else {
-        print!("{}", to_table(&reader, &info, &ents));
+        ::cli::out(&to_table(&reader, &info, &ents));
     }
     Ok(())
 }

@@ -9,21 +9,19 @@ pub struct Args {}
 pub fn run(_args: Args) -> anyhow::Result<()> {
     let readers = match list_readers() {
         Ok(r) => r,
-        Err(TransportError::NoService(e)) => {
-            anyhow::bail!("pcscd is not running ({e}); start it with scripts/ensure-pcscd.sh")
-        }
+        Err(e @ TransportError::NoService(_)) => return Err(super::card::explain(e)),
         Err(e) => return Err(e.into()),
     };
     if readers.is_empty() {
-        println!("no readers");
+        ::cli::outln!("no readers");
         return Ok(());
     }
     for r in readers {
         if r.card_present {
             let atr: String = r.atr.iter().map(|b| format!("{b:02X}")).collect();
-            println!("{}\tcard\t{atr}", r.name);
+            ::cli::outln!("{}\tcard\t{atr}", r.name);
         } else {
-            println!("{}\tempty", r.name);
+            ::cli::outln!("{}\tempty", r.name);
         }
     }
     Ok(())
