@@ -63,7 +63,7 @@ fn a_changed_pmt_gets_a_new_version_and_its_new_stream_is_scrambled() {
 }
 
 #[test]
-fn input_cat_is_merged_and_other_programs_pass_clear() {
+fn input_cat_is_merged_and_clear_services_pass_clear() {
     let foreign = Descriptor::Ca(CaDescriptor {
         ca_system_id: 0x0B00,
         ca_pid: 0x300,
@@ -83,12 +83,28 @@ fn input_cat_is_merged_and_other_programs_pass_clear() {
         // On our ECM PID: must not reach the output.
         s.es(ECM_PID, 0x33, None);
     });
+    // By default, program 2 is not sent at all, nor listed in the PAT.
+    let (feed0, key0) = feed(100, 0);
+    let (out, stats, _) = process_buffer(&config(), feed0, &clear, START_MS).unwrap();
+    let by_pid = packets_by_pid(&out);
+    assert!(!by_pid.contains_key(&0x200) && !by_pid.contains_key(&0x1100));
+    assert_eq!(stats.clear_packets, 0);
+    let a = analyze(&out, &key0, &[]);
+    assert!(a.pat.iter().all(|p| p.pmt_pid(2).is_none()), "{:?}", a.pat);
+    let last = a.pat.last().expect("a PAT");
+    assert_eq!(last.programs.len(), 1, "{last:?}");
+    assert_eq!(last.pmt_pid(SERVICE), Some(0x1000));
+
+    // Clear on purpose.
+    let mut cfg = config();
+    cfg.clear_services = vec![2];
     let (feed, key) = feed(100, 0);
-    let (out, stats, _) = process_buffer(&config(), feed, &clear, START_MS).unwrap();
+    let (out, stats, _) = process_buffer(&cfg, feed, &clear, START_MS).unwrap();
     let a = analyze(&out, &key, &[0x100, 0x101]);
     assert!(a.psi_errors.is_empty() && a.cc_errors.is_empty(), "{a:?}");
     assert_eq!(a.clear_es + a.undecryptable + a.wrong_parity, 0);
     assert_eq!(stats.dropped_collision, 200);
+    assert_eq!(a.pat.last().and_then(|p| p.pmt_pid(2)), Some(0x1100));
     // Program 2 is as it came: clear, and its PMT unchanged.
     let by_pid = packets_by_pid(&out);
     assert_eq!(by_pid[&0x200].len(), 200);

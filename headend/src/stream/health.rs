@@ -76,7 +76,6 @@ impl Withheld {
         }
     }
 
-    #[allow(dead_code)] // used by the multiplexer
     pub(crate) fn index(self) -> usize {
         self as usize
     }

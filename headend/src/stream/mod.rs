@@ -311,6 +311,13 @@ pub struct StreamStats {
     pub dropped_unreferenced: u64,
     /// A configured service's packets while it has no crypto period.
     pub dropped_no_cw: u64,
+    /// A configured service's packets while it is off the air, whatever
+    /// the cause (see [`ServiceHealth::withheld_packets`]).
+    pub dropped_withheld: u64,
+    /// Packets that the last-line check found clear on a PID that must
+    /// not carry clear content, and dropped. Always 0 unless the engine
+    /// has a bug.
+    pub clear_packets: u64,
     pub dropped_already_scrambled: u64,
     pub dropped_malformed: u64,
     /// On our ECM or EMM PIDs.
@@ -541,6 +548,104 @@ fn run<F: CaFeed>(
     Ok(stats)
 }
 
+/// The input side of a channel's health: bytes, bitrate, when the last
+/// packet came and whether its silence was logged; and when the health
+/// was last published.
+#[derive(Debug)]
+struct InputMeter {
+    started_unix_ms: u64,
+    bytes: u64,
+    last_input_unix_ms: Option<u64>,
+    window_start: std::time::Instant,
+    window_bytes: u64,
+    bitrate: u64,
+    silence_logged: bool,
+    published: Option<(std::time::Instant, u64)>,
+}
+
+/// How often the health is published while nothing but counters changes.
+const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+
+impl InputMeter {
+    fn new() -> Self {
+        InputMeter {
+            started_unix_ms: unix_ms_now(),
+            bytes: 0,
+            last_input_unix_ms: None,
+            window_start: std::time::Instant::now(),
+            window_bytes: 0,
+            bitrate: 0,
+            silence_logged: false,
+            published: None,
+        }
+    }
+
+    fn data(&mut self, n: usize, cfg: &ChannelStreamConfig, in_ep: &Endpoint) {
+        let now = unix_ms_now();
+        if self.silence_logged {
+            self.silence_logged = false;
+            tracing::info!(channel = %cfg.name, "channel {:?}: input {in_ep} is back", cfg.name);
+        }
+        self.bytes += n as u64;
+        self.window_bytes += n as u64;
+        self.last_input_unix_ms = Some(now);
+    }
+
+    /// Rolls the bitrate window and logs a silence that lasts.
+    fn tick(&mut self, cfg: &ChannelStreamConfig, in_ep: &Endpoint) {
+        let elapsed = self.window_start.elapsed();
+        if elapsed >= std::time::Duration::from_secs(1) {
+            self.bitrate = (self.window_bytes as f64 * 8.0 / elapsed.as_secs_f64()) as u64;
+            self.window_bytes = 0;
+            self.window_start = std::time::Instant::now();
+        }
+        let now = unix_ms_now();
+        let silent_ms = now.saturating_sub(self.last_input_unix_ms.unwrap_or(self.started_unix_ms));
+        if !self.silence_logged && silent_ms >= INPUT_SILENCE_MS {
+            self.silence_logged = true;
+            let what = match self.last_input_unix_ms {
+                Some(_) => format!("no input for {:.1} s", silent_ms as f64 / 1000.0),
+                None => format!("nothing read in {:.1} s", silent_ms as f64 / 1000.0),
+            };
+            tracing::error!(
+                channel = %cfg.name,
+                cause = Withheld::NoInput.as_str(),
+                "channel {:?}: {what} from {in_ep}, so nothing is on the air; {}",
+                cfg.name,
+                Withheld::NoInput.fix()
+            );
+        }
+    }
+
+    /// The health now, if it is time to publish it (`force`: at once).
+    fn health<F: CaFeed>(
+        &mut self,
+        mux: &Mux<F>,
+        counters: &OutCounters,
+        force: bool,
+    ) -> Option<ChannelHealth> {
+        let generation = mux.health_generation();
+        if let Some((at, g)) = self.published {
+            if !force && g == generation && at.elapsed() < HEALTH_EVERY {
+                return None;
+            }
+        }
+        self.published = Some((std::time::Instant::now(), generation));
+        let stats = mux.stats();
+        Some(ChannelHealth {
+            started_unix_ms: self.started_unix_ms,
+            input_packets: stats.packets_in,
+            input_bytes: self.bytes,
+            input_bitrate_bps: self.bitrate,
+            last_input_unix_ms: self.last_input_unix_ms,
+            output_packets: stats.packets_out,
+            output_errors: counters.send_errors.load(Ordering::Relaxed),
+            clear_packets: stats.clear_packets,
+            services: mux.service_health(),
+        })
+    }
+}
+
 /// Reads the input, runs the packets through the multiplexer and hands
 /// the output to `send` (false: stop) until the input ends or `shutdown`.
 #[allow(clippy::too_many_arguments)]
@@ -561,6 +666,7 @@ fn read_loop<F: CaFeed>(
     let mut buf = vec![0u8; read_size];
     let mut bytes_this_pass = 0u64;
     let mut packets_this_pass = 0u64;
+    let mut meter = InputMeter::new();
     let snapshot = |mux: &Mux<F>, r: &PacketReader, skipped: u64, losses: u64| {
         let mut s = *mux.stats();
         s.skipped_bytes = skipped + r.stats().skipped_bytes;
@@ -576,6 +682,7 @@ fn read_loop<F: CaFeed>(
         match input.read(&mut buf)? {
             Got::Data(n) => {
                 bytes_this_pass += n as u64;
+                meter.data(n, cfg, in_ep);
                 reader.push(&buf[..n]);
             }
             Got::Idle => {
@@ -612,9 +719,13 @@ fn read_loop<F: CaFeed>(
         if idle && go_on {
             go_on = send(Msg::Idle)?;
         }
+        meter.tick(cfg, in_ep);
         if let Some(sh) = shared {
             *sh.stats.lock().unwrap_or_else(|e| e.into_inner()) =
                 snapshot(&mux, &reader, skipped, losses);
+            if let Some(h) = meter.health(&mux, counters, !go_on || eof) {
+                *sh.health.lock().unwrap_or_else(|e| e.into_inner()) = h;
+            }
         }
         if !go_on {
             break;
@@ -631,6 +742,11 @@ fn read_loop<F: CaFeed>(
             reader = PacketReader::new();
             mux.input_restarted();
             (bytes_this_pass, packets_this_pass) = (0, 0);
+        }
+    }
+    if let Some(sh) = shared {
+        if let Some(h) = meter.health(&mux, counters, true) {
+            *sh.health.lock().unwrap_or_else(|e| e.into_inner()) = h;
         }
     }
     Ok(snapshot(&mux, &reader, skipped, losses))
