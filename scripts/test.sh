@@ -29,7 +29,9 @@ if ! command -v promtool > /dev/null; then
 fi
 if ! python3 -c 'import prometheus_client' 2> /dev/null; then
     echo "test.sh: installing Python's prometheus_client" >&2
-    python3 -m pip install --quiet prometheus_client
+    # A Debian python3 refuses pip without --break-system-packages (PEP 668).
+    python3 -m pip install --quiet prometheus_client ||
+        python3 -m pip install --quiet --break-system-packages prometheus_client
 fi
 
 cargo test --workspace --locked "$@"
