@@ -10,6 +10,9 @@
 //!   [`EngineFeed`], an implementation on the key engine alone.
 //! * `clock`: the air clock read from the PCR, the one time base of
 //!   everything above.
+//! * [`health`]: [`ChannelHealth`], what [`ChannelHandle::health`] tells
+//!   about the input and about each service: on the air, or
+//!   [`Withheld`] and why.
 //! * [`bench`](mod@bench): the `scramble` figure of the `perf` report,
 //!   through this engine's per-packet path.
 //! * [`daemon_feed`]: the engine inside `headend run`, fed by the daemon's
@@ -32,7 +35,10 @@
 //!
 //! It must never send a configured service's elementary stream clear, and
 //! never scramble a packet with a CW that the ECM on the air does not
-//! carry. No input, however malformed, makes it panic.
+//! carry: a service that cannot be scrambled is not sent at all, nor
+//! announced, and programs that are not configured go out only when
+//! [`ChannelStreamConfig::clear_services`] names them (see [`mux`]). No
+//! input, however malformed, makes it panic.
 #![forbid(unsafe_code)]
 
 pub mod bench;

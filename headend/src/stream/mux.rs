@@ -2,29 +2,62 @@
 //! signalling, ECMs and EMMs out. It does no I/O; [`super::run_channel`]
 //! feeds it packets and writes what it returns.
 //!
+//! It fails closed. A configured service is *on the air* only while all
+//! of this holds; otherwise it is *withheld* ([`Withheld`], the first
+//! that applies): none of its packets go out, our PAT does not list it
+//! and its PMT and ECM are not sent.
+//!
+//! | cause | when |
+//! |---|---|
+//! | `no_input` | nothing read yet (the read loop adds: the input silent for 1.5 s) |
+//! | `no_pat` | no PAT in the input |
+//! | `service_missing` | the PAT does not list the service_id |
+//! | `pmt_unparsable` | no PMT on the PID the PAT names, or it does not parse, or cannot take our descriptors |
+//! | `unscramblable` | a PES component on a reserved PID (below 0x20, 0x1FFF), on a PMT PID or on our ECM or EMM PID; or input packets of it that come already scrambled (for 1 s after the last one) |
+//! | `no_control_word` | no crypto period from the feed (or it has failed for 10 ECM intervals) |
+//!
+//! A cause that lasts a second (stream time) is logged at ERROR, once,
+//! with what to fix; again if it clears and comes back. Programs that are
+//! neither configured nor in `clear_services` are never sent.
+//!
 //! What it does with each input PID:
 //!
 //! | PID | what | out |
 //! |---|---|---|
-//! | 0 (PAT) | learnt | its section, with our own counter: at once when it changes, then with every ECM repetition |
+//! | 0 (PAT) | learnt | ours: the input's transport_stream_id, its NIT entry, the services on the air and the clear services present, under our own version number; at once when it changes, then with every ECM repetition. None while it would list no service (a receiver that sees its service leave the PAT gives up, one that sees no PMT waits) |
 //! | 1 (CAT) | its descriptors are kept | replaced by ours, with our CA_descriptor for the EMM PID |
-//! | 2..=0x1F (SI) | | as it came |
-//! | PMT of a configured service | learnt | rewritten (CA_descriptor for the ECM PID and scrambling_descriptor in the program loop, our own version number): at once when it changes, then with every ECM repetition |
-//! | its elementary streams | | scrambled with the period's CW (section streams excepted, see [`carries_pes`]) |
-//! | its PCR PID when not an ES | | as it came |
-//! | PMT and streams of other programs | learnt | as they came |
-//! | null (0x1FFF) | | as it came, or replaced by EMM packets |
+//! | 2..=0x1F (SI) | | as it came, unless a configured service's PMT names it as a PES component: dropped |
+//! | PMT of a configured service | learnt | rewritten (CA_descriptor for the ECM PID and scrambling_descriptor in the program loop, our own version number), while on the air: at once when it changes, then with every ECM repetition |
+//! | its PES components | | scrambled with the period's CW while on the air, else dropped |
+//! | its section components (see [`carries_pes`]) | | as they came while on the air, else dropped |
+//! | its PCR PID when not a component | | the packets without a payload, while on the air |
+//! | PMT and components of a clear service (`clear_services`) | learnt | as they came; its PCR PID when not a component: the packets without a payload |
+//! | PMT and components of any other program | | dropped |
+//! | null (0x1FFF) | | our own null packet (never the input's payload), or replaced by EMM packets |
 //! | ECM and EMM PIDs | collision: dropped | ours |
-//! | anything else | not in any PMT | dropped |
+//! | anything else | not in any PMT we send | dropped |
 //!
 //! Every ECM interval (100 ms by default) the PAT, then each service's PMT
 //! and ECM go out back to back, so that a receiver tuning in has all it
 //! needs within one interval whatever the input's PSI rate; a new crypto
 //! period's ECM goes out at once, before the first packet it scrambles.
 //!
-//! It never lets a configured service's elementary stream out clear: until
-//! that service's PMT and crypto period are known its packets are
-//! dropped, and so are PIDs that no PMT names yet.
+//! The last line: every packet leaves through one function, which drops a
+//! packet with transport_scrambling_control `00` and at least one payload
+//! byte on any PID that may not carry clear content (a configured
+//! service's PES component or PCR-only PID, and any PID not explicitly
+//! allowed: SI, the NIT, the clear services, our own PSI, ECM, EMM and null
+//! packets) and counts it in `clear_packets`, which is 0 unless the code
+//! before it has a bug. What counts as clear: a payload byte left in a
+//! packet marked `00`. A packet that is all adaptation field (a PCR) holds
+//! no content and passes. A scrambled packet whose payload is shorter than
+//! 16 bytes passes although its bytes are clear: DVB-CISSA scrambles whole
+//! 16-byte blocks only and leaves the residue clear (8 bytes of every full
+//! 184-byte payload, all of a payload under 16 bytes, as `ts::cissa`
+//! explains); such a packet is the stuffed end of a PES, a tail fragment
+//! that decodes to nothing alone, and dropping it would break the picture
+//! for subscribers while hiding nothing that the residue of every other
+//! packet does not already show.
 //!
 //! Continuity counters: PIDs that pass through keep theirs. When the input
 //! loops, each PID's counter is re-linked with an offset so that it
