@@ -22,6 +22,7 @@
 //! | GET, POST | `/api/v1/subscriptions` | `?card=`; `{"card_id", "product", "until", "start"?}` |
 //! | DELETE | `/api/v1/subscriptions/{card}/{product}` | |
 //! | POST | `/api/v1/pairings` | `{"card_id", "receiver_key"}` |
+//! | DELETE | `/api/v1/pairings/{card}` | unpair |
 //! | POST | `/api/v1/rotate` | `{"product"?}` |
 //! | GET | `/api/v1/status` | |
 //! | GET | `/api/v1/operator` | the operator's public keys |
@@ -184,6 +185,7 @@ pub fn router(state: AppState) -> Router {
             delete(unsubscribe),
         )
         .route("/api/v1/pairings", post(pair))
+        .route("/api/v1/pairings/{card}", delete(unpair))
         .route("/api/v1/rotate", post(rotate))
         .route("/api/v1/status", get(status))
         .route("/api/v1/operator", get(operator))
@@ -365,6 +367,12 @@ async fn pair(
     Ok(created(
         with_core(&st, move |c, now| c.pair(req, now)).await?,
     ))
+}
+
+async fn unpair(State(st): State<AppState>, id: Result<Path<String>, PathRejection>) -> ApiResult {
+    let Path(id) = id?;
+    let card = parse_id(&id, "card id")?;
+    Ok(ok(with_core(&st, move |c, now| c.unpair(card, now)).await?))
 }
 
 async fn rotate(

@@ -248,8 +248,39 @@ pub struct Rotated {
     pub activate_at: String,
 }
 
+/// How often the fast lane repeats a card's EMM-U.
+pub const FAST_REPEAT_MS: u64 = 1000;
+/// How long a card stays in the fast lane after an operator changed it.
+pub const FAST_WINDOW_MS: u64 = 30_000;
+/// The fast lane's share of the EMM bandwidth, in EMM-Us per second: about
+/// 30 kbit/s of TS, under a third of a channel's default 100 kbit/s.
+const FAST_RATE_PER_S: f64 = 20.0;
+/// Cards in the fast lane at most; beyond, the oldest leaves early (it had
+/// its first EMM-U at once, and has the regular carousel).
+const FAST_MAX_CARDS: usize = 4096;
+
+/// A card in the fast lane.
+#[derive(Debug, Clone, Copy)]
+struct Fast {
+    /// When its next repetition is due.
+    due_ms: u64,
+    /// When it leaves the lane.
+    until_ms: u64,
+    /// Its EMM-U carries UNPAIR (it was unpaired, and not paired since).
+    unpair: bool,
+}
+
 /// The EMM-U carousel: every member card gets one EMM-U per cycle, in
 /// card id order, and cards whose entitlements changed jump the queue.
+///
+/// A card the operator just changed (subscribe, pair, unpair) is also put
+/// in the *fast lane*: its EMM-U goes out again every [`FAST_REPEAT_MS`]
+/// for [`FAST_WINDOW_MS`], whatever the cycle. The queue jump alone sends
+/// one EMM-U, at once, which only a receiver already on the air with the
+/// card gets; with a 60 s cycle, a receiver switched on a second later
+/// would wait up to a minute for the next. The lane's total rate is
+/// bounded ([`FAST_RATE_PER_S`]), so many changes at once slow each card's
+/// repetitions down rather than outgrow the EMM bandwidth.
 #[derive(Debug, Default)]
 struct Carousel {
     members: BTreeSet<u32>,
@@ -259,12 +290,67 @@ struct Carousel {
     queued: HashSet<u32>,
     /// Fractional EMMs owed to the regular round.
     credit: f64,
+    fast: BTreeMap<u32, Fast>,
+    /// Fractional EMMs owed to the fast lane.
+    fast_credit: f64,
 }
 
 impl Carousel {
     fn prioritize(&mut self, card: u32) {
         if self.members.contains(&card) && self.queued.insert(card) {
             self.priority.push_back(card);
+        }
+    }
+
+    /// Puts `card` in the fast lane from `now_ms` (its first repetition is
+    /// one [`FAST_REPEAT_MS`] later: the change itself is sent at once by
+    /// the caller). `unpair`: its EMM-Us carry UNPAIR.
+    fn fast_lane(&mut self, card: u32, unpair: bool, now_ms: u64) {
+        if !self.fast.contains_key(&card) && self.fast.len() >= FAST_MAX_CARDS {
+            if let Some((&oldest, _)) = self.fast.iter().min_by_key(|(_, f)| f.until_ms) {
+                self.fast.remove(&oldest);
+            }
+        }
+        self.fast.insert(
+            card,
+            Fast {
+                due_ms: now_ms + FAST_REPEAT_MS,
+                until_ms: now_ms + FAST_WINDOW_MS,
+                unpair,
+            },
+        );
+    }
+
+    /// The fast-lane cards due at `now_ms`, oldest due first, within the
+    /// lane's rate; each is rescheduled or leaves the lane. `dt_ms`: time
+    /// since the last call.
+    fn take_fast(&mut self, now_ms: u64, dt_ms: u64, out: &mut Vec<(u32, bool)>) {
+        if self.fast.is_empty() {
+            self.fast_credit = 0.0;
+            return;
+        }
+        self.fast_credit =
+            (self.fast_credit + FAST_RATE_PER_S * dt_ms as f64 / 1000.0).min(FAST_RATE_PER_S);
+        let mut due: Vec<(u64, u32)> = self
+            .fast
+            .iter()
+            .filter(|(_, f)| f.due_ms <= now_ms)
+            .map(|(&c, f)| (f.due_ms, c))
+            .collect();
+        due.sort_unstable();
+        for (_, card) in due {
+            if self.fast_credit < 1.0 {
+                break;
+            }
+            self.fast_credit -= 1.0;
+            let Some(f) = self.fast.get_mut(&card) else {
+                continue;
+            };
+            out.push((card, f.unpair));
+            f.due_ms = now_ms + FAST_REPEAT_MS;
+            if f.due_ms > f.until_ms {
+                self.fast.remove(&card);
+            }
         }
     }
 
@@ -623,6 +709,7 @@ impl Core {
         core.sync_config_channels(config_channels, now_ms)?;
         core.load_channels()?;
         core.load_cards(floor)?;
+        core.load_fast_lane(now_ms)?;
         core.load_epochs(now_ms)?;
         Ok(core)
     }
@@ -812,6 +899,31 @@ impl Core {
                     self.pairings.insert(card, rx);
                     self.carousel.members.insert(card);
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Cards subscribed or paired less than [`FAST_WINDOW_MS`] ago (the
+    /// daemon restarted just after the change) go first and into the fast
+    /// lane again, so that a restart does not push their EMM-U a whole
+    /// cycle away.
+    fn load_fast_lane(&mut self, now_ms: u64) -> Result<()> {
+        let since = now_ms.saturating_sub(FAST_WINDOW_MS) as i64;
+        let cards: Vec<u32> = {
+            let mut st = self.conn.prepare(
+                "SELECT card FROM subscriptions WHERE lapsed = 0 AND created_ms >= ?1
+                 UNION SELECT card FROM pairings WHERE created_ms >= ?1",
+            )?;
+            let v = st
+                .query_map(params![since], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            v
+        };
+        for card in cards {
+            if self.carousel.members.contains(&card) {
+                self.carousel.prioritize(card);
+                self.carousel.fast_lane(card, false, now_ms);
             }
         }
         Ok(())
@@ -1183,6 +1295,7 @@ impl Core {
         self.engine.remove_card(id)?;
         self.pairings.remove(&id);
         self.carousel.members.remove(&id);
+        self.carousel.fast.remove(&id);
         self.cards_revoked += 1;
         for r in renewals {
             self.apply_renewal(r, now_ms)?;
@@ -1232,6 +1345,7 @@ impl Core {
         self.engine.entitle(req.card_id, product, start, end)?;
         self.carousel.members.insert(req.card_id);
         self.carousel.prioritize(req.card_id);
+        self.carousel.fast_lane(req.card_id, false, now_ms);
         tracing::info!(card = req.card_id, product, end, "subscribed");
         let name = self.products[&product].name.clone();
         Ok(SubscriptionView {
@@ -1315,8 +1429,16 @@ impl Core {
 
     // ---- pairing --------------------------------------------------------
 
+    /// Pairs a card with one receiver (or with another one: the new key
+    /// replaces the old). The receiver's key gets the check a card's key
+    /// gets at registration. The card's EMM-U, with the pairing and its
+    /// entitlements, goes out at once and through the fast lane.
     pub fn pair(&mut self, req: NewPairing, now_ms: u64) -> Result<CardView> {
         let rx = parse_key32(&req.receiver_key, "receiver_key")?;
+        self.engine.operator().kex().check_peer(&rx).map_err(|_| {
+            bad("receiver_key: a low-order X25519 point (such as all zeros), which no receiver has: \
+                 give the key that `receiver identity` prints on the receiver")
+        })?;
         self.require_active_card(req.card_id)?;
         self.conn.execute(
             "INSERT INTO pairings (card, receiver, created_ms) VALUES (?1, ?2, ?3)
@@ -1325,13 +1447,39 @@ impl Core {
         )?;
         self.pairings.insert(req.card_id, rx);
         self.carousel.members.insert(req.card_id);
-        self.ensure_seq_room(1, now_ms)?;
-        match self.engine.emm_u_pair(req.card_id, rx, secs(now_ms)) {
-            Ok(emm) => self.emit(EMM_U_TABLE, &emm, false),
-            Err(e) => self.internal_error(&format!("PAIR for card {}: {e}", req.card_id)),
-        }
+        self.send_now(req.card_id, false, now_ms)?;
         tracing::info!(card = req.card_id, "card paired");
         self.card(req.card_id)
+    }
+
+    /// Ends a card's pairing: the removal is committed, then an EMM-U with
+    /// UNPAIR (and the card's entitlements) goes out at once and through
+    /// the fast lane, so the card accepts any receiver again. A card that
+    /// is not paired in the database gets UNPAIR all the same (its own
+    /// state may differ).
+    pub fn unpair(&mut self, card: u32, now_ms: u64) -> Result<CardView> {
+        self.require_active_card(card)?;
+        self.conn
+            .execute("DELETE FROM pairings WHERE card = ?1", params![card])?;
+        let was = self.pairings.remove(&card).is_some();
+        self.refresh_membership(card);
+        self.send_now(card, true, now_ms)?;
+        tracing::info!(card, was_paired = was, "card unpaired");
+        self.card(card)
+    }
+
+    /// Sends a card's whole state (see [`Core::card_emm`]) at once, and
+    /// puts it in the fast lane.
+    fn send_now(&mut self, card: u32, unpair: bool, now_ms: u64) -> Result<()> {
+        self.ensure_seq_room(1, now_ms)?;
+        let pairing = self.pairings.get(&card).copied();
+        match self.card_emm(card, pairing, unpair, secs(now_ms)) {
+            Ok(Some(emm)) => self.emit(EMM_U_TABLE, &emm, false),
+            Ok(None) => {}
+            Err(e) => self.internal_error(&format!("EMM-U for card {card}: {e}")),
+        }
+        self.carousel.fast_lane(card, unpair, now_ms);
+        Ok(())
     }
 
     // ---- rotation -------------------------------------------------------
@@ -1399,11 +1547,12 @@ impl Core {
         Ok(())
     }
 
-    /// A card gets at most two carousel EMMs per tick (one queued, one in
-    /// the round) plus the one-off EMMs (pair, remove product, block): a
-    /// new block starts well before that could reach the room.
+    /// A card gets at most three carousel EMMs per tick (one queued, one in
+    /// the round, one in the fast lane) plus the one-off EMMs (pair,
+    /// unpair, remove product, block): a new block starts well before that
+    /// could reach the room.
     fn ensure_seq_room(&mut self, one_offs: u64, now_ms: u64) -> Result<()> {
-        let bound = 2 * (self.block_ticks + 1) + self.block_one_offs + one_offs;
+        let bound = 3 * (self.block_ticks + 1) + self.block_one_offs + one_offs;
         if bound >= BLOCK_ROOM / 2
             || now_ms.saturating_sub(self.block_started_ms) >= BLOCK_MAX_AGE_MS
         {
@@ -1661,6 +1810,21 @@ impl Core {
         }
         ids.extend(round);
         self.send_emm_us(&ids, now_ms);
+        // The fast lane: cards the operator just changed, again.
+        let mut fast = Vec::new();
+        self.carousel.take_fast(now_ms, dt, &mut fast);
+        for (id, unpair) in fast {
+            // Revoked meanwhile: nothing more for it.
+            if !self.engine.has_card(id) {
+                continue;
+            }
+            let pairing = self.pairings.get(&id).copied();
+            match self.card_emm(id, pairing, unpair, secs(now_ms)) {
+                Ok(Some(emm)) => self.emit(EMM_U_TABLE, &emm, false),
+                Ok(None) => {}
+                Err(e) => self.internal_error(&format!("EMM-U for card {id}: {e}")),
+            }
+        }
         Ok(())
     }
 
@@ -1670,8 +1834,9 @@ impl Core {
         let mut plain = Vec::with_capacity(ids.len());
         for &id in ids {
             if let Some(&rx) = self.pairings.get(&id) {
-                match self.paired_emm(id, rx, now) {
-                    Ok(emm) => self.emit(EMM_U_TABLE, &emm, false),
+                match self.card_emm(id, Some(rx), false, now) {
+                    Ok(Some(emm)) => self.emit(EMM_U_TABLE, &emm, false),
+                    Ok(None) => {}
                     Err(e) => self.internal_error(&format!("EMM-U for card {id}: {e}")),
                 }
             } else if self.engine.has_card(id) {
@@ -1703,8 +1868,16 @@ impl Core {
         }
     }
 
-    /// A paired card's carousel EMM-U: its entitlements and its pairing.
-    fn paired_emm(&mut self, id: u32, rx: [u8; 32], now: u64) -> Result<Vec<u8>> {
+    /// A card's whole state in one EMM-U: its live entitlements with their
+    /// current keys, then PAIR with `pairing` if it is paired, else UNPAIR
+    /// if `unpair`. `None` if that is nothing at all.
+    fn card_emm(
+        &mut self,
+        id: u32,
+        pairing: Option<[u8; 32]>,
+        unpair: bool,
+        now: u64,
+    ) -> Result<Option<Vec<u8>>> {
         let mut commands = Vec::new();
         for e in self
             .engine
@@ -1721,8 +1894,15 @@ impl Core {
                 key: key.clone(),
             }));
         }
-        commands.push(EmmCommand::Pair { receiver: rx });
-        Ok(self.engine.emm_u(id, now, commands)?)
+        match pairing {
+            Some(receiver) => commands.push(EmmCommand::Pair { receiver }),
+            None if unpair => commands.push(EmmCommand::Unpair),
+            None => {}
+        }
+        if commands.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(self.engine.emm_u(id, now, commands)?))
     }
 
     /// Drops control words and ECMs of epochs that can never be on the
@@ -1950,6 +2130,233 @@ mod tests {
         c.prioritize(9);
         c.prioritize(77);
         assert_eq!(c.priority, [9]);
+    }
+}
+
+#[cfg(test)]
+mod pairing_tests {
+    use super::*;
+    use proto::apdu::StatusWord;
+    use smartcard::eeprom::MemEeprom;
+    use smartcard::{Applet, CardClient, InProcessCard};
+
+    const T0: u64 = 1_800_000_000_000;
+    type Card = CardClient<InProcessCard<MemEeprom>>;
+
+    /// A core with the default EMM cycle (60 s), product "basic", and
+    /// card 42 registered (an in-process card, personalized and locked).
+    fn set_up(dir: &Path, key: &proto::secret::Key32) -> (Core, Card) {
+        let db = dir.join("h.db");
+        let op = OperatorKeys::generate(1);
+        init_database(&db, &MasterKey::new(key), &op, T0).unwrap();
+        let mut core = open(&db, key, T0);
+        core.add_product(
+            NewProduct {
+                name: "basic".into(),
+                id: None,
+            },
+            T0,
+        )
+        .unwrap();
+        let mut card = CardClient::new(InProcessCard::new(
+            Applet::power_on(MemEeprom::default()).unwrap(),
+        ));
+        card.select().unwrap();
+        let public = card.personalize(&op.public().personalization(42)).unwrap();
+        card.lock().unwrap();
+        core.add_card(
+            NewCard {
+                card_id: 42,
+                public_key: hex::encode(public),
+                operator_id: 1,
+            },
+            T0,
+        )
+        .unwrap();
+        (core, card)
+    }
+
+    fn open(db: &Path, key: &proto::secret::Key32, now: u64) -> Core {
+        Core::open(
+            db,
+            MasterKey::new(key),
+            1,
+            Timing {
+                period_ms: 10_000,
+                renewal_ms: 30 * 86_400_000,
+                cycle_ms: 60_000,
+            },
+            &[],
+            CaOutput::new(),
+            Arc::new(Metrics::default()),
+            now,
+        )
+        .unwrap()
+    }
+
+    /// EMM sections for card 42 published since `cursor`.
+    fn emms_for_42(core: &Core, cursor: &mut u64) -> Vec<Vec<u8>> {
+        let (got, next, _) = core.output().emm_sections_since(*cursor, 10_000);
+        *cursor = next;
+        got.into_iter()
+            .map(|e| e.section[3..].to_vec())
+            .filter(|emm| emm[2..6] == 42u32.to_be_bytes())
+            .collect()
+    }
+
+    /// Ticks every 50 ms over `[from, to)`; the times at which EMMs for
+    /// card 42 came out.
+    fn run(core: &mut Core, cursor: &mut u64, from: u64, to: u64) -> Vec<u64> {
+        let mut at = Vec::new();
+        for t in (from..to).step_by(50) {
+            core.tick(t).unwrap();
+            for _ in emms_for_42(core, cursor) {
+                at.push(t);
+            }
+        }
+        at
+    }
+
+    #[test]
+    fn a_new_subscription_goes_out_at_once_and_again_every_second_for_the_window() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = proto::secret::Key32::random();
+        let (mut core, mut card) = set_up(dir.path(), &key);
+        let mut cursor = core.output().emm_cursor();
+        core.subscribe(
+            NewSubscription {
+                card_id: 42,
+                product: ProductRef::Name("basic".into()),
+                until: "2099-12-31".into(),
+                start: None,
+            },
+            T0,
+        )
+        .unwrap();
+        let at = run(&mut core, &mut cursor, T0, T0 + 45_000);
+        // At once (the next step), then every second for 30 s, and not
+        // again before the regular round (60 s).
+        assert_eq!(at.first(), Some(&T0), "{at:?}");
+        assert_eq!(
+            at.len(),
+            1 + (FAST_WINDOW_MS / FAST_REPEAT_MS) as usize,
+            "{at:?}"
+        );
+        assert!(
+            at.windows(2).all(|w| w[1] - w[0] <= FAST_REPEAT_MS + 50),
+            "{at:?}"
+        );
+        assert!(*at.last().unwrap() <= T0 + FAST_WINDOW_MS + 50, "{at:?}");
+        // The regular carousel still comes, within its cycle.
+        let later = run(&mut core, &mut cursor, T0 + 45_000, T0 + 125_000);
+        assert!(!later.is_empty() && later.len() <= 2, "{later:?}");
+        // Each repetition is a whole EMM-U that the card takes (a newer
+        // sequence number): any one of them entitles it.
+        let (got, _, _) = core.output().emm_sections_since(0, 10_000);
+        let accepted = got
+            .iter()
+            .filter(|e| e.section[5..9] == 42u32.to_be_bytes())
+            .filter(|e| card.process_emm(&e.section[3..]).is_ok())
+            .count();
+        assert_eq!(accepted, at.len() + later.len());
+        assert_eq!(card.list_entitlements().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn pairing_keys_are_checked_and_unpair_reaches_the_card() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = proto::secret::Key32::random();
+        let (mut core, mut card) = set_up(dir.path(), &key);
+        let pair = |k: String| NewPairing {
+            card_id: 42,
+            receiver_key: k,
+        };
+        // Low-order points (all zeros; u = 1, of order 4) are refused, as
+        // a card key would be, and nothing is written or sent.
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        let mut cursor = core.output().emm_cursor();
+        for bad in [[0u8; 32], one] {
+            let e = core.pair(pair(hex::encode(bad)), T0).unwrap_err();
+            assert!(matches!(e, CoreError::BadRequest(_)), "{e:?}");
+            let msg = e.to_string();
+            assert!(
+                msg.starts_with("receiver_key: ") && msg.contains("receiver identity"),
+                "{msg}"
+            );
+            assert!(!msg.contains('\n'));
+        }
+        assert!(emms_for_42(&core, &mut cursor).is_empty());
+        assert_eq!(core.card(42).unwrap().paired_receiver, None);
+
+        // A wrong pairing, sent at once (before any step).
+        let mine = proto::crypto::X25519Secret::random();
+        let wrong = proto::crypto::X25519Secret::random();
+        core.pair(pair(hex::encode(wrong.public())), T0).unwrap();
+        let sent = emms_for_42(&core, &mut cursor);
+        assert_eq!(sent.len(), 1);
+        card.process_emm(&sent[0]).unwrap();
+        let info = card.info().unwrap();
+        assert_eq!(info.paired_receiver, Some(wrong.public()));
+        let refused = card.establish_session(&mine, &info).unwrap_err();
+        assert_eq!(refused.status(), Some(StatusWord::NOT_PAIRED_RECEIVER));
+
+        // Unpair: committed (a restart still shows it), and UNPAIR at once.
+        let v = core.unpair(42, T0 + 1000).unwrap();
+        assert_eq!(v.paired_receiver, None);
+        let sent = emms_for_42(&core, &mut cursor);
+        assert_eq!(sent.len(), 1);
+        card.process_emm(&sent[0]).unwrap();
+        let info = card.info().unwrap();
+        assert_eq!(info.paired_receiver, None);
+        card.establish_session(&mine, &info).unwrap();
+        // The fast lane repeats UNPAIR (a card that missed the first gets
+        // it); the card takes each (newer sequence numbers).
+        let at = run(&mut core, &mut cursor, T0 + 1000, T0 + 4000);
+        assert!(at.len() >= 2, "{at:?}");
+
+        // Re-pairing replaces the key, and goes out at once too.
+        core.pair(pair(hex::encode(wrong.public())), T0 + 5000)
+            .unwrap();
+        core.pair(pair(hex::encode(mine.public())), T0 + 5000)
+            .unwrap();
+        assert_eq!(
+            core.card(42).unwrap().paired_receiver,
+            Some(hex::encode(mine.public()))
+        );
+        let (got, _, _) = core.output().emm_sections_since(0, 10_000);
+        for e in got
+            .iter()
+            .filter(|e| e.section[5..9] == 42u32.to_be_bytes())
+        {
+            let _ = card.process_emm(&e.section[3..]);
+        }
+        let info = card.info().unwrap();
+        assert_eq!(info.paired_receiver, Some(mine.public()));
+        card.establish_session(&mine, &info).unwrap();
+
+        // A restart just after a change sends it first and repeats it.
+        drop(core);
+        let mut core = open(&dir.path().join("h.db"), &key, T0 + 6000);
+        assert_eq!(
+            core.card(42).unwrap().paired_receiver,
+            Some(hex::encode(mine.public()))
+        );
+        let mut cursor = 0;
+        let at = run(&mut core, &mut cursor, T0 + 6000, T0 + 9000);
+        assert_eq!(at.first(), Some(&(T0 + 6000)), "{at:?}");
+        assert!(at.len() >= 3, "{at:?}");
+        // Unknown and revoked cards.
+        assert!(matches!(
+            core.unpair(7, T0 + 9000),
+            Err(CoreError::NotFound(_))
+        ));
+        core.revoke(42, T0 + 9000).unwrap();
+        assert!(matches!(
+            core.unpair(42, T0 + 9000),
+            Err(CoreError::Conflict(_))
+        ));
+        assert!(run(&mut core, &mut cursor, T0 + 9000, T0 + 12_000).is_empty());
     }
 }
 

@@ -3,7 +3,7 @@
 //! ```text
 //! headend init --dir DIR                  # a new headend's files
 //! headend run --config DIR/headend.toml   # the daemon
-//! headend [--config FILE] [--json] product|channel|card|subscribe|unsubscribe|pair|rotate|status ...
+//! headend [--config FILE] [--json] product|channel|card|subscribe|unsubscribe|pair|unpair|rotate|status ...
 //! ```
 //!
 //! Every subcommand other than `init` and `run` is a client of the admin
@@ -68,6 +68,15 @@ enum Command {
     Unsubscribe { card: u32, product: String },
     /// Pair a card with one receiver's X25519 public key (hex).
     Pair { card: u32, receiver_key: String },
+    /// End a card's pairing: the card gets UNPAIR at once, ahead of the EMM
+    /// carousel, and works with any receiver again. The way out of a
+    /// pairing with the wrong key (as is `pair` with the right one).
+    ///
+    /// Example: headend unpair 42
+    Unpair {
+        /// The card id.
+        card: u32,
+    },
     /// Renew one product's period key, or every product's.
     Rotate { product: Option<String> },
     /// The daemon's state.
@@ -377,6 +386,10 @@ fn client_command(config: Option<PathBuf>, as_json: bool, cmd: Command) -> Resul
                 "/api/v1/pairings",
                 &json!({ "card_id": card, "receiver_key": receiver_key }),
             )?,
+            View::Card,
+        ),
+        Command::Unpair { card } => (
+            client.delete(&format!("/api/v1/pairings/{card}"))?,
             View::Card,
         ),
         Command::Rotate { product } => {

@@ -70,6 +70,11 @@ fn bad_requests_get_4xx_json_and_change_nothing() {
     let j = Some("application/json");
     let pk = hex::encode(public);
     let big = format!("{{\"name\": \"{}\"}}", "x".repeat(100 * 1024));
+    let zero_key = format!(r#"{{"card_id": 7, "receiver_key": "{}"}}"#, "00".repeat(32));
+    let order_4_key = format!(
+        r#"{{"card_id": 7, "receiver_key": "01{}"}}"#,
+        "00".repeat(31)
+    );
 
     // (method, path, authorization, content type, body, expected status)
     type Case<'a> = (
@@ -346,6 +351,11 @@ fn bad_requests_get_4xx_json_and_change_nothing() {
             r#"{"card_id": 7, "receiver_key": "zz"}"#.into(),
             400,
         ),
+        // Low-order receiver keys, refused as card keys are.
+        ("POST", "/api/v1/pairings", t, j, zero_key, 400),
+        ("POST", "/api/v1/pairings", t, j, order_4_key, 400),
+        ("DELETE", "/api/v1/pairings/99", t, None, String::new(), 404),
+        ("DELETE", "/api/v1/pairings/x", t, None, String::new(), 400),
         (
             "POST",
             "/api/v1/channels",

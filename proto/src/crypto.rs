@@ -175,6 +175,15 @@ impl X25519Secret {
     pub fn public(&self) -> [u8; 32] {
         self.1.to_bytes()
     }
+    /// The check every agreement with `peer` makes, on its own: refuses a
+    /// public key of low order (the all-zero point and its few kin), with
+    /// which an agreement gives a secret anyone knows. For keys that are
+    /// stored before they are used, such as a receiver's pairing key.
+    pub fn check_peer(&self, peer: &[u8; 32]) -> Result<(), CryptoError> {
+        let mut ss = self.dh(peer)?;
+        zeroize::Zeroize::zeroize(&mut ss);
+        Ok(())
+    }
     fn dh(&self, peer: &[u8; 32]) -> Result<[u8; 32], CryptoError> {
         let ss = self.0.diffie_hellman(&PublicKey::from(*peer));
         if !ss.was_contributory() {
@@ -408,6 +417,13 @@ mod tests {
             Kek::derive_card(&card, 1, &[0u8; 32]),
             Err(CryptoError::WeakKey)
         );
+        // The same check, on its own: the all-zero point and the order-2
+        // point (u = 1) are refused, a real key is not.
+        let mut one = [0u8; 32];
+        one[0] = 1;
+        assert_eq!(op.check_peer(&[0u8; 32]), Err(CryptoError::WeakKey));
+        assert_eq!(op.check_peer(&one), Err(CryptoError::WeakKey));
+        assert_eq!(op.check_peer(&card.public()), Ok(()));
     }
 
     #[test]

@@ -9,9 +9,14 @@
 //! here. When the transport fails, the link reconnects (waiting for the
 //! card), selects and establishes a new session, and retries the command.
 //!
+//! A card paired with another receiver refuses the session. The link
+//! stays up without one ([`CardLink::paired_elsewhere`]): the card still
+//! takes EMMs, which is how the operator's `headend pair` or `headend
+//! unpair` reaches it, and each ECM tries the session again.
+//!
 //! What it must never do: log, print or return a control word except as
-//! [`ControlWords`] (whose `Debug` is redacted), or keep going when the card
-//! is paired with another receiver.
+//! [`ControlWords`] (whose `Debug` is redacted), or get control words from
+//! a card paired with another receiver.
 //!
 //! Transports come from a [`CardConnector`]: PC/SC by reader name in
 //! production, or a card state file in process for tests
@@ -117,8 +122,16 @@ pub enum LinkError {
         why: TransportError,
         waited: Option<Duration>,
     },
-    #[error("card {card_id} is paired with another receiver")]
-    PairedElsewhere { card_id: u32 },
+    #[error(
+        "card {card_id} is paired with another receiver: the operator must run \
+         \"headend pair {card_id} {}\" (this receiver's key) or \"headend unpair {card_id}\"",
+        hex::encode(.receiver)
+    )]
+    PairedElsewhere {
+        card_id: u32,
+        /// This receiver's public key.
+        receiver: [u8; 32],
+    },
     #[error("the card in {what} is not ready for use (life cycle {state:?}; it must be personalized and locked)")]
     NotReady { what: String, state: LifeCycle },
     #[error("card {card_id}: {source}")]
@@ -188,6 +201,8 @@ pub struct CardLink {
     info: CardInfo,
     options: LinkOptions,
     stats: LinkStats,
+    /// The card refused the session: it is paired with another receiver.
+    paired_elsewhere: bool,
 }
 
 impl std::fmt::Debug for CardLink {
@@ -215,8 +230,12 @@ impl CardLink {
     ) -> Result<CardLink, LinkError> {
         let deadline = Instant::now() + options.connect_timeout;
         let mut client = wait_for_card(connector.as_mut(), deadline, options.connect_timeout)?;
-        let info = open_session(&mut client, &identity, &connector.describe())?;
-        tracing::info!(card_id = info.card_id, card = %connector.describe(), "card session established");
+        let (info, session) = open_session(&mut client, &identity, &connector.describe())?;
+        if session {
+            tracing::info!(card_id = info.card_id, card = %connector.describe(), "card session established");
+        } else {
+            tracing::info!(card_id = info.card_id, card = %connector.describe(), "card connected; it is paired with another receiver");
+        }
         Ok(CardLink {
             connector,
             client: Some(client),
@@ -225,9 +244,30 @@ impl CardLink {
             options,
             stats: LinkStats {
                 reconnects: 0,
-                sessions: 1,
+                sessions: u64::from(session),
             },
+            paired_elsewhere: !session,
         })
+    }
+
+    /// Whether the card refused this receiver's session, being paired with
+    /// another receiver. It still takes EMMs; [`CardLink::process_ecm`]
+    /// tries the session again.
+    pub fn paired_elsewhere(&self) -> bool {
+        self.paired_elsewhere
+    }
+
+    /// This receiver's public key (what `headend pair CARD KEY` needs).
+    pub fn receiver_public(&self) -> [u8; 32] {
+        self.identity.public()
+    }
+
+    /// The error of a card that stayed paired with another receiver.
+    pub fn paired_elsewhere_error(&self) -> LinkError {
+        LinkError::PairedElsewhere {
+            card_id: self.info.card_id,
+            receiver: self.receiver_public(),
+        }
     }
 
     pub fn card_id(&self) -> u32 {
@@ -258,8 +298,18 @@ impl CardLink {
         })
     }
 
-    /// Hands the card an ECM and opens the control words it returns.
+    /// Hands the card an ECM and opens the control words it returns. A
+    /// card paired with another receiver is first asked for a session
+    /// again (an EMM may have paired it with this one, or unpaired it);
+    /// if it still refuses, the answer is
+    /// `Refused(StatusWord::NOT_PAIRED_RECEIVER)`.
     pub fn process_ecm(&mut self, ecm: &[u8]) -> Result<EcmOutcome, LinkError> {
+        if self.paired_elsewhere {
+            self.reopen()?;
+            if self.paired_elsewhere {
+                return Ok(EcmOutcome::Refused(StatusWord::NOT_PAIRED_RECEIVER));
+            }
+        }
         let r = self.with_session(|c| c.process_ecm(ecm))?;
         Ok(match r {
             Ok(cws) => EcmOutcome::ControlWords(cws),
@@ -315,6 +365,9 @@ impl CardLink {
                     }
                     tracing::info!(sw = %sw, "card session lost; establishing a new one");
                     self.reopen()?;
+                    if self.paired_elsewhere {
+                        return Ok(Err(StatusWord::NOT_PAIRED_RECEIVER));
+                    }
                 }
                 Err(ClientError::Status { sw, .. }) => return Ok(Err(sw)),
                 Err(e @ ClientError::BadResponse { .. }) => {
@@ -327,6 +380,9 @@ impl CardLink {
                     }
                     tracing::warn!(error = %e, "bad reply from the card; establishing a new session");
                     self.reopen()?;
+                    if self.paired_elsewhere {
+                        return Ok(Err(StatusWord::NOT_PAIRED_RECEIVER));
+                    }
                 }
                 Err(e) => return Err(self.card_error(e)),
             }
@@ -348,8 +404,8 @@ impl CardLink {
             return self.recover(None);
         };
         match open_session(client, &self.identity, &what) {
-            Ok(info) => {
-                self.adopt(info);
+            Ok((info, session)) => {
+                self.adopt(info, session);
                 Ok(())
             }
             Err(LinkError::Card {
@@ -360,7 +416,7 @@ impl CardLink {
         }
     }
 
-    fn adopt(&mut self, info: CardInfo) {
+    fn adopt(&mut self, info: CardInfo, session: bool) {
         if info.card_id != self.info.card_id {
             tracing::warn!(
                 old = self.info.card_id,
@@ -369,7 +425,10 @@ impl CardLink {
             );
         }
         self.info = info;
-        self.stats.sessions += 1;
+        self.paired_elsewhere = !session;
+        if session {
+            self.stats.sessions += 1;
+        }
     }
 
     /// Waits for the card to come back and sets a session up again.
@@ -388,8 +447,8 @@ impl CardLink {
             if let Some(client) = self.client.as_mut() {
                 if client.transport().reconnect().is_ok() {
                     match open_session(client, &self.identity, &what) {
-                        Ok(info) => {
-                            self.adopt(info);
+                        Ok((info, session)) => {
+                            self.adopt(info, session);
                             tracing::info!(card_id = self.info.card_id, "card link restored");
                             return Ok(());
                         }
@@ -410,9 +469,9 @@ impl CardLink {
             if let Ok(transport) = self.connector.connect(step) {
                 let mut client = CardClient::new(transport);
                 match open_session(&mut client, &self.identity, &what) {
-                    Ok(info) => {
+                    Ok((info, session)) => {
                         self.client = Some(client);
-                        self.adopt(info);
+                        self.adopt(info, session);
                         tracing::info!(card_id = self.info.card_id, "card link restored");
                         return Ok(());
                     }
@@ -466,12 +525,13 @@ fn wait_for_card(
     }
 }
 
-/// SELECT, GET INFO, ESTABLISH SESSION.
+/// SELECT, GET INFO, ESTABLISH SESSION. The card's info, and whether it
+/// gave a session (`false`: it is paired with another receiver).
 fn open_session(
     client: &mut CardClient<Box<dyn CardTransport>>,
     identity: &X25519Secret,
     what: &str,
-) -> Result<CardInfo, LinkError> {
+) -> Result<(CardInfo, bool), LinkError> {
     let card = |card_id: u32| move |source: ClientError| LinkError::Card { card_id, source };
     client.select().map_err(card(0))?;
     let info = client.info().map_err(card(0))?;
@@ -482,12 +542,8 @@ fn open_session(
         });
     }
     match client.establish_session(identity, &info) {
-        Ok(()) => Ok(info),
-        Err(e) if e.status() == Some(StatusWord::NOT_PAIRED_RECEIVER) => {
-            Err(LinkError::PairedElsewhere {
-                card_id: info.card_id,
-            })
-        }
+        Ok(()) => Ok((info, true)),
+        Err(e) if e.status() == Some(StatusWord::NOT_PAIRED_RECEIVER) => Ok((info, false)),
         Err(e) => Err(card(info.card_id)(e)),
     }
 }

@@ -79,8 +79,17 @@ pub struct PipelineOptions {
     /// How long the card may go on refusing the service's ECMs, with the
     /// output stopped, before the receiver gives up. EMMs that arrive in
     /// the meantime may still bring the entitlement. Measured in stream
-    /// time (PCR) or wall time, whichever runs faster.
+    /// time (PCR) or wall time, whichever runs faster. The default,
+    /// [`DEFAULT_ENTITLEMENT_WAIT`], outlasts the headend's default EMM
+    /// cycle, so that the carousel reaches a card that was off.
     pub entitlement_wait: Duration,
+    /// How long the card may stay paired with another receiver, with the
+    /// output stopped and its EMMs still handed to it, before the receiver
+    /// gives up; `None` (the default) waits for ever, since only the
+    /// operator can end it (`headend pair` or `headend unpair`), and that
+    /// reaches the card over the air whenever it comes. Measured like
+    /// `entitlement_wait`.
+    pub pairing_wait: Option<Duration>,
     /// Packets held while the PAT and the PMT are looked for.
     pub hold_limit: usize,
     /// Bytes without packet sync, from the start, after which the input
@@ -90,11 +99,19 @@ pub struct PipelineOptions {
     pub emm_memory: usize,
 }
 
+/// The default [`PipelineOptions::entitlement_wait`]: the headend's
+/// default EMM cycle (60 s), in which the carousel reaches every entitled
+/// card, plus its default crypto period (10 s). A change made by the
+/// operator (a new subscription, a pairing) is sent at once and repeated
+/// every second for 30 s, so it comes much sooner.
+pub const DEFAULT_ENTITLEMENT_WAIT: Duration = Duration::from_secs(70);
+
 impl Default for PipelineOptions {
     fn default() -> Self {
         PipelineOptions {
             service: None,
-            entitlement_wait: Duration::from_secs(3),
+            entitlement_wait: DEFAULT_ENTITLEMENT_WAIT,
+            pairing_wait: None,
             hold_limit: 50_000,
             sync_limit: 64 * 1024,
             emm_memory: 4096,
@@ -318,6 +335,8 @@ struct Core {
     last_ecm_header: Option<EcmHeader>,
     ecm_answered: bool,
     denial: Option<Denial>,
+    /// Since when the card has been paired with another receiver.
+    paired_elsewhere: Option<Moment>,
     emms: EmmMemory,
     clock: StreamClock,
     first_clear: Option<Instant>,
@@ -328,7 +347,7 @@ impl Pipeline {
     pub fn new(card: CardLink, opts: PipelineOptions) -> Self {
         let roles = (0..=MAX_PID).map(default_role).collect();
         let emm_memory = opts.emm_memory;
-        Pipeline {
+        let mut p = Pipeline {
             reader: PacketReader::new(),
             core: Core {
                 opts,
@@ -355,11 +374,16 @@ impl Pipeline {
                 last_ecm_header: None,
                 ecm_answered: false,
                 denial: None,
+                paired_elsewhere: None,
                 emms: EmmMemory::new(emm_memory),
                 clock: StreamClock::new(),
                 first_clear: None,
             },
+        };
+        if p.core.card.paired_elsewhere() {
+            p.core.wait_for_pairing();
         }
+        p
     }
 
     /// Feeds bytes of the input; clear packets go to `sink`.
@@ -393,6 +417,9 @@ impl Pipeline {
         }
         if let Some(d) = &self.core.discovery {
             return Err(d.missing(self.core.stats.packets_in));
+        }
+        if self.core.paired_elsewhere.is_some() {
+            return Err(self.core.card.paired_elsewhere_error().into());
         }
         if let Some(d) = &self.core.denial {
             return Err(Failure::NotEntitled(d.message.clone()));
@@ -762,6 +789,11 @@ impl Core {
                         return Err(Failure::NotEntitled(d.message.clone()));
                     }
                 }
+                if let (Some(since), Some(wait)) = (self.paired_elsewhere, self.opts.pairing_wait) {
+                    if self.clock.since(since) >= wait {
+                        return Err(self.card.paired_elsewhere_error().into());
+                    }
+                }
                 Ok(())
             }
         }
@@ -931,11 +963,26 @@ impl Core {
                     "ECM answered"
                 );
                 self.keys.install(header.epoch, &cws);
+                if self.paired_elsewhere.take().is_some() {
+                    tracing::warn!(
+                        "card {} now gives control words to this receiver",
+                        self.card.card_id()
+                    );
+                }
                 if self.denial.take().is_some() {
                     tracing::info!(
                         product = header.product,
                         "the card releases control words again"
                     );
+                }
+            }
+            EcmOutcome::Refused(StatusWord::NOT_PAIRED_RECEIVER) => {
+                // Not this receiver's card for now: nothing from this period
+                // on, and the card keeps getting its EMMs.
+                self.stats.ecms_refused += 1;
+                self.keys.revoke_from(header.epoch);
+                if self.paired_elsewhere.is_none() {
+                    self.wait_for_pairing();
                 }
             }
             EcmOutcome::Refused(sw) => {
@@ -967,6 +1014,19 @@ impl Core {
             }
         }
         Ok(())
+    }
+
+    /// The card is paired with another receiver: says once what the
+    /// operator can do, and waits (EMMs still go to the card, and each ECM
+    /// tries the session again).
+    fn wait_for_pairing(&mut self) {
+        let card = self.card.card_id();
+        tracing::warn!(
+            "card {card} is paired with another receiver; waiting for the operator to run \
+             \"headend pair {card} {}\" (this receiver's key) or \"headend unpair {card}\"",
+            hex::encode(self.card.receiver_public())
+        );
+        self.paired_elsewhere = Some(self.clock.now());
     }
 
     /// A refusal in the user's terms.
@@ -1034,8 +1094,9 @@ impl Core {
             EmmOutcome::Accepted => {
                 self.stats.emms_accepted += 1;
                 tracing::debug!(address, "EMM accepted");
-                // It may have brought the entitlement: ask again.
-                if self.denial.is_some() {
+                // It may have brought the entitlement or the pairing: ask
+                // again.
+                if self.denial.is_some() || self.paired_elsewhere.is_some() {
                     if let (Some(h), Some(s)) = (self.last_ecm_header, self.last_ecm.clone()) {
                         self.send_ecm(&h, &s[PRIVATE_HEADER_LEN..])?;
                     }

@@ -333,8 +333,16 @@ fn a_card_without_the_product_gives_no_clear_output_and_says_why() {
     assert!(got.values().all(Vec::is_empty), "ES packets in the output");
 }
 
+/// The first ES packet of `pid` in `out` that equals one of `clear`'s,
+/// as an index into `clear`'s packets of that PID.
+fn first_clear_index(clear: &[u8], out: &[u8], pid: u16) -> Option<usize> {
+    let c = &es(clear, &[pid])[&pid];
+    let first = es(out, &[pid])[&pid].first().copied()?;
+    c.iter().position(|p| *p == first)
+}
+
 #[test]
-fn a_card_paired_with_another_receiver_is_refused_at_once_and_mid_stream() {
+fn a_card_paired_with_another_receiver_keeps_its_emms_and_waits_for_the_operator() {
     let mut engine = engine();
     let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
     let mine = X25519Secret::random();
@@ -343,24 +351,42 @@ fn a_card_paired_with_another_receiver_is_refused_at_once_and_mid_stream() {
         .emm_u_pair(CARD, theirs.public(), START_MS / 1000)
         .unwrap();
 
-    // Paired on the air 3 s in: the session ends, and the new one is refused.
+    // Paired on the air 3 s in: the session ends, the new one is refused,
+    // and the receiver writes nothing more of the service, but runs to
+    // the end of the input (which it then reports, exit 5).
     let clear = synthetic_ts(8_000, 6);
     let mut feed = TestFeed::new(engine, 1000);
     feed.emm_at(START_MS + 3_000, &pair);
     let (scrambled, _) = scramble(&clear, feed, START_MS, 100_000);
     let card = SharedCard::new(applet);
-    let (out, result, _) = receive(card.clone(), &mine, &scrambled, opts(), 1316);
+    let (out, result, stats) = receive(card.clone(), &mine, &scrambled, opts(), 1316);
     let err = result.unwrap_err();
     assert!(
-        matches!(
-            err,
-            Failure::Card(LinkError::PairedElsewhere { card_id: CARD })
-        ),
+        matches!(err, Failure::Card(LinkError::PairedElsewhere { card_id: CARD, receiver }) if receiver == mine.public()),
         "{err:?}"
     );
-    assert_eq!(err.to_string(), "card 42 is paired with another receiver");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "card 42 is paired with another receiver: the operator must run \
+             \"headend pair 42 {}\" (this receiver's key) or \"headend unpair 42\"",
+            hex::encode(mine.public())
+        )
+    );
     assert_eq!(err.exit_code(), exit::PAIRED_ELSEWHERE);
-    assert!(!es(&out, &[VIDEO])[&VIDEO].is_empty());
+    let video = &es(&out, &[VIDEO])[&VIDEO];
+    assert!(!video.is_empty());
+    // Nothing after the pairing's crypto period: 8 s of input, at most
+    // 3 s (and the period that was running) came out.
+    let all = es(&clear, &[VIDEO])[&VIDEO].len();
+    assert!(
+        video.len() <= all / 2,
+        "{} of {all} video packets out",
+        video.len()
+    );
+    // The ECMs of every later period went to the card again (new
+    // sessions tried), and all were refused.
+    assert!(stats.ecms_refused >= 3, "{stats:?}");
     // The refusal came from the card, with its own status word.
     let refused = card.log().iter().any(|(c, r)| {
         c[1] == Ins::ESTABLISH_SESSION.0
@@ -368,16 +394,77 @@ fn a_card_paired_with_another_receiver_is_refused_at_once_and_mid_stream() {
     });
     assert!(refused);
 
-    // A receiver started with the card already paired elsewhere stops at once.
-    let (_, result, _) = receive(card.clone(), &mine, &scrambled, opts(), 1316);
+    // A receiver started with the card already paired elsewhere keeps
+    // reading; with --pairing-wait it gives up after that long.
+    let o = PipelineOptions {
+        pairing_wait: Some(std::time::Duration::from_secs(2)),
+        ..opts()
+    };
+    let (out, result, stats) = receive(card.clone(), &mine, &scrambled, o, 1316);
     assert!(matches!(
         result.unwrap_err(),
-        Failure::Card(LinkError::PairedElsewhere { card_id: CARD })
+        Failure::Card(LinkError::PairedElsewhere { card_id: CARD, .. })
     ));
+    assert!(es(&out, &[VIDEO])[&VIDEO].is_empty());
+    assert!(stats.packets_in < scrambled.len() as u64 / PACKET_LEN as u64);
     // The paired receiver is welcome.
     let (_, result, stats) = receive(card, &theirs, &scrambled, opts(), 1316);
     result.unwrap();
     assert!(stats.descrambled > 0);
+}
+
+#[test]
+fn unpair_or_pair_on_the_air_ends_the_wait_and_the_picture_starts() {
+    let clear = synthetic_ts(8_000, 6);
+    let mine = X25519Secret::random();
+    let theirs = X25519Secret::random();
+    for fix in ["unpair", "pair"] {
+        let mut engine = engine();
+        let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
+        // Paired with the wrong receiver before the receiver starts.
+        let wrong = engine
+            .emm_u_pair(CARD, theirs.public(), START_MS / 1000)
+            .unwrap();
+        let mut c = smartcard::CardClient::new(smartcard::InProcessCard::new(applet));
+        c.select().unwrap();
+        c.process_emm(&wrong).unwrap();
+        let applet = c.into_transport().applet;
+        // The operator's fix comes on the air 4 s in.
+        let command = match fix {
+            "unpair" => proto::emm::EmmCommand::Unpair,
+            _ => proto::emm::EmmCommand::Pair {
+                receiver: mine.public(),
+            },
+        };
+        let emm = engine
+            .emm_u(CARD, START_MS / 1000 + 4, vec![command])
+            .unwrap();
+        let mut feed = TestFeed::new(engine, 1000);
+        feed.emm_at(START_MS + 4_000, &emm);
+        let (scrambled, _) = scramble(&clear, feed, START_MS, 100_000);
+        let card = SharedCard::new(applet);
+        let (out, result, stats) = receive(card.clone(), &mine, &scrambled, opts(), 1316);
+        result.unwrap_or_else(|e| panic!("{fix}: {e}"));
+        // The EMM reached the card, the ECM was tried again at once, and
+        // the picture is clear from the period of the fix on.
+        assert_eq!(stats.emms_accepted, 1, "{fix}: {stats:?}");
+        assert!(stats.ecms_refused >= 1, "{fix}: {stats:?}");
+        assert!(stats.descrambled > 0, "{fix}: {stats:?}");
+        let all = es(&clear, &[VIDEO])[&VIDEO].len();
+        let from = first_clear_index(&clear, &out, VIDEO).expect("clear video out");
+        // Clear from at most one period after the fix (4 s of 8).
+        assert!(
+            from > all * 4 / 8 - all / 8 && from <= all * 5 / 8,
+            "{fix}: first clear video packet {from} of {all}"
+        );
+        let got = &es(&out, &[VIDEO])[&VIDEO];
+        assert_eq!(
+            got.len(),
+            all - from,
+            "{fix}: a gap after the first clear packet"
+        );
+        assert_clear_output(&out);
+    }
 }
 
 #[test]

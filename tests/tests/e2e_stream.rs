@@ -307,17 +307,20 @@ struct Headend {
 }
 
 impl Headend {
-    fn init(dir: &Path) -> Headend {
+    /// `headend init` with the tests' short crypto period and the given
+    /// EMM cycle (`None`: the default one).
+    fn init(dir: &Path, emm_cycle_ms: Option<u64>) -> Headend {
         let home = dir.join("headend");
         let api = free_tcp_port();
-        let o = Command::new(bin("headend"))
-            .args(["init", "--dir"])
+        let mut cmd = Command::new(bin("headend"));
+        cmd.args(["init", "--dir"])
             .arg(&home)
             .args(["--listen", &format!("127.0.0.1:{api}")])
-            .args(["--crypto-period-ms", &PERIOD_MS.to_string()])
-            .args(["--emm-cycle-ms", &EMM_CYCLE_MS.to_string()])
-            .output()
-            .unwrap();
+            .args(["--crypto-period-ms", &PERIOD_MS.to_string()]);
+        if let Some(c) = emm_cycle_ms {
+            cmd.args(["--emm-cycle-ms", &c.to_string()]);
+        }
+        let o = cmd.output().unwrap();
         assert!(o.status.success(), "headend init: {o:?}");
         Headend {
             home,
@@ -455,8 +458,19 @@ struct System {
 
 impl System {
     fn set_up(slot: &Slot, output: SocketAddr) -> System {
+        Self::set_up_with(slot, output, Some(EMM_CYCLE_MS), true)
+    }
+
+    /// [`System::set_up`] with the given EMM cycle (`None`: the default),
+    /// and the card subscribed or not.
+    fn set_up_with(
+        slot: &Slot,
+        output: SocketAddr,
+        emm_cycle_ms: Option<u64>,
+        subscribe: bool,
+    ) -> System {
         let dir = tempfile::tempdir().unwrap();
-        let mut headend = Headend::init(dir.path());
+        let mut headend = Headend::init(dir.path(), emm_cycle_ms);
         headend.start();
         let input: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
         headend.cli(&["product", "add", "basic"]);
@@ -496,12 +510,14 @@ impl System {
             String::from_utf8_lossy(&o.stderr),
             tail(&card.log, 20)
         );
-        headend.cli(&["subscribe", CARD, "basic", "--until", "2099-12-31"]);
-        let shown = headend.cli(&["card", "show", CARD, "--json"]);
-        assert!(
-            String::from_utf8_lossy(&shown.stdout).contains("basic"),
-            "{shown:?}"
-        );
+        if subscribe {
+            headend.cli(&["subscribe", CARD, "basic", "--until", "2099-12-31"]);
+            let shown = headend.cli(&["card", "show", CARD, "--json"]);
+            assert!(
+                String::from_utf8_lossy(&shown.stdout).contains("basic"),
+                "{shown:?}"
+            );
+        }
 
         // A channel added through the API goes on the air at the next
         // start of the daemon.
@@ -533,10 +549,18 @@ impl System {
     /// The receiver on `input`, writing to `output`; returns once its
     /// card session is up (its input socket is bound before that).
     fn receiver(&self, input: SocketAddr, output: &str, log: &Path) -> Proc {
+        self.receiver_with(input, output, log, &["--entitlement-wait", "30"])
+    }
+
+    /// [`System::receiver`] with other options (none: its defaults);
+    /// returns once it has its card (with a session, or paired with
+    /// another receiver).
+    fn receiver_with(&self, input: SocketAddr, output: &str, log: &Path, args: &[&str]) -> Proc {
         let mut p = Proc::spawn(
             Command::new(bin("receiver"))
                 .args(["-i", &format!("udp://{input}"), "-o", output])
-                .args(["--reader", self.reader, "--entitlement-wait", "30"])
+                .args(["--reader", self.reader])
+                .args(args)
                 .arg("--stats-json")
                 .arg(self.path("stats.json"))
                 .arg("--identity")
@@ -547,7 +571,8 @@ impl System {
         let deadline = Instant::now() + Duration::from_secs(15);
         while !std::fs::read_to_string(log)
             .unwrap_or_default()
-            .contains("card session established")
+            .lines()
+            .any(|l| l.contains("card session established") || l.contains("card connected"))
         {
             assert!(p.alive(), "receiver exited:\n{}", self.logs(log));
             assert!(
@@ -1075,5 +1100,230 @@ fn receiver_resumes_within_a_crypto_period_after_the_daemon_is_killed() {
         s["undecryptable"],
         s["cw_changes"],
         t0.elapsed().as_secs_f64()
+    );
+}
+
+// ---------------------------------------------------- pairing and new cards
+
+/// A receiver's public key, as `receiver identity` prints it (the key
+/// file is made on first use).
+fn receiver_key(file: &Path) -> String {
+    let o = Command::new(bin("receiver"))
+        .arg("identity")
+        .arg("--identity")
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "receiver identity: {o:?}");
+    String::from_utf8(o.stdout).unwrap().trim().to_string()
+}
+
+/// Waits until `log` holds `text` at least `times` times, the receiver
+/// still running.
+fn wait_log(rx: &mut Proc, log: &Path, text: &str, times: usize, sys: &System) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches(text)
+        .count()
+        < times
+    {
+        assert!(rx.alive(), "receiver exited:\n{}", sys.logs(log));
+        assert!(
+            Instant::now() < deadline,
+            "the receiver did not say {text:?} within 10 s:\n{}",
+            sys.logs(log)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits until the clear output (to `tap`) carries ES packets that
+/// arrived after `since`; how long after `since` the first came.
+fn wait_clear_since(
+    tap: &Tap,
+    since: Instant,
+    timeout: Duration,
+    sys: &System,
+    log: &Path,
+) -> Duration {
+    let deadline = since + timeout;
+    loop {
+        let after: Vec<Instant> = tap.es_times().into_iter().filter(|t| *t > since).collect();
+        if after.len() >= 10 {
+            return after[0] - since;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no clear output within {} s:\n{}",
+            timeout.as_secs(),
+            sys.logs(log)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Checks that no clear ES packet reached `tap` for `quiet` from now.
+fn assert_no_clear_for(tap: &Tap, quiet: Duration, what: &str) {
+    let from = Instant::now();
+    std::thread::sleep(quiet);
+    let n = tap.es_times().into_iter().filter(|t| *t > from).count();
+    assert_eq!(n, 0, "{what}: {n} datagrams of clear ES");
+}
+
+/// A card paired by mistake with another receiver's key is undone without
+/// revoking it, twice, with the real daemon, card and receiver: the
+/// receiver does not exit but says what the operator can run, and keeps
+/// handing the card its EMMs; `headend unpair` brings the picture back
+/// within seconds; a receiver started while the wrong pairing lasts waits
+/// too, and `headend pair` with its key brings the picture back. What
+/// comes out is the clip, byte for byte.
+#[test]
+fn a_wrong_pairing_is_undone_by_unpair_or_by_pair_and_the_picture_comes_back() {
+    let test = "a_wrong_pairing_is_undone_by_unpair_or_by_pair_and_the_picture_comes_back";
+    if !prerequisites(test) {
+        return;
+    }
+    let slot = slot();
+    let rx_in = receiver_input();
+    let tee = Tap::start(Some(rx_in));
+    let sys = System::set_up(&slot, tee.addr);
+    let clip = Arc::new(ffmpeg_ts(
+        &sys.path("clear.ts"),
+        2,
+        "testsrc=size=320x240:rate=25",
+        1000,
+    ));
+    let clip_packets: HashSet<[u8; PACKET_LEN]> =
+        es_packets(&clip).into_values().flatten().collect();
+    let feeder = Feeder::start(sys.input, move || Some(clip.clone()));
+    let mine = receiver_key(&sys.path("receiver.key"));
+    let theirs = receiver_key(&sys.path("other-receiver.key"));
+    let waiting = format!(
+        "card {CARD} is paired with another receiver; waiting for the operator to run \
+         \"headend pair {CARD} {mine}\" (this receiver's key) or \"headend unpair {CARD}\""
+    );
+
+    // A working picture.
+    let out = Tap::start(None);
+    let log = sys.path("receiver.log");
+    let mut rx = sys.receiver(rx_in, &format!("udp://{}", out.addr), &log);
+    wait_clear(&out, &sys, &log);
+
+    // Paired with the wrong receiver: the picture stops (after the CWs the
+    // receiver holds), and the receiver says so once and waits.
+    sys.headend.cli(&["pair", CARD, &theirs]);
+    wait_log(&mut rx, &log, &waiting, 1, &sys);
+    std::thread::sleep(Duration::from_millis(2 * PERIOD_MS));
+    assert_no_clear_for(&out, Duration::from_millis(1500), "paired elsewhere");
+    assert!(rx.alive());
+
+    // headend unpair: the picture is back.
+    let unpaired = Instant::now();
+    sys.headend.cli(&["unpair", CARD]);
+    let back = wait_clear_since(&out, unpaired, Duration::from_secs(5), &sys, &log);
+
+    // Wrong again; this receiver stops, and one started now (which used
+    // to exit 5 at once) waits as well.
+    sys.headend.cli(&["pair", CARD, &theirs]);
+    wait_log(&mut rx, &log, &waiting, 2, &sys);
+    let stats = sys.stop_receiver(rx, &log);
+    assert_eq!(stats["exit_code"], 0, "{stats}");
+    assert!(
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .matches(&waiting)
+            .count()
+            == 2,
+        "one message per wrong pairing:\n{}",
+        sys.logs(&log)
+    );
+    let out2 = Tap::start(None);
+    let log2 = sys.path("receiver-2.log");
+    let mut rx2 = sys.receiver(rx_in, &format!("udp://{}", out2.addr), &log2);
+    wait_log(&mut rx2, &log2, &waiting, 1, &sys);
+    assert_no_clear_for(
+        &out2,
+        Duration::from_millis(2000),
+        "a receiver started paired elsewhere",
+    );
+    assert!(rx2.alive(), "the receiver exited:\n{}", sys.logs(&log2));
+
+    // headend pair with this receiver's key: the picture is back.
+    let paired = Instant::now();
+    sys.headend.cli(&["pair", CARD, &mine]);
+    let back2 = wait_clear_since(&out2, paired, Duration::from_secs(5), &sys, &log2);
+    std::thread::sleep(Duration::from_millis(1000));
+    feeder.finish(true);
+    std::thread::sleep(Duration::from_millis(300));
+    let stats = sys.stop_receiver(rx2, &log2);
+    assert_eq!(stats["exit_code"], 0, "{stats}");
+    assert!(
+        stats["stats"]["emms_accepted"].as_u64() >= Some(1),
+        "{stats}"
+    );
+
+    // Not revoked, paired with this receiver.
+    let shown = sys.headend.cli(&["card", "show", CARD, "--json"]);
+    let card: serde_json::Value = serde_json::from_slice(&shown.stdout).unwrap();
+    assert_eq!(card["state"], "active", "{card}");
+    assert_eq!(card["paired_receiver"], mine.as_str(), "{card}");
+    // Every ES packet that came out is the clip's, byte for byte.
+    for (tap, what) in [(&out, "first receiver"), (&out2, "second receiver")] {
+        let es: Vec<[u8; PACKET_LEN]> = es_packets(&tap.bytes()).into_values().flatten().collect();
+        assert!(es.len() > 100, "{what}: {} ES packets", es.len());
+        let foreign = es.iter().filter(|p| !clip_packets.contains(*p)).count();
+        assert_eq!(foreign, 0, "{what}: ES packets that are not the clip's");
+    }
+    eprintln!(
+        "clear again {} ms after unpair, {} ms after pair",
+        back.as_millis(),
+        back2.as_millis()
+    );
+}
+
+/// With the default EMM cycle (60 s), a receiver switched on two seconds
+/// after `headend subscribe` (when the EMM sent at once has gone by) gets
+/// its entitlement within a few seconds, with its default waits.
+#[test]
+fn a_receiver_started_after_subscribe_gets_its_entitlement_in_seconds_with_the_default_cycle() {
+    let test =
+        "a_receiver_started_after_subscribe_gets_its_entitlement_in_seconds_with_the_default_cycle";
+    if !prerequisites(test) {
+        return;
+    }
+    let slot = slot();
+    let rx_in = receiver_input();
+    let tee = Tap::start(Some(rx_in));
+    let sys = System::set_up_with(&slot, tee.addr, None, false);
+    let status = sys.headend.cli(&["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["emm_cycle_ms"], 60_000, "{status}");
+    let clip = Arc::new(ffmpeg_ts(
+        &sys.path("clear.ts"),
+        2,
+        "testsrc=size=320x240:rate=25",
+        1000,
+    ));
+    let feeder = Feeder::start(sys.input, move || Some(clip.clone()));
+    std::thread::sleep(Duration::from_millis(1000));
+
+    sys.headend
+        .cli(&["subscribe", CARD, "basic", "--until", "2099-12-31"]);
+    let subscribed = Instant::now();
+    std::thread::sleep(Duration::from_millis(2000));
+    let out = Tap::start(None);
+    let log = sys.path("receiver.log");
+    let started = Instant::now();
+    let rx = sys.receiver_with(rx_in, &format!("udp://{}", out.addr), &log, &[]);
+    let after_start = wait_clear_since(&out, started, Duration::from_secs(6), &sys, &log);
+    let after_subscribe = started + after_start - subscribed;
+    feeder.finish(true);
+    let stats = sys.stop_receiver(rx, &log);
+    assert_eq!(stats["exit_code"], 0, "{stats}");
+    eprintln!(
+        "clear output {} ms after the receiver started, {} ms after subscribe",
+        after_start.as_millis(),
+        after_subscribe.as_millis()
     );
 }
