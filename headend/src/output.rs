@@ -17,7 +17,13 @@
 
 use crate::schedule::{CwPair, Parity};
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+
+/// A reader that has not asked for EMMs for this long is not sending any
+/// (its input is silent, say) and does not count in
+/// [`CaOutput::emm_unsent`].
+pub const EMM_READER_IDLE_MS: u64 = 5_000;
 
 /// EMM sections kept for [`CaOutput::emm_sections_since`].
 pub const EMM_LOG_LEN: usize = 1 << 16;
@@ -67,6 +73,37 @@ struct Inner {
     ecms: RwLock<BTreeMap<u16, EcmOutput>>,
     emms: Mutex<EmmLog>,
     push: tokio::sync::broadcast::Sender<Arc<[u8]>>,
+    readers: Mutex<Vec<Weak<MarkInner>>>,
+}
+
+#[derive(Debug)]
+struct MarkInner {
+    next_unsent: AtomicU64,
+    last_read_ms: AtomicU64,
+}
+
+/// A stream's place in the EMM log, for the backlog metric: the index of
+/// the first section it has not sent yet, and when it last asked for EMMs.
+/// It stops counting when dropped.
+#[derive(Debug)]
+pub struct EmmMark(Arc<MarkInner>);
+
+impl EmmMark {
+    /// Records that every section before `next_unsent` was sent, at
+    /// `now_ms`.
+    pub fn set(&self, next_unsent: u64, now_ms: u64) {
+        self.0.next_unsent.store(next_unsent, Ordering::Relaxed);
+        self.0.last_read_ms.store(now_ms, Ordering::Relaxed);
+    }
+}
+
+/// EMM sections published but not yet sent (see [`CaOutput::emm_unsent`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EmmUnsent {
+    pub sections: u64,
+    pub bytes: u64,
+    /// The readers that counted (asked for EMMs lately).
+    pub readers: u64,
 }
 
 /// The daemon's outputs (see the module docs).
@@ -80,6 +117,7 @@ impl Default for CaOutput {
             ecms: RwLock::new(BTreeMap::new()),
             emms: Mutex::new(EmmLog::default()),
             push,
+            readers: Mutex::new(Vec::new()),
         }))
     }
 }
@@ -146,6 +184,56 @@ impl CaOutput {
         log.first + log.sections.len() as u64
     }
 
+    /// Registers a reader of the EMM log that has sent everything before
+    /// `next_unsent`, as of `now_ms`; it reports its progress through the
+    /// mark.
+    pub fn emm_mark(&self, next_unsent: u64, now_ms: u64) -> EmmMark {
+        let m = Arc::new(MarkInner {
+            next_unsent: AtomicU64::new(next_unsent),
+            last_read_ms: AtomicU64::new(now_ms),
+        });
+        let mut readers = self.0.readers.lock().unwrap_or_else(|e| e.into_inner());
+        readers.retain(|w| w.strong_count() > 0);
+        readers.push(Arc::downgrade(&m));
+        EmmMark(m)
+    }
+
+    /// The EMM sections still in the log that the slowest active reader
+    /// has not sent: from its mark to the newest section. A reader counts
+    /// if it asked for EMMs in the last [`EMM_READER_IDLE_MS`] before
+    /// `now_ms`; with none, nothing is unsent.
+    pub fn emm_unsent(&self, now_ms: u64) -> EmmUnsent {
+        let (lowest, readers) = {
+            let mut all = self.0.readers.lock().unwrap_or_else(|e| e.into_inner());
+            all.retain(|w| w.strong_count() > 0);
+            let active: Vec<u64> = all
+                .iter()
+                .filter_map(Weak::upgrade)
+                .filter(|m| {
+                    now_ms.saturating_sub(m.last_read_ms.load(Ordering::Relaxed))
+                        <= EMM_READER_IDLE_MS
+                })
+                .map(|m| m.next_unsent.load(Ordering::Relaxed))
+                .collect();
+            (active.iter().min().copied(), active.len() as u64)
+        };
+        let Some(lowest) = lowest else {
+            return EmmUnsent::default();
+        };
+        let log = self.0.emms.lock().unwrap_or_else(|e| e.into_inner());
+        let skip = lowest.saturating_sub(log.first) as usize;
+        let (mut sections, mut bytes) = (0, 0);
+        for s in log.sections.iter().skip(skip) {
+            sections += 1;
+            bytes += s.len() as u64;
+        }
+        EmmUnsent {
+            sections,
+            bytes,
+            readers,
+        }
+    }
+
     /// A push feed of EMM sections, in order. A receiver that falls more
     /// than 4096 sections behind gets `Lagged` and should resync with
     /// [`CaOutput::emm_sections_since`].
@@ -161,6 +249,15 @@ impl CaOutput {
             .write()
             .unwrap_or_else(|e| e.into_inner())
             .insert(ecm.service, ecm);
+    }
+
+    /// Takes a removed channel's ECM off the air.
+    pub(crate) fn remove_ecm(&self, service: u16) {
+        self.0
+            .ecms
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&service);
     }
 
     /// Publishes several EMM sections under one lock.
@@ -221,5 +318,28 @@ mod tests {
         }
         let (s, next, dropped) = out.emm_sections_since(0, 1);
         assert_eq!((s.len(), dropped, next), (1, 10, 11));
+    }
+
+    #[test]
+    fn unsent_counts_from_the_slowest_active_reader() {
+        let out = CaOutput::new();
+        assert_eq!(out.emm_unsent(0), EmmUnsent::default());
+        let fast = out.emm_mark(0, 1000);
+        let slow = out.emm_mark(0, 1000);
+        for i in 0..10u8 {
+            out.publish_emm(vec![i; 3]);
+        }
+        fast.set(10, 1000);
+        slow.set(4, 1000);
+        let u = out.emm_unsent(1000);
+        assert_eq!((u.sections, u.bytes, u.readers), (6, 18, 2));
+        // A reader that stopped asking no longer counts, nor a dropped one.
+        let u = out.emm_unsent(1000 + EMM_READER_IDLE_MS + 1);
+        assert_eq!(u, EmmUnsent::default());
+        fast.set(9, 7000);
+        let u = out.emm_unsent(7000);
+        assert_eq!((u.sections, u.bytes, u.readers), (1, 3, 1));
+        drop(fast);
+        assert_eq!(out.emm_unsent(7000), EmmUnsent::default());
     }
 }

@@ -13,7 +13,7 @@
 use super::feed::{CaFeed, CryptoPeriod, FeedError};
 use super::{spawn_channel, ChannelHandle, ChannelStreamConfig, Endpoint, Shutdown, StreamError};
 use crate::core::Channel;
-use crate::output::CaOutput;
+use crate::output::{CaOutput, EmmMark};
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
@@ -29,6 +29,8 @@ pub struct CaOutputFeed {
     /// Fetched, not yet handed out (the next did not fit the budget).
     pending: VecDeque<Arc<[u8]>>,
     dropped: u64,
+    /// How far this channel has sent the EMM log, for the backlog metric.
+    mark: EmmMark,
 }
 
 impl CaOutputFeed {
@@ -36,11 +38,13 @@ impl CaOutputFeed {
     /// so a channel that starts late misses nothing for long.
     pub fn new(output: CaOutput) -> Self {
         let cursor = output.emm_cursor();
+        let mark = output.emm_mark(cursor, crate::daemon::now_ms());
         CaOutputFeed {
             output,
             cursor,
             pending: VecDeque::new(),
             dropped: 0,
+            mark,
         }
     }
 
@@ -93,6 +97,10 @@ impl CaFeed for CaOutputFeed {
                 _ => break,
             }
         }
+        self.mark.set(
+            self.cursor - self.pending.len() as u64,
+            crate::daemon::now_ms(),
+        );
         out
     }
 }
