@@ -1,7 +1,9 @@
 //! The admin API: HTTP + JSON on axum, versioned under `/api/v1`.
 //!
 //! * Every route but `/live` and `/ready` needs `Authorization: Bearer
-//!   TOKEN`; the token is compared in constant time.
+//!   TOKEN`, the admin token; `/metrics` also takes the read-only scrape
+//!   token (`scrape.token`), which every other route refuses with 403.
+//!   Tokens are compared in constant time.
 //! * Errors are `{"error": "..."}`. Bad input (malformed JSON, unknown
 //!   fields, unknown ids, bad dates, a body over 64 KiB, a missing or
 //!   wrong token) is a 4xx and is refused before anything is written; a
@@ -15,7 +17,8 @@
 //! | GET | `/live`, `/ready` | |
 //! | GET | `/metrics` | Prometheus text |
 //! | GET, POST | `/api/v1/products` | `{"name", "id"?}` |
-//! | GET, POST | `/api/v1/channels` | `{"name", "service_id", "product", "ecm_pid", "emm_pid", "maturity"?, "input"?, "output"?}` |
+//! | GET, POST | `/api/v1/channels` | `{"name", "service_id", "product", "ecm_pid", "emm_pid", "maturity"?, "input"?, "output"?, "clear_services"?}` |
+//! | GET, PATCH, DELETE | `/api/v1/channels/{channel}` | a service id or a name; PATCH: any of the POST fields but `service_id` (`input`, `output`: `null` takes them away) |
 //! | GET, POST | `/api/v1/cards` | `?after=&limit=`; `{"card_id", "public_key", "operator_id"}` |
 //! | GET | `/api/v1/cards/{id}` | |
 //! | POST | `/api/v1/cards/{id}/revoke` | |
@@ -29,11 +32,12 @@
 //! | GET | `/api/v1/debug/sections` | `?since=&max=`: current ECM sections, EMM sections (hex) |
 
 use crate::core::{
-    Core, CoreError, NewCard, NewChannel, NewPairing, NewProduct, NewSubscription, ProductRef,
-    RotateRequest,
+    Channel, ChannelRef, ChannelUpdate, Core, CoreError, NewCard, NewChannel, NewPairing,
+    NewProduct, NewSubscription, ProductRef, RotateRequest,
 };
 use crate::metrics::Metrics;
 use crate::output::CaOutput;
+use crate::supervisor::{ChannelStatus, Supervisor};
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -55,8 +59,12 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 pub struct AppState {
     pub core: Arc<Mutex<Core>>,
     pub token: Arc<Zeroizing<String>>,
+    /// The read-only token: it opens `/metrics` and nothing else.
+    pub scrape_token: Arc<Zeroizing<String>>,
     pub metrics: Arc<Metrics>,
     pub output: CaOutput,
+    /// The owner of the channel streams.
+    pub supervisor: Arc<Supervisor>,
     pub run: u64,
     pub now_ms: fn() -> u64,
 }
@@ -159,10 +167,14 @@ fn ok(v: impl serde::Serialize) -> Response {
 }
 
 fn parse_id(s: &str, what: &str) -> Result<u32, ApiError> {
-    s.parse::<u32>().map_err(|_| {
+    s.parse::<u32>().map_err(|e| {
+        let why = match e.kind() {
+            std::num::IntErrorKind::PosOverflow => "is too large",
+            _ => "is not a number",
+        };
         ApiError::new(
             StatusCode::BAD_REQUEST,
-            format!("{what}: {s:?} is not a number"),
+            format!("{what}: {s:?} {why}; use a whole number from 0 to 4294967295"),
         )
     })
 }
@@ -170,9 +182,16 @@ fn parse_id(s: &str, what: &str) -> Result<u32, ApiError> {
 /// The admin API's router.
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
-        .route("/metrics", get(metrics))
+        .route(METRICS_PATH, get(metrics))
         .route("/api/v1/products", get(list_products).post(add_product))
         .route("/api/v1/channels", get(list_channels).post(add_channel))
+        .route(
+            "/api/v1/channels/{channel}",
+            get(show_channel)
+                .patch(update_channel)
+                .put(update_channel)
+                .delete(remove_channel),
+        )
         .route("/api/v1/cards", get(list_cards).post(add_card))
         .route("/api/v1/cards/{id}", get(show_card))
         .route("/api/v1/cards/{id}/revoke", post(revoke_card))
@@ -193,7 +212,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .route("/live", get(|| async { Json(json!({"status": "live"})) }))
-        .route("/ready", get(|| async { Json(json!({"status": "ready"})) }))
+        .route("/ready", get(ready))
         .merge(api)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
         .method_not_allowed_fallback(|| async {
@@ -228,13 +247,29 @@ async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> 
             "missing bearer token (Authorization: Bearer TOKEN)",
         )
         .into_response(),
-        Some(t) if bool::from(t.as_bytes().ct_eq(st.token.as_bytes())) => next.run(req).await,
-        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "wrong token").into_response(),
+        Some(t) => {
+            let admin = bool::from(t.as_bytes().ct_eq(st.token.as_bytes()));
+            let scrape = bool::from(t.as_bytes().ct_eq(st.scrape_token.as_bytes()));
+            if admin || (scrape && req.uri().path() == METRICS_PATH) {
+                next.run(req).await
+            } else if scrape {
+                ApiError::new(
+                    StatusCode::FORBIDDEN,
+                    "the scrape token opens only GET /metrics; use the admin token (admin.token) for this",
+                )
+                .into_response()
+            } else {
+                ApiError::new(StatusCode::UNAUTHORIZED, "wrong token").into_response()
+            }
+        }
     }
 }
 
+/// The one route the scrape token opens.
+const METRICS_PATH: &str = "/metrics";
+
 async fn metrics(State(st): State<AppState>) -> ApiResult {
-    let gauges = with_core(&st, |c, _| Ok(c.gauges())).await?;
+    let gauges = with_core(&st, |c, now| Ok(c.gauges(now))).await?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -259,8 +294,52 @@ async fn add_product(
     ))
 }
 
+/// How long a channel change waits for the supervisor to act on it.
+const CHANNEL_CHANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// A channel and where it stands: its fields, then `state`, `error`,
+/// `cause`, `fix`, `detail` from the supervisor.
+fn channel_view(c: &Channel, s: Option<&ChannelStatus>) -> Value {
+    let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
+    if let (Value::Object(m), Some(s)) = (&mut v, s) {
+        m.insert("state".into(), json!(s.state));
+        m.insert("error".into(), json!(s.error));
+        m.insert("cause".into(), json!(s.cause));
+        m.insert("fix".into(), json!(s.fix));
+        m.insert("detail".into(), json!(s.detail));
+    }
+    v
+}
+
+/// Has the supervisor act on a channel change now, and waits for it, so
+/// that the answer comes once the stream has started, stopped or
+/// restarted.
+async fn apply_channels(st: &AppState) {
+    let sup = st.supervisor.clone();
+    let _ = tokio::task::spawn_blocking(move || sup.kick_and_wait(CHANNEL_CHANGE_WAIT)).await;
+}
+
+async fn channel_answer(st: &AppState, c: &Channel) -> Value {
+    let sup = st.supervisor.clone();
+    let service = c.service_id;
+    let s = tokio::task::spawn_blocking(move || sup.status(service))
+        .await
+        .ok()
+        .flatten();
+    channel_view(c, s.as_ref())
+}
+
 async fn list_channels(State(st): State<AppState>) -> ApiResult {
-    Ok(ok(with_core(&st, |c, _| Ok(c.channels())).await?))
+    let channels = with_core(&st, |c, _| Ok(c.channels())).await?;
+    let sup = st.supervisor.clone();
+    let statuses = tokio::task::spawn_blocking(move || sup.statuses())
+        .await
+        .unwrap_or_default();
+    let v: Vec<Value> = channels
+        .iter()
+        .map(|c| channel_view(c, statuses.iter().find(|s| s.service_id == c.service_id)))
+        .collect();
+    Ok(ok(v))
 }
 
 async fn add_channel(
@@ -268,9 +347,79 @@ async fn add_channel(
     body: Result<Json<NewChannel>, JsonRejection>,
 ) -> ApiResult {
     let Json(req) = body?;
-    Ok(created(
-        with_core(&st, move |c, now| c.add_channel(req, now)).await?,
-    ))
+    let c = with_core(&st, move |c, now| c.add_channel(req, now)).await?;
+    apply_channels(&st).await;
+    Ok(created(channel_answer(&st, &c).await))
+}
+
+fn channel_ref(p: Result<Path<String>, PathRejection>) -> Result<ChannelRef, ApiError> {
+    let Path(s) = p?;
+    Ok(ChannelRef::parse(&s))
+}
+
+async fn show_channel(
+    State(st): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let r = channel_ref(p)?;
+    let c = with_core(&st, move |c, _| c.channel(&r)).await?;
+    Ok(ok(channel_answer(&st, &c).await))
+}
+
+async fn update_channel(
+    State(st): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+    body: Result<Json<ChannelUpdate>, JsonRejection>,
+) -> ApiResult {
+    let r = channel_ref(p)?;
+    let Json(req) = body?;
+    let c = with_core(&st, move |c, _| c.update_channel(&r, req)).await?;
+    st.supervisor.retry(c.service_id);
+    apply_channels(&st).await;
+    Ok(ok(channel_answer(&st, &c).await))
+}
+
+async fn remove_channel(
+    State(st): State<AppState>,
+    p: Result<Path<String>, PathRejection>,
+) -> ApiResult {
+    let r = channel_ref(p)?;
+    let c = with_core(&st, move |c, _| c.remove_channel(&r)).await?;
+    apply_channels(&st).await;
+    Ok(ok(json!({
+        "service_id": c.service_id,
+        "name": c.name,
+        "removed": true,
+    })))
+}
+
+/// 200 when every channel with an input and an output is on the air, 503
+/// (naming those that are not) otherwise.
+async fn ready(State(st): State<AppState>) -> Response {
+    let sup = st.supervisor.clone();
+    let not = tokio::task::spawn_blocking(move || sup.not_on_air())
+        .await
+        .unwrap_or_default();
+    if not.is_empty() {
+        return Json(json!({"status": "ready"})).into_response();
+    }
+    let channels: Vec<Value> = not
+        .iter()
+        .map(|s| {
+            json!({
+                "name": s.name,
+                "service_id": s.service_id,
+                "state": s.state,
+                "cause": s.cause,
+                "error": s.error,
+            })
+        })
+        .collect();
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        Json(json!({"status": "not ready", "not_on_air": channels})),
+    )
+        .into_response()
 }
 
 #[derive(Debug, Deserialize)]
@@ -287,7 +436,16 @@ async fn list_cards(
     q: Result<Query<CardsQuery>, QueryRejection>,
 ) -> ApiResult {
     let Query(q) = q?;
-    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let limit = match q.limit {
+        None => 1000,
+        Some(l @ 1..=10_000) => l,
+        Some(l) => {
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                format!("limit: {l} is out of range; ask for 1 to 10000 cards a page"),
+            ))
+        }
+    };
     Ok(ok(
         with_core(&st, move |c, _| c.cards(q.after, limit)).await?
     ))
@@ -396,7 +554,28 @@ async fn rotate(
 }
 
 async fn status(State(st): State<AppState>) -> ApiResult {
-    Ok(ok(with_core(&st, |c, now| Ok(c.status(now))).await?))
+    let mut v = with_core(&st, |c, now| Ok(c.status(now))).await?;
+    // Each channel with where it stands: state, error or cause with its
+    // fix, input counters, and the stream's own report.
+    let sup = st.supervisor.clone();
+    let statuses = tokio::task::spawn_blocking(move || sup.statuses())
+        .await
+        .unwrap_or_default();
+    if let Some(Value::Array(chs)) = v.get_mut("channels") {
+        for c in chs.iter_mut() {
+            let service = c.get("service_id").and_then(Value::as_u64);
+            let found = statuses
+                .iter()
+                .find(|s| Some(u64::from(s.service_id)) == service);
+            if let (Value::Object(m), Some(Value::Object(sv))) = (
+                c,
+                found.map(|s| serde_json::to_value(s).unwrap_or(Value::Null)),
+            ) {
+                m.extend(sv);
+            }
+        }
+    }
+    Ok(ok(v))
 }
 
 async fn operator(State(st): State<AppState>) -> ApiResult {

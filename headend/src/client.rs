@@ -25,7 +25,9 @@ pub enum ClientError {
     NotRunning(String),
     #[error("the headend refused the token (401): {0}; check the `token` file of this config")]
     Unauthorized(String),
-    #[error("{status}: {message}")]
+    /// The API refused the request: its one-line message says what and
+    /// how to fix it; a 5xx is the daemon's fault, and its log says more.
+    #[error("{message}{}", if *status >= 500 { format!(" (HTTP {status}; the daemon's log says more)") } else { String::new() })]
     Api { status: u16, message: String },
     #[error("request to {url} failed: {message}")]
     Transport { url: String, message: String },
@@ -158,5 +160,9 @@ impl Client {
 
     pub fn delete(&self, path: &str) -> Result<Value, ClientError> {
         self.send("DELETE", path, None)
+    }
+
+    pub fn patch(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
+        self.send("PATCH", path, Some(body))
     }
 }

@@ -18,10 +18,10 @@
 //! logs a key: the tracing calls name ids, generations and epochs only.
 
 use crate::atrest::{row, MasterKey};
-use crate::config::{valid_pid, ChannelConfig};
+use crate::config::ChannelConfig;
 use crate::engine::{KeyEngine, MAX_ENTITLEMENTS_PER_CARD};
 use crate::error::EngineError;
-use crate::metrics::{Gauges, Metrics};
+use crate::metrics::{EmmBacklog, Gauges, Metrics, ProductKeyGauge};
 use crate::operator::OperatorKeys;
 use crate::output::{CaOutput, EcmOutput};
 use crate::schedule::{CwPair, Parity};
@@ -65,10 +65,12 @@ pub fn next_seq_floor(last_floor: u64, now_ms: u64) -> Option<u64> {
 /// EMM section table_ids: EMM-U and EMM-G.
 pub const EMM_U_TABLE: TableId = TableId(0x82);
 pub const EMM_G_TABLE: TableId = TableId(0x83);
+/// The section size of a carousel EMM-U for one product (section header,
+/// EMM header, time, one ENTITLE, tag): the backlog's price of an EMM-U
+/// until this run has made some.
+const ONE_PRODUCT_EMM_U_SECTION: u64 = 3 + EMM_HEADER_LEN as u64 + 8 + 58 + 16;
 /// Longest product or channel name.
 const MAX_NAME: usize = 64;
-/// Longest input/output URL.
-const MAX_URL: usize = 1024;
 
 /// Why an operation failed. The first three are the caller's fault and
 /// map to 4xx; the rest are the headend's.
@@ -122,6 +124,8 @@ pub struct Product {
     pub activate_at_ms: u64,
     pub next_renewal_ms: u64,
     pub created_ms: u64,
+    /// When the newest generation (`generation`) was made.
+    pub key_created_ms: u64,
 }
 
 /// A channel (one DVB service).
@@ -135,6 +139,112 @@ pub struct Channel {
     pub maturity: u8,
     pub input: Option<String>,
     pub output: Option<String>,
+    /// Other programs of the input carried unscrambled, on purpose.
+    pub clear_services: Vec<u16>,
+    /// Where it was defined: headend.toml or the API.
+    pub origin: ChannelOrigin,
+}
+
+impl Channel {
+    /// What the channel checks look at.
+    pub fn spec(&self) -> crate::config::ChannelSpec<'_> {
+        crate::config::ChannelSpec {
+            name: &self.name,
+            service_id: self.service_id,
+            ecm_pid: self.ecm_pid,
+            emm_pid: self.emm_pid,
+            input: self.input.as_deref(),
+            output: self.output.as_deref(),
+            clear_services: &self.clear_services,
+        }
+    }
+}
+
+/// Where a channel was defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelOrigin {
+    /// A `[[channels]]` table of headend.toml: made again at every start,
+    /// changed only there.
+    Config,
+    /// Added through the API (or the CLI), kept in the database.
+    Api,
+}
+
+impl ChannelOrigin {
+    /// Where an operator goes to change it, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ChannelOrigin::Config => "from headend.toml",
+            ChannelOrigin::Api => "added through the API",
+        }
+    }
+}
+
+/// A channel named by service id or by name (names are never numbers),
+/// as a path or a command line may do: `257`, `0x101` or `news`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelRef {
+    Service(u16),
+    Name(String),
+}
+
+impl ChannelRef {
+    pub fn parse(s: &str) -> ChannelRef {
+        let t = s.trim();
+        let n = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+            Some(h) => u16::from_str_radix(h, 16).ok(),
+            None => t.parse::<u16>().ok(),
+        };
+        match n {
+            Some(n) => ChannelRef::Service(n),
+            None => ChannelRef::Name(s.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for ChannelRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChannelRef::Service(s) => write!(f, "service {s}"),
+            ChannelRef::Name(n) => write!(f, "{n:?}"),
+        }
+    }
+}
+
+/// A change to a channel: every field is optional; `input` and `output`
+/// may be `null` to take them away (the channel goes off the air).
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelUpdate {
+    /// Only to name the channel: a service id cannot change.
+    #[serde(default)]
+    pub service_id: Option<u16>,
+    #[serde(default)]
+    pub name: Option<String>,
+    #[serde(default)]
+    pub product: Option<ProductRef>,
+    #[serde(default)]
+    pub ecm_pid: Option<u16>,
+    #[serde(default)]
+    pub emm_pid: Option<u16>,
+    #[serde(default)]
+    pub maturity: Option<u8>,
+    #[serde(default, deserialize_with = "present")]
+    pub input: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    pub output: Option<Option<String>>,
+    #[serde(default)]
+    pub clear_services: Option<Vec<u16>>,
+}
+
+/// A field that is present, even as `null` (absent stays `None`).
+fn present<'de, D, T>(d: D) -> std::result::Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
 }
 
 /// A product named by id or by name, as API requests may do.
@@ -176,6 +286,8 @@ pub struct NewChannel {
     pub input: Option<String>,
     #[serde(default)]
     pub output: Option<String>,
+    #[serde(default)]
+    pub clear_services: Vec<u16>,
 }
 
 /// What `smartcard provision --register` posts.
@@ -397,6 +509,9 @@ pub struct Core {
     block_one_offs: u64,
     products: BTreeMap<u32, Product>,
     channels: BTreeMap<u16, Channel>,
+    /// The folder that relative channel file paths are taken from (the
+    /// config's).
+    channel_base: std::path::PathBuf,
     pairings: HashMap<u32, [u8; 32]>,
     cards_revoked: u64,
     carousel: Carousel,
@@ -410,6 +525,10 @@ pub struct Core {
     last_tick_ms: u64,
     ticks: u64,
     emm_buf: Vec<u8>,
+    /// EMM-U sections made in this run and their bytes: their mean size
+    /// prices the carousel's part of the EMM backlog.
+    emm_u_sections: u64,
+    emm_u_bytes: u64,
 }
 
 impl std::fmt::Debug for Core {
@@ -517,6 +636,15 @@ fn parse_key32(s: &str, field: &str) -> Result<[u8; 32]> {
     Ok(out)
 }
 
+/// Service ids as the `clear_services` column holds them: `1,2,3`.
+fn services_to_sql(v: &[u16]) -> String {
+    v.iter().map(u16::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn services_from_sql(s: &str) -> Vec<u16> {
+    s.split(',').filter_map(|x| x.trim().parse().ok()).collect()
+}
+
 fn check_name(name: &str, what: &str) -> Result<()> {
     if name.trim().is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
         return Err(bad(format!(
@@ -571,6 +699,7 @@ struct Renewal {
     active_generation: u32,
     activate_at_ms: u64,
     next_renewal_ms: u64,
+    created_ms: u64,
     key: ProductKey,
 }
 
@@ -611,6 +740,7 @@ fn renew_in_tx(
         active_generation,
         activate_at_ms,
         next_renewal_ms,
+        created_ms: now_ms,
         key,
     })
 }
@@ -694,6 +824,7 @@ impl Core {
             block_one_offs: 0,
             products: BTreeMap::new(),
             channels: BTreeMap::new(),
+            channel_base: std::path::PathBuf::from("."),
             pairings: HashMap::new(),
             cards_revoked: 0,
             carousel: Carousel::default(),
@@ -704,6 +835,8 @@ impl Core {
             last_tick_ms: now_ms,
             ticks: 0,
             emm_buf: Vec::with_capacity(1 << 16),
+            emm_u_sections: 0,
+            emm_u_bytes: 0,
         };
         core.load_products(now_ms)?;
         core.sync_config_channels(config_channels, now_ms)?;
@@ -729,12 +862,18 @@ impl Core {
                         activate_at_ms: r.get::<_, i64>(4)? as u64,
                         next_renewal_ms: r.get::<_, i64>(5)? as u64,
                         created_ms: r.get::<_, i64>(6)? as u64,
+                        key_created_ms: 0,
                     })
                 })?
                 .collect::<Result<_, _>>()?;
             v
         };
         for mut p in rows {
+            p.key_created_ms = self.conn.query_row(
+                "SELECT created_ms FROM product_keys WHERE product = ?1 AND generation = ?2",
+                params![p.id, p.generation],
+                |r| r.get::<_, i64>(0),
+            )? as u64;
             let first = p.generation.saturating_sub(1).max(1);
             for g in first..=p.generation {
                 let blob: Vec<u8> = self.conn.query_row(
@@ -766,7 +905,7 @@ impl Core {
 
     fn load_channels(&mut self) -> Result<()> {
         let mut st = self.conn.prepare(
-            "SELECT service_id, name, product, ecm_pid, emm_pid, maturity, input, output FROM channels",
+            "SELECT service_id, name, product, ecm_pid, emm_pid, maturity, input, output, clear_services, origin FROM channels",
         )?;
         let v: Vec<Channel> = st
             .query_map([], |r| {
@@ -779,6 +918,12 @@ impl Core {
                     maturity: r.get(5)?,
                     input: r.get(6)?,
                     output: r.get(7)?,
+                    clear_services: services_from_sql(&r.get::<_, String>(8)?),
+                    origin: if r.get::<_, String>(9)? == "config" {
+                        ChannelOrigin::Config
+                    } else {
+                        ChannelOrigin::Api
+                    },
                 })
             })?
             .collect::<Result<_, _>>()?;
@@ -788,8 +933,28 @@ impl Core {
     }
 
     /// Channels named in the config are created, or updated to match it;
-    /// products they name are created if missing.
+    /// products they name are created if missing. A channel that an
+    /// earlier start took from the config and that the config no longer
+    /// has is removed: the file is where such a channel is changed.
     fn sync_config_channels(&mut self, channels: &[ChannelConfig], now_ms: u64) -> Result<()> {
+        let dropped: Vec<(u16, String)> = {
+            let mut st = self
+                .conn
+                .prepare("SELECT service_id, name FROM channels WHERE origin = 'config'")?;
+            let v: Vec<(u16, String)> = st
+                .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            v.into_iter()
+                .filter(|(s, _)| !channels.iter().any(|c| c.service_id == *s))
+                .collect()
+        };
+        for (service, name) in dropped {
+            self.conn.execute(
+                "DELETE FROM channels WHERE service_id = ?1",
+                params![service],
+            )?;
+            tracing::info!(service, %name, "channel removed: headend.toml no longer has it");
+        }
         for c in channels {
             let product = match self.products.values().find(|p| p.name == c.product) {
                 Some(p) => p.id,
@@ -819,14 +984,19 @@ impl Core {
             if let Some(other) = clash {
                 return Err(CoreError::Config {
                     field: format!("channels.name ({:?})", c.name),
-                    message: format!("the database already has this name for service {other}"),
+                    message: format!(
+                        "the database already has a channel of this name, for service {other} \
+                         (added through the API): give this one another name, or start without \
+                         it and rename the other (`headend channel update {other} --name ...`)"
+                    ),
                 });
             }
             self.conn.execute(
-                "INSERT INTO channels (service_id, name, product, ecm_pid, emm_pid, maturity, input, output, created_ms)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
+                "INSERT INTO channels (service_id, name, product, ecm_pid, emm_pid, maturity, input, output, created_ms, clear_services, origin)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'config')
                  ON CONFLICT(service_id) DO UPDATE SET name = ?2, product = ?3, ecm_pid = ?4,
-                   emm_pid = ?5, maturity = ?6, input = ?7, output = ?8",
+                   emm_pid = ?5, maturity = ?6, input = ?7, output = ?8, clear_services = ?10,
+                   origin = 'config'",
                 params![
                     c.service_id,
                     c.name,
@@ -836,7 +1006,8 @@ impl Core {
                     c.maturity,
                     c.input,
                     c.output,
-                    now_ms as i64
+                    now_ms as i64,
+                    services_to_sql(&c.clear_services),
                 ],
             )?;
         }
@@ -1011,6 +1182,7 @@ impl Core {
             activate_at_ms: now_ms,
             next_renewal_ms: now_ms + self.timing.renewal_ms,
             created_ms: now_ms,
+            key_created_ms: now_ms,
         };
         let tx = self.conn.transaction()?;
         tx.execute(
@@ -1035,35 +1207,69 @@ impl Core {
 
     // ---- channels -------------------------------------------------------
 
+    /// Where relative channel file paths are taken from: the config's
+    /// folder (the default is the working directory).
+    pub fn set_channel_base(&mut self, dir: &Path) {
+        self.channel_base = dir.to_path_buf();
+    }
+
+    pub fn channel_base(&self) -> &Path {
+        &self.channel_base
+    }
+
+    /// The shared channel checks ([`crate::config::check_channel`]),
+    /// against every other channel: the refusals of the API.
+    fn check_channel(&self, c: &Channel) -> Result<()> {
+        check_name(&c.name, "name")?;
+        let others: Vec<crate::config::ChannelSpec<'_>> = self
+            .channels
+            .values()
+            .filter(|o| o.service_id != c.service_id)
+            .map(Channel::spec)
+            .collect();
+        crate::config::check_channel(&c.spec(), &others, &self.channel_base).map_err(|p| {
+            if p.conflict {
+                CoreError::Conflict(p.to_string())
+            } else {
+                CoreError::BadRequest(p.to_string())
+            }
+        })
+    }
+
+    fn find_channel(&self, r: &ChannelRef) -> Result<&Channel> {
+        match r {
+            ChannelRef::Service(s) => self.channels.get(s),
+            ChannelRef::Name(n) => self.channels.values().find(|c| &c.name == n),
+        }
+        .ok_or_else(|| {
+            CoreError::NotFound(format!("no channel {r}: `headend channel list` shows them"))
+        })
+    }
+
+    /// One channel, by service id or name.
+    pub fn channel(&self, r: &ChannelRef) -> Result<Channel> {
+        self.find_channel(r).cloned()
+    }
+
+    /// Publishes the current ECM of every channel that has none yet (or
+    /// whose ECM PID or product changed), at once rather than at the
+    /// scheduler's next step: a stream that starts right after finds it.
+    pub fn publish_ecms(&mut self, now_ms: u64) -> Result<()> {
+        self.ecm_step(now_ms)
+    }
+
     pub fn add_channel(&mut self, req: NewChannel, now_ms: u64) -> Result<Channel> {
         check_name(&req.name, "name")?;
-        if req.service_id == 0 {
-            return Err(bad("service_id: must be 1..=65535"));
-        }
-        for (f, pid) in [("ecm_pid", req.ecm_pid), ("emm_pid", req.emm_pid)] {
-            if !valid_pid(pid) {
-                return Err(bad(format!(
-                    "{f}: {pid:#x} is not a PID for CA data (0x20..=0x1FFE)"
-                )));
-            }
-        }
-        for (f, u) in [("input", &req.input), ("output", &req.output)] {
-            if let Some(u) = u {
-                if u.trim().is_empty() || u.len() > MAX_URL {
-                    return Err(bad(format!("{f}: must be 1 to {MAX_URL} characters")));
-                }
-            }
-        }
         let product = self.resolve_product(&req.product)?.id;
         if self.channels.contains_key(&req.service_id) {
             return Err(CoreError::Conflict(format!(
-                "service {} already has a channel",
-                req.service_id
+                "service_id: service {} already has a channel: give another service id, or change that channel with `headend channel update {}`",
+                req.service_id, req.service_id
             )));
         }
         if self.channels.values().any(|c| c.name == req.name) {
             return Err(CoreError::Conflict(format!(
-                "channel {:?} already exists",
+                "name: channel {:?} already exists: give another name",
                 req.name
             )));
         }
@@ -1076,14 +1282,123 @@ impl Core {
             maturity: req.maturity,
             input: req.input,
             output: req.output,
+            clear_services: req.clear_services,
+            origin: ChannelOrigin::Api,
         };
+        self.check_channel(&c)?;
         self.conn.execute(
-            "INSERT INTO channels (service_id, name, product, ecm_pid, emm_pid, maturity, input, output, created_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-            params![c.service_id, c.name, c.product, c.ecm_pid, c.emm_pid, c.maturity, c.input, c.output, now_ms as i64],
+            "INSERT INTO channels (service_id, name, product, ecm_pid, emm_pid, maturity, input, output, created_ms, clear_services, origin)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'api')",
+            params![c.service_id, c.name, c.product, c.ecm_pid, c.emm_pid, c.maturity, c.input, c.output, now_ms as i64, services_to_sql(&c.clear_services)],
         )?;
         self.channels.insert(c.service_id, c.clone());
         tracing::info!(service = c.service_id, name = %c.name, product, "channel created");
+        Ok(c)
+    }
+
+    /// A channel from headend.toml is changed there, not through the API:
+    /// the next start would undo the change.
+    fn refuse_config_channel(c: &Channel, what: &str) -> Result<()> {
+        if c.origin == ChannelOrigin::Config {
+            return Err(CoreError::Conflict(format!(
+                "channel {:?} is defined in headend.toml: {what} its [[channels]] table there and restart the daemon",
+                c.name
+            )));
+        }
+        Ok(())
+    }
+
+    /// Changes a channel; the stream follows within a second (the
+    /// supervisor restarts it if its stream settings changed).
+    pub fn update_channel(&mut self, r: &ChannelRef, req: ChannelUpdate) -> Result<Channel> {
+        let old = self.find_channel(r)?.clone();
+        Self::refuse_config_channel(&old, "change")?;
+        if let Some(s) = req.service_id {
+            if s != old.service_id {
+                return Err(bad(format!(
+                    "service_id: a channel's service id cannot change ({} to {s}): remove the channel and add it again",
+                    old.service_id
+                )));
+            }
+        }
+        let mut c = old.clone();
+        if let Some(n) = req.name {
+            check_name(&n, "name")?;
+            if n != old.name && self.channels.values().any(|o| o.name == n) {
+                return Err(CoreError::Conflict(format!(
+                    "name: channel {n:?} already exists: give another name"
+                )));
+            }
+            c.name = n;
+        }
+        if let Some(p) = &req.product {
+            c.product = self.resolve_product(p)?.id;
+        }
+        if let Some(v) = req.ecm_pid {
+            c.ecm_pid = v;
+        }
+        if let Some(v) = req.emm_pid {
+            c.emm_pid = v;
+        }
+        if let Some(v) = req.maturity {
+            c.maturity = v;
+        }
+        if let Some(v) = req.input {
+            c.input = v;
+        }
+        if let Some(v) = req.output {
+            c.output = v;
+        }
+        if let Some(v) = req.clear_services {
+            c.clear_services = v;
+        }
+        self.check_channel(&c)?;
+        self.conn.execute(
+            "UPDATE channels SET name = ?2, product = ?3, ecm_pid = ?4, emm_pid = ?5, maturity = ?6,
+               input = ?7, output = ?8, clear_services = ?9 WHERE service_id = ?1",
+            params![
+                c.service_id,
+                c.name,
+                c.product,
+                c.ecm_pid,
+                c.emm_pid,
+                c.maturity,
+                c.input,
+                c.output,
+                services_to_sql(&c.clear_services)
+            ],
+        )?;
+        self.channels.insert(c.service_id, c.clone());
+        tracing::info!(
+            service = c.service_id,
+            name = %c.name,
+            product = c.product,
+            ecm_pid = c.ecm_pid,
+            emm_pid = c.emm_pid,
+            input = c.input.as_deref().unwrap_or("-"),
+            output = c.output.as_deref().unwrap_or("-"),
+            "channel updated"
+        );
+        // A new ECM PID or product goes into the ECM at the scheduler's
+        // next step, or before the stream starts again (the supervisor
+        // calls `publish_ecms`).
+        Ok(c)
+    }
+
+    /// Removes a channel: its ECMs stop at once, and the supervisor stops
+    /// its stream within a second. Its epochs stay recorded, so that the
+    /// service, added again, never goes back to an old crypto period.
+    pub fn remove_channel(&mut self, r: &ChannelRef) -> Result<Channel> {
+        let c = self.find_channel(r)?.clone();
+        Self::refuse_config_channel(&c, "remove")?;
+        self.conn.execute(
+            "DELETE FROM channels WHERE service_id = ?1",
+            params![c.service_id],
+        )?;
+        self.channels.remove(&c.service_id);
+        self.output.remove_ecm(c.service_id);
+        self.cws.remove(&c.service_id);
+        tracing::info!(service = c.service_id, name = %c.name, "channel removed");
         Ok(c)
     }
 
@@ -1208,6 +1523,12 @@ impl Core {
                 })
             })?
             .collect::<Result<_, _>>()?;
+        drop(st);
+        let mut v = v;
+        // One indexed query per card: a page is at most 10,000 cards.
+        for c in &mut v {
+            c.subscriptions = self.subscriptions_of(Some(c.card_id))?;
+        }
         Ok(v)
     }
 
@@ -1246,6 +1567,7 @@ impl Core {
             p.active_generation = r.active_generation;
             p.activate_at_ms = r.activate_at_ms;
             p.next_renewal_ms = r.next_renewal_ms;
+            p.key_created_ms = r.created_ms;
         }
         Metrics::inc(&self.metrics.rotations);
         tracing::info!(
@@ -1565,6 +1887,10 @@ impl Core {
     fn emit(&mut self, table: TableId, emm: &[u8], global: bool) {
         match ts::psi::emm_section(table, emm) {
             Ok(s) => {
+                if !global {
+                    self.emm_u_sections += 1;
+                    self.emm_u_bytes += s.len() as u64;
+                }
                 self.output.publish_emm(s);
                 if global {
                     Metrics::inc(&self.metrics.emm_g_sent);
@@ -1678,7 +2004,17 @@ impl Core {
         Ok(())
     }
 
+    /// Makes and publishes the ECMs due; a failure is counted in
+    /// `iodoform_ecm_failures_total` (the caller logs it).
     fn ecm_step(&mut self, now_ms: u64) -> Result<()> {
+        let made = self.make_ecms(now_ms);
+        if made.is_err() {
+            Metrics::inc(&self.metrics.ecm_failures);
+        }
+        made
+    }
+
+    fn make_ecms(&mut self, now_ms: u64) -> Result<()> {
         let period = self.timing.period_ms;
         let now_epoch = now_ms / period;
         let mut todo = Vec::new();
@@ -1863,6 +2199,8 @@ impl Core {
                 at = end;
             }
             Metrics::add(&self.metrics.emm_u_sent, sections.len() as u64);
+            self.emm_u_sections += sections.len() as u64;
+            self.emm_u_bytes += sections.iter().map(|s| s.len() as u64).sum::<u64>();
             self.output.publish_emms(sections);
             self.emm_buf = buf;
         }
@@ -1929,7 +2267,44 @@ impl Core {
 
     // ---- status ---------------------------------------------------------
 
-    pub fn gauges(&self) -> Gauges {
+    /// A product's key timing at `now_ms`.
+    pub fn product_key_gauge(&self, p: &Product, now_ms: u64) -> ProductKeyGauge {
+        let secs_between = |from: u64, to: u64| (to as f64 - from as f64) / 1000.0;
+        let pending = p.active_generation < p.generation;
+        ProductKeyGauge {
+            product: p.id,
+            name: p.name.clone(),
+            key_age_seconds: secs_between(p.key_created_ms, now_ms).max(0.0),
+            next_renewal_seconds: secs_between(now_ms, p.next_renewal_ms),
+            key_switch_pending: pending,
+            key_switch_seconds: if pending {
+                secs_between(now_ms, p.activate_at_ms).max(0.0)
+            } else {
+                0.0
+            },
+        }
+    }
+
+    /// The EMM backlog at `now_ms` (see [`crate::metrics::EMM_BACKLOG_HELP`]).
+    pub fn emm_backlog(&self, now_ms: u64) -> EmmBacklog {
+        let c = &self.carousel;
+        let owed = c.members.range(c.cursor.saturating_add(1)..).count() + c.priority.len();
+        let mean = if self.emm_u_sections == 0 {
+            ONE_PRODUCT_EMM_U_SECTION
+        } else {
+            self.emm_u_bytes.div_ceil(self.emm_u_sections)
+        };
+        let unsent = self.output.emm_unsent(now_ms);
+        EmmBacklog {
+            carousel_bytes: owed as u64 * mean,
+            carousel_sections: owed as u64,
+            unsent_bytes: unsent.bytes,
+            unsent_sections: unsent.sections,
+            bitrate: crate::stream::DEFAULT_EMM_BITRATE,
+        }
+    }
+
+    pub fn gauges(&self, now_ms: u64) -> Gauges {
         Gauges {
             cards_active: self.engine.card_count() as u64,
             cards_revoked: self.cards_revoked,
@@ -1937,12 +2312,47 @@ impl Core {
             channels: self.channels.len() as u64,
             carousel_cards: self.carousel.members.len() as u64,
             run: self.run,
-            ..Gauges::default()
+            emm_cycle_seconds: self.timing.cycle_ms as f64 / 1000.0,
+            key_renewal_seconds: self.timing.renewal_ms as f64 / 1000.0,
+            crypto_period_seconds: self.timing.period_ms as f64 / 1000.0,
+            product_keys: self
+                .products
+                .values()
+                .map(|p| self.product_key_gauge(p, now_ms))
+                .collect(),
+            emm_backlog: self.emm_backlog(now_ms),
         }
     }
 
     pub fn status(&self, now_ms: u64) -> serde_json::Value {
-        let g = self.gauges();
+        let g = self.gauges(now_ms);
+        // Each product with its key timing (the metrics' numbers, rounded
+        // to the second).
+        let products: Vec<serde_json::Value> = self
+            .products
+            .values()
+            .zip(&g.product_keys)
+            .map(|(p, k)| {
+                let mut v = serde_json::to_value(p).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert(
+                        "key_age_secs".into(),
+                        (k.key_age_seconds.floor() as i64).into(),
+                    );
+                    o.insert(
+                        "next_renewal_secs".into(),
+                        (k.next_renewal_seconds.ceil() as i64).into(),
+                    );
+                    o.insert("key_switch_pending".into(), k.key_switch_pending.into());
+                    o.insert(
+                        "key_switch_secs".into(),
+                        (k.key_switch_seconds.ceil() as i64).into(),
+                    );
+                }
+                v
+            })
+            .collect();
+        let b = g.emm_backlog;
         let ecms: Vec<serde_json::Value> = self
             .output
             .current_ecms()
@@ -1967,10 +2377,19 @@ impl Core {
             "cards": { "active": g.cards_active, "revoked": g.cards_revoked },
             "carousel_cards": g.carousel_cards,
             "carousel_pending": self.carousel.priority.len(),
-            "products": self.products.values().collect::<Vec<_>>(),
+            "products": products,
             "channels": self.channels.values().collect::<Vec<_>>(),
             "ecms": ecms,
             "emm_sections": self.output.emm_cursor(),
+            "emm_backlog": {
+                "bytes": b.bytes(),
+                "seconds": (b.seconds() * 1000.0).round() / 1000.0,
+                "carousel_sections": b.carousel_sections,
+                "carousel_bytes": b.carousel_bytes,
+                "unsent_sections": b.unsent_sections,
+                "unsent_bytes": b.unsent_bytes,
+                "bitrate": b.bitrate,
+            },
         })
     }
 
@@ -2386,6 +2805,114 @@ mod scheduler_tests {
     }
 
     #[test]
+    fn gauges_follow_key_timing_backlog_and_ecm_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("h.db");
+        let key = proto::secret::Key32::random();
+        init_database(&db, &MasterKey::new(&key), &OperatorKeys::generate(1), T0).unwrap();
+        let channels = [ChannelConfig {
+            name: "one".into(),
+            service_id: 7,
+            product: "basic".into(),
+            ecm_pid: 0x100,
+            emm_pid: 0x101,
+            maturity: 0,
+            input: None,
+            output: None,
+            clear_services: vec![],
+        }];
+        let mut core = open(&db, &key, &channels, T0);
+        core.tick(T0).unwrap();
+        let k = &core.gauges(T0 + 2_500).product_keys[0];
+        assert_eq!((k.product, k.name.as_str()), (1, "basic"));
+        assert_eq!(k.key_age_seconds, 2.5);
+        assert_eq!(k.next_renewal_seconds, 57.5);
+        assert!(!k.key_switch_pending);
+        assert_eq!(k.key_switch_seconds, 0.0);
+
+        // A renewal: the new generation's age starts again, and ECMs take
+        // it one cycle plus one period later (5 + 1 s).
+        core.rotate(None, "test", T0 + 10_000).unwrap();
+        let k = &core.gauges(T0 + 11_000).product_keys[0];
+        assert_eq!(k.key_age_seconds, 1.0);
+        assert_eq!(k.next_renewal_seconds, 59.0);
+        assert!(k.key_switch_pending);
+        assert_eq!(k.key_switch_seconds, 5.0);
+        let status = core.status(T0 + 11_000);
+        let p = &status["products"][0];
+        assert_eq!(p["key_age_secs"], 1);
+        assert_eq!(p["next_renewal_secs"], 59);
+        assert_eq!(p["key_switch_pending"], true);
+        assert_eq!(p["key_switch_secs"], 5);
+        core.tick(T0 + 16_000).unwrap();
+        let k = &core.gauges(T0 + 16_000).product_keys[0];
+        assert!(!k.key_switch_pending);
+        assert_eq!(k.key_switch_seconds, 0.0);
+        // The age survives a restart (it is the key's, not the run's).
+        drop(core);
+        let mut core = open(&db, &key, &channels, T0 + 20_000);
+        assert_eq!(
+            core.gauges(T0 + 20_000).product_keys[0].key_age_seconds,
+            10.0
+        );
+
+        // The carousel owes every member once per cycle: all ten before the
+        // first step, about half after half a cycle.
+        let cards: Vec<_> = (1..=10u32)
+            .map(|id| {
+                (
+                    id,
+                    [id as u8; 32],
+                    proto::secret::Kek::from_bytes([id as u8; 32]),
+                )
+            })
+            .collect();
+        core.import_cards(cards, 1, secs(T0), secs(T0) + 86_400, T0 + 20_000)
+            .unwrap();
+        let b = core.emm_backlog(T0 + 20_000);
+        assert_eq!(b.carousel_sections, 10);
+        assert_eq!(b.carousel_bytes, 10 * ONE_PRODUCT_EMM_U_SECTION);
+        assert_eq!((b.unsent_sections, b.unsent_bytes), (0, 0));
+        core.tick(T0 + 20_000).unwrap();
+        core.tick(T0 + 22_500).unwrap();
+        let b = core.emm_backlog(T0 + 22_500);
+        assert_eq!(b.carousel_sections, 5, "{b:?}");
+        let mean = core.emm_u_bytes.div_ceil(core.emm_u_sections);
+        assert!(core.emm_u_sections >= 5);
+        assert_eq!(b.carousel_bytes, 5 * mean);
+        // A stream that has sent nothing yet owes every EMM published
+        // since it started.
+        let mark = core.output().emm_mark(0, T0 + 22_500);
+        let b = core.emm_backlog(T0 + 22_500);
+        assert_eq!(b.unsent_sections, core.output().emm_cursor());
+        assert_eq!(b.unsent_bytes, core.emm_u_bytes);
+        assert_eq!(b.bytes(), b.carousel_bytes + b.unsent_bytes);
+        let expect = b.bytes() as f64 * 8.0 * 188.0 / 184.0 / 100_000.0;
+        assert!((b.seconds() - expect).abs() < 1e-9);
+        drop(mark);
+
+        // ECM generation failing (the database refuses the ECM row): each
+        // failing step counts once, and a good one adds nothing.
+        core.conn
+            .execute_batch(
+                "CREATE TRIGGER no_ecms BEFORE INSERT ON ecms BEGIN SELECT RAISE(FAIL, 'test'); END",
+            )
+            .unwrap();
+        assert!(core.tick(T0 + 24_000).is_err());
+        assert!(core.tick(T0 + 25_000).is_err());
+        let metrics = core.metrics.clone();
+        let failures = || {
+            metrics
+                .ecm_failures
+                .load(std::sync::atomic::Ordering::Relaxed)
+        };
+        assert_eq!(failures(), 2);
+        core.conn.execute_batch("DROP TRIGGER no_ecms").unwrap();
+        core.tick(T0 + 26_000).unwrap();
+        assert_eq!(failures(), 2);
+    }
+
+    #[test]
     fn schedule_renews_activates_and_never_goes_back() {
         let dir = tempfile::tempdir().unwrap();
         let db = dir.path().join("h.db");
@@ -2400,6 +2927,7 @@ mod scheduler_tests {
             maturity: 0,
             input: None,
             output: None,
+            clear_services: vec![],
         }];
         let mut core = open(&db, &key, &channels, T0);
         assert_eq!(core.products()[0].name, "basic");

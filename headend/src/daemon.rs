@@ -1,6 +1,12 @@
 //! `headend run`: load the config and the keys, open the database, then
-//! run the scheduler (CWs, renewals, ECMs, EMM carousel) and the admin
-//! API until SIGTERM or SIGINT.
+//! run the scheduler (CWs, renewals, ECMs, EMM carousel), the channel
+//! streams (through the [`Supervisor`]) and the admin API until SIGTERM or
+//! SIGINT.
+//!
+//! A `[[channels]]` table of headend.toml that fails the channel checks
+//! stops the start (exit 64, naming the file and the field); a channel
+//! stored in the database never does: the supervisor turns it off and
+//! reports it.
 //!
 //! The stream engine embeds it the same way: [`Daemon::open`], take
 //! [`Daemon::output`] (the [`CaOutput`] to multiplex), then
@@ -10,9 +16,10 @@ use crate::api::{self, AppState};
 use crate::atrest::MasterKey;
 use crate::config::{Config, ConfigError, Loaded};
 use crate::core::{Core, CoreError, Timing};
-use crate::init::{read_master_key, read_token, KeyFileError};
+use crate::init::{ensure_scrape_token, read_master_key, read_token, KeyFileError};
 use crate::metrics::Metrics;
 use crate::output::CaOutput;
+use crate::supervisor::Supervisor;
 use std::future::Future;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -82,8 +89,10 @@ pub struct Daemon {
     loaded: Loaded,
     core: Arc<Mutex<Core>>,
     token: Arc<Zeroizing<String>>,
+    scrape_token: Arc<Zeroizing<String>>,
     metrics: Arc<Metrics>,
     output: CaOutput,
+    supervisor: Arc<Supervisor>,
     run: u64,
 }
 
@@ -100,6 +109,13 @@ impl Daemon {
         let c = &loaded.config;
         let master = read_master_key(&loaded.master_key())?;
         let token = read_token(&loaded.token())?;
+        let (scrape_token, made) = ensure_scrape_token(&loaded.scrape_token())?;
+        if made {
+            tracing::info!(
+                path = %loaded.scrape_token().display(),
+                "made the read-only scrape token for /metrics (give it to Prometheus, not the admin token)"
+            );
+        }
         let metrics = Arc::new(Metrics::default());
         let output = CaOutput::new();
         let timing = Timing {
@@ -107,6 +123,20 @@ impl Daemon {
             renewal_ms: c.key_renewal_secs.saturating_mul(1000),
             cycle_ms: c.emm_cycle_ms,
         };
+        // headend.toml's channels, with the checks an API channel gets:
+        // against each other and against the files they name.
+        let specs: Vec<_> = c.channels.iter().map(|ch| ch.spec()).collect();
+        for (i, ch) in specs.iter().enumerate() {
+            crate::config::check_channel(ch, &specs[..i], &loaded.dir).map_err(|p| {
+                DaemonError::Config(format!(
+                    "{}: field `channels[{i}].{}`: channel {:?}: {}",
+                    loaded.path.display(),
+                    p.field,
+                    ch.name,
+                    p.message
+                ))
+            })?;
+        }
         let db = loaded.database();
         if !db.exists() {
             return Err(DaemonError::Config(format!(
@@ -133,12 +163,21 @@ impl Daemon {
             other => DaemonError::Core(other),
         })?;
         let run = core.run();
+        let mut core = core;
+        core.set_channel_base(&loaded.dir);
+        let supervisor = Arc::new(Supervisor::new(output.clone(), &loaded.dir));
+        {
+            let sup = supervisor.clone();
+            metrics.add_collector(Arc::new(move |e| sup.render_metrics(e)));
+        }
         Ok(Daemon {
             loaded,
             core: Arc::new(Mutex::new(core)),
             token: Arc::new(token),
+            scrape_token: Arc::new(scrape_token),
             metrics,
             output,
+            supervisor,
             run,
         })
     }
@@ -157,9 +196,15 @@ impl Daemon {
         self.core.clone()
     }
 
-    /// Binds the admin API and runs the scheduler until `shutdown`
-    /// resolves; then stops accepting requests, lets those in flight
-    /// finish, and stops the scheduler after its current step.
+    /// The owner of the channel streams.
+    pub fn supervisor(&self) -> Arc<Supervisor> {
+        self.supervisor.clone()
+    }
+
+    /// Binds the admin API and runs the scheduler and the channel streams
+    /// until `shutdown` resolves; then stops accepting requests, lets those
+    /// in flight finish, stops the streams, and stops the scheduler after
+    /// its current step.
     pub async fn serve(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
@@ -209,11 +254,20 @@ impl Daemon {
             })
         };
 
+        // The channel streams, started, changed and stopped by the
+        // supervisor thread.
+        let supervisor = self
+            .supervisor
+            .spawn(self.core.clone())
+            .map_err(DaemonError::Serve)?;
+
         let state = AppState {
             core: self.core.clone(),
             token: self.token.clone(),
+            scrape_token: self.scrape_token.clone(),
             metrics: self.metrics.clone(),
             output: self.output.clone(),
+            supervisor: self.supervisor.clone(),
             run: self.run,
             now_ms,
         };
@@ -222,6 +276,8 @@ impl Daemon {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
+        self.supervisor.shutdown();
+        let _ = tokio::task::spawn_blocking(move || supervisor.join()).await;
         stop.store(true, Ordering::SeqCst);
         let _ = tokio::time::timeout(Duration::from_secs(5), scheduler).await;
         tracing::info!("headend stopped");

@@ -25,6 +25,8 @@
 //!   engine.
 //! * [`api`], [`daemon`], [`client`], [`init`]: the admin API, `headend
 //!   run`, the CLI's API client and `headend init`.
+//! * [`supervisor`]: the channel streams inside `headend run`, started,
+//!   changed and stopped live, and turned off and retried when they fail.
 #![forbid(unsafe_code)]
 
 pub mod api;
@@ -43,6 +45,7 @@ pub mod output;
 pub mod schedule;
 pub mod store;
 pub mod stream;
+pub mod supervisor;
 
 pub use engine::{Entitlement, KeyEngine, PreparedCard, MAX_ENTITLEMENTS_PER_CARD};
 pub use error::{EngineError, ScheduleError};

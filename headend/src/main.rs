@@ -24,7 +24,8 @@ use std::process::ExitCode;
 #[command(
     name = "headend",
     version,
-    about = "The Iodoform headend: subscribers, keys, ECMs and EMMs."
+    about = "The Iodoform headend: subscribers, keys, ECMs and EMMs.",
+    after_help = after_help()
 )]
 struct Cli {
     /// The headend's config file (default: $IODOFORM_CONFIG).
@@ -40,9 +41,14 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create a headend: config, master key, admin token, operator keys,
-    /// database and operator.json.
+    /// database and operator.json. Refuses to overwrite any of them.
+    ///
+    /// Example: headend init --dir /var/lib/iodoform
     Init(InitArgs),
-    /// Run the daemon until SIGTERM or SIGINT.
+    /// Run the daemon (scheduler, streams, admin API) until SIGTERM or
+    /// SIGINT. Logs go to stderr (RUST_LOG=debug for more).
+    ///
+    /// Example: headend run --config /var/lib/iodoform/headend.toml
     Run,
     /// Products (packages of channels).
     #[command(subcommand)]
@@ -53,21 +59,43 @@ enum Command {
     /// Smartcards.
     #[command(subcommand)]
     Card(CardCmd),
-    /// Give a card a product until a date.
+    /// Give a card a product until a date. The entitlement is sent to the
+    /// card at once, ahead of the EMM carousel.
+    ///
+    /// Example: headend subscribe 42 sports --until 2027-06-30
     Subscribe {
+        /// The card id.
         card: u32,
+        /// The product: its id or its name.
         product: String,
-        /// YYYY-MM-DD (through that day, UTC) or RFC 3339.
-        #[arg(long)]
+        /// The last day: YYYY-MM-DD (through that day, UTC) or RFC 3339.
+        #[arg(long, value_name = "DATE")]
         until: String,
-        /// YYYY-MM-DD or RFC 3339 (default: today).
-        #[arg(long)]
+        /// The first day: YYYY-MM-DD or RFC 3339 [default: today, UTC].
+        #[arg(long, value_name = "DATE")]
         start: Option<String>,
     },
-    /// Take a product from a card (its key is renewed at once).
-    Unsubscribe { card: u32, product: String },
-    /// Pair a card with one receiver's X25519 public key (hex).
-    Pair { card: u32, receiver_key: String },
+    /// Take a product from a card; the product's key is renewed at once,
+    /// so the card loses it within one EMM delivery.
+    ///
+    /// Example: headend unsubscribe 42 sports
+    Unsubscribe {
+        /// The card id.
+        card: u32,
+        /// The product: its id or its name.
+        product: String,
+    },
+    /// Pair a card with one receiver: the card then seals control words
+    /// only to that receiver. The pairing is sent at once.
+    ///
+    /// Example: headend pair 42 "$(receiver identity)"
+    Pair {
+        /// The card id.
+        card: u32,
+        /// The receiver's X25519 public key, 64 hex digits, as `receiver
+        /// identity` prints it.
+        receiver_key: String,
+    },
     /// End a card's pairing: the card gets UNPAIR at once, ahead of the EMM
     /// carousel, and works with any receiver again. The way out of a
     /// pairing with the wrong key (as is `pair` with the right one).
@@ -77,38 +105,58 @@ enum Command {
         /// The card id.
         card: u32,
     },
-    /// Renew one product's period key, or every product's.
-    Rotate { product: Option<String> },
-    /// The daemon's state.
+    /// Renew one product's period key K_P now, or every product's. The new
+    /// key goes into ECMs once its EMMs have had time to reach the cards.
+    ///
+    /// Example: headend rotate sports
+    Rotate {
+        /// The product: its id or its name [default: every product].
+        product: Option<String>,
+    },
+    /// The daemon's state: timing, cards, products and their keys, each
+    /// channel on the air or why not, and the current ECMs.
+    ///
+    /// Example: headend status --json
     Status,
 }
 
 #[derive(Debug, Args)]
 struct InitArgs {
-    /// The folder to create the headend in.
-    #[arg(long)]
+    /// The folder to create the headend in (made if missing).
+    #[arg(long, value_name = "DIR")]
     dir: PathBuf,
-    /// The admin API's address.
-    #[arg(long, default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))]
+    /// The admin API's address; keep it on loopback unless a firewall
+    /// guards it.
+    #[arg(long, value_name = "ADDR", default_value_t = SocketAddr::from(([127, 0, 0, 1], DEFAULT_PORT)))]
     listen: SocketAddr,
-    #[arg(long, default_value_t = 1)]
+    /// This operator's number, written into every card it provisions.
+    #[arg(long, value_name = "N", default_value_t = 1)]
     operator_id: u32,
-    #[arg(long)]
-    crypto_period_ms: Option<u64>,
-    #[arg(long)]
-    emm_cycle_ms: Option<u64>,
-    #[arg(long)]
-    key_renewal_secs: Option<u64>,
+    /// The crypto period: how long one control word is in use (at least
+    /// 100).
+    #[arg(long, value_name = "MS", default_value_t = Config::default().crypto_period_ms)]
+    crypto_period_ms: u64,
+    /// The EMM-U carousel reaches every entitled card within this long.
+    #[arg(long, value_name = "MS", default_value_t = Config::default().emm_cycle_ms)]
+    emm_cycle_ms: u64,
+    /// Each product's period key is renewed this often.
+    #[arg(long, value_name = "SECS", default_value_t = Config::default().key_renewal_secs)]
+    key_renewal_secs: u64,
 }
 
 #[derive(Debug, Subcommand)]
 enum ProductCmd {
-    /// Create a product.
+    /// Create a product, with a fresh period key.
+    ///
+    /// Example: headend product add sports
     Add {
+        /// A unique name (1 to 64 characters).
         name: String,
-        #[arg(long)]
+        /// Its number [default: one more than the highest].
+        #[arg(long, value_name = "N")]
         id: Option<u32>,
     },
+    /// Every product with its key generations and next renewal.
     List,
 }
 
@@ -122,25 +170,107 @@ fn parse_u16(s: &str) -> Result<u16, String> {
 
 #[derive(Debug, Subcommand)]
 enum ChannelCmd {
-    /// Create a channel.
+    /// Create a channel. With an input and an output it goes on the air
+    /// at once (within a second), no restart needed. It is refused, with
+    /// the field and the fix, if the daemon could not run it: a bad URL, a
+    /// missing input file, an output folder it cannot write, PIDs that
+    /// clash within the channel, with the input or with another channel,
+    /// an output another channel uses.
+    ///
+    /// Example: headend channel add --name news --service-id 1 --product basic --ecm-pid 0x1F0
+    /// --emm-pid 0x1F1 --input udp://@:5000 --output udp://239.1.1.1:5000
     Add {
+        /// A name of your choice (not a number).
         #[arg(long)]
         name: String,
-        #[arg(long, value_parser = parse_u16)]
+        /// The DVB service_id: the input's program number (ffmpeg's is 1);
+        /// decimal or 0x hex.
+        #[arg(long, value_parser = parse_u16, value_name = "ID")]
         service_id: u16,
+        /// The product whose subscribers may watch it (name or id).
         #[arg(long)]
         product: String,
-        #[arg(long, value_parser = parse_u16)]
+        /// The PID for this channel's ECMs (0x20..=0x1FFE), one the input
+        /// does not use and no other channel has.
+        #[arg(long, value_parser = parse_u16, value_name = "PID")]
         ecm_pid: u16,
-        #[arg(long, value_parser = parse_u16)]
+        /// The PID for the EMMs (0x20..=0x1FFE); channels may share it.
+        #[arg(long, value_parser = parse_u16, value_name = "PID")]
         emm_pid: u16,
+        /// Minimum viewer age, 0 for none.
         #[arg(long, default_value_t = 0)]
         maturity: u8,
-        #[arg(long)]
+        /// Where the clear TS comes from: udp://HOST:PORT (udp://@:PORT on
+        /// every address), or a file (relative to the config's folder;
+        /// FILE?loop plays it again and again). Default: none (off the air).
+        #[arg(long, value_name = "URL")]
         input: Option<String>,
-        #[arg(long)]
+        /// Where the scrambled TS goes: udp://HOST:PORT or a file. Default:
+        /// none (off the air).
+        #[arg(long, value_name = "URL")]
         output: Option<String>,
+        /// Another program of the input to send on unscrambled, on purpose
+        /// (repeat for several). Default: none; every program but this
+        /// channel's is dropped.
+        #[arg(long = "clear-service", value_parser = parse_u16, value_name = "ID")]
+        clear_services: Vec<u16>,
     },
+    /// Change a channel, live: a new input, output, PID or clear service
+    /// restarts its stream within a second; a new product or maturity
+    /// goes into the next ECM. Only the options given change. A channel
+    /// of headend.toml is changed there instead.
+    ///
+    /// Example: headend channel update news --input udp://@:5010
+    Update {
+        /// The channel: its service id or its name.
+        channel: String,
+        /// A new name.
+        #[arg(long)]
+        name: Option<String>,
+        /// A new product (name or id).
+        #[arg(long)]
+        product: Option<String>,
+        /// A new ECM PID.
+        #[arg(long, value_parser = parse_u16, value_name = "PID")]
+        ecm_pid: Option<u16>,
+        /// A new EMM PID.
+        #[arg(long, value_parser = parse_u16, value_name = "PID")]
+        emm_pid: Option<u16>,
+        /// A new minimum viewer age.
+        #[arg(long)]
+        maturity: Option<u8>,
+        /// A new input URL.
+        #[arg(long, value_name = "URL", conflicts_with = "no_input")]
+        input: Option<String>,
+        /// Take the input away (the channel goes off the air).
+        #[arg(long)]
+        no_input: bool,
+        /// A new output URL.
+        #[arg(long, value_name = "URL", conflicts_with = "no_output")]
+        output: Option<String>,
+        /// Take the output away (the channel goes off the air).
+        #[arg(long)]
+        no_output: bool,
+        /// The programs to send unscrambled, replacing the list (repeat
+        /// for several).
+        #[arg(long = "clear-service", value_parser = parse_u16, value_name = "ID",
+              conflicts_with = "no_clear_services")]
+        clear_services: Vec<u16>,
+        /// Send no program unscrambled.
+        #[arg(long)]
+        no_clear_services: bool,
+    },
+    /// Remove a channel: its stream and its ECMs stop at once. A channel
+    /// of headend.toml is removed there instead.
+    ///
+    /// Example: headend channel remove news
+    Remove {
+        /// The channel: its service id or its name.
+        channel: String,
+    },
+    /// Every channel, with its state (on_air, waiting, failed, ended, off).
+    ///
+    /// Example: headend channel list --json
     List,
 }
 
@@ -148,27 +278,61 @@ enum ChannelCmd {
 enum CardCmd {
     /// Register a card from the JSON that `smartcard provision` writes
     /// ({"card_id", "public_key", "operator_id"}).
+    ///
+    /// Example: headend card add --from card.json
     Add {
+        /// The card record file.
         #[arg(long, value_name = "card.json")]
         from: PathBuf,
     },
+    /// Cards in id order, a page at a time, with their subscriptions.
+    ///
+    /// Example: headend card list --after 1000 --limit 50
     List {
-        #[arg(long, default_value_t = 0)]
+        /// Start after this card id (the last id of the previous page).
+        #[arg(long, value_name = "ID", default_value_t = 0)]
         after: u32,
-        #[arg(long, default_value_t = 1000)]
+        /// At most this many cards (1 to 10000).
+        #[arg(long, value_name = "N", default_value_t = 1000,
+              value_parser = clap::value_parser!(u32).range(1..=10_000))]
         limit: u32,
     },
+    /// One card: state, keys, pairing and subscriptions.
+    ///
+    /// Example: headend card show 42
     Show {
+        /// The card id.
         card: u32,
     },
-    /// Revoke a card: its products' keys are renewed at once.
+    /// Revoke a card for good: its products' keys are renewed at once and
+    /// it never gets another EMM. To undo a pairing, use `unpair`.
+    ///
+    /// Example: headend card revoke 42
     Revoke {
+        /// The card id.
         card: u32,
     },
 }
 
+/// Shown after `--help`: a first session, and the exit codes (one table
+/// for every Iodoform tool).
+fn after_help() -> String {
+    format!(
+        "Examples:\n  \
+         headend init --dir /var/lib/iodoform\n  \
+         headend run --config /var/lib/iodoform/headend.toml\n  \
+         export IODOFORM_CONFIG=/var/lib/iodoform/headend.toml\n  \
+         headend product add basic\n  \
+         headend channel add --name news --service-id 1 --product basic --ecm-pid 0x1F0 --emm-pid 0x1F1 \\\n      \
+         --input udp://127.0.0.1:5000 --output udp://127.0.0.1:5002\n  \
+         headend subscribe 1 basic --until 2027-12-31\n  \
+         headend status\n\n{}",
+        cli::EXIT_CODES_HELP
+    )
+}
+
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = cli::parse();
     match cli.command {
         Command::Init(a) => init(a),
         Command::Run => run(cli.config),
@@ -188,24 +352,32 @@ fn init(a: InitArgs) -> ExitCode {
         listen: a.listen,
         ..Config::default()
     };
-    if let Some(v) = a.crypto_period_ms {
-        c.crypto_period_ms = v;
-    }
-    if let Some(v) = a.emm_cycle_ms {
-        c.emm_cycle_ms = v;
-    }
-    if let Some(v) = a.key_renewal_secs {
-        c.key_renewal_secs = v;
+    c.crypto_period_ms = a.crypto_period_ms;
+    c.emm_cycle_ms = a.emm_cycle_ms;
+    c.key_renewal_secs = a.key_renewal_secs;
+    // The flags are checked as the config file would be, and the error
+    // names the flag, not a file that does not exist yet.
+    if let Err(e) = c.validate() {
+        return match e {
+            headend::config::ConfigError::Field { field, message, .. } => {
+                eprintln!("headend init: --{} {message}", field.replace('_', "-"));
+                ExitCode::from(cli::exit::USAGE)
+            }
+            other => {
+                eprintln!("headend init: {other}");
+                ExitCode::from(cli::exit::USAGE)
+            }
+        };
     }
     match headend::init::init(&a.dir, &c, now_ms()) {
         Ok(made) => {
-            println!("created {}", made.config.display());
-            println!(
+            cli::outln!("created {}", made.config.display());
+            cli::outln!(
                 "operator {} public keys: {}",
                 made.operator_id,
                 made.operator_public.display()
             );
-            println!(
+            cli::outln!(
                 "start it with: headend run --config {}",
                 made.config.display()
             );
@@ -213,7 +385,12 @@ fn init(a: InitArgs) -> ExitCode {
         }
         Err(e) => {
             eprintln!("headend init: {e}");
-            ExitCode::from(73)
+            ExitCode::from(match e {
+                headend::init::InitError::Io { .. } | headend::init::InitError::Exists(_) => {
+                    cli::exit::CANT_CREATE
+                }
+                headend::init::InitError::Other(_) => cli::exit::USAGE,
+            })
         }
     }
 }
@@ -252,37 +429,10 @@ fn run(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(70);
         }
     };
-    // The stream engine: a thread per channel with an input and an output,
-    // scrambling with the CWs and carrying the ECMs and EMMs that the
-    // scheduler publishes. A bad URL is a config error.
-    let streams_stop = headend::stream::Shutdown::new();
-    let channels = {
-        let core = daemon.core();
-        let mut core = core.lock().unwrap_or_else(|e| e.into_inner());
-        // One scheduler step now, so that every channel's current ECM is
-        // published before its stream starts: a file input is read at
-        // once, and the packets read before the CA side is ready are
-        // dropped (never sent clear), the start of the file with them.
-        if let Err(e) = core.tick(now_ms()) {
-            tracing::warn!(error = %e, "first scheduler step failed; the scheduler retries");
-        }
-        core.channels()
-    };
-    let base = path.parent().unwrap_or(std::path::Path::new("."));
-    let streams =
-        match headend::stream::spawn_configured(&channels, base, &daemon.output(), &streams_stop) {
-            Ok(s) => s,
-            Err(e) => {
-                eprintln!("headend run: {}: {e}", path.display());
-                return ExitCode::from(64);
-            }
-        };
+    // The channel streams run inside the daemon, under its supervisor:
+    // started, changed and stopped as the channels are, and turned off
+    // (never the daemon) when they fail.
     let served = rt.block_on(daemon.serve(shutdown_signal()));
-    streams_stop.trigger();
-    for h in streams {
-        // Each stream thread logs how it ended.
-        let _ = h.join();
-    }
     match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -320,13 +470,85 @@ fn client_command(config: Option<PathBuf>, as_json: bool, cmd: Command) -> Resul
             maturity,
             input,
             output,
+            clear_services,
         }) => {
             let body = json!({
                 "name": name, "service_id": service_id, "product": product_ref(&product),
                 "ecm_pid": ecm_pid, "emm_pid": emm_pid, "maturity": maturity,
-                "input": input, "output": output,
+                "input": input, "output": output, "clear_services": clear_services,
             });
             (client.post("/api/v1/channels", &body)?, View::Channels)
+        }
+        Command::Channel(ChannelCmd::Update {
+            channel,
+            name,
+            product,
+            ecm_pid,
+            emm_pid,
+            maturity,
+            input,
+            no_input,
+            output,
+            no_output,
+            clear_services,
+            no_clear_services,
+        }) => {
+            let mut body = serde_json::Map::new();
+            let mut set = |k: &str, v: Value| {
+                body.insert(k.to_owned(), v);
+            };
+            if let Some(v) = name {
+                set("name", json!(v));
+            }
+            if let Some(v) = product {
+                set("product", product_ref(&v));
+            }
+            if let Some(v) = ecm_pid {
+                set("ecm_pid", json!(v));
+            }
+            if let Some(v) = emm_pid {
+                set("emm_pid", json!(v));
+            }
+            if let Some(v) = maturity {
+                set("maturity", json!(v));
+            }
+            if let Some(v) = input {
+                set("input", json!(v));
+            } else if no_input {
+                set("input", Value::Null);
+            }
+            if let Some(v) = output {
+                set("output", json!(v));
+            } else if no_output {
+                set("output", Value::Null);
+            }
+            if !clear_services.is_empty() {
+                set("clear_services", json!(clear_services));
+            } else if no_clear_services {
+                set("clear_services", json!([]));
+            }
+            if body.is_empty() {
+                return Err(ClientError::Api {
+                    status: 400,
+                    message: "nothing to change: give at least one option (see `headend channel update --help`)".into(),
+                });
+            }
+            (
+                client.patch(
+                    &format!("/api/v1/channels/{}", urlencode(&channel)),
+                    &Value::Object(body),
+                )?,
+                View::Channels,
+            )
+        }
+        Command::Channel(ChannelCmd::Remove { channel }) => {
+            let v = client.delete(&format!("/api/v1/channels/{}", urlencode(&channel)))?;
+            let msg = format!(
+                "channel {} (service {}) removed; its stream and its ECMs have stopped",
+                s(&v, "name"),
+                s(&v, "service_id")
+            );
+            (v, View::Done(msg))
         }
         Command::Channel(ChannelCmd::List) => (client.get("/api/v1/channels")?, View::Channels),
         Command::Card(CardCmd::Add { from }) => {
@@ -403,7 +625,7 @@ fn client_command(config: Option<PathBuf>, as_json: bool, cmd: Command) -> Resul
         Command::Init(_) | Command::Run => unreachable!("handled in main"),
     };
     if as_json {
-        println!(
+        cli::outln!(
             "{}",
             serde_json::to_string_pretty(&value).unwrap_or_default()
         );
@@ -424,6 +646,63 @@ fn urlencode(s: &str) -> String {
         .collect()
 }
 
+/// The channels of `headend status`: a line each, then why each one that
+/// is not on the air is not, and what to do.
+fn channel_states(v: &Value) {
+    let bitrate = |c: &Value| match c.get("input_bitrate_bps").and_then(Value::as_u64) {
+        Some(b) if b >= 1_000_000 => format!("{:.1} Mbit/s", b as f64 / 1e6),
+        Some(b) if b > 0 => format!("{:.0} kbit/s", b as f64 / 1e3),
+        Some(_) => "0".into(),
+        None => "-".into(),
+    };
+    let silent = |c: &Value| {
+        c.get("input_silence_seconds")
+            .and_then(Value::as_f64)
+            .map(|x| format!("{x:.1} s"))
+            .unwrap_or_else(|| "-".into())
+    };
+    table(
+        &[
+            "SERVICE",
+            "CHANNEL",
+            "STATE",
+            "CAUSE",
+            "INPUT PACKETS",
+            "INPUT RATE",
+            "SINCE INPUT",
+        ],
+        &rows(v, |c| {
+            vec![
+                s(c, "service_id"),
+                s(c, "name"),
+                s(c, "state"),
+                s(c, "cause"),
+                s(c, "input_packets"),
+                bitrate(c),
+                silent(c),
+            ]
+        }),
+    );
+    for c in v.as_array().into_iter().flatten() {
+        let name = s(c, "name");
+        if let Some(e) = c.get("error").and_then(Value::as_str) {
+            let retry = c
+                .get("retry_in_seconds")
+                .and_then(Value::as_f64)
+                .map(|r| format!(" (tried again in {r:.0} s)"))
+                .unwrap_or_default();
+            cli::outln!("  {name}: {e}{retry}");
+        } else if let Some(fix) = c.get("fix").and_then(Value::as_str) {
+            let why = c
+                .get("detail")
+                .and_then(Value::as_str)
+                .or_else(|| c.get("cause").and_then(Value::as_str))
+                .unwrap_or("");
+            cli::outln!("  {name}: {why}: {fix}");
+        }
+    }
+}
+
 enum View {
     Products,
     Channels,
@@ -441,6 +720,24 @@ fn s(v: &Value, k: &str) -> String {
         Some(Value::String(s)) => s.clone(),
         Some(other) => other.to_string(),
     }
+}
+
+/// A duration for a person: `45s`, `12m 5s`, `3h 20m`, `29d 23h`;
+/// negative as `-5s`.
+fn human_secs(secs: i64) -> String {
+    let sign = if secs < 0 { "-" } else { "" };
+    let t = secs.unsigned_abs();
+    let (d, h, m, sec) = (t / 86_400, t / 3600 % 24, t / 60 % 60, t % 60);
+    let body = if d > 0 {
+        format!("{d}d {h}h")
+    } else if h > 0 {
+        format!("{h}h {m}m")
+    } else if m > 0 {
+        format!("{m}m {sec}s")
+    } else {
+        format!("{sec}s")
+    };
+    format!("{sign}{body}")
 }
 
 fn ms_date(v: &Value, k: &str) -> String {
@@ -463,7 +760,7 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
             .enumerate()
             .map(|(i, c)| format!("{c:<width$}", width = w[i]))
             .collect();
-        println!("{}", parts.join("  ").trim_end());
+        cli::outln!("{}", parts.join("  ").trim_end());
     };
     line(headers.iter().map(|h| h.to_string()).collect());
     for r in rows {
@@ -495,8 +792,8 @@ impl View {
             ),
             View::Channels => table(
                 &[
-                    "SERVICE", "NAME", "PRODUCT", "ECM PID", "EMM PID", "MATURITY", "INPUT",
-                    "OUTPUT",
+                    "SERVICE", "NAME", "STATE", "PRODUCT", "ECM PID", "EMM PID", "MATURITY",
+                    "INPUT", "OUTPUT",
                 ],
                 &rows(v, |c| {
                     let pid = |k: &str| {
@@ -508,6 +805,7 @@ impl View {
                     vec![
                         s(c, "service_id"),
                         s(c, "name"),
+                        s(c, "state"),
                         s(c, "product"),
                         pid("ecm_pid"),
                         pid("emm_pid"),
@@ -533,17 +831,17 @@ impl View {
                 }),
             ),
             View::Card => {
-                println!("card {}  ({})", s(v, "card_id"), s(v, "state"));
-                println!("  operator     {}", s(v, "operator_id"));
-                println!("  public key   {}", s(v, "public_key"));
-                println!("  created      {}", s(v, "created"));
+                cli::outln!("card {}  ({})", s(v, "card_id"), s(v, "state"));
+                cli::outln!("  operator     {}", s(v, "operator_id"));
+                cli::outln!("  public key   {}", s(v, "public_key"));
+                cli::outln!("  created      {}", s(v, "created"));
                 if v.get("revoked").is_some_and(|x| !x.is_null()) {
-                    println!("  revoked      {}", s(v, "revoked"));
+                    cli::outln!("  revoked      {}", s(v, "revoked"));
                 }
-                println!("  paired with  {}", s(v, "paired_receiver"));
+                cli::outln!("  paired with  {}", s(v, "paired_receiver"));
                 let subs = v.get("subscriptions").cloned().unwrap_or(json!([]));
                 if subs.as_array().is_some_and(|a| !a.is_empty()) {
-                    println!();
+                    cli::outln!();
                     View::Subscription.print(&subs);
                 }
             }
@@ -572,24 +870,68 @@ impl View {
                 }),
             ),
             View::Status => {
-                println!("run {}  at {}", s(v, "run"), s(v, "now"));
-                println!(
+                cli::outln!("run {}  at {}", s(v, "run"), s(v, "now"));
+                cli::outln!(
                     "crypto period {} ms (epoch {}), EMM cycle {} ms, key renewal every {} s",
                     s(v, "crypto_period_ms"),
                     s(v, "epoch"),
                     s(v, "emm_cycle_ms"),
                     s(v, "key_renewal_secs")
                 );
-                println!(
+                cli::outln!(
                     "cards: {} active, {} revoked; {} in the EMM carousel, {} waiting for a changed entitlement",
                     s(&v["cards"], "active"),
                     s(&v["cards"], "revoked"),
                     s(v, "carousel_cards"),
                     s(v, "carousel_pending")
                 );
-                println!();
-                View::Products.print(&v["products"]);
-                println!();
+                let b = &v["emm_backlog"];
+                cli::outln!(
+                    "EMM backlog: {} bytes, about {} s to send at {} kbit/s ({} EMM-Us the carousel owes this cycle, {} sections not yet sent by the slowest channel)",
+                    s(b, "bytes"),
+                    s(b, "seconds"),
+                    b["bitrate"].as_u64().map_or("-".into(), |r| (r / 1000).to_string()),
+                    s(b, "carousel_sections"),
+                    s(b, "unsent_sections")
+                );
+                cli::outln!();
+                table(
+                    &[
+                        "ID",
+                        "NAME",
+                        "GENERATION",
+                        "IN ECMS",
+                        "KEY AGE",
+                        "NEXT RENEWAL",
+                        "KEY SWITCH",
+                    ],
+                    &rows(&v["products"], |p| {
+                        let secs = |k: &str| p[k].as_i64().map_or("-".into(), human_secs);
+                        let switch = if p["key_switch_pending"].as_bool() == Some(true) {
+                            format!(
+                                "generation {} in {}",
+                                s(p, "generation"),
+                                secs("key_switch_secs")
+                            )
+                        } else {
+                            "-".into()
+                        };
+                        vec![
+                            s(p, "id"),
+                            s(p, "name"),
+                            s(p, "generation"),
+                            s(p, "active_generation"),
+                            secs("key_age_secs"),
+                            format!(
+                                "in {} ({})",
+                                secs("next_renewal_secs"),
+                                ms_date(p, "next_renewal_ms")
+                            ),
+                            switch,
+                        ]
+                    }),
+                );
+                cli::outln!();
                 table(
                     &["SERVICE", "PRODUCT", "GENERATION", "EPOCH"],
                     &rows(&v["ecms"], |e| {
@@ -601,8 +943,12 @@ impl View {
                         ]
                     }),
                 );
+                if v["channels"].as_array().is_some_and(|a| !a.is_empty()) {
+                    cli::outln!();
+                    channel_states(&v["channels"]);
+                }
             }
-            View::Done(msg) => println!("{msg}"),
+            View::Done(msg) => cli::outln!("{msg}"),
         }
     }
 }

@@ -120,6 +120,16 @@ const MIGRATIONS: &[&str] = &[
         period_ms  INTEGER NOT NULL
     );
     "#,
+    // 2: channels changed live. Where each came from ('config': a
+    // [[channels]] table of headend.toml, made again at every start and
+    // dropped when the file no longer has it; 'api': added through the
+    // API), and the programs it carries clear on purpose (service ids,
+    // comma-separated).
+    r#"
+    ALTER TABLE channels ADD COLUMN origin TEXT NOT NULL DEFAULT 'api'
+        CHECK (origin IN ('config', 'api'));
+    ALTER TABLE channels ADD COLUMN clear_services TEXT NOT NULL DEFAULT '';
+    "#,
 ];
 
 /// The schema version this build writes.

@@ -1,7 +1,8 @@
 //! The stream engine inside `headend run`: [`CaOutputFeed`], the
 //! [`CaFeed`] on the daemon's [`CaOutput`], the channel config turned into
-//! a [`ChannelStreamConfig`], and [`spawn_configured`], which starts one
-//! stream thread per channel that has an `input` and an `output`.
+//! a [`ChannelStreamConfig`], and [`spawn_daemon_channel`], which starts
+//! the stream thread of a channel that has an `input` and an `output` (the
+//! [`Supervisor`](crate::supervisor::Supervisor) decides when).
 //!
 //! The daemon's scheduler decides the crypto periods on its own wall
 //! clock and publishes each service's current ECM with the CW pair it
@@ -114,7 +115,7 @@ impl ChannelStreamConfig {
         ch: &Channel,
         base: &Path,
     ) -> Result<Option<ChannelStreamConfig>, StreamError> {
-        Self::from_fields(
+        let c = Self::from_fields(
             &ch.name,
             ch.service_id,
             ch.ecm_pid,
@@ -122,7 +123,15 @@ impl ChannelStreamConfig {
             ch.input.as_deref(),
             ch.output.as_deref(),
             base,
-        )
+        )?;
+        Ok(match c {
+            Some(mut c) => {
+                c.clear_services = ch.clear_services.clone();
+                c.validate()?;
+                Some(c)
+            }
+            None => None,
+        })
     }
 
     fn from_fields(
@@ -155,47 +164,21 @@ impl ChannelStreamConfig {
     }
 }
 
-/// Starts a stream thread for every channel with an `input` and an
-/// `output`, all fed by `output` and stopped by `shutdown`. Relative file
-/// paths are taken from `base`. On an error (a bad URL, say) the threads
-/// already started are stopped, through `shutdown`, and the error names
-/// the channel.
-pub fn spawn_configured(
-    channels: &[Channel],
+/// Starts the stream thread of one channel, fed by `output` and stopped by
+/// `shutdown`; `None` if the channel has no `input` or no `output`.
+/// Relative file paths are taken from `base`.
+pub fn spawn_daemon_channel(
+    ch: &Channel,
     base: &Path,
     output: &CaOutput,
     shutdown: &Shutdown,
-) -> Result<Vec<ChannelHandle>, StreamError> {
-    let mut handles = Vec::new();
-    for ch in channels {
-        let started =
-            ChannelStreamConfig::from_daemon_channel(ch, base).and_then(|cfg| match cfg {
-                Some(cfg) => {
-                    spawn_channel(cfg, CaOutputFeed::new(output.clone()), shutdown.clone())
-                        .map(Some)
-                }
-                None => Ok(None),
-            });
-        match started {
-            Ok(Some(h)) => handles.push(h),
-            Ok(None) => {}
-            Err(e) => {
-                shutdown.trigger();
-                for h in handles {
-                    let _ = h.join();
-                }
-                return Err(match e {
-                    StreamError::Url { url, reason } => StreamError::Config {
-                        channel: ch.name.clone(),
-                        field: "input/output",
-                        reason: format!("{url:?}: {reason}"),
-                    },
-                    other => other,
-                });
-            }
+) -> Result<Option<ChannelHandle>, StreamError> {
+    match ChannelStreamConfig::from_daemon_channel(ch, base)? {
+        Some(cfg) => {
+            spawn_channel(cfg, CaOutputFeed::new(output.clone()), shutdown.clone()).map(Some)
         }
+        None => Ok(None),
     }
-    Ok(handles)
 }
 
 #[cfg(test)]
@@ -323,6 +306,8 @@ mod tests {
             maturity: 0,
             input: Some("clip.ts?loop".into()),
             output: None,
+            clear_services: vec![],
+            origin: crate::core::ChannelOrigin::Api,
         };
         let base = Path::new("/etc/iodoform");
         assert!(ChannelStreamConfig::from_daemon_channel(&ch, base)

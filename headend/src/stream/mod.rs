@@ -49,7 +49,7 @@ pub mod health;
 pub mod io;
 pub mod mux;
 
-pub use daemon_feed::{spawn_configured, CaOutputFeed};
+pub use daemon_feed::{spawn_daemon_channel, CaOutputFeed};
 pub use feed::{CaFeed, CryptoPeriod, EngineFeed, FeedError, MIN_CRYPTO_PERIOD_MS};
 pub use health::{ChannelHealth, ServiceHealth, Withheld, INPUT_SILENCE_MS};
 pub use io::Endpoint;

@@ -101,7 +101,8 @@ impl Headend {
             .unwrap()
     }
 
-    /// Starts the daemon and waits until it answers `/ready`.
+    /// Starts the daemon and waits until it answers `/live` (`/ready`
+    /// waits for every channel to be on the air).
     pub fn start(&mut self) {
         assert!(self.child.is_none());
         let log = std::fs::OpenOptions::new()
@@ -120,7 +121,7 @@ impl Headend {
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
-            if let Ok(r) = self.agent.get(&self.url("/ready")).call() {
+            if let Ok(r) = self.agent.get(&self.url("/live")).call() {
                 if r.status() == 200 {
                     return;
                 }
@@ -349,4 +350,70 @@ pub fn feed_emms(card: &mut Card, id: u32, emms: &[Vec<u8>]) -> usize {
 
 pub fn plan_subscription(card: u32, product: impl Into<Value>, until: &str) -> Value {
     json!({"card_id": card, "product": product.into(), "until": until})
+}
+
+/// A free UDP port on loopback (bound, then released).
+pub fn free_udp_addr() -> std::net::SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// An encoder: sends a TS again and again to a UDP port at about `secs`
+/// per pass, 7 packets a datagram, until stopped or dropped.
+pub struct UdpEncoder {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl UdpEncoder {
+    pub fn start(ts: Vec<u8>, secs: f64, to: std::net::SocketAddr) -> UdpEncoder {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let thread = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+                let per_sec = ts.len() as f64 / secs;
+                let t0 = Instant::now();
+                let mut sent = 0usize;
+                while !stop.load(Ordering::Relaxed) {
+                    for d in ts.chunks(7 * 188) {
+                        let due = t0 + Duration::from_secs_f64(sent as f64 / per_sec);
+                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                            std::thread::sleep(wait);
+                        }
+                        let _ = sock.send_to(d, to);
+                        sent += d.len();
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                    }
+                }
+            })
+        };
+        UdpEncoder {
+            stop,
+            thread: Some(thread),
+        }
+    }
+
+    /// Stops sending; returns once the last datagram is out.
+    pub fn stop(mut self) {
+        self.halt();
+    }
+
+    fn halt(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for UdpEncoder {
+    fn drop(&mut self) {
+        self.halt();
+    }
 }
