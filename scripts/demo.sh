@@ -12,16 +12,19 @@
 #   2. builds the workspace (cargo build --release --bins --locked);
 #   3. makes a 10 s clear test stream with ffmpeg;
 #   4. creates a headend (headend init) and starts its daemon;
-#   5. adds a product and a channel through the headend CLI;
+#   5. adds a product and a channel through the headend CLI: the daemon
+#      puts it on the air at once (no restart: channels change live);
 #   6. plugs a virtual card into pcscd (smartcard emulate), personalizes it
 #      and registers it with the headend (smartcard provision --register),
 #      and subscribes it to the product;
-#   7. puts the channel on the air; a receiver tunes in and its card picks
-#      up its subscription from the air (an EMM); 3 s of the scrambled
+#   7. a receiver tunes in to the channel on the air and its card picks up
+#      its subscription from the air (an EMM); 3 s of the scrambled
 #      broadcast are captured on the way;
 #   8. shows that the capture is scrambled and that ffprobe cannot decode it;
-#   9. runs the receiver with the card through one whole pass of the
-#      stream, writing clear TS;
+#   9. runs the receiver with the card, and moves the channel, live
+#      (headend channel update), to the receiver's port and to one pass of
+#      the stream from its start: the receiver writes it as clear TS; then
+#      removes the channel (headend channel remove), off the air at once;
 #  10. has ffprobe count the frames of the clear output, and says how to
 #      watch it (ffplay).
 #
@@ -251,29 +254,45 @@ AIR_PORT="$(free_port udp 5000)"
 step "Creating a headend (headend init) and starting its daemon (headend run)"
 "$BIN/headend" init --dir "$H" --listen "127.0.0.1:$API_PORT" \
     --crypto-period-ms 2000 --emm-cycle-ms 1000 | sed 's/^/   /'
-start_headend() {
-    background "$WORK/headend-run$1.log" env RUST_LOG=info "$BIN/headend" run --config "$H/headend.toml"
-    HEADEND_PID=$!
-    local deadline=$((SECONDS + 20))
-    until headend status > /dev/null 2>&1; do
-        kill -0 "$HEADEND_PID" 2> /dev/null || {
-            tail -n 20 "$WORK/headend-run$1.log" >&2
-            die "headend run exited"
+background "$WORK/headend-run.log" env RUST_LOG=info "$BIN/headend" run --config "$H/headend.toml"
+HEADEND_PID=$!
+deadline=$((SECONDS + 20))
+until headend status > /dev/null 2>&1; do
+    kill -0 "$HEADEND_PID" 2> /dev/null || {
+        tail -n 20 "$WORK/headend-run.log" >&2
+        die "headend run exited"
+    }
+    [ "$SECONDS" -lt "$deadline" ] || die "headend run did not answer within 20 s"
+    sleep 0.1
+done
+say "admin API on 127.0.0.1:$API_PORT, 2 s crypto periods (log: $WORK_ARG/headend-run.log)"
+
+# Waits until `headend status` shows the channel in a state.
+wait_channel_state() {
+    local want="$1" secs="$2" deadline=$((SECONDS + $2)) st
+    while :; do
+        st="$(headend status --json 2> /dev/null)" || st=
+        grep -q "\"state\": \"$want\"" <<< "$st" && break
+        kill -0 "$HEADEND_PID" 2> /dev/null || die "headend run exited"
+        [ "$SECONDS" -lt "$deadline" ] || {
+            headend status >&2 || true
+            die "the channel is not $want after ${secs}s"
         }
-        [ "$SECONDS" -lt "$deadline" ] || die "headend run did not answer within 20 s"
         sleep 0.1
     done
 }
-start_headend 1
-say "admin API on 127.0.0.1:$API_PORT, 2 s crypto periods (log: $WORK_ARG/headend-run1.log)"
 
 # ------------------------------------------------------ 5. product, channel
 
 step "Adding product '$PRODUCT' and channel 'demo' (headend product add, headend channel add)"
 headend product add "$PRODUCT" | sed 's/^/   /'
+# The source again and again, as a live encoder would send it. The daemon
+# puts the channel on the air at once: no restart.
 headend channel add --name demo --service-id 1 --product "$PRODUCT" \
     --ecm-pid 0x1F0 --emm-pid 0x1F1 \
-    --input "$WORK/source.ts" --output "udp://127.0.0.1:$AIR_PORT" | sed 's/^/   /'
+    --input "$WORK/source.ts?loop" --output "udp://127.0.0.1:$AIR_PORT" | sed 's/^/   /'
+wait_channel_state on_air 5
+say "on the air at once, scrambled, on udp://127.0.0.1:$AIR_PORT (headend status: on_air)"
 
 # ---------------------------------------------------------------- 6. card
 
@@ -322,7 +341,7 @@ headend subscribe "$CARD_ID" "$PRODUCT" --until "$until_date" | sed 's/^/   /'
 
 # ------------------------------------------------------ 7. on the air
 
-step "On the air: the daemon, started again, broadcasts its new channel; a box tunes in"
+step "On the air: a box tunes in"
 # A tap on the air, as any box on the network sees it: it keeps the first
 # 3 s raw in scrambled.ts and passes everything on to the receiver.
 TAP_PORT="$(free_port udp $((AIR_PORT + 1)))"
@@ -339,9 +358,7 @@ background "$WORK/tap.log" perl -MIO::Socket::INET -MSocket -e '
         send($s, $b, 0, $dest);
     }' "$AIR_PORT" "$TAP_PORT" "$WORK/scrambled.ts" 3
 TAP_PID=$!
-stop_pid "$HEADEND_PID"
-start_headend 2
-say "udp://127.0.0.1:$AIR_PORT carries the scrambled channel: one pass of $WORK_ARG/source.ts"
+say "udp://127.0.0.1:$AIR_PORT carries the scrambled channel: $WORK_ARG/source.ts again and again"
 RECEIVER=("$BIN/receiver" --reader "$READER" --identity "$WORK/receiver.key"
     --entitlement-wait 30 -q)
 background "$WORK/receiver-tune-in.log" env RUST_LOG=receiver=debug \
@@ -375,17 +392,18 @@ say "ffprobe decodes ${scrambled_frames:-0} video frames from it$([ -s "$WORK/ff
 
 # -------------------------------------------------------------- 8. receive
 
-step "Receiving: receiver -i udp://127.0.0.1:$AIR_PORT -o $WORK_ARG/clear.ts --reader '$READER'"
-# The channel plays its source once per start of the daemon: started again
-# once the receiver listens, the whole pass comes out clear, from its first
+RX_PORT="$(free_port udp $((TAP_PORT + 1)))"
+step "Receiving: receiver -i udp://127.0.0.1:$RX_PORT -o $WORK_ARG/clear.ts --reader '$READER'"
+# Once the receiver listens, the channel is moved to its port, live, and to
+# one pass of the source: the whole pass comes out clear, from its first
 # picture to its last.
-stop_pid "$HEADEND_PID"
 background "$WORK/receiver.log" env RUST_LOG=receiver=info "${RECEIVER[@]}" \
-    -i "udp://127.0.0.1:$AIR_PORT" -o "$WORK/clear.ts" --stats-json "$WORK/receiver-stats.json"
+    -i "udp://127.0.0.1:$RX_PORT" -o "$WORK/clear.ts" --stats-json "$WORK/receiver-stats.json"
 RECEIVER_PID=$!
 wait_for_log "$WORK/receiver.log" "card session established" "$RECEIVER_PID" 20 "the receiver"
-say "receiver listening, card session up; the daemon starts again and broadcasts the channel from the top"
-start_headend 3
+say "receiver listening, card session up; the channel moves to its port and plays the source once, from the top:"
+headend channel update demo --input "$WORK/source.ts" --output "udp://127.0.0.1:$RX_PORT" |
+    sed 's/^/   /'
 started=$SECONDS
 last=-1
 quiet=0
@@ -417,6 +435,8 @@ while :; do
 done
 [ "$TTY" = 0 ] || echo
 stop_pid "$RECEIVER_PID"
+wait_channel_state ended 5
+headend channel remove demo | sed 's/^/   /'
 grep '^receiver: ' "$WORK/receiver.log" | sed 's/^/   /'
 [ -s "$WORK/clear.ts" ] || die "the receiver wrote nothing"
 

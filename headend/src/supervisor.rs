@@ -634,9 +634,11 @@ impl Supervisor {
     }
 
     /// The per-channel families of `/metrics` (labels `channel` and
-    /// `service`; every channel has a sample, 0 without a stream).
+    /// `service`): a sample for every channel with an input and an output
+    /// (those without are off on purpose), 0 while it has no stream.
     pub fn render_metrics(&self, e: &mut Exposition) {
-        let statuses = self.statuses();
+        let mut statuses = self.statuses();
+        statuses.retain(|s| s.input.is_some() && s.output.is_some());
         let now_ms = unix_ms();
         let rows: Vec<(String, String, &ChannelStatus)> = statuses
             .iter()
