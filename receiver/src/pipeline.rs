@@ -839,7 +839,14 @@ impl Core {
             .iter()
             .find(|(id, _)| *id == CA_SYSTEM_ID)
             .map(|&(_, pid)| pid);
-        if ours.is_none() && !cas.is_empty() {
+        if cas.is_empty() {
+            // A clear service: nothing for the card to do, and a receiver
+            // that passed it through would hide a headend that failed open.
+            return Err(Failure::NotScrambled {
+                service: pmt.program_number,
+            });
+        }
+        if ours.is_none() {
             let mut ids: Vec<u16> = cas.iter().map(|&(id, _)| id).collect();
             ids.dedup();
             return Err(Failure::ForeignCa {

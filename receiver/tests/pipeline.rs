@@ -499,13 +499,23 @@ fn not_ts_and_unknown_services_are_clear_errors() {
         service: Some(5),
         ..opts()
     };
-    let (_, r, _) = receive(card, &rx, &clear, o, 4096);
+    let (_, r, _) = receive(card.clone(), &rx, &clear, o, 4096);
     let e = r.unwrap_err();
     assert_eq!(
         e.to_string(),
         "service 5 is not in the stream (it has service 1)"
     );
     assert_eq!(e.exit_code(), exit::UNKNOWN_SERVICE);
+    // A clear service (no CA_descriptor): exit 6, as the README says, and
+    // nothing passed through.
+    let (out, r, _) = receive(card, &rx, &clear, opts(), 4096);
+    let e = r.unwrap_err();
+    assert!(
+        e.to_string().starts_with("service 1 is not scrambled"),
+        "{e}"
+    );
+    assert_eq!(e.exit_code(), exit::UNKNOWN_SERVICE);
+    assert!(es(&out, &[VIDEO])[&VIDEO].is_empty());
 }
 
 fn want_pcrs(ts: &[u8]) -> usize {
