@@ -210,3 +210,36 @@ fn service_3_on_an_ffmpeg_udp_feed_sends_nothing_and_then_shows_the_silence() {
     let stats = h.join().unwrap();
     assert_eq!(stats.clear_packets + stats.scrambled, 0);
 }
+
+/// A paced channel with nothing on the air sends little more than its
+/// CAT; its reader must still keep to the clock, not stall waiting for
+/// output that does not come (the input would then look silent).
+#[test]
+fn a_paced_looping_file_with_nothing_on_the_air_keeps_reading() {
+    let Some(clear) = ffmpeg_ts(2) else { return };
+    let dir = tempfile::tempdir().unwrap();
+    let inp = dir.path().join("in.ts");
+    std::fs::write(&inp, &clear).unwrap();
+    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let mut cfg = config(
+        257,
+        inp.to_str().unwrap(),
+        &format!("udp://{}", rx.local_addr().unwrap()),
+    );
+    cfg.loop_input = true;
+    let h = spawn_channel(cfg, feed_for_all(), Shutdown::new()).unwrap();
+    let mut last = 0;
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(800));
+        let health = h.health();
+        let s = &health.services[0];
+        assert_eq!(s.withheld, Some(Withheld::ServiceMissing), "{health:?}");
+        assert!(health.input_packets > last, "{health:?}");
+        last = health.input_packets;
+    }
+    // About the clip's own pace (2 s a pass), not faster.
+    let per_pass = (clear.len() / PACKET_LEN) as u64;
+    assert!(last < 3 * per_pass, "{last} packets in 3.2 s");
+    h.stop();
+    assert_eq!(h.join().unwrap().clear_packets, 0);
+}

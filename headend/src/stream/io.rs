@@ -13,6 +13,9 @@ use ts::packet::PACKET_LEN;
 
 /// How long a UDP read waits before the loop looks at the shutdown flag.
 pub(crate) const READ_TIMEOUT: Duration = Duration::from_millis(100);
+/// The longest air time that a partial datagram waits for more packets:
+/// any stream over about 100 kbit/s fills its datagrams sooner.
+const MAX_HOLD_TICKS: u64 = 100 * super::clock::TICKS_PER_MS;
 
 /// A parsed input or output URL.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,7 +237,8 @@ pub(crate) struct UdpOut {
     dest: SocketAddr,
     per_datagram: usize,
     buf: Vec<u8>,
-    /// Air time of the last packet in `buf`.
+    /// Air time of the first and the last packet in `buf`.
+    first_ticks: u64,
     last_ticks: u64,
     pacer: Option<Pacer>,
     ep: Endpoint,
@@ -243,6 +247,18 @@ pub(crate) struct UdpOut {
 
 impl UdpOut {
     fn push(&mut self, p: &OutPacket, shutdown: &Shutdown) -> Result<bool, StreamError> {
+        // Sparse output (a channel with nothing on the air sends little
+        // more than its CAT) goes out in partial datagrams rather than
+        // wait seconds for a full one.
+        if !self.buf.is_empty()
+            && p.ticks > self.first_ticks.saturating_add(MAX_HOLD_TICKS)
+            && !self.send(shutdown)?
+        {
+            return Ok(false);
+        }
+        if self.buf.is_empty() {
+            self.first_ticks = p.ticks;
+        }
         self.buf.extend_from_slice(&p.bytes);
         self.last_ticks = p.ticks;
         if self.buf.len() >= self.per_datagram * PACKET_LEN {
@@ -309,6 +325,7 @@ impl Output {
                     dest: *dest,
                     per_datagram,
                     buf: Vec::with_capacity(per_datagram * PACKET_LEN),
+                    first_ticks: 0,
                     last_ticks: 0,
                     pacer: paced.then(|| Pacer::new(Duration::from_millis(max_late_ms))),
                     ep: ep.clone(),
@@ -380,6 +397,16 @@ impl Output {
         }
     }
 
+    /// Where the pacer's clock stands: the wall time and the air time it
+    /// matched last (none before the first paced datagram, or after an
+    /// idle input).
+    pub(crate) fn pacing_origin(&self) -> Option<(Instant, u64)> {
+        match self {
+            Output::Udp(UdpOut { pacer: Some(p), .. }) => p.origin,
+            _ => None,
+        }
+    }
+
     /// (pacing re-bases, datagrams dropped by the OS)
     pub(crate) fn counters(&self) -> (u64, u64) {
         match self {
@@ -435,5 +462,31 @@ mod tests {
         assert_eq!(p.rebases, 1);
         stop.trigger();
         assert!(!p.wait(1000 + 10_000 * TICKS_PER_MS, &stop));
+    }
+
+    #[test]
+    fn sparse_output_goes_out_in_partial_datagrams() {
+        let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        let ep = Endpoint::Udp(rx.local_addr().unwrap());
+        let mut out = Output::open(&ep, 7, false, 500).unwrap();
+        let stop = Shutdown::new();
+        let at = |ms: u64| OutPacket {
+            bytes: ts::packet::null_packet(),
+            ticks: ms * TICKS_PER_MS,
+        };
+        // Three packets within 100 ms wait for more; the fourth, 500 ms
+        // later, sends them first.
+        out.write(&[at(0), at(10), at(50)], &stop).unwrap();
+        out.write(&[at(550)], &stop).unwrap();
+        let mut buf = [0u8; 2048];
+        assert_eq!(rx.recv(&mut buf).unwrap(), 3 * PACKET_LEN);
+        out.flush(&stop).unwrap();
+        assert_eq!(rx.recv(&mut buf).unwrap(), PACKET_LEN);
+        // A dense stream fills its datagrams.
+        out.write(&(0..14).map(|i| at(600 + i)).collect::<Vec<_>>(), &stop)
+            .unwrap();
+        assert_eq!(rx.recv(&mut buf).unwrap(), 7 * PACKET_LEN);
+        assert_eq!(rx.recv(&mut buf).unwrap(), 7 * PACKET_LEN);
     }
 }

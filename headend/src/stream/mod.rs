@@ -383,6 +383,10 @@ enum Msg {
     Packets(Vec<OutPacket>),
     /// The input paused: send the partial datagram, restart the pacing.
     Idle,
+    /// Nothing to send, and the input has been read up to this air time:
+    /// a paced reader waits here for the clock as it would with packets
+    /// (not passed to the writer).
+    Hold(u64),
 }
 
 /// The output's counters, shared with the writer thread.
@@ -392,6 +396,10 @@ struct OutCounters {
     send_errors: AtomicU64,
     /// Air time of the last packet the paced writer sent.
     sent_ticks: AtomicU64,
+    /// Packet messages queued for the writer and not all sent yet.
+    in_flight: AtomicU64,
+    /// The pacer's clock: a wall time and the air time due then.
+    origin: Mutex<Option<(std::time::Instant, u64)>>,
     /// The writer thread has stopped.
     done: AtomicBool,
 }
@@ -406,6 +414,26 @@ impl OutCounters {
         let (r, e) = o.counters();
         self.rebases.store(r, Ordering::Relaxed);
         self.send_errors.store(e, Ordering::Relaxed);
+        *self.origin.lock().unwrap_or_else(|e| e.into_inner()) = o.pacing_origin();
+    }
+
+    /// Whether a reader about to hand over packets from air time `first`
+    /// is too far ahead: of the pacer's clock once it runs, else of what
+    /// the writer has sent while it has something queued. (Sparse output,
+    /// a channel with nothing on the air, moves `sent_ticks` seldom; the
+    /// clock runs on.)
+    fn too_far_ahead(&self, first: u64) -> bool {
+        let origin = *self.origin.lock().unwrap_or_else(|e| e.into_inner());
+        match origin {
+            Some((at, ticks)) => {
+                let now = ticks + (at.elapsed().as_micros() as u64 * 27);
+                first > now + MAX_AHEAD_TICKS
+            }
+            None => {
+                first > self.sent_ticks.load(Ordering::Relaxed) + MAX_AHEAD_TICKS
+                    && self.in_flight.load(Ordering::Relaxed) > 0
+            }
+        }
     }
 }
 
@@ -418,6 +446,7 @@ fn deliver(output: &mut Output, msg: &Msg, shutdown: &Shutdown) -> Result<bool, 
             output.idle();
             Ok(true)
         }
+        Msg::Hold(_) => Ok(true),
     }
 }
 
@@ -465,6 +494,7 @@ fn run<F: CaFeed>(
                     'queue: for msg in rx {
                         let Msg::Packets(packets) = &msg else {
                             deliver(&mut output, &msg, shutdown)?;
+                            counters.update(&output);
                             continue;
                         };
                         // A datagram at a time, so that the reader knows
@@ -479,6 +509,7 @@ fn run<F: CaFeed>(
                                 break 'queue;
                             }
                         }
+                        counters.in_flight.fetch_sub(1, Ordering::Relaxed);
                     }
                     output.flush(shutdown)?;
                     counters.update(&output);
@@ -497,17 +528,29 @@ fn run<F: CaFeed>(
                 counters,
                 read_size,
                 |msg| {
-                    if let Msg::Packets(p) = &msg {
-                        // Hold the reader back to the writer's pace.
-                        let first = p.first().map_or(0, |p| p.ticks);
-                        while first > counters.sent_ticks.load(Ordering::Relaxed) + MAX_AHEAD_TICKS
+                    // Hold the reader back to the writer's pace.
+                    let first = match &msg {
+                        Msg::Packets(p) => p.first().map(|p| p.ticks),
+                        Msg::Hold(t) => Some(*t),
+                        Msg::Idle => None,
+                    };
+                    if let Some(first) = first {
+                        while counters.too_far_ahead(first)
                             && !counters.done.load(Ordering::Relaxed)
                             && !shutdown.is_triggered()
                         {
                             std::thread::sleep(std::time::Duration::from_millis(5));
                         }
                     }
-                    Ok(tx.send(msg).is_ok())
+                    match msg {
+                        Msg::Hold(_) => Ok(!counters.done.load(Ordering::Relaxed)),
+                        msg => {
+                            if matches!(msg, Msg::Packets(_)) {
+                                counters.in_flight.fetch_add(1, Ordering::Relaxed);
+                            }
+                            Ok(tx.send(msg).is_ok())
+                        }
+                    }
                 },
             );
             drop(tx);
@@ -555,8 +598,8 @@ fn run<F: CaFeed>(
 }
 
 /// The input side of a channel's health: bytes, bitrate, when the last
-/// packet came and whether its silence was logged; and when the health
-/// was last published.
+/// packet came and whether its silence was logged; and which of the
+/// multiplexer's reports was last published in full.
 #[derive(Debug)]
 struct InputMeter {
     started_unix_ms: u64,
@@ -566,11 +609,8 @@ struct InputMeter {
     window_bytes: u64,
     bitrate: u64,
     silence_logged: bool,
-    published: Option<(std::time::Instant, u64)>,
+    published: Option<u64>,
 }
-
-/// How often the health is published while nothing but counters changes.
-const HEALTH_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
 
 impl InputMeter {
     fn new() -> Self {
@@ -623,32 +663,25 @@ impl InputMeter {
         }
     }
 
-    /// The health now, if it is time to publish it (`force`: at once).
-    fn health<F: CaFeed>(
-        &mut self,
-        mux: &Mux<F>,
-        counters: &OutCounters,
-        force: bool,
-    ) -> Option<ChannelHealth> {
-        let generation = mux.health_generation();
-        if let Some((at, g)) = self.published {
-            if !force && g == generation && at.elapsed() < HEALTH_EVERY {
-                return None;
-            }
-        }
-        self.published = Some((std::time::Instant::now(), generation));
+    /// Brings `h` up to date: the counters in place, the services'
+    /// causes and details (which allocate) only when they changed.
+    fn publish<F: CaFeed>(&mut self, h: &mut ChannelHealth, mux: &Mux<F>, counters: &OutCounters) {
         let stats = mux.stats();
-        Some(ChannelHealth {
-            started_unix_ms: self.started_unix_ms,
-            input_packets: stats.packets_in,
-            input_bytes: self.bytes,
-            input_bitrate_bps: self.bitrate,
-            last_input_unix_ms: self.last_input_unix_ms,
-            output_packets: stats.packets_out,
-            output_errors: counters.send_errors.load(Ordering::Relaxed),
-            clear_packets: stats.clear_packets,
-            services: mux.service_health(),
-        })
+        h.started_unix_ms = self.started_unix_ms;
+        h.input_packets = stats.packets_in;
+        h.input_bytes = self.bytes;
+        h.input_bitrate_bps = self.bitrate;
+        h.last_input_unix_ms = self.last_input_unix_ms;
+        h.output_packets = stats.packets_out;
+        h.output_errors = counters.send_errors.load(Ordering::Relaxed);
+        h.clear_packets = stats.clear_packets;
+        let generation = mux.health_generation();
+        if self.published == Some(generation) && h.services.len() == mux.service_count() {
+            mux.update_service_counters(&mut h.services);
+        } else {
+            h.services = mux.service_health();
+            self.published = Some(generation);
+        }
     }
 }
 
@@ -721,7 +754,11 @@ fn read_loop<F: CaFeed>(
         }
         let mut out = Vec::new();
         mux.take_output(&mut out);
-        let mut go_on = out.is_empty() || send(Msg::Packets(out))?;
+        let mut go_on = if out.is_empty() {
+            send(Msg::Hold(mux.air_ticks()))?
+        } else {
+            send(Msg::Packets(out))?
+        };
         if idle && go_on {
             go_on = send(Msg::Idle)?;
         }
@@ -729,9 +766,11 @@ fn read_loop<F: CaFeed>(
         if let Some(sh) = shared {
             *sh.stats.lock().unwrap_or_else(|e| e.into_inner()) =
                 snapshot(&mux, &reader, skipped, losses);
-            if let Some(h) = meter.health(&mux, counters, !go_on || eof) {
-                *sh.health.lock().unwrap_or_else(|e| e.into_inner()) = h;
-            }
+            meter.publish(
+                &mut sh.health.lock().unwrap_or_else(|e| e.into_inner()),
+                &mux,
+                counters,
+            );
         }
         if !go_on {
             break;
@@ -751,9 +790,11 @@ fn read_loop<F: CaFeed>(
         }
     }
     if let Some(sh) = shared {
-        if let Some(h) = meter.health(&mux, counters, true) {
-            *sh.health.lock().unwrap_or_else(|e| e.into_inner()) = h;
-        }
+        meter.publish(
+            &mut sh.health.lock().unwrap_or_else(|e| e.into_inner()),
+            &mux,
+            counters,
+        );
     }
     Ok(snapshot(&mux, &reader, skipped, losses))
 }

@@ -241,6 +241,8 @@ pub struct Mux<F: CaFeed> {
     pending: Vec<[u8; PACKET_LEN]>,
     pending_limit: usize,
     next_event: u64,
+    /// The air time of the last packet processed.
+    air_ticks: u64,
     out: Vec<OutPacket>,
     scratch: Vec<[u8; PACKET_LEN]>,
     stats: StreamStats,
@@ -344,6 +346,7 @@ impl<F: CaFeed> Mux<F> {
             pending: Vec::with_capacity(512),
             pending_limit: 2_000,
             next_event: 0,
+            air_ticks: 0,
             out: Vec::with_capacity(64),
             scratch: Vec::with_capacity(8),
             stats: StreamStats::default(),
@@ -381,6 +384,25 @@ impl<F: CaFeed> Mux<F> {
             .collect()
     }
 
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    /// Updates the counters of what [`service_health`](Self::service_health)
+    /// gave, without allocating (once each cause has its entry).
+    pub fn update_service_counters(&self, into: &mut [ServiceHealth]) {
+        for (h, s) in into.iter_mut().zip(&self.services) {
+            h.scrambled_packets = s.scrambled_packets;
+            h.clear_packets = s.clear_packets;
+            for c in Withheld::ALL {
+                let n = s.withheld_packets[c.index()];
+                if n > 0 {
+                    *h.withheld_packets.entry(c).or_default() = n;
+                }
+            }
+        }
+    }
+
     /// Changes whenever a service goes on or off the air or its cause or
     /// detail changes (not with the counters).
     pub fn health_generation(&self) -> u64 {
@@ -397,6 +419,12 @@ impl<F: CaFeed> Mux<F> {
 
     pub fn into_feed(self) -> F {
         self.feed
+    }
+
+    /// The air time (27 MHz ticks since the start) that the input has
+    /// been processed up to.
+    pub fn air_ticks(&self) -> u64 {
+        self.air_ticks
     }
 
     /// PCR discontinuities the air clock has re-based over.
@@ -506,6 +534,7 @@ impl<F: CaFeed> Mux<F> {
             }
             self.process(p, t);
         }
+        self.air_ticks = self.air_ticks.max(t);
         pending.clear();
         self.pending = pending;
     }
