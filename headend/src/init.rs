@@ -6,6 +6,7 @@
 //! | `headend.toml` | 0644 | the config (no secrets) |
 //! | `master.key` | 0600 | 32 random bytes, hex: seals every secret at rest |
 //! | `admin.token` | 0600 | 32 random bytes, hex: the API's bearer token |
+//! | `scrape.token` | 0600 | 32 random bytes, hex: a bearer token for `GET /metrics` only |
 //! | `headend.db` | 0600 | SQLite: the operator keys (sealed) and all state |
 //! | `operator.json` | 0644 | the operator's public keys, for provisioning |
 //!
@@ -68,6 +69,40 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32) -> Result<(), InitError> {
     Ok(())
 }
 
+/// Writes a new bearer token file (32 random bytes, hex, mode 0600),
+/// failing if it exists.
+fn write_new_token(path: &Path) -> Result<(), InitError> {
+    let mut token = [0u8; 32];
+    proto::secret::fill_random(&mut token);
+    let mut token_hex = Zeroizing::new(hex::encode(token));
+    token.zeroize();
+    token_hex.push('\n');
+    write_new(path, token_hex.as_bytes(), 0o600)
+}
+
+/// Reads the scrape token file, making it first if it does not exist (a
+/// headend made before there was one). Returns the token and whether it
+/// was made.
+pub fn ensure_scrape_token(path: &Path) -> Result<(Zeroizing<String>, bool), KeyFileError> {
+    let made = match write_new_token(path) {
+        Ok(()) => true,
+        Err(InitError::Exists(_)) => false,
+        Err(InitError::Io { source, .. }) => {
+            return Err(KeyFileError::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        }
+        Err(InitError::Other(m)) => {
+            return Err(KeyFileError::Io {
+                path: path.to_path_buf(),
+                source: std::io::Error::other(m),
+            })
+        }
+    };
+    Ok((read_token(path)?, made))
+}
+
 /// What `init` made.
 #[derive(Debug)]
 pub struct Initialized {
@@ -96,25 +131,22 @@ pub fn init(dir: &Path, config: &Config, now_ms: u64) -> Result<Initialized, Ini
         resolve(&config.token),
         resolve(&config.database),
         resolve(&config.operator_public),
+        resolve(&config.scrape_token),
     ];
     for p in &paths {
         if p.exists() {
             return Err(InitError::Exists(p.clone()));
         }
     }
-    let [config_path, key_path, token_path, db_path, public_path] = paths;
+    let [config_path, key_path, token_path, db_path, public_path, scrape_path] = paths;
 
     let master = Key32::random();
     let mut hexed = Zeroizing::new(hex::encode(master.expose()));
     hexed.push('\n');
     write_new(&key_path, hexed.as_bytes(), 0o600)?;
 
-    let mut token = [0u8; 32];
-    proto::secret::fill_random(&mut token);
-    let mut token_hex = Zeroizing::new(hex::encode(token));
-    token.zeroize();
-    token_hex.push('\n');
-    write_new(&token_path, token_hex.as_bytes(), 0o600)?;
+    write_new_token(&token_path)?;
+    write_new_token(&scrape_path)?;
 
     let op = OperatorKeys::generate(config.operator_id);
     // SQLite creates the file; make it private before anything is in it.
@@ -192,6 +224,7 @@ mod tests {
         for (f, mode) in [
             ("master.key", 0o600),
             ("admin.token", 0o600),
+            ("scrape.token", 0o600),
             ("headend.db", 0o600),
             ("operator.json", 0o644),
             ("headend.toml", 0o644),
@@ -202,6 +235,21 @@ mod tests {
         let loaded = Config::load(&made.config).unwrap();
         read_master_key(&loaded.master_key()).unwrap();
         assert_eq!(read_token(&loaded.token()).unwrap().len(), 64);
+        let (scrape, fresh) = ensure_scrape_token(&loaded.scrape_token()).unwrap();
+        assert!(!fresh);
+        assert_eq!(scrape.len(), 64);
+        assert_ne!(*scrape, *read_token(&loaded.token()).unwrap());
+        // An older headend without one gets it at the next start.
+        fs::remove_file(d.join("scrape.token")).unwrap();
+        let (again, fresh) = ensure_scrape_token(&loaded.scrape_token()).unwrap();
+        assert!(fresh);
+        assert_ne!(*again, *scrape);
+        let m = fs::metadata(d.join("scrape.token"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(m, 0o600);
         let public: crate::OperatorPublic =
             serde_json::from_str(&fs::read_to_string(&made.operator_public).unwrap()).unwrap();
         assert_eq!(public.operator_id, 1);
