@@ -927,4 +927,159 @@ mod tests {
         let e = Config::parse(&two).unwrap_err();
         assert!(e.to_string().contains("channels[1].name"), "{e}");
     }
+
+    fn spec<'a>(
+        name: &'a str,
+        service_id: u16,
+        ecm: u16,
+        input: &'a str,
+        output: &'a str,
+    ) -> ChannelSpec<'a> {
+        ChannelSpec {
+            name,
+            service_id,
+            ecm_pid: ecm,
+            emm_pid: 0x1F1,
+            input: Some(input),
+            output: Some(output),
+            clear_services: &[],
+        }
+    }
+
+    fn field_of(r: Result<(), ChannelProblem>) -> (&'static str, bool) {
+        let p = r.unwrap_err();
+        assert!(!p.message.contains('\n'), "{p}");
+        (p.field, p.conflict)
+    }
+
+    #[test]
+    fn urls_are_read_as_the_stream_engine_reads_them() {
+        for ok in [
+            "udp://@:5000",
+            "udp://127.0.0.1:5000",
+            "udp://239.1.1.1:1234?pkt_size=1316",
+            "file:///a.ts",
+            "a.ts",
+            "a.ts?loop",
+        ] {
+            parse_input(ok).unwrap();
+        }
+        assert_eq!(
+            parse_input("a.ts?loop").unwrap(),
+            InputUrl::File("a.ts".into(), true)
+        );
+        for bad in [
+            "rtp://127.0.0.1:5000",
+            "udp://127.0.0.1",
+            "udp://@:0",
+            "-",
+            "",
+            "http://x/y",
+            "file://",
+        ] {
+            assert_eq!(parse_input(bad).unwrap_err().field, "input", "{bad}");
+        }
+        assert!(parse_input("udp://127.0.0.1")
+            .unwrap_err()
+            .message
+            .contains("no port"));
+        parse_output("/dev/null").unwrap();
+        for bad in [
+            "udp://0.0.0.0:5000",
+            "udp://127.0.0.1:0",
+            "udp://127.0.0.1",
+            "-",
+            "rtp://h:1",
+        ] {
+            assert_eq!(parse_output(bad).unwrap_err().field, "output", "{bad}");
+        }
+    }
+
+    #[test]
+    fn channel_checks_cover_files_pids_and_clashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let base = dir.path();
+        // Two TS packets: a PAT and PID 0x100.
+        let mut ts = vec![0u8; 376];
+        ts[0] = 0x47;
+        ts[3] = 0x10;
+        ts[188] = 0x47;
+        ts[189] = 0x01;
+        ts[191] = 0x10;
+        std::fs::write(base.join("in.ts"), &ts).unwrap();
+        std::fs::write(base.join("junk.ts"), [1u8; 500]).unwrap();
+        let ok = spec("a", 1, 0x1F0, "in.ts?loop", "out.ts");
+        check_channel(&ok, &[], base).unwrap();
+        let cases = [
+            (spec("a", 1, 0x1F0, "missing.ts", "out.ts"), "input"),
+            (spec("a", 1, 0x1F0, "junk.ts", "out.ts"), "input"),
+            (spec("a", 1, 0x100, "in.ts", "out.ts"), "ecm_pid"),
+            (spec("a", 1, 0x1F1, "in.ts", "out.ts"), "ecm_pid"),
+            (spec("a", 1, 0x1F0, "in.ts", "/etc/out.ts"), "output"),
+            (spec("a", 1, 0x1F0, "in.ts", "/proc/self/out.ts"), "output"),
+            (spec("a", 1, 0x1F0, "in.ts", "nowhere/out.ts"), "output"),
+            (spec("a", 1, 0x1F0, "in.ts", "in.ts"), "output"),
+            (spec("a", 0, 0x1F0, "in.ts", "out.ts"), "service_id"),
+        ];
+        for (c, field) in &cases {
+            assert_eq!(
+                field_of(check_channel(c, &[], base)),
+                (*field, false),
+                "{c:?}"
+            );
+        }
+        let clear = [1u16];
+        let own = ChannelSpec {
+            clear_services: &clear,
+            ..ok
+        };
+        assert_eq!(field_of(check_channel(&own, &[], base)).0, "clear_services");
+
+        // Between channels: one output each, one UDP port each, ECM PIDs
+        // of their own; EMM PIDs and /dev/null shared.
+        let other = spec("b", 2, 0x1E0, "udp://@:5000", "udp://127.0.0.1:6000");
+        let cases = [
+            (spec("a", 1, 0x1E0, "in.ts", "out.ts"), "ecm_pid"),
+            (
+                ChannelSpec {
+                    emm_pid: 0x1E0,
+                    ..ok
+                },
+                "emm_pid",
+            ),
+            (
+                spec("a", 1, 0x1F0, "in.ts", "udp://127.0.0.1:6000"),
+                "output",
+            ),
+            (
+                spec("a", 1, 0x1F0, "udp://127.0.0.1:5000", "out.ts"),
+                "input",
+            ),
+            (
+                spec("a", 1, 0x1F0, "udp://239.1.1.1:5000", "out.ts"),
+                "input",
+            ),
+        ];
+        for (c, field) in &cases {
+            assert_eq!(
+                field_of(check_channel(c, &[other], base)),
+                (*field, true),
+                "{c:?}"
+            );
+        }
+        check_channel(
+            &spec("a", 1, 0x1F0, "udp://127.0.0.1:5001", "out.ts"),
+            &[other],
+            base,
+        )
+        .unwrap();
+        let null_a = spec("a", 1, 0x1F0, "in.ts", "/dev/null");
+        let null_b = spec("b", 2, 0x1E0, "in.ts", "/dev/null");
+        check_channel(&null_a, &[null_b], base).unwrap();
+        let same_file = spec("b", 2, 0x1E0, "in.ts", "./out.ts");
+        assert_eq!(
+            field_of(check_channel(&ok, &[same_file], base)),
+            ("output", true)
+        );
+    }
 }

@@ -2882,7 +2882,8 @@ mod scheduler_tests {
         assert_eq!(b.carousel_bytes, 5 * mean);
         // A stream that has sent nothing yet owes every EMM published
         // since it started.
-        let mark = core.output().emm_mark(0, T0 + 22_500);
+        let mark = core.output().emm_mark(0);
+        mark.set(0, T0 + 22_500);
         let b = core.emm_backlog(T0 + 22_500);
         assert_eq!(b.unsent_sections, core.output().emm_cursor());
         assert_eq!(b.unsent_bytes, core.emm_u_bytes);
@@ -2999,5 +3000,124 @@ mod scheduler_tests {
             ),
             Err(CoreError::Sealed(_))
         ));
+    }
+}
+
+#[cfg(test)]
+mod channel_tests {
+    use super::*;
+    use crate::config::ChannelConfig;
+
+    const T0: u64 = 1_800_000_000_000;
+
+    fn open(db: &Path, key: &proto::secret::Key32, channels: &[ChannelConfig]) -> Core {
+        Core::open(
+            db,
+            MasterKey::new(key),
+            1,
+            Timing {
+                period_ms: 1000,
+                renewal_ms: 60_000,
+                cycle_ms: 5000,
+            },
+            channels,
+            CaOutput::new(),
+            Arc::new(Metrics::default()),
+            T0,
+        )
+        .unwrap()
+    }
+
+    fn new_channel(name: &str, service_id: u16, ecm_pid: u16) -> NewChannel {
+        NewChannel {
+            name: name.into(),
+            service_id,
+            product: ProductRef::Name("basic".into()),
+            ecm_pid,
+            emm_pid: 0x1F1,
+            maturity: 0,
+            input: None,
+            output: None,
+            clear_services: vec![],
+        }
+    }
+
+    #[test]
+    fn channels_change_and_go_and_headend_toml_keeps_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let db = dir.path().join("h.db");
+        let key = proto::secret::Key32::random();
+        init_database(&db, &MasterKey::new(&key), &OperatorKeys::generate(1), T0).unwrap();
+        let from_file = [ChannelConfig {
+            name: "file".into(),
+            service_id: 7,
+            product: "basic".into(),
+            ecm_pid: 0x1F0,
+            emm_pid: 0x1F1,
+            maturity: 0,
+            input: None,
+            output: None,
+            clear_services: vec![],
+        }];
+        let mut core = open(&db, &key, &from_file);
+        assert_eq!(core.channels()[0].origin, ChannelOrigin::Config);
+        let file = ChannelRef::parse("file");
+        assert!(matches!(
+            core.update_channel(&file, ChannelUpdate::default()),
+            Err(CoreError::Conflict(m)) if m.contains("headend.toml")
+        ));
+        assert!(matches!(
+            core.remove_channel(&ChannelRef::parse("7")),
+            Err(CoreError::Conflict(_))
+        ));
+
+        // Through the API: checked against the file's channel, changed,
+        // removed with its ECM.
+        assert!(matches!(
+            core.add_channel(new_channel("api", 8, 0x1F0), T0),
+            Err(CoreError::Conflict(m)) if m.starts_with("ecm_pid:")
+        ));
+        core.add_channel(new_channel("api", 8, 0x1E0), T0).unwrap();
+        core.add_channel(new_channel("stays", 9, 0x1E1), T0)
+            .unwrap();
+        core.tick(T0).unwrap();
+        assert_eq!(core.output().current_ecm(8).unwrap().ecm_pid, 0x1E0);
+        let api = ChannelRef::parse("0x8");
+        let upd = ChannelUpdate {
+            ecm_pid: Some(0x1E2),
+            clear_services: Some(vec![3]),
+            input: Some(None),
+            ..ChannelUpdate::default()
+        };
+        let c = core.update_channel(&api, upd).unwrap();
+        assert_eq!((c.ecm_pid, c.clear_services.as_slice()), (0x1E2, &[3][..]));
+        core.tick(T0 + 10).unwrap();
+        assert_eq!(
+            core.output().current_ecm(8).unwrap().ecm_pid,
+            0x1E2,
+            "the new ECM PID at once"
+        );
+        let bad = ChannelUpdate {
+            ecm_pid: Some(0x1F1),
+            ..ChannelUpdate::default()
+        };
+        assert!(matches!(
+            core.update_channel(&api, bad),
+            Err(CoreError::BadRequest(_))
+        ));
+        assert_eq!(core.channel(&api).unwrap().ecm_pid, 0x1E2, "unchanged");
+        core.remove_channel(&ChannelRef::parse("api")).unwrap();
+        assert!(core.output().current_ecm(8).is_none());
+        core.tick(T0 + 2000).unwrap();
+        assert!(core.output().current_ecm(8).is_none(), "its ECMs stopped");
+        assert!(matches!(core.channel(&api), Err(CoreError::NotFound(_))));
+        drop(core);
+
+        // headend.toml without its channel: gone from the database; the
+        // API's stays, with what was changed.
+        let core = open(&db, &key, &[]);
+        let names: Vec<String> = core.channels().into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["stays"]);
+        assert_eq!(core.channels()[0].origin, ChannelOrigin::Api);
     }
 }

@@ -552,12 +552,12 @@ impl Supervisor {
                 };
                 match &slot.run {
                     Run::Off => {
-                        let missing = match (&c.input, &c.output) {
-                            (None, None) => "an input and an output",
-                            (None, _) => "an input",
-                            _ => "an output",
+                        let (missing, detail) = match (&c.input, &c.output) {
+                            (None, None) => ("an input and an output", "it has no input and no output"),
+                            (None, _) => ("an input", "it has no input"),
+                            _ => ("an output", "it has no output"),
                         };
-                        s.detail = Some(format!("it has no {}", missing.trim_start_matches("an ")));
+                        s.detail = Some(detail.into());
                         s.fix = Some(match c.origin {
                             ChannelOrigin::Api => format!(
                                 "give it {missing}: headend channel update {} --input URL --output URL",

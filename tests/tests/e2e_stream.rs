@@ -793,7 +793,7 @@ fn clip_through_headend_card_and_receiver_comes_out_clear_and_identical() {
     let t0 = Instant::now();
     let rx_in = receiver_input();
     let mut tee = Tap::start(Some(rx_in));
-    let sys = System::set_up(&slot, tee.addr);
+    let mut sys = System::set_up(&slot, tee.addr);
     let clip = ffmpeg_ts(
         &sys.path("clear.ts"),
         4,
@@ -978,6 +978,8 @@ fn clip_through_headend_card_and_receiver_comes_out_clear_and_identical() {
         air_err.lines().count(),
         unmarked_err.lines().count()
     );
+    // SIGTERM stops the daemon cleanly, its channel's stream with it.
+    sys.headend.stop();
 }
 
 /// `headend run` killed with SIGKILL and started again, three times, while
