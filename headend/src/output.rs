@@ -184,13 +184,14 @@ impl CaOutput {
         log.first + log.sections.len() as u64
     }
 
-    /// Registers a reader of the EMM log that has sent everything before
-    /// `next_unsent`, as of `now_ms`; it reports its progress through the
-    /// mark.
-    pub fn emm_mark(&self, next_unsent: u64, now_ms: u64) -> EmmMark {
+    /// Registers a reader of the EMM log that starts at `next_unsent`; it
+    /// reports its progress through the mark, and counts in
+    /// [`CaOutput::emm_unsent`] from its first report on (a stream that
+    /// never asks for EMMs sends none).
+    pub fn emm_mark(&self, next_unsent: u64) -> EmmMark {
         let m = Arc::new(MarkInner {
             next_unsent: AtomicU64::new(next_unsent),
-            last_read_ms: AtomicU64::new(now_ms),
+            last_read_ms: AtomicU64::new(0),
         });
         let mut readers = self.0.readers.lock().unwrap_or_else(|e| e.into_inner());
         readers.retain(|w| w.strong_count() > 0);
@@ -210,8 +211,9 @@ impl CaOutput {
                 .iter()
                 .filter_map(Weak::upgrade)
                 .filter(|m| {
-                    now_ms.saturating_sub(m.last_read_ms.load(Ordering::Relaxed))
-                        <= EMM_READER_IDLE_MS
+                    // 0: it has never reported.
+                    let last = m.last_read_ms.load(Ordering::Relaxed);
+                    last != 0 && now_ms.saturating_sub(last) <= EMM_READER_IDLE_MS
                 })
                 .map(|m| m.next_unsent.load(Ordering::Relaxed))
                 .collect();
@@ -324,11 +326,13 @@ mod tests {
     fn unsent_counts_from_the_slowest_active_reader() {
         let out = CaOutput::new();
         assert_eq!(out.emm_unsent(0), EmmUnsent::default());
-        let fast = out.emm_mark(0, 1000);
-        let slow = out.emm_mark(0, 1000);
+        let fast = out.emm_mark(0);
+        let slow = out.emm_mark(0);
         for i in 0..10u8 {
             out.publish_emm(vec![i; 3]);
         }
+        // Not counted before they first report.
+        assert_eq!(out.emm_unsent(1000), EmmUnsent::default());
         fast.set(10, 1000);
         slow.set(4, 1000);
         let u = out.emm_unsent(1000);

@@ -39,7 +39,7 @@ impl CaOutputFeed {
     /// so a channel that starts late misses nothing for long.
     pub fn new(output: CaOutput) -> Self {
         let cursor = output.emm_cursor();
-        let mark = output.emm_mark(cursor, crate::daemon::now_ms());
+        let mark = output.emm_mark(cursor);
         CaOutputFeed {
             output,
             cursor,
