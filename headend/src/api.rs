@@ -15,7 +15,7 @@
 //! | method | path | body / query |
 //! |---|---|---|
 //! | GET | `/live`, `/ready` | |
-//! | GET | `/metrics` | Prometheus text |
+//! | GET | `/metrics` | Prometheus text; the admin or the scrape token |
 //! | GET, POST | `/api/v1/products` | `{"name", "id"?}` |
 //! | GET, POST | `/api/v1/channels` | `{"name", "service_id", "product", "ecm_pid", "emm_pid", "maturity"?, "input"?, "output"?, "clear_services"?}` |
 //! | GET, PATCH, DELETE | `/api/v1/channels/{channel}` | a service id or a name; PATCH: any of the POST fields but `service_id` (`input`, `output`: `null` takes them away) |
