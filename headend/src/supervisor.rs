@@ -218,7 +218,13 @@ impl Supervisor {
                 st.requested
             };
             first = false;
-            self.reconcile(core);
+            // A bug in one reconcile must not leave the streams without
+            // an owner: it is logged, and the next one starts afresh.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.reconcile(core)))
+                .is_err()
+            {
+                tracing::error!("channel supervisor: a reconcile panicked; trying again");
+            }
             let mut st = self.lock();
             st.done = st.done.max(target);
             self.changed.notify_all();
