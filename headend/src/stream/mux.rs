@@ -24,7 +24,7 @@
 //!
 //! | PID | what | out |
 //! |---|---|---|
-//! | 0 (PAT) | learnt | ours: the input's transport_stream_id, its NIT entry, the services on the air and the clear services present, under our own version number; at once when it changes, then with every ECM repetition. None while it would list no service (a receiver that sees its service leave the PAT gives up, one that sees no PMT waits) |
+//! | 0 (PAT) | learnt | ours: the input's transport_stream_id, its NIT entry, the services on the air and the clear services present, under our own version number; at once when it changes, then with every ECM repetition. None while it would list no service (a receiver that sees its service leave the PAT gives up, one that sees no PMT waits), nor in the first second after the input's first PAT while a service is still coming on the air |
 //! | 1 (CAT) | its descriptors are kept | replaced by ours, with our CA_descriptor for the EMM PID |
 //! | 2..=0x1F (SI) | | as it came, unless a configured service's PMT names it as a PES component: dropped |
 //! | PMT of a configured service | learnt | rewritten (CA_descriptor for the ECM PID and scrambling_descriptor in the program loop, our own version number), while on the air: at once when it changes, then with every ECM repetition |
@@ -229,6 +229,8 @@ pub struct Mux<F: CaFeed> {
     /// The PAT we send (the services on the air and the clear ones), and
     /// its section.
     pat_out: Option<(Pat, Vec<u8>)>,
+    /// Air time of the first input PAT.
+    pat_seen_at: Option<u64>,
     next_psi: u64,
     /// PMTs of the clear services, by program number.
     other_pmts: HashMap<u16, Pmt>,
@@ -319,6 +321,7 @@ impl<F: CaFeed> Mux<F> {
             assemblers: HashMap::new(),
             pat: None,
             pat_out: None,
+            pat_seen_at: None,
             next_psi: 0,
             other_pmts: HashMap::new(),
             cat_in: Vec::new(),
@@ -761,6 +764,7 @@ impl<F: CaFeed> Mux<F> {
                             }
                         }
                         self.pat = Some(pat);
+                        self.pat_seen_at.get_or_insert(now);
                         self.reclassify();
                         // Our PAT goes out at once if it changed; then
                         // with the bundle.
@@ -912,12 +916,19 @@ impl<F: CaFeed> Mux<F> {
 
     /// Sends our PAT, unless it lists no service: with nothing on the
     /// air no PAT goes out at all, since a receiver that sees its service
-    /// leave the PAT gives up, where one that sees no PMT waits.
+    /// leave the PAT gives up, where one that sees no PMT waits. For the
+    /// same reason, in the first second after the input's first PAT, while
+    /// a service has yet to go on the air (its PMT and CW may come a
+    /// moment after the others'), none goes out either.
     fn emit_pat(&mut self, now: u64) {
+        let starting = self
+            .pat_seen_at
+            .is_some_and(|t| now < t.saturating_add(REPORT_AFTER_MS * TICKS_PER_MS))
+            && self.services.iter().any(|s| !s.on_air);
         let Some((pat, s)) = self.pat_out.as_mut() else {
             return;
         };
-        if pat.programs.iter().all(|e| e.program_number == 0) {
+        if starting || pat.programs.iter().all(|e| e.program_number == 0) {
             return;
         }
         let s = std::mem::take(s);
@@ -2044,6 +2055,36 @@ mod tests {
             1
         );
         assert_eq!(m.stats.clear_packets, 3);
+    }
+
+    #[test]
+    fn at_the_start_the_pat_waits_a_moment_for_every_service() {
+        let late = |g: &mut Gen, t: u64| {
+            g.pat(&[(1, 0x1000), (2, 0x1100)]);
+            g.pmt(1, 0x1000, &[(0x1B, V), (0x0F, A)]);
+            if t >= 300 {
+                g.pmt(2, 0x1100, &[(0x1B, 0x200)]);
+            }
+        };
+        let mut m = mux(&[1, 2], &[], true);
+        let out = run(&mut m, &stream(0, 1000, &mut Gen::default(), late, false));
+        let p = pats(&out);
+        assert!(!p.is_empty());
+        assert!(p
+            .iter()
+            .all(|p| p.pmt_pid(1).is_some() && p.pmt_pid(2).is_some()));
+        // One that never comes holds the PAT back for a second only.
+        let never = |g: &mut Gen, _: u64| {
+            g.pat(&[(1, 0x1000), (2, 0x1100)]);
+            g.pmt(1, 0x1000, &[(0x1B, V), (0x0F, A)]);
+        };
+        let mut m = mux(&[1, 2], &[], true);
+        let out = run(&mut m, &stream(0, 2000, &mut Gen::default(), never, false));
+        let first_pat = out.iter().position(|p| pid(p) == 0).unwrap();
+        let video_before = out[..first_pat].iter().filter(|p| pid(p) == V).count();
+        assert!((80..=110).contains(&video_before), "{video_before}");
+        assert!(pats(&out).iter().all(|p| p.programs.len() == 1));
+        assert_eq!(health(&m, 1).withheld, Some(Withheld::PmtUnparsable));
     }
 
     #[test]
