@@ -1917,12 +1917,15 @@ impl Core {
         self.lapse_step(now_ms)?;
         self.renewal_step(now_ms)?;
         self.activation_step(now_ms)?;
-        self.ecm_step(now_ms)?;
+        // A failed ECM step (counted in iodoform_ecm_failures_total) does
+        // not hold up the EMMs: the carousel runs, then the error is
+        // reported.
+        let ecms = self.ecm_step(now_ms);
         self.carousel_step(now_ms)?;
         if self.ticks % 64 == 0 {
             self.prune()?;
         }
-        Ok(())
+        ecms
     }
 
     fn lapse_step(&mut self, now_ms: u64) -> Result<()> {
@@ -2899,8 +2902,11 @@ mod scheduler_tests {
                 "CREATE TRIGGER no_ecms BEFORE INSERT ON ecms BEGIN SELECT RAISE(FAIL, 'test'); END",
             )
             .unwrap();
+        let emms_before = core.output().emm_cursor();
         assert!(core.tick(T0 + 24_000).is_err());
         assert!(core.tick(T0 + 25_000).is_err());
+        // The carousel went on meanwhile.
+        assert!(core.output().emm_cursor() > emms_before);
         let metrics = core.metrics.clone();
         let failures = || {
             metrics
