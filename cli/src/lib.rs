@@ -146,6 +146,35 @@ pub fn parse<P: clap::Parser>() -> P {
     }
 }
 
+/// Tells a first stop signal (stop cleanly) from a second one (stop at
+/// once, [`exit::INTERRUPTED`]), for the tools' SIGINT/SIGTERM handlers.
+///
+/// Signals within [`Signals::SAME_WITHIN`] of the first count as the same
+/// one: `timeout(1)` signals the tool and then its whole process group, and
+/// a service manager may signal a process and its group too, so one
+/// request to stop often arrives twice at once. A person pressing Ctrl-C
+/// again, or a supervisor escalating, comes later than that.
+#[derive(Debug, Default)]
+pub struct Signals {
+    first: std::sync::OnceLock<std::time::Instant>,
+}
+
+impl Signals {
+    /// How close together two signals are one request.
+    pub const SAME_WITHIN: std::time::Duration = std::time::Duration::from_millis(250);
+
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Records a signal; true if it is a second request to stop.
+    pub fn second(&self) -> bool {
+        let now = std::time::Instant::now();
+        let first = *self.first.get_or_init(|| now);
+        now.duration_since(first) > Self::SAME_WITHIN
+    }
+}
+
 /// For the tools' tests: run a tool whose standard output is a pipe that
 /// its reader has already closed.
 #[cfg(feature = "testing")]
@@ -191,6 +220,15 @@ pub mod testing {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_signal_repeated_at_once_is_one_request() {
+        let s = Signals::new();
+        assert!(!s.second());
+        assert!(!s.second(), "the same request, delivered twice");
+        std::thread::sleep(Signals::SAME_WITHIN + std::time::Duration::from_millis(50));
+        assert!(s.second());
+    }
 
     #[test]
     fn the_help_table_lists_every_code_once() {

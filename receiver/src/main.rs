@@ -187,9 +187,12 @@ fn main() -> ExitCode {
         let stop = stop.clone();
         // The first signal ends the run cleanly (summary, flushed output);
         // a second one, for a run stuck waiting for a card, exits at once.
+        // (`timeout` delivers one signal twice at once: that is one.)
+        let signals = cli::Signals::new();
         let _ = ctrlc::set_handler(move || {
-            if stop.swap(true, Ordering::Relaxed) {
-                std::process::exit(130);
+            stop.store(true, Ordering::Relaxed);
+            if signals.second() {
+                std::process::exit(i32::from(cli::exit::INTERRUPTED));
             }
         });
     }

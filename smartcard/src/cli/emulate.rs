@@ -14,7 +14,6 @@ use smartcard::Applet;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
 
 #[derive(Debug, clap::Args)]
 pub struct Args {
@@ -61,12 +60,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     );
     let stop = StopHandle::new();
     let on_signal = stop.clone();
-    let signals = AtomicUsize::new(0);
+    let signals = ::cli::Signals::new();
     ctrlc::set_handler(move || {
         // The first signal stops cleanly; a second one does not wait. The
-        // EEPROM's two-slot commit makes even that safe.
-        if signals.fetch_add(1, Ordering::SeqCst) > 0 {
-            std::process::exit(130);
+        // EEPROM's two-slot commit makes even that safe. (`timeout`
+        // delivers one signal twice at once: that is one.)
+        if signals.second() {
+            std::process::exit(i32::from(::cli::exit::INTERRUPTED));
         }
         on_signal.stop();
     })
