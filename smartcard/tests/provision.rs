@@ -203,20 +203,20 @@ fn missing_reader_and_missing_card() {
 
     let t = Instant::now();
     let out = run(&[&base[..], &["--reader", "No Such Reader"]].concat());
-    assert_fails(&out, 1, "reader \"No Such Reader\" not found; readers: ");
+    assert_fails(&out, 4, "reader \"No Such Reader\" not found; readers: ");
     assert!(
         t.elapsed() < Duration::from_secs(5),
         "no waiting for a typo"
     );
     let out = run(&["info", "--reader", "No Such Reader"]);
-    assert_fails(&out, 1, "reader \"No Such Reader\" not found");
+    assert_fails(&out, 4, "reader \"No Such Reader\" not found");
 
     // An empty slot: no card comes within the timeout.
     let slot = harness::slot();
     let out = run(&[&base[..], &["--reader", slot.reader, "--timeout", "0.5"]].concat());
     assert_fails(
         &out,
-        1,
+        4,
         &format!("no card in reader {:?} within 0.5 s", slot.reader),
     );
     assert!(out.stdout.is_empty());
@@ -233,7 +233,7 @@ fn missing_reader_and_missing_card() {
         cards.to_str().unwrap(),
     ];
     let out = run(&[&base[..], &batch[..]].concat());
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(4));
     // Batch mode prompts on stderr; the error is the last line.
     let err = stderr(&out);
     assert!(
@@ -242,7 +242,7 @@ fn missing_reader_and_missing_card() {
     );
     assert!(!cards.exists());
     let out = run(&["info", "--reader", slot.reader]);
-    assert_fails(&out, 1, "no card in reader");
+    assert_fails(&out, 4, "no card in reader");
 }
 
 /// Needs no pcscd: all of these are refused before any card is looked for.
@@ -339,7 +339,7 @@ fn no_pcscd_is_one_clear_line() {
             .env("PCSCLITE_CSOCK_NAME", &nowhere)
             .output()
             .unwrap();
-        assert_fails(&out, 1, "pcscd is not running");
+        assert_fails(&out, 69, "pcscd is not running");
         assert!(stderr(&out).contains("scripts/ensure-pcscd.sh"));
     }
 }
@@ -587,7 +587,7 @@ fn register_posts_the_record_with_the_token() {
     .env("IODOFORM_TOKEN", "t")
     .output()
     .unwrap();
-    assert_fails(&out, 1, "cannot reach the headend at");
+    assert_fails(&out, 69, "cannot reach the headend at");
 }
 
 /// The `headend` binary, when the workspace build made it (as

@@ -61,7 +61,14 @@ pub fn check_reader(choice: &ReaderChoice) -> anyhow::Result<()> {
             .collect();
         if choice.candidates(&names).is_empty() {
             let known: Vec<&str> = readers.iter().map(|r| r.name.as_str()).collect();
-            anyhow::bail!("reader {name:?} not found; readers: {}", known.join(", "));
+            return Err(Coded {
+                code: ::cli::exit::NO_CARD,
+                message: format!(
+                    "reader {name:?} not found; readers: {} (name one of them, or part of its name, with --reader)",
+                    known.join(", ")
+                ),
+            }
+            .into());
         }
     }
     Ok(())
@@ -79,9 +86,15 @@ pub fn place(choice: &ReaderChoice) -> String {
 pub fn wait_for_card(choice: &ReaderChoice, timeout: Duration) -> anyhow::Result<PcscTransport> {
     match PcscTransport::wait_for_card(choice.clone(), timeout) {
         Ok(t) => Ok(t),
-        Err(TransportError::Timeout | TransportError::NoCard) => {
-            anyhow::bail!("no card in {} within {}", place(choice), seconds(timeout))
+        Err(TransportError::Timeout | TransportError::NoCard) => Err(Coded {
+            code: ::cli::exit::NO_CARD,
+            message: format!(
+                "no card in {} within {} (insert one, or wait longer with --timeout)",
+                place(choice),
+                seconds(timeout)
+            ),
         }
+        .into()),
         Err(e) => Err(explain(e)),
     }
 }

@@ -282,7 +282,14 @@ impl Registrar {
                 anyhow::bail!("the headend at {} answered {code}: {why}", self.base)
             }
             Err(ureq::Error::Transport(t)) => {
-                anyhow::bail!("cannot reach the headend at {}: {t}", self.base)
+                Err(super::card::Coded {
+                    code: ::cli::exit::UNAVAILABLE,
+                    message: format!(
+                        "cannot reach the headend at {}: {t} (is `headend run` up, and is --register its admin API address?)",
+                        self.base
+                    ),
+                }
+                .into())
             }
         }
     }
