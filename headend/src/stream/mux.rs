@@ -631,20 +631,32 @@ impl<F: CaFeed> Mux<F> {
     /// PCR-only PID, anything not explicitly allowed), is dropped and
     /// counted in `clear_packets`, whatever the code before decided.
     #[inline]
-    fn emit(&mut self, bytes: [u8; PACKET_LEN], ticks: u64) {
-        // transport_scrambling_control 00 and a payload.
-        if bytes[3] & 0xD0 == 0x10 {
-            let pid = usize::from(u16::from_be_bytes([bytes[1] & 0x1F, bytes[2]]));
-            if !self.clear_ok[pid] && clear_payload_len(&bytes) > 0 {
-                self.caught_clear(pid);
-                return;
-            }
+    fn emit(&mut self, bytes: &[u8; PACKET_LEN], ticks: u64) {
+        // transport_scrambling_control 00 and a payload: rare on the
+        // per-packet path, where almost everything is scrambled.
+        if bytes[3] & 0xD0 == 0x10 && !self.may_leave_clear(bytes) {
+            return;
         }
         self.stats.packets_out += 1;
-        self.out.push(OutPacket { bytes, ticks });
+        self.out.push(OutPacket {
+            bytes: *bytes,
+            ticks,
+        });
     }
 
+    /// Whether a clear packet with the payload flag may leave; if not, it
+    /// is counted and reported.
     #[cold]
+    #[inline(never)]
+    fn may_leave_clear(&mut self, bytes: &[u8; PACKET_LEN]) -> bool {
+        let pid = usize::from(u16::from_be_bytes([bytes[1] & 0x1F, bytes[2]]));
+        if self.clear_ok[pid] || clear_payload_len(bytes) == 0 {
+            return true;
+        }
+        self.caught_clear(pid);
+        false
+    }
+
     fn caught_clear(&mut self, pid: usize) {
         self.stats.clear_packets += 1;
         let svc = match self.roles[pid] {
@@ -697,7 +709,7 @@ impl<F: CaFeed> Mux<F> {
 
     fn emit_input(&mut self, pid: u16, pkt: &mut [u8; PACKET_LEN], now: u64) {
         self.relink(pid, pkt);
-        self.emit(*pkt, now);
+        self.emit(pkt, now);
     }
 
     /// Cuts sections into packets on `pid` with its own counter.
@@ -714,7 +726,7 @@ impl<F: CaFeed> Mux<F> {
         let n = self.scratch.len();
         for i in 0..n {
             let p = self.scratch[i];
-            self.emit(p, now);
+            self.emit(&p, now);
         }
         n
     }
@@ -1451,7 +1463,7 @@ impl<F: CaFeed> Mux<F> {
         if self.emm.mode == EmmInsertion::AddRate {
             let made = self.fetch_emms(now);
             for p in made {
-                self.emit(p, now);
+                self.emit(&p, now);
             }
         }
     }
@@ -1498,14 +1510,14 @@ impl<F: CaFeed> Mux<F> {
             }
             if let Some(p) = self.emm.queue.pop_front() {
                 self.stats.nulls_replaced += 1;
-                self.emit(p, now);
+                self.emit(&p, now);
                 return;
             }
         }
         // Our own null packet: an input's could carry anything in its
         // payload, and null counters carry no meaning.
         let _ = pkt;
-        self.emit(null_packet(), now);
+        self.emit(&null_packet(), now);
     }
 
     // ------------------------------------------------------- scrambling
@@ -1546,7 +1558,7 @@ impl<F: CaFeed> Mux<F> {
                 return;
             }
         }
-        self.emit(*pkt, now);
+        self.emit(pkt, now);
     }
 }
 
@@ -2028,24 +2040,24 @@ mod tests {
         assert!(health(&m, 0).on_air);
         let mut clear = PacketBuilder::new(V).build(&[7; 184]).unwrap().0;
         // A bug that would send a clear video packet: caught.
-        m.emit(clear, 0);
+        m.emit(&clear, 0);
         // Short payloads too: they are content.
         let mut b = PacketBuilder::new(A);
         b.stuffing = 170;
         let (short, n) = b.build(&[7; 184]).unwrap();
         assert!(n < 16);
-        m.emit(short, 0);
+        m.emit(&short, 0);
         // And on a PID that nothing names.
         clear[1] = 0x05;
-        m.emit(clear, 0);
+        m.emit(&clear, 0);
         assert_eq!(m.stats.clear_packets, 3);
         assert_eq!(health(&m, 0).clear_packets, 2);
         // An adaptation field alone (a PCR) carries no content: it passes.
         let mut b = PacketBuilder::new(V);
         b.pcr = Some(Pcr::from_27mhz(1));
-        m.emit(b.build(&[]).unwrap().0, 0);
+        m.emit(&b.build(&[]).unwrap().0, 0);
         // SI as it came passes.
-        m.emit(PacketBuilder::new(0x11).build(&[1; 184]).unwrap().0, 0);
+        m.emit(&PacketBuilder::new(0x11).build(&[1; 184]).unwrap().0, 0);
         let mut out = Vec::new();
         m.take_output(&mut out);
         assert_eq!(
