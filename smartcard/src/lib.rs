@@ -3,11 +3,9 @@
 //! receiver and the provisioning tool use to talk to a card.
 #![forbid(unsafe_code)]
 
-pub mod applet;
+pub use card::{applet, eeprom, state};
 pub mod client;
-pub mod eeprom;
 pub mod pcsc;
-pub mod state;
 pub mod transport;
 pub mod vpcd;
 

@@ -10,7 +10,7 @@
 //! stored state exactly as it was.
 
 use crate::eeprom::{Eeprom, Store};
-use crate::state::{CardState, StoredEntitlement, MAX_ENTITLEMENTS, MAX_GENERATIONS};
+use crate::state::{CardState, StoredEntitlement, MAX_ENTITLEMENTS};
 use proto::apdu::{Cla, Command, Ins, Response, StatusWord, AID};
 use proto::card::{
     seal_control_words, CardInfo, ControlWords, EntitlementPage, LifeCycle, Personalization,
@@ -33,9 +33,57 @@ pub const ATR: &[u8] = &[
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+    use crate::eeprom::MemEeprom;
+    use proto::crypto::SigningKey;
+
     #[test]
     fn atr_check_byte() {
         assert_eq!(super::ATR[1..].iter().fold(0u8, |a, b| a ^ b), 0);
+    }
+
+    /// Only the public key and the card id ever come out: the key seed
+    /// made at personalization is in no response of a card's life, and it
+    /// is the seed of the public key the card reports.
+    #[test]
+    fn the_card_key_never_leaves() {
+        let mut a = Applet::power_on(MemEeprom::default()).unwrap();
+        let p = Personalization {
+            card_id: 42,
+            operator_id: 1,
+            operator_kex: X25519Secret::random().public(),
+            operator_sig: SigningKey::random().public(),
+        };
+        let mut responses = Vec::new();
+        let mut send = |a: &mut Applet<MemEeprom>, c: Command| {
+            let r = a.process(&c.to_bytes());
+            assert_eq!(r[r.len() - 2..], [0x90, 0x00], "{:?}", c.ins);
+            responses.push(r);
+        };
+        send(&mut a, Command::select());
+        send(
+            &mut a,
+            Command::proprietary(Ins::PERSONALIZE, 0, p.to_bytes()),
+        );
+        send(
+            &mut a,
+            Command::new(Cla::PROPRIETARY, Ins::LOCK, 0, 0, vec![], None),
+        );
+        send(&mut a, Command::proprietary(Ins::GET_INFO, 0, vec![]));
+        send(
+            &mut a,
+            Command::proprietary(Ins::LIST_ENTITLEMENTS, 0, vec![]),
+        );
+        let seed = a.state().secret.clone().expect("personalized");
+        let public = X25519Secret::from_seed(&seed).public();
+        assert_eq!(responses[1][..32], public);
+        let info = CardInfo::from_bytes(&responses[3][..responses[3].len() - 2]).unwrap();
+        assert_eq!(info.card_id, 42);
+        assert_eq!(info.state, LifeCycle::LOCKED);
+        assert_eq!(info.public_key, public);
+        for r in &responses {
+            assert!(!r.windows(32).any(|w| w == seed.expose()));
+        }
     }
 }
 
@@ -664,12 +712,7 @@ fn apply_emm(next: &mut CardState, kind: EmmKind, p: &EmmPayload) -> Result<(), 
                         if next.entitlements.len() >= MAX_ENTITLEMENTS {
                             return Err(CardError::Full);
                         }
-                        let mut x = StoredEntitlement {
-                            product: e.product,
-                            start: e.start,
-                            end: e.end,
-                            keys: Vec::with_capacity(MAX_GENERATIONS),
-                        };
+                        let mut x = StoredEntitlement::new(e.product, e.start, e.end);
                         x.add_key(e.generation, e.key.clone());
                         next.entitlements.push(x);
                     }
