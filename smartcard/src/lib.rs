@@ -4,11 +4,9 @@
 #![forbid(unsafe_code)]
 
 pub use card::{applet, eeprom, state};
-pub mod client;
-pub mod pcsc;
-pub mod transport;
+pub use cardlink::{client, pcsc, transport};
 pub mod vpcd;
 
 pub use applet::{Applet, CardError};
+pub use cardlink::{CardTransport, InProcessCard, Recording, TransportError};
 pub use client::{CardClient, ClientError};
-pub use transport::{CardTransport, InProcessCard, Recording, TransportError};

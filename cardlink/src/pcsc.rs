@@ -1,6 +1,6 @@
 //! The PC/SC transport: a card in a reader of the system's pcscd, through
-//! the `pcsc` crate, exactly as with a hardware reader. The virtual card of
-//! [`crate::vpcd`] is just another card here.
+//! the `pcsc` crate, exactly as with a hardware reader. The virtual card
+//! that `smartcard emulate` plugs into vpcd is just another card here.
 //!
 //! It picks a reader by name (exact, else substring) or else the first
 //! reader with a card; it waits for a card with `SCardGetStatusChange`,

@@ -1,9 +1,8 @@
 //! How APDUs reach a card. Application logic knows only [`CardTransport`];
-//! PC/SC is one implementation and the in-process applet another, and the
-//! card's behaviour tests run on both.
+//! PC/SC (`crate::pcsc`) is one implementation and the in-process applet
+//! (`crate::in_process`) another, and the card's behaviour tests run on
+//! both. [`Recording`] wraps either and keeps what crossed the link.
 
-use crate::applet::Applet;
-use crate::eeprom::Eeprom;
 use thiserror::Error;
 
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -69,58 +68,6 @@ impl<T: CardTransport + ?Sized> CardTransport for Box<T> {
     }
 }
 
-/// The applet in this process: the fast transport for tests.
-#[derive(Debug)]
-pub struct InProcessCard<E> {
-    pub applet: Applet<E>,
-    extended: bool,
-    /// Every command and response, when recording is on.
-    pub log: Option<Vec<(Vec<u8>, Vec<u8>)>>,
-}
-
-impl<E: Eeprom> InProcessCard<E> {
-    pub fn new(applet: Applet<E>) -> Self {
-        InProcessCard {
-            applet,
-            extended: true,
-            log: None,
-        }
-    }
-
-    /// Behaves like a reader without extended-length support.
-    pub fn short_only(mut self) -> Self {
-        self.extended = false;
-        self
-    }
-
-    pub fn recording(mut self) -> Self {
-        self.log = Some(Vec::new());
-        self
-    }
-}
-
-impl<E: Eeprom> CardTransport for InProcessCard<E> {
-    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
-        if !self.extended && apdu.len() > 261 {
-            return Err(TransportError::Other(
-                "reader does not support extended APDUs".into(),
-            ));
-        }
-        let r = self.applet.process(apdu);
-        if let Some(log) = &mut self.log {
-            log.push((apdu.to_vec(), r.clone()));
-        }
-        Ok(r)
-    }
-    fn reconnect(&mut self) -> Result<(), TransportError> {
-        self.applet.reset();
-        Ok(())
-    }
-    fn supports_extended(&self) -> bool {
-        self.extended
-    }
-}
-
 /// Any transport, with every command and response it carries kept in
 /// order: what a probe on the reader's cable would see. Tests use it to
 /// check what crosses the link (for one, that no control word does in
@@ -162,26 +109,5 @@ impl<T: CardTransport> CardTransport for Recording<T> {
     }
     fn supports_extended(&self) -> bool {
         self.inner.supports_extended()
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::eeprom::MemEeprom;
-
-    #[test]
-    fn recording_keeps_every_exchange() {
-        let card = InProcessCard::new(Applet::power_on(MemEeprom::default()).unwrap());
-        let mut r = Recording::new(card);
-        let select = proto::apdu::Command::select().to_bytes();
-        assert_eq!(r.transmit(&select).unwrap(), [0x90, 0x00]);
-        assert_eq!(r.transmit(&[0x80, 0x99, 0, 0]).unwrap(), [0x6D, 0x00]);
-        assert_eq!(r.log.len(), 2);
-        assert_eq!(r.log[0], (select.clone(), vec![0x90, 0x00]));
-        let all: Vec<&[u8]> = r.messages().collect();
-        assert_eq!(all.len(), 4);
-        assert_eq!(all[2], [0x80, 0x99, 0, 0]);
-        assert!(r.supports_extended());
     }
 }
