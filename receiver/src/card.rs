@@ -15,15 +15,18 @@
 //! unpair` reaches it, and each ECM tries the session again.
 //!
 //! What it must never do: log, print or return a control word except as
-//! [`ControlWords`] (whose `Debug` is redacted), or get control words from
-//! a card paired with another receiver.
+//! [`ControlWords`](proto::card::ControlWords) (whose `Debug` is
+//! redacted), or get control words from a card paired with another
+//! receiver.
 //!
 //! Transports come from a [`CardConnector`]: PC/SC by reader name in
 //! production, or a card state file in process for tests
 //! ([`StateFileCard`]).
 
 use proto::apdu::StatusWord;
-use proto::card::{CardInfo, ControlWords, EntitlementRecord, LifeCycle};
+use crate::error::Failure;
+pub use crate::pipeline::ca::{CaModule, EcmOutcome, EmmOutcome};
+use proto::card::{CardInfo, EntitlementRecord, LifeCycle};
 use proto::crypto::X25519Secret;
 use smartcard::client::describe;
 use smartcard::eeprom::FileEeprom;
@@ -163,25 +166,6 @@ fn no_card_text(what: &str, why: &TransportError, waited: Option<Duration>) -> S
         TransportError::Other(e) => format!("cannot use the card in {what}: {e}"),
         other => format!("cannot use the card in {what}: {other}"),
     }
-}
-
-/// What the card said to an EMM.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum EmmOutcome {
-    Accepted,
-    /// Already seen (or older than one seen): normal on a carousel.
-    Replayed,
-    /// Refused for another reason (forged, damaged, not understood).
-    Rejected(StatusWord),
-}
-
-/// What the card said to an ECM.
-#[derive(Debug)]
-pub enum EcmOutcome {
-    ControlWords(ControlWords),
-    /// Refused: not entitled, outside the dates, unknown key generation,
-    /// failed authentication...
-    Refused(StatusWord),
 }
 
 /// Counters of the link.
@@ -545,6 +529,34 @@ fn open_session(
         Ok(()) => Ok((info, true)),
         Err(e) if e.status() == Some(StatusWord::NOT_PAIRED_RECEIVER) => Ok((info, false)),
         Err(e) => Err(card(info.card_id)(e)),
+    }
+}
+
+/// The card behind its link is the pipeline's CA module.
+impl CaModule for CardLink {
+    fn card_id(&self) -> u32 {
+        CardLink::card_id(self)
+    }
+    fn process_ecm(&mut self, ecm: &[u8]) -> Result<EcmOutcome, Failure> {
+        Ok(CardLink::process_ecm(self, ecm)?)
+    }
+    fn process_emm(&mut self, emm: &[u8]) -> Result<EmmOutcome, Failure> {
+        Ok(CardLink::process_emm(self, emm)?)
+    }
+    fn paired_elsewhere(&self) -> bool {
+        CardLink::paired_elsewhere(self)
+    }
+    fn paired_elsewhere_error(&self) -> Failure {
+        CardLink::paired_elsewhere_error(self).into()
+    }
+    fn receiver_public(&self) -> [u8; 32] {
+        CardLink::receiver_public(self)
+    }
+    fn entitlement(&mut self, product: u32) -> Option<(EntitlementRecord, u64)> {
+        CardLink::entitlement(self, product)
+    }
+    fn reconnects(&self) -> u64 {
+        self.stats().reconnects
     }
 }
 

@@ -257,8 +257,9 @@ impl KeySlots {
     }
 }
 
+/// Control words by epoch, shared with the pipeline's scripted CA module.
 #[cfg(test)]
-mod tests_support {
+pub(crate) mod tests_support {
     use super::*;
     use ts::Scrambler;
 

@@ -7,7 +7,8 @@
 //! * [`pipeline`]: [`Pipeline`], scrambled TS in, clear TS out: the
 //!   service found through the PAT, PMT and CAT; EMMs filtered by address
 //!   before they reach the card; new ECMs to the card; both CW slots; PSI
-//!   rewritten without CA signalling.
+//!   rewritten without CA signalling. It talks to the card through the
+//!   [`CaModule`] trait, which [`CardLink`] implements.
 //! * [`keys`]: the CW slots and which crypto period each key belongs to.
 //! * [`io`], [`run`](mod@run): files, pipes and UDP; one whole run with its report.
 //! * [`stats`], [`error`]: counters, the status line, and why a run ended
@@ -32,6 +33,6 @@ pub mod stats;
 
 pub use card::{CardConnector, CardLink, LinkError, LinkOptions, PcscCard, StateFileCard};
 pub use error::{exit, Failure};
-pub use pipeline::{PacketSink, Pipeline, PipelineOptions};
+pub use pipeline::{CaModule, PacketSink, Pipeline, PipelineOptions};
 pub use run::{run, Report, RunConfig};
 pub use stats::Stats;

@@ -1,0 +1,503 @@
+//! The pipeline with a scripted CA module ([`super::script`]): discovery,
+//! the CW slots across changes, refusals, and the rewritten output, each
+//! on a stream written packet by packet.
+
+use super::script::{command::*, *};
+use super::*;
+use crate::card::LinkError;
+use crate::error::exit;
+use proto::emm::GLOBAL_ADDRESS;
+use ts::psi::Pmt;
+
+/// A run over the whole stream, one packet per push so that a failure
+/// stops soon after it happened (`Stats::packets_in` says where: the
+/// packets looked at, the failing one included).
+struct Run {
+    out: Vec<u8>,
+    result: Result<(), Failure>,
+    p: Pipeline<ScriptedCa>,
+}
+
+fn run(ts: &[u8], card: ScriptedCa, opts: PipelineOptions) -> Run {
+    let mut p = Pipeline::new(card, opts);
+    let mut out = Vec::new();
+    let mut result = Ok(());
+    for chunk in ts.chunks(PACKET_LEN) {
+        result = p.push(chunk, &mut out);
+        if result.is_err() {
+            break;
+        }
+    }
+    if result.is_ok() {
+        result = p.finish(&mut out);
+    }
+    Run { out, result, p }
+}
+
+fn opts() -> PipelineOptions {
+    PipelineOptions::default()
+}
+
+fn pmts(out: &[u8], pid: u16) -> Vec<Pmt> {
+    sections(out, pid)
+        .iter()
+        .map(|s| Pmt::from_section(s).unwrap())
+        .collect()
+}
+
+const SECOND: u64 = 27_000_000;
+
+#[test]
+fn finds_the_service_its_ecm_and_emm_pids_and_replays_what_came_first() {
+    let mut air = Air::new();
+    // An ECM and EMMs before any table: held, then replayed.
+    air.ecm(ECM_PID, 10);
+    air.emm(CARD, NOTHING, 1);
+    air.emm(OTHER_CARD, NOTHING, 2);
+    air.emm(GLOBAL_ADDRESS, NOTHING, 3);
+    air.emm(CARD, NOTHING, 1); // a carousel's repetition
+    air.pat(&[(0, 0x10), (SERVICE, PMT_PID), (2, 0x200)]);
+    air.cat(EMM_PID);
+    air.pmt(
+        PMT_PID,
+        &service_pmt(SERVICE, VIDEO, &[VIDEO, AUDIO], Some(ECM_PID)),
+    );
+    air.pmt(0x200, &service_pmt(2, 0x201, &[0x201], Some(0x1F8)));
+    for seq in 0..20 {
+        air.es(VIDEO, Some(10), seq, Some(u64::from(seq) * SECOND / 25));
+        air.es(AUDIO, Some(10), seq, None);
+        // Service 2's stream and its ECMs are not ours; SI passes.
+        air.es(0x201, Some(10), seq, None);
+    }
+    air.ecm(0x1F8, 10);
+    air.es(0x11, None, 0, None);
+    air.pat(&[(0, 0x10), (SERVICE, PMT_PID), (2, 0x200)]);
+
+    let Run { out, result, p, .. } = run(&air.ts, ScriptedCa::new(), opts());
+    result.unwrap();
+    assert_eq!(p.service(), Some(SERVICE));
+    let map = &p.stages.map;
+    assert_eq!(map.pmt_pid(), Some(PMT_PID));
+    assert_eq!(map.ecm_pid(), Some(ECM_PID));
+    assert_eq!(map.emm_pid(), Some(EMM_PID));
+    assert_eq!(map.pcr_pid(), Some(VIDEO));
+    let stats = p.stats();
+    assert_eq!(stats.descrambled, 40);
+    assert_eq!(stats.before_first_key + stats.undecryptable, 0);
+    assert_eq!(stats.emm_duplicates, 1);
+    let card = p.into_card();
+    assert_eq!(card.ecms, [10]);
+    assert_eq!(
+        card.emms,
+        [(CARD, NOTHING), (GLOBAL_ADDRESS, NOTHING)],
+        "only this card's EMMs and global ones, each once"
+    );
+
+    let expect: Vec<u32> = (0..20).collect();
+    assert_eq!(seqs(&out, VIDEO), expect);
+    assert_eq!(seqs(&out, AUDIO), expect);
+    let pids: Vec<u16> = by_pid(&out).keys().copied().collect();
+    assert_eq!(pids, [PAT_PID, 0x11, PMT_PID, VIDEO, AUDIO]);
+    // The PAT has this service only; the PMT no CA signalling.
+    let pats = sections(&out, PAT_PID);
+    assert_eq!(pats.len(), 2);
+    let pat = Pat::from_section(&pats[0]).unwrap();
+    assert_eq!(pat.pmt_pid(SERVICE), Some(PMT_PID));
+    assert_eq!(pat.pmt_pid(2), None);
+    assert_eq!(pat.programs.len(), 2, "the network PID stays");
+    let pmt = &pmts(&out, PMT_PID)[0];
+    assert!(!has_ca(pmt));
+    assert_eq!(pmt.streams.len(), 2);
+}
+
+#[test]
+fn the_service_named_in_the_options_is_the_one_descrambled() {
+    let mut air = Air::new();
+    air.pat(&[(SERVICE, PMT_PID), (2, 0x200)]);
+    air.pmt(
+        PMT_PID,
+        &service_pmt(SERVICE, VIDEO, &[VIDEO], Some(ECM_PID)),
+    );
+    air.pmt(0x200, &service_pmt(2, 0x201, &[0x201], Some(0x1F8)));
+    air.ecm(ECM_PID, 7);
+    air.ecm(0x1F8, 10);
+    for seq in 0..5 {
+        air.es(VIDEO, Some(7), seq, None);
+        air.es(0x201, Some(10), seq, None);
+    }
+    let o = PipelineOptions {
+        service: Some(2),
+        ..opts()
+    };
+    let Run { out, result, p, .. } = run(&air.ts, ScriptedCa::new(), o);
+    result.unwrap();
+    assert_eq!(p.service(), Some(2));
+    assert_eq!(p.into_card().ecms, [10]);
+    assert_eq!(seqs(&out, 0x201), [0, 1, 2, 3, 4]);
+    assert!(seqs(&out, VIDEO).is_empty());
+
+    // A service the PAT does not have is refused at once.
+    let o = PipelineOptions {
+        service: Some(3),
+        ..opts()
+    };
+    let r = run(&air.ts, ScriptedCa::new(), o);
+    match r.result {
+        Err(Failure::UnknownService { service, available }) => {
+            assert_eq!((service, available), (3, vec![SERVICE, 2]));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(r.p.stats().packets_in, 1);
+    assert!(r.out.is_empty());
+}
+
+#[test]
+fn a_pmt_change_mid_stream_moves_the_components_and_the_ecm_pid() {
+    let mut air = Air::new();
+    air.tables();
+    air.ecm(ECM_PID, 10);
+    for seq in 0..5 {
+        air.es(VIDEO, Some(10), seq, None);
+        air.es(AUDIO, Some(10), seq, None);
+    }
+    // Version 1: the audio moves to 0x103 and the ECMs to 0x1F2.
+    let mut v1 = service_pmt(SERVICE, VIDEO, &[VIDEO, 0x103], Some(0x1F2));
+    v1.version = 1;
+    air.pmt(PMT_PID, &v1);
+    // The same ECM on its new PID is new to the pipeline; one on the
+    // old PID is no longer the service's.
+    air.ecm(0x1F2, 10);
+    air.ecm(ECM_PID, 11);
+    for seq in 5..10 {
+        air.es(VIDEO, Some(10), seq, None);
+        air.es(AUDIO, Some(10), seq, None);
+        air.es(0x103, Some(10), seq, None);
+    }
+    air.pmt(PMT_PID, &v1);
+
+    let Run { out, result, p, .. } = run(&air.ts, ScriptedCa::new(), opts());
+    result.unwrap();
+    assert_eq!(p.stages.map.ecm_pid(), Some(0x1F2));
+    assert_eq!(p.stats().undecryptable, 0);
+    assert_eq!(p.into_card().ecms, [10, 10]);
+    assert_eq!(seqs(&out, VIDEO), (0..10).collect::<Vec<_>>());
+    assert_eq!(seqs(&out, AUDIO), (0..5).collect::<Vec<_>>());
+    assert_eq!(seqs(&out, 0x103), (5..10).collect::<Vec<_>>());
+    assert!(!by_pid(&out).contains_key(&0x1F2));
+    // The output PMT follows, cleared, its counter continuous across the
+    // change.
+    let versions: Vec<u8> = pmts(&out, PMT_PID).iter().map(|t| t.version).collect();
+    assert_eq!(versions, [0, 1, 1]);
+    assert!(pmts(&out, PMT_PID).iter().all(|t| !has_ca(t)));
+    for (i, p) in by_pid(&out)[&PMT_PID].iter().enumerate() {
+        assert_eq!(
+            usize::from(Packet::from_array(p).unwrap().continuity_counter()),
+            i
+        );
+    }
+}
+
+#[test]
+fn both_cw_slots_across_cw_changes_lose_no_packet() {
+    // As the headend sends them: the ECM of period n a little before its
+    // first packet, while packets of n - 1 still come, then repeated.
+    let mut air = Air::new();
+    air.tables();
+    let mut seq = 0;
+    for n in 10..15u64 {
+        air.ecm(ECM_PID, n);
+        if n > 10 {
+            for _ in 0..3 {
+                air.es(VIDEO, Some(n - 1), seq, None);
+                seq += 1;
+            }
+        }
+        for i in 0..10 {
+            if i == 5 {
+                air.ecm(ECM_PID, n);
+            }
+            air.es(VIDEO, Some(n), seq, None);
+            seq += 1;
+        }
+    }
+    let Run { out, result, p, .. } = run(&air.ts, ScriptedCa::new(), opts());
+    result.unwrap();
+    assert_eq!(seqs(&out, VIDEO), (0..seq).collect::<Vec<_>>());
+    let stats = p.stats();
+    assert_eq!(stats.descrambled, u64::from(seq));
+    assert_eq!(stats.undecryptable + stats.before_first_key, 0);
+    assert_eq!((stats.ecm_sections, stats.ecms_to_card), (10, 5));
+    // CW_10 and CW_11 from the first ECM, then one new key per ECM.
+    assert_eq!(stats.cw_changes, 6);
+    assert_eq!(p.into_card().ecms, [10, 11, 12, 13, 14]);
+}
+
+#[test]
+fn a_refused_ecm_stops_the_output_at_its_period_until_an_emm_entitles_the_card() {
+    let mut air = Air::new();
+    air.tables();
+    air.ecm(ECM_PID, 10);
+    for seq in 0..5 {
+        air.es(VIDEO, Some(10), seq, None);
+    }
+    // The subscription ends; ECM 11 comes (early) and is refused.
+    air.emm(CARD, REVOKE, 1);
+    air.ecm(ECM_PID, 11);
+    for seq in 5..8 {
+        air.es(VIDEO, Some(10), seq, None);
+    }
+    for seq in 8..12 {
+        air.es(VIDEO, Some(11), seq, None);
+    }
+    // Renewed: the last ECM goes to the card again at once.
+    air.emm(CARD, ENTITLE, 2);
+    for seq in 12..15 {
+        air.es(VIDEO, Some(11), seq, None);
+    }
+    let Run { out, result, p, .. } = run(&air.ts, ScriptedCa::new(), opts());
+    result.unwrap();
+    // Period 10 runs to its end although ECM 10 carried CW_11.
+    let want: Vec<u32> = (0..8).chain(12..15).collect();
+    assert_eq!(seqs(&out, VIDEO), want);
+    let stats = p.stats();
+    assert_eq!((stats.undecryptable, stats.ecms_refused), (4, 1));
+    let card = p.into_card();
+    assert_eq!(card.ecms, [10, 11, 11]);
+    assert_eq!(card.emms, [(CARD, REVOKE), (CARD, ENTITLE)]);
+}
+
+#[test]
+fn not_entitled_stops_the_output_and_gives_up_after_the_wait() {
+    let mut air = Air::new();
+    air.tables();
+    // An EMM before the ECM (one after would have the ECM sent again).
+    air.emm(CARD, NOTHING, 1);
+    air.ecm(ECM_PID, 10);
+    // Half a second of stream time per packet.
+    for seq in 0..10 {
+        air.es(VIDEO, Some(10), seq, Some(u64::from(seq) * SECOND / 2));
+    }
+    let o = PipelineOptions {
+        entitlement_wait: Duration::from_secs(2),
+        ..opts()
+    };
+    let r = run(&air.ts, ScriptedCa::not_entitled(), o.clone());
+    let message = "card 42 has no entitlement for product 7";
+    match &r.result {
+        Err(f @ Failure::NotEntitled(m)) => {
+            assert_eq!(m, message);
+            assert_eq!(f.exit_code(), exit::NOT_ENTITLED);
+        }
+        other => panic!("{other:?}"),
+    }
+    // Given up at the packet 2 s of PCR after the refusal (the 5th), not
+    // before: the wall clock has not run that long.
+    let tables_and_ca = air.ts.len() / PACKET_LEN - 10;
+    assert_eq!(r.p.stats().packets_in, tables_and_ca as u64 + 5);
+    assert!(seqs(&r.out, VIDEO).is_empty());
+    let stats = r.p.stats();
+    assert_eq!((stats.ecms_refused, stats.undecryptable), (1, 5));
+    // The EMMs still reached the card.
+    assert_eq!(r.p.into_card().emms, [(CARD, NOTHING)]);
+
+    // A stream that ends before the wait: the run fails all the same.
+    let short = &air.ts[..(tables_and_ca + 2) * PACKET_LEN];
+    let r = run(short, ScriptedCa::not_entitled(), o);
+    assert!(
+        matches!(&r.result, Err(Failure::NotEntitled(m)) if m == message),
+        "{:?}",
+        r.result
+    );
+}
+
+#[test]
+fn paired_elsewhere_the_emms_still_reach_the_card_until_it_is_paired_here() {
+    let mut air = Air::new();
+    air.tables();
+    air.emm(CARD, NOTHING, 1);
+    air.ecm(ECM_PID, 10);
+    for seq in 0..5 {
+        air.es(VIDEO, Some(10), seq, None);
+    }
+    air.emm(OTHER_CARD, PAIR, 2);
+    // Every EMM the card accepts may have paired it: the ECM is sent
+    // again (and refused again).
+    air.emm(GLOBAL_ADDRESS, NOTHING, 3);
+    // The operator's `headend pair` reaches the card.
+    air.emm(CARD, PAIR, 4);
+    for seq in 5..10 {
+        air.es(VIDEO, Some(10), seq, None);
+    }
+    let Run { out, result, p, .. } = run(&air.ts, ScriptedCa::paired_elsewhere(), opts());
+    result.unwrap();
+    assert_eq!(seqs(&out, VIDEO), [5, 6, 7, 8, 9]);
+    let stats = p.stats();
+    assert_eq!((stats.ecms_refused, stats.undecryptable), (2, 5));
+    let card = p.into_card();
+    assert_eq!(
+        card.emms,
+        [(CARD, NOTHING), (GLOBAL_ADDRESS, NOTHING), (CARD, PAIR)]
+    );
+    // Refused, asked again after each EMM, given after the pairing one.
+    assert_eq!(card.ecms, [10, 10, 10]);
+
+    // Never paired here: the EMMs keep flowing, no packet goes out, and
+    // the run ends with the operator's fix.
+    let mut air = Air::new();
+    air.tables();
+    air.ecm(ECM_PID, 10);
+    for n in 0..5u8 {
+        air.emm(CARD, NOTHING, n);
+        air.es(VIDEO, Some(10), u32::from(n), None);
+    }
+    let r = run(&air.ts, ScriptedCa::paired_elsewhere(), opts());
+    match &r.result {
+        Err(f @ Failure::Card(LinkError::PairedElsewhere { card_id, .. })) => {
+            assert_eq!(*card_id, CARD);
+            assert_eq!(f.exit_code(), exit::PAIRED_ELSEWHERE);
+            assert!(f.to_string().contains("headend pair 42 abab"), "{f}");
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(seqs(&r.out, VIDEO).is_empty());
+    assert_eq!(r.p.into_card().emms.len(), 5);
+
+    // With a pairing wait, the run gives up once it has passed.
+    let mut air = Air::new();
+    air.tables();
+    air.ecm(ECM_PID, 10);
+    for seq in 0..10 {
+        air.es(VIDEO, Some(10), seq, Some(u64::from(seq) * SECOND));
+    }
+    let o = PipelineOptions {
+        pairing_wait: Some(Duration::from_secs(3)),
+        ..opts()
+    };
+    let r = run(&air.ts, ScriptedCa::paired_elsewhere(), o);
+    assert!(
+        matches!(
+            r.result,
+            Err(Failure::Card(LinkError::PairedElsewhere { .. }))
+        ),
+        "{:?}",
+        r.result
+    );
+    assert_eq!(
+        r.p.stats().packets_in as usize,
+        air.ts.len() / PACKET_LEN - 10 + 4
+    );
+}
+
+#[test]
+fn a_clear_service_is_refused_not_passed_through() {
+    let mut air = Air::new();
+    air.pat(&[(SERVICE, PMT_PID)]);
+    air.pmt(PMT_PID, &service_pmt(SERVICE, VIDEO, &[VIDEO], None));
+    for seq in 0..3 {
+        air.es(VIDEO, None, seq, None);
+    }
+    let r = run(&air.ts, ScriptedCa::new(), opts());
+    match &r.result {
+        Err(f @ Failure::NotScrambled { service: SERVICE }) => {
+            assert_eq!(f.exit_code(), exit::UNKNOWN_SERVICE);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(r.out.is_empty());
+    assert!(r.p.into_card().ecms.is_empty());
+
+    // Another CA system's service is refused too, naming it.
+    let mut air = Air::new();
+    air.pat(&[(SERVICE, PMT_PID)]);
+    air.pmt(PMT_PID, &foreign_pmt(SERVICE, VIDEO));
+    let r = run(&air.ts, ScriptedCa::new(), opts());
+    assert!(
+        matches!(&r.result, Err(Failure::ForeignCa { ca_system_ids, .. }) if ca_system_ids == &[0x0B00]),
+        "{:?}",
+        r.result
+    );
+
+    // A service that turns clear mid-stream (a headend failing open) stops
+    // the run rather than pass its packets on.
+    let mut air = Air::new();
+    air.tables();
+    air.ecm(ECM_PID, 10);
+    air.es(VIDEO, Some(10), 0, None);
+    let mut clear = service_pmt(SERVICE, VIDEO, &[VIDEO, AUDIO], None);
+    clear.version = 1;
+    air.pmt(PMT_PID, &clear);
+    air.es(VIDEO, None, 1, None);
+    let r = run(&air.ts, ScriptedCa::new(), opts());
+    assert!(
+        matches!(r.result, Err(Failure::NotScrambled { .. })),
+        "{:?}",
+        r.result
+    );
+    assert_eq!(seqs(&r.out, VIDEO), [0]);
+}
+
+#[test]
+fn a_pcr_pid_shared_with_another_service_gives_its_pcr_alone() {
+    // Service 1 takes its PCR from service 2's video, 0x201, which is
+    // scrambled under keys this card never gets.
+    let mut air = Air::new();
+    air.pat(&[(SERVICE, PMT_PID), (2, 0x200)]);
+    air.pmt(
+        PMT_PID,
+        &service_pmt(SERVICE, 0x201, &[VIDEO, AUDIO], Some(ECM_PID)),
+    );
+    air.pmt(0x200, &service_pmt(2, 0x201, &[0x201], Some(0x1F8)));
+    air.ecm(ECM_PID, 10);
+    for seq in 0..6u32 {
+        air.es(VIDEO, Some(10), seq, None);
+        // Every other packet of 0x201 has a PCR.
+        let pcr = (seq % 2 == 0).then(|| u64::from(seq) * SECOND);
+        air.es(0x201, Some(99), seq, pcr);
+    }
+    air.pcr_alone(0x201, 7 * SECOND);
+    air.es(0x201, None, 6, Some(8 * SECOND));
+    let Run { out, result, p, .. } = run(&air.ts, ScriptedCa::new(), opts());
+    result.unwrap();
+    assert_eq!(p.stages.map.pcr_pid(), Some(0x201));
+    assert_eq!(p.stages.map.role(0x201), Role::PcrOnly);
+    assert_eq!(seqs(&out, VIDEO), (0..6).collect::<Vec<_>>());
+    // Three scrambled packets without a PCR are dropped.
+    assert_eq!(p.stats().scrambled_elsewhere, 3);
+
+    let input = by_pid(&{
+        // The input's 0x201 packets, with their scrambling bits cleared so
+        // that `by_pid` takes them.
+        let mut v = air.ts.clone();
+        for p in v.chunks_mut(PACKET_LEN) {
+            p[3] &= 0x3F;
+        }
+        v
+    })
+    .remove(&0x201)
+    .unwrap();
+    let output = by_pid(&out).remove(&0x201).unwrap();
+    let pcr_packets: Vec<_> = input
+        .iter()
+        .filter(|p| Packet::from_array(p).unwrap().pcr().is_some())
+        .collect();
+    assert_eq!(output.len(), pcr_packets.len());
+    for (o, i) in output.iter().zip(pcr_packets) {
+        let (o, i) = (
+            Packet::from_array(o).unwrap(),
+            Packet::from_array(i).unwrap(),
+        );
+        assert_eq!(o.pcr(), i.pcr());
+        assert_eq!(o.continuity_counter(), i.continuity_counter());
+    }
+    // The scrambled ones keep no payload; the clear one goes out whole.
+    let payloads: Vec<bool> = output
+        .iter()
+        .map(|p| Packet::from_array(p).unwrap().has_payload())
+        .collect();
+    assert_eq!(payloads, [false, false, false, false, true]);
+    assert_eq!(seqs(&out, 0x201), [6]);
+    // The service's clock runs on that PCR: 8 s of it.
+    let clock = &p.stages.clock;
+    assert!(clock.since(StreamClock::new().now()) >= Duration::from_secs(8));
+}
