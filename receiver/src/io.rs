@@ -1,5 +1,7 @@
-//! Where the stream comes from and where the clear stream goes: a file,
-//! stdin/stdout (`-`) or UDP (`udp://HOST:PORT`).
+//! Where the stream comes from and where the clear stream goes: a file
+//! (`PATH` or `file://PATH`), stdin/stdout (`-`) or UDP (`udp://HOST:PORT`,
+//! a multicast group joined; `udp://@:PORT` listens on every address), as
+//! the headend writes them.
 //!
 //! The input is read on its own thread, so that a live UDP stream keeps
 //! being drained by the socket while the pipeline waits for the card; when
@@ -32,10 +34,12 @@ const QUEUE_UDP: usize = 8192;
 /// A stream endpoint as given on the command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Endpoint {
-    /// `udp://HOST:PORT`
+    /// `udp://HOST:PORT`, `udp://@HOST:PORT`, or `udp://@:PORT` for every
+    /// local address.
     Udp(SocketAddr),
     /// `-`
     Std,
+    /// `PATH` or `file://PATH`.
     File(PathBuf),
 }
 
@@ -47,22 +51,32 @@ impl FromStr for Endpoint {
         }
         if let Some(rest) = s.strip_prefix("udp://") {
             let rest = rest.trim_start_matches('@');
-            let addr = rest
+            // `udp://@:PORT`, as VLC and ffmpeg write it: no host is every
+            // local address.
+            let hostport = match rest.strip_prefix(':') {
+                Some(port) => format!("{}:{port}", Ipv4Addr::UNSPECIFIED),
+                None => rest.to_owned(),
+            };
+            let addr = hostport
+                .as_str()
                 .to_socket_addrs()
                 .map_err(|e| format!("{s}: {e} (expected udp://HOST:PORT)"))?
                 .next()
                 .ok_or_else(|| format!("{s}: no address"))?;
             return Ok(Endpoint::Udp(addr));
         }
-        if s.contains("://") {
+        let path = s.strip_prefix("file://").unwrap_or(s);
+        if path.contains("://") {
             return Err(format!(
-                "{s}: only udp://HOST:PORT, a file or - are supported"
+                "{s}: only udp://HOST:PORT, udp://@:PORT, file://PATH, a path or - are supported"
             ));
         }
-        if s.is_empty() {
-            return Err("empty path".into());
+        if path.is_empty() {
+            return Err(format!(
+                "{s:?}: empty path (expected a file, file://PATH or -)"
+            ));
         }
-        Ok(Endpoint::File(PathBuf::from(s)))
+        Ok(Endpoint::File(PathBuf::from(path)))
     }
 }
 
@@ -305,6 +319,79 @@ mod tests {
         );
         assert!("udp://nohost".parse::<Endpoint>().is_err());
         assert!("http://x/y".parse::<Endpoint>().is_err());
+    }
+
+    #[test]
+    fn the_headend_forms_parse_too() {
+        // Every local address, as VLC, ffmpeg and the headend write it.
+        assert_eq!(
+            "udp://@:5000".parse::<Endpoint>(),
+            Ok(Endpoint::Udp("0.0.0.0:5000".parse().unwrap()))
+        );
+        assert_eq!(
+            "udp://:5000".parse::<Endpoint>(),
+            Ok(Endpoint::Udp("0.0.0.0:5000".parse().unwrap()))
+        );
+        assert_eq!(
+            "udp://@127.0.0.1:5000".parse::<Endpoint>(),
+            Ok(Endpoint::Udp("127.0.0.1:5000".parse().unwrap()))
+        );
+        assert_eq!(
+            "file:///srv/in.ts".parse::<Endpoint>(),
+            Ok(Endpoint::File("/srv/in.ts".into()))
+        );
+        assert_eq!(
+            "file://in.ts".parse::<Endpoint>(),
+            Ok(Endpoint::File("in.ts".into()))
+        );
+        for bad in [
+            "",
+            "file://",
+            "udp://@:",
+            "udp://@:notaport",
+            "file://http://x",
+        ] {
+            let e = bad.parse::<Endpoint>().unwrap_err();
+            assert!(!e.contains('\n'), "{e}");
+            assert!(
+                e.contains("expected") || e.contains("supported"),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn udp_at_port_listens_on_every_address() {
+        let e: Endpoint = "udp://@:0".parse().unwrap();
+        let input = Input::open(&e).unwrap();
+        let local = input.local_addr.unwrap();
+        assert!(local.ip().is_unspecified(), "{local}");
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let p = ts::packet::null_packet();
+        tx.send_to(&p, (Ipv4Addr::LOCALHOST, local.port())).unwrap();
+        match input.next(Duration::from_secs(5)) {
+            Some(Chunk::Data(d)) => assert_eq!(d, p),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn file_url_input_is_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.ts");
+        let p = ts::packet::null_packet();
+        std::fs::write(&path, p).unwrap();
+        let e: Endpoint = format!("file://{}", path.display()).parse().unwrap();
+        assert_eq!(e, Endpoint::File(path));
+        let input = Input::open(&e).unwrap();
+        match input.next(Duration::from_secs(5)) {
+            Some(Chunk::Data(d)) => assert_eq!(d, p),
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            input.next(Duration::from_secs(5)),
+            Some(Chunk::End)
+        ));
     }
 
     #[test]
