@@ -23,15 +23,14 @@
 //! production, or a card state file in process for tests
 //! ([`StateFileCard`]).
 
-use proto::apdu::StatusWord;
 use crate::error::Failure;
 pub use crate::pipeline::ca::{CaModule, EcmOutcome, EmmOutcome};
+use card::{Applet, FileEeprom};
+use cardlink::pcsc::{PcscTransport, ReaderChoice};
+use cardlink::{describe, CardClient, CardTransport, ClientError, InProcessCard, TransportError};
+use proto::apdu::StatusWord;
 use proto::card::{CardInfo, EntitlementRecord, LifeCycle};
 use proto::crypto::X25519Secret;
-use smartcard::client::describe;
-use smartcard::eeprom::FileEeprom;
-use smartcard::pcsc::{PcscTransport, ReaderChoice};
-use smartcard::{Applet, CardClient, CardTransport, ClientError, InProcessCard, TransportError};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use thiserror::Error;

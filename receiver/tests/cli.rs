@@ -285,9 +285,8 @@ fn an_unknown_service_a_missing_card_and_a_paired_card_are_clear_errors() {
     assert!(!missing.exists(), "a blank card file was created");
 
     {
-        let mut c = smartcard::CardClient::new(smartcard::InProcessCard::new(
-            smartcard::Applet::power_on(smartcard::eeprom::FileEeprom::open(&card).unwrap())
-                .unwrap(),
+        let mut c = cardlink::CardClient::new(cardlink::InProcessCard::new(
+            card::Applet::power_on(card::eeprom::FileEeprom::open(&card).unwrap()).unwrap(),
         ));
         c.select().unwrap();
         c.process_emm(&pair).unwrap();

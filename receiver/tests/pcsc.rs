@@ -12,15 +12,15 @@
 
 mod common;
 
+use card::eeprom::MemEeprom;
+use card::Applet;
+use cardlink::pcsc::list_readers;
 use common::*;
 use fs2::FileExt;
 use proto::crypto::X25519Secret;
 use receiver::card::{CardLink, LinkOptions, PcscCard};
 use receiver::{Pipeline, PipelineOptions};
-use smartcard::eeprom::MemEeprom;
-use smartcard::pcsc::list_readers;
 use smartcard::vpcd::{self, StopHandle, VirtualCard};
-use smartcard::Applet;
 use std::fs::File;
 use std::path::PathBuf;
 use std::process::Command;

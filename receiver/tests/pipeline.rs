@@ -425,7 +425,7 @@ fn unpair_or_pair_on_the_air_ends_the_wait_and_the_picture_starts() {
         let wrong = engine
             .emm_u_pair(CARD, theirs.public(), START_MS / 1000)
             .unwrap();
-        let mut c = smartcard::CardClient::new(smartcard::InProcessCard::new(applet));
+        let mut c = cardlink::CardClient::new(cardlink::InProcessCard::new(applet));
         c.select().unwrap();
         c.process_emm(&wrong).unwrap();
         let applet = c.into_transport().applet;

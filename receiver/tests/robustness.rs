@@ -5,12 +5,12 @@
 
 mod common;
 
+use card::eeprom::MemEeprom;
+use card::Applet;
 use common::*;
 use proptest::prelude::*;
 use proto::crypto::X25519Secret;
 use receiver::PipelineOptions;
-use smartcard::eeprom::MemEeprom;
-use smartcard::Applet;
 use std::sync::OnceLock;
 
 /// A provisioned, entitled card image and a scrambled stream with EMMs.

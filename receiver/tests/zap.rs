@@ -18,7 +18,7 @@ fn zap_figure_on_a_live_paced_stream() {
     let image = applet.into_eeprom();
     let mut card = || -> Box<dyn CardConnector> {
         Box::new(SharedCard::new(
-            smartcard::Applet::power_on(image.clone()).unwrap(),
+            card::Applet::power_on(image.clone()).unwrap(),
         ))
     };
     let figure =

@@ -4,8 +4,8 @@
 //! `cargo run --release -p iodoform-smartcard --example nop_latency -- [READER] [COUNT]`
 #![forbid(unsafe_code)]
 
-use smartcard::pcsc::{PcscTransport, ReaderChoice};
-use smartcard::{CardClient, CardTransport};
+use cardlink::pcsc::{PcscTransport, ReaderChoice};
+use cardlink::{CardClient, CardTransport};
 use std::time::{Duration, Instant};
 
 fn main() -> anyhow::Result<()> {

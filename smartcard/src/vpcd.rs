@@ -22,8 +22,7 @@
 //! message is answered or ignored, and a broken connection is a removal,
 //! followed by a reconnection with backoff.
 
-use crate::applet::{Applet, ATR};
-use crate::eeprom::Eeprom;
+use card::{Applet, Eeprom, ATR};
 use proto::apdu::{Response, StatusWord};
 use socket2::SockRef;
 use std::io::{self, Read, Write};
@@ -323,7 +322,7 @@ pub fn run<E: Eeprom>(card: &mut VirtualCard<E>, config: &Config, stop: &StopHan
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::eeprom::MemEeprom;
+    use card::MemEeprom;
     use std::net::TcpListener;
 
     fn card() -> VirtualCard<MemEeprom> {

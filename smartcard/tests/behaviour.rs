@@ -58,7 +58,7 @@ fn through_pcscd(name: &str, case: impl FnOnce(&mut harness::PcscCard)) {
 fn large_emm_chained_through_pcscd() {
     through_pcscd("large_emm_chained_through_pcscd", |c| {
         assert!(
-            smartcard::CardTransport::supports_extended(c.transport()),
+            cardlink::CardTransport::supports_extended(c.transport()),
             "vpcd passes extended APDUs"
         );
         c.transport().set_extended(false);
@@ -68,9 +68,9 @@ fn large_emm_chained_through_pcscd() {
 
 #[test]
 fn large_emm_chained_in_process() {
-    let mut c = smartcard::CardClient::new(
-        smartcard::InProcessCard::new(
-            smartcard::Applet::power_on(smartcard::eeprom::MemEeprom::default()).unwrap(),
+    let mut c = cardlink::CardClient::new(
+        cardlink::InProcessCard::new(
+            card::Applet::power_on(card::eeprom::MemEeprom::default()).unwrap(),
         )
         .short_only(),
     );

@@ -7,12 +7,12 @@ mod harness;
 mod ops;
 mod suite;
 
+use cardlink::pcsc::{PcscTransport, ReaderChoice};
+use cardlink::{CardClient, CardTransport, TransportError};
 use harness::{pcscd_or_skip, Emulator, PcscCard};
 use ops::{Operator, CARD, DAY, T0};
 use pcsc::Disposition;
 use proto::card::{CardInfo, EntitlementRecord, LifeCycle};
-use smartcard::pcsc::{PcscTransport, ReaderChoice};
-use smartcard::{CardClient, CardTransport, TransportError};
 use std::time::{Duration, Instant};
 
 /// A locked card with one entitlement; returns what it reports.
@@ -64,7 +64,7 @@ fn state_survives_power_cycles_resets_and_restarts() {
     let other = emu.transport();
     other.disconnect(Disposition::ResetCard).unwrap();
     match c.nop() {
-        Err(smartcard::ClientError::Transport(TransportError::CardReset)) => {}
+        Err(cardlink::ClientError::Transport(TransportError::CardReset)) => {}
         other => panic!("expected a reset, got {other:?}"),
     }
     c.transport().reconnect().unwrap();
@@ -112,7 +112,7 @@ fn removal_is_noticed_and_reinsertion_recovered() {
     assert!(
         matches!(
             err,
-            smartcard::ClientError::Transport(
+            cardlink::ClientError::Transport(
                 TransportError::CardRemoved | TransportError::NoCard | TransportError::Other(_)
             )
         ),
@@ -172,7 +172,7 @@ fn waiting_for_a_card() {
     let _ = child.wait();
     let t = waited.unwrap();
     assert_eq!(t.reader(), slot.reader);
-    assert_eq!(t.atr().unwrap(), smartcard::applet::ATR);
+    assert_eq!(t.atr().unwrap(), card::applet::ATR);
     drop(t);
     assert!(harness::wait_reader(slot.reader, false, harness::SETTLE));
 }
@@ -292,7 +292,7 @@ fn emulator_and_client_follow_a_pcscd_restart() {
     eprintln!("while pcscd is down: {err}");
     let r = c.transport().reconnect();
     assert!(matches!(r, Err(TransportError::NoService(_))), "{r:?}");
-    let r = smartcard::pcsc::list_readers();
+    let r = cardlink::pcsc::list_readers();
     assert!(matches!(r, Err(TransportError::NoService(_))), "{r:?}");
 
     let out = std::process::Command::new("bash")

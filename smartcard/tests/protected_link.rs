@@ -11,12 +11,12 @@ mod harness;
 mod ops;
 mod suite;
 
+use cardlink::{CardClient, Recording};
 use harness::{pcscd_or_skip, Emulator};
 use ops::{Operator, CARD, DAY, PRODUCT, T0};
 use proto::apdu::StatusWord;
 use proto::crypto::X25519Secret;
 use proto::emm::EmmCommand;
-use smartcard::{CardClient, Recording};
 
 const ECMS: u64 = 50;
 

@@ -9,12 +9,13 @@
 mod harness;
 mod ops;
 
+use card::eeprom::FileEeprom;
+use card::Applet;
+use cardlink::{CardClient, InProcessCard};
 use harness::{pcscd_or_skip, Emulator};
 use ops::{Operator, DAY, PRODUCT, T0};
 use proto::card::{CardInfo, LifeCycle};
 use serde_json::{json, Value};
-use smartcard::eeprom::FileEeprom;
-use smartcard::{Applet, CardClient, InProcessCard};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};

@@ -12,7 +12,7 @@ use proto::Codec;
 fn rejects(
     c: &mut MemCard,
     sw: StatusWord,
-    f: impl FnOnce(&mut MemCard) -> Result<(), smartcard::ClientError>,
+    f: impl FnOnce(&mut MemCard) -> Result<(), cardlink::ClientError>,
 ) {
     let before_mem = applet(c).store().eeprom().0.clone();
     let before = applet(c).state().clone();
@@ -189,8 +189,8 @@ fn old_ecm_replayed_after_the_entitlement_ended() {
     });
     // And the clock survives a power cycle.
     let mem = c.into_transport().applet.into_eeprom();
-    let mut c = MemCard::new(smartcard::InProcessCard::new(
-        smartcard::Applet::power_on(mem).unwrap(),
+    let mut c = MemCard::new(cardlink::InProcessCard::new(
+        card::Applet::power_on(mem).unwrap(),
     ));
     c.select().unwrap();
     assert_eq!(c.info().unwrap().clock, T0 + 40 * DAY);
@@ -230,7 +230,7 @@ fn malformed_apdus_and_unknown_cla_ins() {
     let (mut c, _) = entitled_card(&mut op);
     let raw = |c: &mut MemCard, b: &[u8]| {
         let before = applet(c).state().clone();
-        let r = smartcard::CardTransport::transmit(c.transport(), b).unwrap();
+        let r = cardlink::CardTransport::transmit(c.transport(), b).unwrap();
         assert_eq!(applet(c).state(), &before);
         StatusWord::from_bytes(r[r.len() - 2], r[r.len() - 1])
     };
@@ -269,7 +269,7 @@ fn malformed_apdus_and_unknown_cla_ins() {
     let unselected =
         Command::new(Cla::PROPRIETARY, Ins::GET_INFO, 0, 0, vec![], Some(256)).to_bytes();
     let mut fresh = blank_card();
-    let r = smartcard::CardTransport::transmit(fresh.transport(), &unselected).unwrap();
+    let r = cardlink::CardTransport::transmit(fresh.transport(), &unselected).unwrap();
     assert_eq!(&r[..], &[0x6A, 0x82]);
 }
 
@@ -326,7 +326,7 @@ fn bad_personalization_data() {
 fn long_emm_by_chaining_over_a_short_only_reader() {
     let mut op = Operator::new();
     let mut c = MemCard::new(
-        smartcard::InProcessCard::new(smartcard::Applet::power_on(Default::default()).unwrap())
+        cardlink::InProcessCard::new(card::Applet::power_on(Default::default()).unwrap())
             .short_only(),
     );
     c.select().unwrap();
@@ -347,7 +347,7 @@ fn get_response_reports_what_is_still_waiting() {
     let mut op = Operator::new();
     let (mut c, _) = entitled_card(&mut op);
     let t =
-        |c: &mut MemCard, b: &[u8]| smartcard::CardTransport::transmit(c.transport(), b).unwrap();
+        |c: &mut MemCard, b: &[u8]| cardlink::CardTransport::transmit(c.transport(), b).unwrap();
     // GET INFO without Le: the data waits behind 61xx.
     let r = t(&mut c, &[0x80, 0xCA, 0, 0]);
     assert_eq!(r[0], 0x61);

@@ -8,13 +8,14 @@ mod harness;
 mod ops;
 mod suite;
 
+use card::eeprom::FileEeprom;
+use card::Applet;
+use cardlink::CardTransport;
 use harness::{pcscd_or_skip, Emulator};
 use ops::{Operator, CARD, DAY, PRODUCT, T0};
 use pcsc::Disposition;
 use proto::apdu::{Command, Ins, StatusWord, AID};
 use proto::Codec;
-use smartcard::eeprom::FileEeprom;
-use smartcard::{Applet, CardTransport};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
@@ -180,7 +181,7 @@ fn random_apdu(rng: &mut Rng, templates: &[Vec<u8>]) -> Vec<u8> {
     }
 }
 
-fn stored_state(path: &Path) -> smartcard::state::CardState {
+fn stored_state(path: &Path) -> card::state::CardState {
     Applet::power_on(FileEeprom::open(path).unwrap())
         .unwrap()
         .state()

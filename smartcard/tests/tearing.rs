@@ -5,13 +5,14 @@
 
 mod ops;
 
+use card::eeprom::{MemEeprom, TearingEeprom, PAGE_SIZE};
+use card::state::CardState;
+use card::Applet;
+use cardlink::{CardClient, ClientError, InProcessCard};
 use ops::*;
 use proto::card::LifeCycle;
 use proto::crypto::X25519Secret;
 use proto::emm::EmmCommand;
-use smartcard::eeprom::{MemEeprom, TearingEeprom, PAGE_SIZE};
-use smartcard::state::CardState;
-use smartcard::{Applet, CardClient, ClientError, InProcessCard};
 
 type TornCard = CardClient<InProcessCard<TearingEeprom>>;
 

@@ -3,12 +3,13 @@
 //! headend's key engine, and then opens P's ECMs: the CWs it returns are the
 //! ones the headend put in.
 
+use card::eeprom::MemEeprom;
+use card::Applet;
+use cardlink::{CardClient, InProcessCard};
 use headend::schedule::ControlWordSchedule;
 use headend::{KeyEngine, OperatorKeys};
 use proto::apdu::StatusWord;
 use proto::crypto::X25519Secret;
-use smartcard::eeprom::MemEeprom;
-use smartcard::{Applet, CardClient, InProcessCard};
 
 const CARD: u32 = 42;
 const SPORTS: u32 = 7;

@@ -52,7 +52,7 @@ fn ci() -> bool {
 /// `CI=true` a missing one fails the test; otherwise it is skipped.
 fn prerequisites(test: &str) -> bool {
     let mut missing = Vec::new();
-    match smartcard::pcsc::list_readers() {
+    match cardlink::pcsc::list_readers() {
         Ok(r) => {
             for (_, name) in SLOTS {
                 if !r.iter().any(|x| x.name == name) {
@@ -116,7 +116,7 @@ fn free_udp_port() -> u16 {
 }
 
 fn card_in(reader: &str) -> bool {
-    smartcard::pcsc::list_readers()
+    cardlink::pcsc::list_readers()
         .map(|r| r.iter().any(|x| x.name == reader && x.card_present))
         .unwrap_or(false)
 }

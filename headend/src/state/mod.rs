@@ -2559,8 +2559,8 @@ mod tests {
 mod pairing_tests {
     use super::*;
     use proto::apdu::StatusWord;
-    use smartcard::eeprom::MemEeprom;
-    use smartcard::{Applet, CardClient, InProcessCard};
+    use ::card::{Applet, MemEeprom};
+    use cardlink::{CardClient, InProcessCard};
 
     const T0: u64 = 1_800_000_000_000;
     type Card = CardClient<InProcessCard<MemEeprom>>;

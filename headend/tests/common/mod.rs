@@ -3,11 +3,12 @@
 //! client, in-process cards, and a section collector.
 #![allow(dead_code)]
 
+use card::eeprom::MemEeprom;
+use card::Applet;
+use cardlink::{CardClient, InProcessCard};
 use headend::OperatorPublic;
 use proto::crypto::X25519Secret;
 use serde_json::{json, Value};
-use smartcard::eeprom::MemEeprom;
-use smartcard::{Applet, CardClient, InProcessCard};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};

@@ -4,6 +4,9 @@
 //! in-process card that can be pulled out of its reader.
 #![allow(dead_code)]
 
+use card::eeprom::{Eeprom, MemEeprom};
+use card::Applet;
+use cardlink::{CardClient, CardTransport, InProcessCard, TransportError};
 use headend::stream::feed::ts_parity;
 use headend::stream::{
     process_buffer, CaFeed, ChannelStreamConfig, CryptoPeriod, EngineFeed, FeedError,
@@ -15,8 +18,6 @@ use proto::secret::ControlWord;
 use proto::Codec;
 use receiver::card::{CardConnector, CardLink, LinkOptions};
 use receiver::{Failure, Pipeline, PipelineOptions, Stats};
-use smartcard::eeprom::{Eeprom, MemEeprom};
-use smartcard::{Applet, CardClient, CardTransport, InProcessCard, TransportError};
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::process::Command;
@@ -285,7 +286,7 @@ pub fn file_card(engine: &mut KeyEngine, card_id: u32, path: &Path, dates: Optio
     let applet = provision(
         engine,
         card_id,
-        smartcard::eeprom::FileEeprom::open(path).unwrap(),
+        card::eeprom::FileEeprom::open(path).unwrap(),
     );
     let mut c = CardClient::new(InProcessCard::new(applet));
     c.select().unwrap();

@@ -2,8 +2,8 @@
 //! through pcscd, with one-line errors that say what to do, and the
 //! command-line error that exits 64.
 
-use smartcard::pcsc::{list_readers, PcscTransport, ReaderChoice};
-use smartcard::TransportError;
+use cardlink::pcsc::{list_readers, PcscTransport, ReaderChoice};
+use cardlink::TransportError;
 use std::ffi::CString;
 use std::time::Duration;
 

@@ -7,10 +7,10 @@
 //! EEPROM would corrupt it.
 
 use anyhow::{bail, Context as _};
+use card::eeprom::FileEeprom;
+use card::Applet;
 use fs2::FileExt;
-use smartcard::eeprom::FileEeprom;
 use smartcard::vpcd::{self, StopHandle, VirtualCard};
-use smartcard::Applet;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};

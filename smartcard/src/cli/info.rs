@@ -3,10 +3,10 @@
 //! only reads: nothing on the card changes, and no session is opened.
 
 use super::card;
+use cardlink::pcsc::ReaderChoice;
+use cardlink::CardClient;
 use proto::card::{CardInfo, EntitlementRecord, LifeCycle};
 use serde_json::{json, Value};
-use smartcard::pcsc::ReaderChoice;
-use smartcard::CardClient;
 use std::time::Duration;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;

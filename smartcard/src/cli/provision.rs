@@ -26,11 +26,11 @@
 
 use super::card::{self, usage};
 use anyhow::Context as _;
+use cardlink::pcsc::ReaderChoice;
+use cardlink::CardClient;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use proto::card::{LifeCycle, APPLET_VERSION};
 use serde::{Deserialize, Serialize};
-use smartcard::pcsc::ReaderChoice;
-use smartcard::CardClient;
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -297,7 +297,7 @@ impl Registrar {
 
 /// Personalizes and locks the blank card behind `client`, and reads it
 /// back. A card that is not blank is refused before anything is written.
-pub fn provision_card<T: smartcard::CardTransport>(
+pub fn provision_card<T: cardlink::CardTransport>(
     client: &mut CardClient<T>,
     reader: &str,
     op: &OperatorInfo,

@@ -1,7 +1,7 @@
 //! `smartcard readers`: every PC/SC reader, and whether it holds a card.
 
-use smartcard::pcsc::list_readers;
-use smartcard::TransportError;
+use cardlink::pcsc::list_readers;
+use cardlink::TransportError;
 
 #[derive(Debug, clap::Args)]
 pub struct Args {}

@@ -10,9 +10,9 @@
 //! message, otherwise.
 #![allow(dead_code)]
 
+use cardlink::pcsc::{list_readers, PcscTransport, ReaderChoice};
+use cardlink::CardClient;
 use fs2::FileExt;
-use smartcard::pcsc::{list_readers, PcscTransport, ReaderChoice};
-use smartcard::CardClient;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};

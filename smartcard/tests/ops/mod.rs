@@ -2,14 +2,15 @@
 //! the EMMs and ECMs a headend would.
 #![allow(dead_code)]
 
+use card::eeprom::MemEeprom;
+use card::Applet;
+use cardlink::{CardClient, InProcessCard};
 use proto::card::Personalization;
 use proto::crypto::{SigningKey, X25519Secret};
 use proto::ecm::{Ecm, EcmHeader, EcmPayload};
 use proto::emm::{Emm, EmmCommand, EmmPayload, Entitle};
 use proto::secret::{ControlWord, Kek, ProductKey};
 use proto::Codec;
-use smartcard::eeprom::MemEeprom;
-use smartcard::{Applet, CardClient, InProcessCard};
 
 pub const CARD: u32 = 42;
 pub const PRODUCT: u32 = 7;

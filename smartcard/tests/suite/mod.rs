@@ -4,11 +4,11 @@
 #![allow(dead_code)]
 
 use crate::ops::{Operator, CARD, DAY, T0};
+use cardlink::{CardClient, CardTransport};
 use proto::apdu::{Cla, Command, Ins, StatusWord};
 use proto::card::{CardInfo, LifeCycle};
 use proto::emm::EmmCommand;
 use proto::Codec;
-use smartcard::{CardClient, CardTransport};
 
 /// Sends raw bytes; returns the status word (and checks there is one).
 pub fn raw<T: CardTransport>(c: &mut CardClient<T>, apdu: &[u8]) -> StatusWord {
@@ -20,7 +20,7 @@ pub fn raw<T: CardTransport>(c: &mut CardClient<T>, apdu: &[u8]) -> StatusWord {
     StatusWord::from_bytes(r[r.len() - 2], r[r.len() - 1])
 }
 
-fn refused<T>(r: Result<T, smartcard::ClientError>) -> StatusWord {
+fn refused<T>(r: Result<T, cardlink::ClientError>) -> StatusWord {
     match r {
         Ok(_) => panic!("the card must refuse"),
         Err(e) => e

@@ -16,6 +16,9 @@
 //! `CLOCK_PERSIST_STEP` = 3600 s, i.e. one ECM in 360: those are in the
 //! distribution, and reported apart as well.
 
+use card::applet::CLOCK_PERSIST_STEP;
+use cardlink::pcsc::{PcscTransport, ReaderChoice};
+use cardlink::CardClient;
 use proto::card::Personalization;
 use proto::crypto::{SigningKey, X25519Secret};
 use proto::ecm::{Ecm, EcmHeader, EcmPayload};
@@ -23,9 +26,6 @@ use proto::emm::{Emm, EmmCommand, EmmPayload, Entitle};
 use proto::secret::{ControlWord, Kek, ProductKey};
 use proto::Codec;
 use serde_json::{json, Value};
-use smartcard::applet::CLOCK_PERSIST_STEP;
-use smartcard::pcsc::{PcscTransport, ReaderChoice};
-use smartcard::CardClient;
 use std::time::{Duration, Instant};
 
 use super::vcard::{take_slot, Emulator};
@@ -90,11 +90,11 @@ fn measure(s: &super::Settings) -> Result<Value, String> {
         Duration::from_secs(15),
     )
     .map_err(|e| format!("the emulated card did not appear in {}: {e}", slot.reader))?;
-    let extended = smartcard::CardTransport::supports_extended(&transport);
+    let extended = cardlink::CardTransport::supports_extended(&transport);
     let mut c = CardClient::new(transport);
     let fail = |what: &str| {
         let what = what.to_string();
-        move |e: smartcard::ClientError| format!("{what}: {e}")
+        move |e: cardlink::ClientError| format!("{what}: {e}")
     };
 
     // The operator's side, as ops in the smartcard tests does it.

@@ -8,11 +8,12 @@
 //! file lock, `/tmp/iodoform-vpcd-<port>.lock`, and an empty reader), so
 //! that a figure never meets a test's card.
 
+use card::eeprom::FileEeprom;
+use card::Applet;
+use cardlink::pcsc::list_readers;
+use cardlink::TransportError;
 use fs2::FileExt;
-use smartcard::eeprom::FileEeprom;
-use smartcard::pcsc::list_readers;
 use smartcard::vpcd::{self, StopHandle, VirtualCard};
-use smartcard::{Applet, TransportError};
 use std::fs::File;
 use std::path::Path;
 use std::time::{Duration, Instant};

@@ -30,13 +30,13 @@
 
 use super::vcard::{take_slot, Emulator};
 use super::{round3, Settings};
+use cardlink::pcsc::{PcscTransport, ReaderChoice};
+use cardlink::CardClient;
 use headend::stream::{process_buffer, ChannelStreamConfig, EngineFeed};
 use headend::{ControlWordSchedule, KeyEngine, OperatorKeys, DEFAULT_PERIOD_SECS};
 use proto::crypto::X25519Secret;
 use receiver::{CardConnector, CardLink, LinkOptions, PcscCard};
 use serde_json::{json, Value};
-use smartcard::pcsc::{PcscTransport, ReaderChoice};
-use smartcard::CardClient;
 use std::time::{Duration, Instant};
 use ts::packet::{PacketBuilder, Pcr, PACKET_LEN};
 use ts::psi::{packetize, stream_type, Pat, PatEntry, Pmt, PmtStream, TableId};
@@ -180,7 +180,7 @@ fn measure(s: &Settings) -> Result<Value, String> {
         .map_err(|e| format!("product: {e}"))?;
     let fail = |what: &str| {
         let what = what.to_string();
-        move |e: smartcard::ClientError| format!("{what}: {e}")
+        move |e: cardlink::ClientError| format!("{what}: {e}")
     };
     let mut c = CardClient::new(transport);
     c.select().map_err(fail("SELECT"))?;
