@@ -31,12 +31,12 @@
 //! | GET | `/api/v1/operator` | the operator's public keys |
 //! | GET | `/api/v1/debug/sections` | `?since=&max=`: current ECM sections, EMM sections (hex) |
 
-use crate::core::{
-    Channel, ChannelRef, ChannelUpdate, Core, CoreError, NewCard, NewChannel, NewPairing,
-    NewProduct, NewSubscription, ProductRef, RotateRequest,
-};
 use crate::metrics::Metrics;
 use crate::output::CaOutput;
+use crate::state::{
+    Channel, ChannelRef, ChannelUpdate, Headend, NewCard, NewChannel, NewPairing, NewProduct,
+    NewSubscription, ProductRef, RotateRequest, StateError,
+};
 use crate::supervisor::{ChannelStatus, Supervisor};
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
@@ -57,7 +57,7 @@ pub const BODY_LIMIT: usize = 64 * 1024;
 /// What every handler shares.
 #[derive(Clone)]
 pub struct AppState {
-    pub core: Arc<Mutex<Core>>,
+    pub headend: Arc<Mutex<Headend>>,
     pub token: Arc<Zeroizing<String>>,
     /// The read-only token: it opens `/metrics` and nothing else.
     pub scrape_token: Arc<Zeroizing<String>>,
@@ -110,12 +110,12 @@ impl IntoResponse for ApiError {
     }
 }
 
-impl From<CoreError> for ApiError {
-    fn from(e: CoreError) -> Self {
+impl From<StateError> for ApiError {
+    fn from(e: StateError) -> Self {
         match e {
-            CoreError::BadRequest(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
-            CoreError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
-            CoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+            StateError::BadRequest(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
+            StateError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
+            StateError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
             other => {
                 tracing::error!(error = %other, "request failed");
                 ApiError::internal()
@@ -142,13 +142,13 @@ impl From<QueryRejection> for ApiError {
 
 type ApiResult = Result<Response, ApiError>;
 
-/// Runs `f` on the core in a blocking thread (SQLite commits wait for the
+/// Runs `f` on the headend state in a blocking thread (SQLite commits wait for the
 /// disk).
-async fn with_core<T: Send + 'static>(
+async fn with_headend<T: Send + 'static>(
     st: &AppState,
-    f: impl FnOnce(&mut Core, u64) -> Result<T, CoreError> + Send + 'static,
+    f: impl FnOnce(&mut Headend, u64) -> Result<T, StateError> + Send + 'static,
 ) -> Result<T, ApiError> {
-    let core = st.core.clone();
+    let core = st.headend.clone();
     let now = st.now_ms;
     tokio::task::spawn_blocking(move || {
         let mut c = core.lock().map_err(|_| ApiError::internal())?;
@@ -269,7 +269,7 @@ async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> 
 const METRICS_PATH: &str = "/metrics";
 
 async fn metrics(State(st): State<AppState>) -> ApiResult {
-    let gauges = with_core(&st, |c, now| Ok(c.gauges(now))).await?;
+    let gauges = with_headend(&st, |c, now| Ok(c.gauges(now))).await?;
     Ok((
         [(
             header::CONTENT_TYPE,
@@ -281,7 +281,7 @@ async fn metrics(State(st): State<AppState>) -> ApiResult {
 }
 
 async fn list_products(State(st): State<AppState>) -> ApiResult {
-    Ok(ok(with_core(&st, |c, _| Ok(c.products())).await?))
+    Ok(ok(with_headend(&st, |c, _| Ok(c.products())).await?))
 }
 
 async fn add_product(
@@ -290,7 +290,7 @@ async fn add_product(
 ) -> ApiResult {
     let Json(req) = body?;
     Ok(created(
-        with_core(&st, move |c, now| c.add_product(req, now)).await?,
+        with_headend(&st, move |c, now| c.add_product(req, now)).await?,
     ))
 }
 
@@ -330,7 +330,7 @@ async fn channel_answer(st: &AppState, c: &Channel) -> Value {
 }
 
 async fn list_channels(State(st): State<AppState>) -> ApiResult {
-    let channels = with_core(&st, |c, _| Ok(c.channels())).await?;
+    let channels = with_headend(&st, |c, _| Ok(c.channels())).await?;
     let sup = st.supervisor.clone();
     let statuses = tokio::task::spawn_blocking(move || sup.statuses())
         .await
@@ -347,7 +347,7 @@ async fn add_channel(
     body: Result<Json<NewChannel>, JsonRejection>,
 ) -> ApiResult {
     let Json(req) = body?;
-    let c = with_core(&st, move |c, now| c.add_channel(req, now)).await?;
+    let c = with_headend(&st, move |c, now| c.add_channel(req, now)).await?;
     apply_channels(&st).await;
     Ok(created(channel_answer(&st, &c).await))
 }
@@ -362,7 +362,7 @@ async fn show_channel(
     p: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let r = channel_ref(p)?;
-    let c = with_core(&st, move |c, _| c.channel(&r)).await?;
+    let c = with_headend(&st, move |c, _| c.channel(&r)).await?;
     Ok(ok(channel_answer(&st, &c).await))
 }
 
@@ -373,7 +373,7 @@ async fn update_channel(
 ) -> ApiResult {
     let r = channel_ref(p)?;
     let Json(req) = body?;
-    let c = with_core(&st, move |c, _| c.update_channel(&r, req)).await?;
+    let c = with_headend(&st, move |c, _| c.update_channel(&r, req)).await?;
     st.supervisor.retry(c.service_id);
     apply_channels(&st).await;
     Ok(ok(channel_answer(&st, &c).await))
@@ -384,7 +384,7 @@ async fn remove_channel(
     p: Result<Path<String>, PathRejection>,
 ) -> ApiResult {
     let r = channel_ref(p)?;
-    let c = with_core(&st, move |c, _| c.remove_channel(&r)).await?;
+    let c = with_headend(&st, move |c, _| c.remove_channel(&r)).await?;
     apply_channels(&st).await;
     Ok(ok(json!({
         "service_id": c.service_id,
@@ -447,7 +447,7 @@ async fn list_cards(
         }
     };
     Ok(ok(
-        with_core(&st, move |c, _| c.cards(q.after, limit)).await?
+        with_headend(&st, move |c, _| c.cards(q.after, limit)).await?
     ))
 }
 
@@ -457,7 +457,7 @@ async fn add_card(
 ) -> ApiResult {
     let Json(req) = body?;
     Ok(created(
-        with_core(&st, move |c, now| c.add_card(req, now)).await?,
+        with_headend(&st, move |c, now| c.add_card(req, now)).await?,
     ))
 }
 
@@ -467,7 +467,7 @@ async fn show_card(
 ) -> ApiResult {
     let Path(id) = id?;
     let id = parse_id(&id, "card id")?;
-    Ok(ok(with_core(&st, move |c, _| c.card(id)).await?))
+    Ok(ok(with_headend(&st, move |c, _| c.card(id)).await?))
 }
 
 async fn revoke_card(
@@ -476,7 +476,7 @@ async fn revoke_card(
 ) -> ApiResult {
     let Path(id) = id?;
     let id = parse_id(&id, "card id")?;
-    Ok(ok(with_core(&st, move |c, now| c.revoke(id, now)).await?))
+    Ok(ok(with_headend(&st, move |c, now| c.revoke(id, now)).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -492,7 +492,7 @@ async fn list_subscriptions(
 ) -> ApiResult {
     let Query(q) = q?;
     Ok(ok(
-        with_core(&st, move |c, _| c.subscriptions(q.card)).await?
+        with_headend(&st, move |c, _| c.subscriptions(q.card)).await?
     ))
 }
 
@@ -502,7 +502,7 @@ async fn subscribe(
 ) -> ApiResult {
     let Json(req) = body?;
     Ok(created(
-        with_core(&st, move |c, now| c.subscribe(req, now)).await?,
+        with_headend(&st, move |c, now| c.subscribe(req, now)).await?,
     ))
 }
 
@@ -513,7 +513,7 @@ async fn unsubscribe(
     let Path((card, product)) = p?;
     let card = parse_id(&card, "card id")?;
     let product = ProductRef::Name(product);
-    with_core(&st, move |c, now| c.unsubscribe(card, &product, now)).await?;
+    with_headend(&st, move |c, now| c.unsubscribe(card, &product, now)).await?;
     Ok(ok(json!({"card_id": card, "unsubscribed": true})))
 }
 
@@ -523,14 +523,16 @@ async fn pair(
 ) -> ApiResult {
     let Json(req) = body?;
     Ok(created(
-        with_core(&st, move |c, now| c.pair(req, now)).await?,
+        with_headend(&st, move |c, now| c.pair(req, now)).await?,
     ))
 }
 
 async fn unpair(State(st): State<AppState>, id: Result<Path<String>, PathRejection>) -> ApiResult {
     let Path(id) = id?;
     let card = parse_id(&id, "card id")?;
-    Ok(ok(with_core(&st, move |c, now| c.unpair(card, now)).await?))
+    Ok(ok(
+        with_headend(&st, move |c, now| c.unpair(card, now)).await?
+    ))
 }
 
 async fn rotate(
@@ -546,7 +548,7 @@ async fn rotate(
             ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}"))
         })?
     };
-    let rotated = with_core(&st, move |c, now| {
+    let rotated = with_headend(&st, move |c, now| {
         c.rotate(req.product.as_ref(), "operator request", now)
     })
     .await?;
@@ -554,7 +556,7 @@ async fn rotate(
 }
 
 async fn status(State(st): State<AppState>) -> ApiResult {
-    let mut v = with_core(&st, |c, now| Ok(c.status(now))).await?;
+    let mut v = with_headend(&st, |c, now| Ok(c.status(now))).await?;
     // Each channel with where it stands: state, error or cause with its
     // fix, input counters, and the stream's own report.
     let sup = st.supervisor.clone();
@@ -579,7 +581,7 @@ async fn status(State(st): State<AppState>) -> ApiResult {
 }
 
 async fn operator(State(st): State<AppState>) -> ApiResult {
-    Ok(ok(with_core(&st, |c, _| Ok(c.operator_public())).await?))
+    Ok(ok(with_headend(&st, |c, _| Ok(c.operator_public())).await?))
 }
 
 #[derive(Debug, Deserialize)]

@@ -15,10 +15,10 @@
 use crate::api::{self, AppState};
 use crate::atrest::MasterKey;
 use crate::config::{Config, ConfigError, Loaded};
-use crate::core::{Core, CoreError, Timing};
 use crate::init::{ensure_scrape_token, read_master_key, read_token, KeyFileError};
 use crate::metrics::Metrics;
 use crate::output::CaOutput;
+use crate::state::{Headend, StateError, Timing};
 use crate::supervisor::Supervisor;
 use std::future::Future;
 use std::path::Path;
@@ -44,7 +44,7 @@ pub enum DaemonError {
     #[error(transparent)]
     KeyFile(#[from] KeyFileError),
     #[error(transparent)]
-    Core(CoreError),
+    Headend(StateError),
     #[error("cannot listen on {addr}: {source}")]
     Listen {
         addr: std::net::SocketAddr,
@@ -62,7 +62,7 @@ impl DaemonError {
             DaemonError::Config(_) => 64,
             DaemonError::KeyFile(_) => 66,
             DaemonError::Listen { .. } => 69,
-            DaemonError::Core(CoreError::Store(crate::store::StoreError::Locked)) => 75,
+            DaemonError::Headend(StateError::Store(crate::store::StoreError::Locked)) => 75,
             _ => 70,
         }
     }
@@ -74,11 +74,11 @@ impl From<ConfigError> for DaemonError {
     }
 }
 
-impl From<CoreError> for DaemonError {
-    fn from(e: CoreError) -> Self {
+impl From<StateError> for DaemonError {
+    fn from(e: StateError) -> Self {
         match e {
-            CoreError::Config { .. } => DaemonError::Config(e.to_string()),
-            other => DaemonError::Core(other),
+            StateError::Config { .. } => DaemonError::Config(e.to_string()),
+            other => DaemonError::Headend(other),
         }
     }
 }
@@ -87,7 +87,7 @@ impl From<CoreError> for DaemonError {
 #[derive(Debug)]
 pub struct Daemon {
     loaded: Loaded,
-    core: Arc<Mutex<Core>>,
+    headend: Arc<Mutex<Headend>>,
     token: Arc<Zeroizing<String>>,
     scrape_token: Arc<Zeroizing<String>>,
     metrics: Arc<Metrics>,
@@ -145,7 +145,7 @@ impl Daemon {
                 db.display()
             )));
         }
-        let core = Core::open(
+        let core = Headend::open(
             &db,
             MasterKey::new(&master),
             c.operator_id,
@@ -156,11 +156,11 @@ impl Daemon {
             now_ms(),
         )
         .map_err(|e| match e {
-            CoreError::Config { field, message } => DaemonError::Config(format!(
+            StateError::Config { field, message } => DaemonError::Config(format!(
                 "{}: field `{field}`: {message}",
                 loaded.path.display()
             )),
-            other => DaemonError::Core(other),
+            other => DaemonError::Headend(other),
         })?;
         let run = core.run();
         let mut core = core;
@@ -172,7 +172,7 @@ impl Daemon {
         }
         Ok(Daemon {
             loaded,
-            core: Arc::new(Mutex::new(core)),
+            headend: Arc::new(Mutex::new(core)),
             token: Arc::new(token),
             scrape_token: Arc::new(scrape_token),
             metrics,
@@ -192,8 +192,8 @@ impl Daemon {
     }
 
     /// The shared state, for embedding (e.g. the stream engine's status).
-    pub fn core(&self) -> Arc<Mutex<Core>> {
-        self.core.clone()
+    pub fn headend(&self) -> Arc<Mutex<Headend>> {
+        self.headend.clone()
     }
 
     /// The owner of the channel streams.
@@ -222,7 +222,7 @@ impl Daemon {
         let tick = Duration::from_millis((cfg.crypto_period_ms / 4).clamp(10, 50));
         let stop = Arc::new(AtomicBool::new(false));
         let scheduler = {
-            let core = self.core.clone();
+            let core = self.headend.clone();
             let stop = stop.clone();
             let metrics = self.metrics.clone();
             tokio::spawn(async move {
@@ -243,7 +243,7 @@ impl Daemon {
                             tracing::error!(error = %e, "scheduler step failed");
                         }
                         Err(e) => {
-                            // A panic in the core: its state can no longer be
+                            // A panic in the state: it can no longer be
                             // trusted. Exit and let the supervisor restart us
                             // from the database.
                             tracing::error!(error = %e, "scheduler panicked; exiting");
@@ -258,11 +258,11 @@ impl Daemon {
         // supervisor thread.
         let supervisor = self
             .supervisor
-            .spawn(self.core.clone())
+            .spawn(self.headend.clone())
             .map_err(DaemonError::Serve)?;
 
         let state = AppState {
-            core: self.core.clone(),
+            headend: self.headend.clone(),
             token: self.token.clone(),
             scrape_token: self.scrape_token.clone(),
             metrics: self.metrics.clone(),

@@ -8,7 +8,7 @@
 //!
 //! The key engine ([`engine`], [`schedule`], [`operator`]) does no I/O:
 //! no files, no sockets, no clock (callers pass Unix seconds in) and no
-//! logging. The daemon around it ([`core`], [`store`], [`api`],
+//! logging. The daemon around it ([`state`], [`store`], [`api`],
 //! [`daemon`]) owns persistence and time. Secrets stay inside `proto::secret` types, whose `Debug` prints
 //! `REDACTED`; nothing here formats key bytes.
 //!
@@ -19,7 +19,7 @@
 //! * [`config`] reads and checks `headend.toml`.
 //! * [`atrest`]: secrets sealed under the master key.
 //! * [`store`]: the SQLite schema and its migrations.
-//! * [`core`]: the daemon's state and operations, crash-safe by the order
+//! * [`state`]: the daemon's state and operations, crash-safe by the order
 //!   in which they write.
 //! * [`output`]: [`CaOutput`], the ECM and EMM sections for the stream
 //!   engine.
@@ -34,7 +34,6 @@ pub mod atrest;
 mod cards;
 pub mod client;
 pub mod config;
-pub mod core;
 pub mod daemon;
 pub mod engine;
 pub mod error;
@@ -43,6 +42,7 @@ pub mod metrics;
 pub mod operator;
 pub mod output;
 pub mod schedule;
+pub mod state;
 pub mod store;
 pub mod stream;
 pub mod supervisor;

@@ -743,7 +743,7 @@ fn human_secs(secs: i64) -> String {
 fn ms_date(v: &Value, k: &str) -> String {
     v.get(k)
         .and_then(Value::as_u64)
-        .map(|ms| headend::core::rfc3339(ms / 1000))
+        .map(|ms| headend::state::rfc3339(ms / 1000))
         .unwrap_or_else(|| "-".into())
 }
 

@@ -37,7 +37,7 @@ const MIGRATIONS: &[&str] = &[
     -- While a block is in use, every EMM's seq is in [floor, floor + 2^20);
     -- a new block (at each start, and every few minutes) is committed
     -- before any seq in it is used, and its floor is above every earlier
-    -- block's range (see core::next_seq_floor).
+    -- block's range (see state::next_seq_floor).
     CREATE TABLE seq_blocks (
         floor      INTEGER PRIMARY KEY,
         run        INTEGER NOT NULL,

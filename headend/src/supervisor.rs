@@ -24,9 +24,9 @@
 //! it waits for a stream thread.
 
 use crate::config::{check_channel, parse_input, ChannelSpec, InputUrl};
-use crate::core::{Channel, ChannelOrigin, Core};
 use crate::metrics::Exposition;
 use crate::output::CaOutput;
+use crate::state::{Channel, ChannelOrigin, Headend};
 use crate::stream::{spawn_daemon_channel, ChannelHandle, ChannelHealth, Shutdown, Withheld};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -193,14 +193,14 @@ impl Supervisor {
 
     /// Starts the supervisor thread, which reconciles at once, then on
     /// every kick and every second, until [`Supervisor::shutdown`].
-    pub fn spawn(self: &Arc<Self>, core: Arc<Mutex<Core>>) -> std::io::Result<JoinHandle<()>> {
+    pub fn spawn(self: &Arc<Self>, core: Arc<Mutex<Headend>>) -> std::io::Result<JoinHandle<()>> {
         let sup = self.clone();
         std::thread::Builder::new()
             .name("supervisor".into())
             .spawn(move || sup.run(&core))
     }
 
-    fn run(&self, core: &Mutex<Core>) {
+    fn run(&self, core: &Mutex<Headend>) {
         let mut first = true;
         loop {
             let target = {
@@ -299,7 +299,7 @@ impl Supervisor {
     }
 
     /// Brings the streams in line with the channel table.
-    pub fn reconcile(&self, core: &Mutex<Core>) {
+    pub fn reconcile(&self, core: &Mutex<Headend>) {
         let channels = core.lock().unwrap_or_else(|e| e.into_inner()).channels();
         let want: BTreeMap<u16, Channel> =
             channels.into_iter().map(|c| (c.service_id, c)).collect();

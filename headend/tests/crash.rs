@@ -91,7 +91,7 @@ fn kill_dash_nine_loses_nothing_and_reuses_no_nonce() {
                     if let Some(&id) = acked_cards.last() {
                         if id != CARD && !acked_subs.contains_key(&(id, 1)) {
                             let until = 4_000_000_000 + rng.below(100_000_000);
-                            let until_text = headend::core::rfc3339(until);
+                            let until_text = headend::state::rfc3339(until);
                             if let Some((201, _)) = h.request(
                                 "POST",
                                 "/api/v1/subscriptions",

@@ -28,7 +28,7 @@ fn ended_and_revoked_cards_lose_cws_at_the_next_renewal_only() {
         register(&h, id, &public);
         cards.push((id, card));
     }
-    let soon = headend::core::rfc3339(
+    let soon = headend::state::rfc3339(
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap()

@@ -75,7 +75,7 @@ const MAX_NAME: usize = 64;
 /// Why an operation failed. The first three are the caller's fault and
 /// map to 4xx; the rest are the headend's.
 #[derive(Debug, thiserror::Error)]
-pub enum CoreError {
+pub enum StateError {
     #[error("{0}")]
     BadRequest(String),
     #[error("{0}")]
@@ -97,10 +97,10 @@ pub enum CoreError {
     Internal(String),
 }
 
-type Result<T, E = CoreError> = std::result::Result<T, E>;
+type Result<T, E = StateError> = std::result::Result<T, E>;
 
-fn bad(msg: impl Into<String>) -> CoreError {
-    CoreError::BadRequest(msg.into())
+fn bad(msg: impl Into<String>) -> StateError {
+    StateError::BadRequest(msg.into())
 }
 
 /// The daemon's timing, from the config.
@@ -495,7 +495,7 @@ impl Carousel {
 }
 
 /// The headend's state.
-pub struct Core {
+pub struct Headend {
     conn: Connection,
     mk: MasterKey,
     engine: KeyEngine,
@@ -531,9 +531,9 @@ pub struct Core {
     emm_u_bytes: u64,
 }
 
-impl std::fmt::Debug for Core {
+impl std::fmt::Debug for Headend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Core")
+        f.debug_struct("Headend")
             .field("run", &self.run)
             .field("engine", &self.engine)
             .field("products", &self.products.len())
@@ -574,7 +574,7 @@ fn load_operator(conn: &Connection, mk: &MasterKey) -> Result<OperatorKeys> {
         )
         .optional()?
         .ok_or_else(|| {
-            CoreError::Internal(
+            StateError::Internal(
                 "the database has no operator keys: was it made by `headend init`?".into(),
             )
         })?;
@@ -582,7 +582,7 @@ fn load_operator(conn: &Connection, mk: &MasterKey) -> Result<OperatorKeys> {
     let kex = Seed::from_bytes(mk.open::<32>(row("operator.x25519", id, 0), &kex)?);
     let sig = Seed::from_bytes(mk.open::<32>(row("operator.ed25519", id, 0), &sig)?);
     let signing = SigningKey::from_seed(sig)
-        .map_err(|_| CoreError::Internal("stored operator signing key is invalid".into()))?;
+        .map_err(|_| StateError::Internal("stored operator signing key is invalid".into()))?;
     Ok(OperatorKeys::from_parts(
         op_id,
         X25519Secret::from_seed(&kex),
@@ -714,7 +714,7 @@ fn renew_in_tx(
     let generation = p
         .generation
         .checked_add(1)
-        .ok_or_else(|| CoreError::Conflict(format!("product {} has no generations left", p.id)))?;
+        .ok_or_else(|| StateError::Conflict(format!("product {} has no generations left", p.id)))?;
     // A renewal while the previous one is still pending activates that
     // one now: ECMs may use only the two newest generations, the two a
     // card holds.
@@ -762,7 +762,7 @@ fn new_seq_block(conn: &mut Connection, run: u64, now_ms: u64) -> Result<u64> {
         r.get(0)
     })?;
     let floor = next_seq_floor(last as u64, now_ms)
-        .ok_or_else(|| CoreError::Internal("EMM sequence space exhausted".into()))?;
+        .ok_or_else(|| StateError::Internal("EMM sequence space exhausted".into()))?;
     tx.execute(
         "INSERT INTO seq_blocks (floor, run, started_ms) VALUES (?1, ?2, ?3)",
         params![floor as i64, run as i64, now_ms as i64],
@@ -771,7 +771,7 @@ fn new_seq_block(conn: &mut Connection, run: u64, now_ms: u64) -> Result<u64> {
     Ok(floor)
 }
 
-impl Core {
+impl Headend {
     /// Opens the database, starts a new run and loads everything.
     #[allow(clippy::too_many_arguments)]
     pub fn open(
@@ -783,11 +783,11 @@ impl Core {
         output: CaOutput,
         metrics: Arc<Metrics>,
         now_ms: u64,
-    ) -> Result<Core> {
+    ) -> Result<Headend> {
         let mut conn = store::open(db, false)?;
         let operator = load_operator(&conn, &mk)?;
         if operator.operator_id() != operator_id {
-            return Err(CoreError::Config {
+            return Err(StateError::Config {
                 field: "operator_id".into(),
                 message: format!(
                     "is {operator_id} but the database was made for operator {}",
@@ -812,7 +812,7 @@ impl Core {
         let mut engine = KeyEngine::new(operator);
         engine.raise_emm_g_seq(floor);
 
-        let mut core = Core {
+        let mut core = Headend {
             conn,
             mk,
             engine,
@@ -966,7 +966,7 @@ impl Core {
                         },
                         now_ms,
                     )
-                    .map_err(|e| CoreError::Config {
+                    .map_err(|e| StateError::Config {
                         field: format!("channels.product ({:?})", c.product),
                         message: e.to_string(),
                     })?
@@ -982,7 +982,7 @@ impl Core {
                 )
                 .optional()?;
             if let Some(other) = clash {
-                return Err(CoreError::Config {
+                return Err(StateError::Config {
                     field: format!("channels.name ({:?})", c.name),
                     message: format!(
                         "the database already has a channel of this name, for service {other} \
@@ -1026,7 +1026,7 @@ impl Core {
                 let public: Vec<u8> = r.get(1)?;
                 let blob: Vec<u8> = r.get(2)?;
                 let public: [u8; 32] = public.try_into().map_err(|_| {
-                    CoreError::Internal(format!("card {id}: stored key is not 32 bytes"))
+                    StateError::Internal(format!("card {id}: stored key is not 32 bytes"))
                 })?;
                 let kek = proto::secret::Kek::from_bytes(
                     self.mk.open::<32>(row("cards", u64::from(id), 0), &blob)?,
@@ -1112,7 +1112,7 @@ impl Core {
         for (service, last, period) in rows {
             let last = last as u64;
             if period as u64 != self.timing.period_ms && now_epoch < last {
-                return Err(CoreError::Config {
+                return Err(StateError::Config {
                     field: "crypto_period_ms".into(),
                     message: format!(
                         "service {service} has put epoch {last} of {period} ms periods on the air; \
@@ -1149,13 +1149,13 @@ impl Core {
                 Err(_) => self.products.values().find(|p| &p.name == n),
             },
         }
-        .ok_or_else(|| CoreError::NotFound(format!("unknown product {r}")))
+        .ok_or_else(|| StateError::NotFound(format!("unknown product {r}")))
     }
 
     pub fn add_product(&mut self, req: NewProduct, now_ms: u64) -> Result<Product> {
         check_name(&req.name, "name")?;
         if self.products.values().any(|p| p.name == req.name) {
-            return Err(CoreError::Conflict(format!(
+            return Err(StateError::Conflict(format!(
                 "product {:?} already exists",
                 req.name
             )));
@@ -1163,7 +1163,7 @@ impl Core {
         let id = match req.id {
             Some(0) => return Err(bad("id: products are numbered from 1")),
             Some(id) if self.products.contains_key(&id) => {
-                return Err(CoreError::Conflict(format!("product {id} already exists")))
+                return Err(StateError::Conflict(format!("product {id} already exists")))
             }
             Some(id) => id,
             None => self
@@ -1229,9 +1229,9 @@ impl Core {
             .collect();
         crate::config::check_channel(&c.spec(), &others, &self.channel_base).map_err(|p| {
             if p.conflict {
-                CoreError::Conflict(p.to_string())
+                StateError::Conflict(p.to_string())
             } else {
-                CoreError::BadRequest(p.to_string())
+                StateError::BadRequest(p.to_string())
             }
         })
     }
@@ -1242,7 +1242,7 @@ impl Core {
             ChannelRef::Name(n) => self.channels.values().find(|c| &c.name == n),
         }
         .ok_or_else(|| {
-            CoreError::NotFound(format!("no channel {r}: `headend channel list` shows them"))
+            StateError::NotFound(format!("no channel {r}: `headend channel list` shows them"))
         })
     }
 
@@ -1262,13 +1262,13 @@ impl Core {
         check_name(&req.name, "name")?;
         let product = self.resolve_product(&req.product)?.id;
         if self.channels.contains_key(&req.service_id) {
-            return Err(CoreError::Conflict(format!(
+            return Err(StateError::Conflict(format!(
                 "service_id: service {} already has a channel: give another service id, or change that channel with `headend channel update {}`",
                 req.service_id, req.service_id
             )));
         }
         if self.channels.values().any(|c| c.name == req.name) {
-            return Err(CoreError::Conflict(format!(
+            return Err(StateError::Conflict(format!(
                 "name: channel {:?} already exists: give another name",
                 req.name
             )));
@@ -1300,7 +1300,7 @@ impl Core {
     /// the next start would undo the change.
     fn refuse_config_channel(c: &Channel, what: &str) -> Result<()> {
         if c.origin == ChannelOrigin::Config {
-            return Err(CoreError::Conflict(format!(
+            return Err(StateError::Conflict(format!(
                 "channel {:?} is defined in headend.toml: {what} its [[channels]] table there and restart the daemon",
                 c.name
             )));
@@ -1325,7 +1325,7 @@ impl Core {
         if let Some(n) = req.name {
             check_name(&n, "name")?;
             if n != old.name && self.channels.values().any(|o| o.name == n) {
-                return Err(CoreError::Conflict(format!(
+                return Err(StateError::Conflict(format!(
                     "name: channel {n:?} already exists: give another name"
                 )));
             }
@@ -1426,7 +1426,7 @@ impl Core {
             )
             .optional()?;
         if let Some(state) = exists {
-            return Err(CoreError::Conflict(format!(
+            return Err(StateError::Conflict(format!(
                 "card {} is already registered ({state})",
                 req.card_id
             )));
@@ -1488,7 +1488,7 @@ impl Core {
             )
             .optional()?;
         let (operator_id, public, state, created, revoked) =
-            row.ok_or_else(|| CoreError::NotFound(format!("unknown card {id}")))?;
+            row.ok_or_else(|| StateError::NotFound(format!("unknown card {id}")))?;
         Ok(CardView {
             card_id: id,
             operator_id,
@@ -1543,8 +1543,8 @@ impl Core {
             })
             .optional()?;
         match state {
-            None => Err(CoreError::NotFound(format!("unknown card {id}"))),
-            Some(s) => Err(CoreError::Conflict(format!("card {id} is {s}"))),
+            None => Err(StateError::NotFound(format!("unknown card {id}"))),
+            Some(s) => Err(StateError::Conflict(format!("card {id} is {s}"))),
         }
     }
 
@@ -1654,7 +1654,7 @@ impl Core {
         }
         let ents = self.engine.entitlements(req.card_id)?;
         if !ents.iter().any(|e| e.product == product) && ents.len() >= MAX_ENTITLEMENTS_PER_CARD {
-            return Err(CoreError::Conflict(format!(
+            return Err(StateError::Conflict(format!(
                 "card {} already holds {MAX_ENTITLEMENTS_PER_CARD} products, the most a card stores",
                 req.card_id
             )));
@@ -1693,7 +1693,7 @@ impl Core {
             )
             .optional()?;
         let Some(lapsed) = lapsed else {
-            return Err(CoreError::NotFound(format!(
+            return Err(StateError::NotFound(format!(
                 "card {card} has no subscription to product {product}"
             )));
         };
@@ -1790,7 +1790,7 @@ impl Core {
         self.card(card)
     }
 
-    /// Sends a card's whole state (see [`Core::card_emm`]) at once, and
+    /// Sends a card's whole state (see [`Headend::card_emm`]) at once, and
     /// puts it in the fast lane.
     fn send_now(&mut self, card: u32, unpair: bool, now_ms: u64) -> Result<()> {
         self.ensure_seq_room(1, now_ms)?;
@@ -2046,7 +2046,7 @@ impl Core {
         for (ch, epoch, generation) in todo {
             let next = epoch
                 .checked_add(1)
-                .ok_or_else(|| CoreError::Internal("epoch overflow".into()))?;
+                .ok_or_else(|| StateError::Internal("epoch overflow".into()))?;
             let this_cw = ensure_cw(&tx, &self.mk, &mut self.cws, ch.service_id, epoch)?;
             let next_cw = ensure_cw(&tx, &self.mk, &mut self.cws, ch.service_id, next)?;
             let cws = match Parity::of(epoch) {
@@ -2098,7 +2098,7 @@ impl Core {
                 },
                 &bytes,
             )
-            .map_err(|e| CoreError::Internal(format!("ECM section: {e}")))?;
+            .map_err(|e| StateError::Internal(format!("ECM section: {e}")))?;
             made.push(EcmOutput {
                 service: ch.service_id,
                 ecm_pid: ch.ecm_pid,
@@ -2413,7 +2413,7 @@ impl Core {
         now_ms: u64,
     ) -> Result<usize> {
         if !self.products.contains_key(&product) {
-            return Err(CoreError::NotFound(format!("unknown product {product}")));
+            return Err(StateError::NotFound(format!("unknown product {product}")));
         }
         let ours = self.engine.operator().operator_id();
         let tx = self.conn.transaction()?;
@@ -2558,16 +2558,16 @@ mod tests {
 #[cfg(test)]
 mod pairing_tests {
     use super::*;
-    use proto::apdu::StatusWord;
     use ::card::{Applet, MemEeprom};
     use cardlink::{CardClient, InProcessCard};
+    use proto::apdu::StatusWord;
 
     const T0: u64 = 1_800_000_000_000;
     type Card = CardClient<InProcessCard<MemEeprom>>;
 
     /// A core with the default EMM cycle (60 s), product "basic", and
     /// card 42 registered (an in-process card, personalized and locked).
-    fn set_up(dir: &Path, key: &proto::secret::Key32) -> (Core, Card) {
+    fn set_up(dir: &Path, key: &proto::secret::Key32) -> (Headend, Card) {
         let db = dir.join("h.db");
         let op = OperatorKeys::generate(1);
         init_database(&db, &MasterKey::new(key), &op, T0).unwrap();
@@ -2598,8 +2598,8 @@ mod pairing_tests {
         (core, card)
     }
 
-    fn open(db: &Path, key: &proto::secret::Key32, now: u64) -> Core {
-        Core::open(
+    fn open(db: &Path, key: &proto::secret::Key32, now: u64) -> Headend {
+        Headend::open(
             db,
             MasterKey::new(key),
             1,
@@ -2617,7 +2617,7 @@ mod pairing_tests {
     }
 
     /// EMM sections for card 42 published since `cursor`.
-    fn emms_for_42(core: &Core, cursor: &mut u64) -> Vec<Vec<u8>> {
+    fn emms_for_42(core: &Headend, cursor: &mut u64) -> Vec<Vec<u8>> {
         let (got, next, _) = core.output().emm_sections_since(*cursor, 10_000);
         *cursor = next;
         got.into_iter()
@@ -2628,7 +2628,7 @@ mod pairing_tests {
 
     /// Ticks every 50 ms over `[from, to)`; the times at which EMMs for
     /// card 42 came out.
-    fn run(core: &mut Core, cursor: &mut u64, from: u64, to: u64) -> Vec<u64> {
+    fn run(core: &mut Headend, cursor: &mut u64, from: u64, to: u64) -> Vec<u64> {
         let mut at = Vec::new();
         for t in (from..to).step_by(50) {
             core.tick(t).unwrap();
@@ -2700,7 +2700,7 @@ mod pairing_tests {
         let mut cursor = core.output().emm_cursor();
         for bad in [[0u8; 32], one] {
             let e = core.pair(pair(hex::encode(bad)), T0).unwrap_err();
-            assert!(matches!(e, CoreError::BadRequest(_)), "{e:?}");
+            assert!(matches!(e, StateError::BadRequest(_)), "{e:?}");
             let msg = e.to_string();
             assert!(
                 msg.starts_with("receiver_key: ") && msg.contains("receiver identity"),
@@ -2771,12 +2771,12 @@ mod pairing_tests {
         // Unknown and revoked cards.
         assert!(matches!(
             core.unpair(7, T0 + 9000),
-            Err(CoreError::NotFound(_))
+            Err(StateError::NotFound(_))
         ));
         core.revoke(42, T0 + 9000).unwrap();
         assert!(matches!(
             core.unpair(42, T0 + 9000),
-            Err(CoreError::Conflict(_))
+            Err(StateError::Conflict(_))
         ));
         assert!(run(&mut core, &mut cursor, T0 + 9000, T0 + 12_000).is_empty());
     }
@@ -2789,8 +2789,13 @@ mod scheduler_tests {
 
     const T0: u64 = 1_800_000_000_000;
 
-    fn open(db: &Path, key: &proto::secret::Key32, channels: &[ChannelConfig], now: u64) -> Core {
-        Core::open(
+    fn open(
+        db: &Path,
+        key: &proto::secret::Key32,
+        channels: &[ChannelConfig],
+        now: u64,
+    ) -> Headend {
+        Headend::open(
             db,
             MasterKey::new(key),
             1,
@@ -2971,7 +2976,7 @@ mod scheduler_tests {
 
         // A longer crypto period that would take epochs back is refused.
         drop(core);
-        let refused = Core::open(
+        let refused = Headend::open(
             &db,
             MasterKey::new(&key),
             1,
@@ -2986,11 +2991,11 @@ mod scheduler_tests {
             T0 + 70_000,
         );
         assert!(
-            matches!(refused, Err(CoreError::Config { ref field, .. }) if field == "crypto_period_ms")
+            matches!(refused, Err(StateError::Config { ref field, .. }) if field == "crypto_period_ms")
         );
         // Another master key opens nothing.
         assert!(matches!(
-            Core::open(
+            Headend::open(
                 &db,
                 MasterKey::new(&proto::secret::Key32::random()),
                 1,
@@ -3004,7 +3009,7 @@ mod scheduler_tests {
                 Arc::new(Metrics::default()),
                 T0 + 70_000,
             ),
-            Err(CoreError::Sealed(_))
+            Err(StateError::Sealed(_))
         ));
     }
 }
@@ -3016,8 +3021,8 @@ mod channel_tests {
 
     const T0: u64 = 1_800_000_000_000;
 
-    fn open(db: &Path, key: &proto::secret::Key32, channels: &[ChannelConfig]) -> Core {
-        Core::open(
+    fn open(db: &Path, key: &proto::secret::Key32, channels: &[ChannelConfig]) -> Headend {
+        Headend::open(
             db,
             MasterKey::new(key),
             1,
@@ -3070,18 +3075,18 @@ mod channel_tests {
         let file = ChannelRef::parse("file");
         assert!(matches!(
             core.update_channel(&file, ChannelUpdate::default()),
-            Err(CoreError::Conflict(m)) if m.contains("headend.toml")
+            Err(StateError::Conflict(m)) if m.contains("headend.toml")
         ));
         assert!(matches!(
             core.remove_channel(&ChannelRef::parse("7")),
-            Err(CoreError::Conflict(_))
+            Err(StateError::Conflict(_))
         ));
 
         // Through the API: checked against the file's channel, changed,
         // removed with its ECM.
         assert!(matches!(
             core.add_channel(new_channel("api", 8, 0x1F0), T0),
-            Err(CoreError::Conflict(m)) if m.starts_with("ecm_pid:")
+            Err(StateError::Conflict(m)) if m.starts_with("ecm_pid:")
         ));
         core.add_channel(new_channel("api", 8, 0x1E0), T0).unwrap();
         core.add_channel(new_channel("stays", 9, 0x1E1), T0)
@@ -3109,14 +3114,14 @@ mod channel_tests {
         };
         assert!(matches!(
             core.update_channel(&api, bad),
-            Err(CoreError::BadRequest(_))
+            Err(StateError::BadRequest(_))
         ));
         assert_eq!(core.channel(&api).unwrap().ecm_pid, 0x1E2, "unchanged");
         core.remove_channel(&ChannelRef::parse("api")).unwrap();
         assert!(core.output().current_ecm(8).is_none());
         core.tick(T0 + 2000).unwrap();
         assert!(core.output().current_ecm(8).is_none(), "its ECMs stopped");
-        assert!(matches!(core.channel(&api), Err(CoreError::NotFound(_))));
+        assert!(matches!(core.channel(&api), Err(StateError::NotFound(_))));
         drop(core);
 
         // headend.toml without its channel: gone from the database; the

@@ -6,9 +6,9 @@
 use super::{round3, splitmix, Settings};
 use headend::atrest::MasterKey;
 use headend::config::Config;
-use headend::core::{init_database, Core, NewProduct, Timing};
 use headend::daemon::{now_ms, Daemon};
 use headend::metrics::Metrics;
+use headend::state::{init_database, Headend, NewProduct, Timing};
 use headend::{CaOutput, OperatorKeys};
 use proto::crypto::X25519Secret;
 use proto::emm::Emm;
@@ -48,7 +48,7 @@ pub(crate) fn carousel_sqlite(s: &Settings) -> Vec<Value> {
     let op_public = op.public();
     init_database(&db, &MasterKey::new(&master), &op, now).expect("database");
     let open = || {
-        Core::open(
+        Headend::open(
             &db,
             MasterKey::new(&master),
             1,
@@ -111,7 +111,7 @@ pub(crate) fn carousel_sqlite(s: &Settings) -> Vec<Value> {
     let ids: Vec<u32> = (1..=cards + 1).collect();
     let mut out = Vec::with_capacity(BATCH * 128);
     let t = std::cell::Cell::new(now);
-    let mut in_memory = |core: &mut Core| {
+    let mut in_memory = |core: &mut Headend| {
         t.set(t.get() + 1000);
         let t = t.get();
         let start = Instant::now();
@@ -123,7 +123,7 @@ pub(crate) fn carousel_sqlite(s: &Settings) -> Vec<Value> {
         }
         total as f64 / start.elapsed().as_secs_f64()
     };
-    let cycle = |core: &mut Core, new_block: bool| {
+    let cycle = |core: &mut Headend, new_block: bool| {
         t.set(t.get() + 1000);
         let t = t.get();
         let start = Instant::now();
@@ -192,7 +192,7 @@ pub(crate) fn api_writes(s: &Settings) -> Vec<Value> {
     headend::init::init(&home, &config, now).expect("init");
     let daemon = Daemon::open_config(&home.join("headend.toml")).expect("daemon");
     {
-        let core = daemon.core();
+        let core = daemon.headend();
         let mut core = core.lock().expect("core");
         for (id, name) in [(1, "base"), (2, "sports")] {
             core.add_product(
@@ -239,7 +239,7 @@ pub(crate) fn api_writes(s: &Settings) -> Vec<Value> {
     let mut round_no = 0u64;
     let mut ours = || {
         round_no += 1;
-        let until = headend::core::rfc3339(now / 1000 + (100 + round_no) * DAY);
+        let until = headend::state::rfc3339(now / 1000 + (100 + round_no) * DAY);
         let start = Instant::now();
         std::thread::scope(|sc| {
             for t in 0..THREADS as u32 {
