@@ -19,19 +19,18 @@
 //! redacted), or get control words from a card paired with another
 //! receiver.
 //!
-//! Transports come from a [`CardConnector`]: PC/SC by reader name in
-//! production, or a card state file in process for tests
-//! ([`StateFileCard`]).
+//! Transports come from a [`CardConnector`]: PC/SC by reader name
+//! ([`PcscCard`]). The receiver links no software card: tests bring
+//! their own connector (an in-process applet through `cardlink`'s
+//! `in-process` feature), or put an emulated card behind pcscd.
 
 use crate::error::Failure;
 pub use crate::pipeline::ca::{CaModule, EcmOutcome, EmmOutcome};
-use card::{Applet, FileEeprom};
 use cardlink::pcsc::{PcscTransport, ReaderChoice};
-use cardlink::{describe, CardClient, CardTransport, ClientError, InProcessCard, TransportError};
+use cardlink::{describe, CardClient, CardTransport, ClientError, TransportError};
 use proto::apdu::StatusWord;
 use proto::card::{CardInfo, EntitlementRecord, LifeCycle};
 use proto::crypto::X25519Secret;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 
@@ -40,38 +39,8 @@ pub trait CardConnector {
     /// Connects to a card, waiting at most `wait` for one to be present.
     fn connect(&mut self, wait: Duration) -> Result<Box<dyn CardTransport>, TransportError>;
 
-    /// Where the card is, for messages: "reader 'X'", "card state file F".
+    /// Where the card is, for messages: "reader 'X'".
     fn describe(&self) -> String;
-}
-
-/// The applet in this process over a card state file (`--card-state`):
-/// the fast transport for tests. Every connect powers the card up again
-/// from the file, like a reinsertion.
-#[derive(Debug, Clone)]
-pub struct StateFileCard {
-    pub path: PathBuf,
-}
-
-impl CardConnector for StateFileCard {
-    fn connect(&mut self, _wait: Duration) -> Result<Box<dyn CardTransport>, TransportError> {
-        // FileEeprom creates a missing file, which would be a blank card:
-        // a wrong path is better reported as a missing card.
-        if !self.path.is_file() {
-            return Err(TransportError::Other(format!(
-                "{} does not exist",
-                self.path.display()
-            )));
-        }
-        let eeprom = FileEeprom::open(&self.path)
-            .map_err(|e| TransportError::Other(format!("{}: {e}", self.path.display())))?;
-        let applet = Applet::power_on(eeprom)
-            .map_err(|e| TransportError::Other(format!("{}: {e}", self.path.display())))?;
-        Ok(Box::new(InProcessCard::new(applet)))
-    }
-
-    fn describe(&self) -> String {
-        format!("card state file {}", self.path.display())
-    }
 }
 
 /// A card in a PC/SC reader: by name (exact, else a substring), or the

@@ -2,8 +2,9 @@
 //! the broadcast and the screen.
 //!
 //! * [`identity`]: the receiver's long-term X25519 key (0600 file).
-//! * [`card`]: [`CardLink`], the protected link to the card over PC/SC or
-//!   in process, which survives removal, resets and pcscd restarts.
+//! * [`card`]: [`CardLink`], the protected link to the card over PC/SC
+//!   (or any `cardlink` transport a test brings), which survives removal,
+//!   resets and pcscd restarts.
 //! * [`pipeline`]: [`Pipeline`], scrambled TS in, clear TS out: the
 //!   service found through the PAT, PMT and CAT; EMMs filtered by address
 //!   before they reach the card; new ECMs to the card; both CW slots; PSI
@@ -31,7 +32,7 @@ pub mod pipeline;
 pub mod run;
 pub mod stats;
 
-pub use card::{CardConnector, CardLink, LinkError, LinkOptions, PcscCard, StateFileCard};
+pub use card::{CardConnector, CardLink, LinkError, LinkOptions, PcscCard};
 pub use error::{exit, Failure};
 pub use pipeline::{CaModule, PacketSink, Pipeline, PipelineOptions};
 pub use run::{run, Report, RunConfig};

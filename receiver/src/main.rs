@@ -2,7 +2,7 @@
 #![forbid(unsafe_code)]
 
 use clap::{Args, Parser, Subcommand};
-use receiver::card::{CardConnector, LinkOptions, PcscCard, StateFileCard};
+use receiver::card::{LinkOptions, PcscCard};
 use receiver::error::exit;
 use receiver::identity::{self, IdentityError};
 use receiver::io::Endpoint;
@@ -82,9 +82,6 @@ struct RunArgs {
     /// The PC/SC reader (exact name, or part of it); default: the first reader with a card.
     #[arg(long, value_name = "NAME")]
     reader: Option<String>,
-    /// Use the card applet in process, on this card state file, instead of PC/SC (tests).
-    #[arg(long, value_name = "FILE", hide = true, conflicts_with = "reader")]
-    card_state: Option<PathBuf>,
     /// How long to wait for a card at start.
     #[arg(long, value_name = "SECS", default_value = "10", value_parser = parse_secs)]
     card_timeout: Duration,
@@ -178,10 +175,7 @@ fn main() -> ExitCode {
     let (Some(input), Some(output)) = (a.input, a.output) else {
         return fail("--input and --output are required", exit::USAGE);
     };
-    let connector: Box<dyn CardConnector> = match a.card_state {
-        Some(path) => Box::new(StateFileCard { path }),
-        None => Box::new(PcscCard { reader: a.reader }),
-    };
+    let connector = Box::new(PcscCard { reader: a.reader });
     let stop = Arc::new(AtomicBool::new(false));
     {
         let stop = stop.clone();

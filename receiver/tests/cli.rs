@@ -1,14 +1,21 @@
-//! The `receiver` binary: files, pipes and UDP, with the card applet in
-//! process on a card state file (`--card-state`), exit codes and messages.
+//! The `receiver` binary: files, pipes and UDP, exit codes and messages,
+//! with its card in a reader of the real pcscd (the applet served through
+//! vpcd from a thread of the test, see `common::vpcd`). The receiver has
+//! no software card of its own.
+//!
+//! The tests that need a card fail without pcscd under `CI=true` and are
+//! skipped (with a note) otherwise.
 
 mod common;
 
+use card::{Applet, MemEeprom};
+use common::vpcd::CardInReader;
 use common::*;
 use receiver::exit;
 use serde_json::Value;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
@@ -34,8 +41,13 @@ impl Ran {
     }
 }
 
-/// Runs the receiver on a scrambled file with a card state file.
-fn run(dir: &Path, scrambled: &[u8], card: &Path, extra: &[&str]) -> Ran {
+/// Runs the receiver on a scrambled file with the card in a reader.
+fn run(dir: &Path, scrambled: &[u8], card: &CardInReader, extra: &[&str]) -> Ran {
+    run_in(dir, scrambled, card.reader(), extra)
+}
+
+/// Runs the receiver on a scrambled file with the card in `reader`.
+fn run_in(dir: &Path, scrambled: &[u8], reader: &str, extra: &[&str]) -> Ran {
     let input = dir.join("in.ts");
     let output = dir.join("out.ts");
     let stats = dir.join("stats.json");
@@ -46,8 +58,7 @@ fn run(dir: &Path, scrambled: &[u8], card: &Path, extra: &[&str]) -> Ran {
         .arg(&input)
         .arg("--output")
         .arg(&output)
-        .arg("--card-state")
-        .arg(card)
+        .args(["--reader", reader])
         .arg("--identity")
         .arg(dir.join("rx.key"))
         .arg("--stats-json")
@@ -72,11 +83,9 @@ fn ran(o: Output, out: Vec<u8>, stats: &Path) -> Ran {
     r
 }
 
-/// A card state file for card 42, entitled from `dates` if given.
-fn card_file(dir: &Path, engine: &mut headend::KeyEngine, dates: Option<(u64, u64)>) -> PathBuf {
-    let path = dir.join("card.bin");
-    file_card(engine, CARD, &path, dates);
-    path
+/// Card 42 for the engine, entitled from `dates` if given.
+fn applet(engine: &mut headend::KeyEngine, dates: Option<(u64, u64)>) -> Applet<MemEeprom> {
+    mem_card(engine, CARD, dates).0
 }
 
 #[test]
@@ -84,11 +93,15 @@ fn file_to_file_clear_output_stats_and_ffprobe() {
     let Some(clear) = ffmpeg_ts(3) else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut engine = engine();
-    let card = card_file(dir.path(), &mut engine, Some(WIDE));
+    let applet = applet(&mut engine, Some(WIDE));
     let other = engine.emm_u_for(CARD, START_MS / 1000).unwrap();
     let mut feed = TestFeed::new(engine, 1000);
     feed.carousel_emm(&other);
     let (scrambled, _) = scramble(&clear, feed, START_MS, 100_000);
+    let Some(card) = CardInReader::insert("file_to_file_clear_output_stats_and_ffprobe", applet)
+    else {
+        return;
+    };
     let r = run(dir.path(), &scrambled, &card, &[]);
     assert_eq!(r.code, 0);
     assert!(r.stderr.contains("created a new receiver key"));
@@ -134,11 +147,13 @@ fn stdin_to_stdout() {
     let clear = synthetic_ts(3_000, 6);
     let dir = tempfile::tempdir().unwrap();
     let mut engine = engine();
-    let card = card_file(dir.path(), &mut engine, Some(WIDE));
+    let applet = applet(&mut engine, Some(WIDE));
     let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 1000), START_MS, 0);
+    let Some(card) = CardInReader::insert("stdin_to_stdout", applet) else {
+        return;
+    };
     let mut child = receiver()
-        .args(["-i", "-", "-o", "-", "--card-state"])
-        .arg(&card)
+        .args(["-i", "-", "-o", "-", "--reader", card.reader()])
         .arg("--identity")
         .arg(dir.path().join("rx.key"))
         .stdin(Stdio::piped())
@@ -164,8 +179,14 @@ fn a_card_without_the_product_gets_no_clear_output_and_exit_3() {
     let Some(clear) = ffmpeg_ts(3) else { return };
     let dir = tempfile::tempdir().unwrap();
     let mut engine = engine();
-    let card = card_file(dir.path(), &mut engine, None);
+    let applet = applet(&mut engine, None);
     let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 1000), START_MS, 0);
+    let Some(card) = CardInReader::insert(
+        "a_card_without_the_product_gets_no_clear_output_and_exit_3",
+        applet,
+    ) else {
+        return;
+    };
     let r = run(dir.path(), &scrambled, &card, &[]);
     assert_eq!(r.code, i32::from(exit::NOT_ENTITLED));
     assert_eq!(
@@ -189,8 +210,14 @@ fn an_entitlement_ending_mid_run_stops_at_the_next_crypto_period_with_exit_3() {
     let start_ms = (end - 1) * 1000;
     let dir = tempfile::tempdir().unwrap();
     let mut engine = engine();
-    let card = card_file(dir.path(), &mut engine, Some((DAY0 - DAY, end)));
+    let applet = applet(&mut engine, Some((DAY0 - DAY, end)));
     let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 1000), start_ms, 0);
+    let Some(card) = CardInReader::insert(
+        "an_entitlement_ending_mid_run_stops_at_the_next_crypto_period_with_exit_3",
+        applet,
+    ) else {
+        return;
+    };
     let r = run(dir.path(), &scrambled, &card, &[]);
     assert_eq!(r.code, i32::from(exit::NOT_ENTITLED));
     assert_eq!(
@@ -212,7 +239,11 @@ fn an_entitlement_ending_mid_run_stops_at_the_next_crypto_period_with_exit_3() {
 fn input_that_is_not_ts_is_refused_with_exit_7() {
     let dir = tempfile::tempdir().unwrap();
     let mut engine = engine();
-    let card = card_file(dir.path(), &mut engine, Some(WIDE));
+    let applet = applet(&mut engine, Some(WIDE));
+    let Some(card) = CardInReader::insert("input_that_is_not_ts_is_refused_with_exit_7", applet)
+    else {
+        return;
+    };
     let mut rng = Rng(7);
     let mut garbage = vec![0u8; 200_000];
     rng.fill(&mut garbage);
@@ -240,8 +271,7 @@ fn input_that_is_not_ts_is_refused_with_exit_7() {
     let o = receiver()
         .args(["-i", "/nonexistent/in.ts", "-o"])
         .arg(dir.path().join("o.ts"))
-        .arg("--card-state")
-        .arg(&card)
+        .args(["--reader", card.reader()])
         .arg("--identity")
         .arg(dir.path().join("rx.key"))
         .output()
@@ -259,13 +289,19 @@ fn an_unknown_service_a_missing_card_and_a_paired_card_are_clear_errors() {
     let clear = synthetic_ts(2_000, 6);
     let dir = tempfile::tempdir().unwrap();
     let mut engine = engine();
-    let card = card_file(dir.path(), &mut engine, Some(WIDE));
+    let applet = applet(&mut engine, Some(WIDE));
     // Pair the card with another receiver's key.
     let theirs = proto::crypto::X25519Secret::random();
     let pair = engine
         .emm_u_pair(CARD, theirs.public(), START_MS / 1000)
         .unwrap();
     let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 1000), START_MS, 0);
+    let Some(mut card) = CardInReader::insert(
+        "an_unknown_service_a_missing_card_and_a_paired_card_are_clear_errors",
+        applet,
+    ) else {
+        return;
+    };
 
     let r = run(dir.path(), &scrambled, &card, &["--service", "9"]);
     assert_eq!(r.code, i32::from(exit::UNKNOWN_SERVICE));
@@ -274,23 +310,28 @@ fn an_unknown_service_a_missing_card_and_a_paired_card_are_clear_errors() {
         "receiver: service 9 is not in the stream (it has service 1)"
     );
 
-    let missing = dir.path().join("no-card.bin");
-    let r = run(dir.path(), &scrambled, &missing, &[]);
-    assert_eq!(r.code, i32::from(exit::NO_CARD));
-    assert!(
-        r.reason().contains("no-card.bin does not exist"),
-        "{}",
-        r.reason()
+    // No card where it is asked for (a reader that is not there, which
+    // the receiver waits for as for a card): said once the wait is over.
+    let t = std::time::Instant::now();
+    let r = run_in(
+        dir.path(),
+        &scrambled,
+        "No Such Reader",
+        &["--card-timeout", "1"],
     );
-    assert!(!missing.exists(), "a blank card file was created");
+    assert_eq!(r.code, i32::from(exit::NO_CARD));
+    assert_eq!(
+        r.reason(),
+        "receiver: no card in reader 'No Such Reader' within 1 s"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
 
-    {
-        let mut c = cardlink::CardClient::new(cardlink::InProcessCard::new(
-            card::Applet::power_on(card::eeprom::FileEeprom::open(&card).unwrap()).unwrap(),
-        ));
+    card.with_applet(|applet| {
+        let mut c = cardlink::CardClient::new(cardlink::InProcessCard::new(applet));
         c.select().unwrap();
         c.process_emm(&pair).unwrap();
-    }
+        c.into_transport().applet
+    });
     let r = run(dir.path(), &scrambled, &card, &[]);
     // A file input: the receiver reads it all, waiting for the operator,
     // and reports the pairing when it ends.
@@ -337,12 +378,18 @@ fn the_paired_receiver_works_and_identity_prints_its_key() {
     assert!(state.join("iodoform/receiver.key").is_file());
 
     let mut engine = engine();
-    let card = card_file(dir.path(), &mut engine, Some(WIDE));
+    let applet = applet(&mut engine, Some(WIDE));
     let public: [u8; 32] = hex::decode(&hex_key).unwrap().try_into().unwrap();
     let pair = engine.emm_u_pair(CARD, public, START_MS / 1000).unwrap();
     let mut feed = TestFeed::new(engine, 1000);
     feed.carousel_emm(&pair);
     let (scrambled, _) = scramble(&clear, feed, START_MS, 100_000);
+    let Some(card) = CardInReader::insert(
+        "the_paired_receiver_works_and_identity_prints_its_key",
+        applet,
+    ) else {
+        return;
+    };
     let r = run(dir.path(), &scrambled, &card, &[]);
     assert_eq!(r.code, 0);
     assert_eq!(r.stats["stats"]["emms_accepted"], 1);
@@ -365,10 +412,17 @@ fn help_says_how_to_use_it() {
     ] {
         assert!(h.contains(want), "--help lacks {want}:\n{h}");
     }
-    assert!(!h.contains("--card-state"), "the test option is hidden");
     assert!(h.contains(cli::EXIT_CODES_HELP), "{h}");
     let o = receiver().args(["-i", "x.ts"]).output().unwrap();
     assert_eq!(o.status.code(), Some(64));
+    // No software card: the receiver takes its card from PC/SC only.
+    let o = receiver()
+        .args(["-i", "x.ts", "-o", "y.ts", "--card-state", "card.bin"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(err.contains("unexpected argument '--card-state'"), "{err}");
 }
 
 /// Issue 8: `receiver identity | true` ends quietly (141), no panic.
@@ -391,8 +445,11 @@ fn udp_in_udp_out_live() {
     let clear = synthetic_ts(3_000, 20);
     let dir = tempfile::tempdir().unwrap();
     let mut engine = engine();
-    let card = card_file(dir.path(), &mut engine, Some(WIDE));
+    let applet = applet(&mut engine, Some(WIDE));
     let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 500), START_MS, 0);
+    let Some(card) = CardInReader::insert("udp_in_udp_out_live", applet) else {
+        return;
+    };
     let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     sink.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
@@ -406,8 +463,7 @@ fn udp_in_udp_out_live() {
         .arg(format!("udp://{in_port}"))
         .arg("-o")
         .arg(format!("udp://{}", sink.local_addr().unwrap()))
-        .arg("--card-state")
-        .arg(&card)
+        .args(["--reader", card.reader()])
         .arg("--identity")
         .arg(dir.path().join("rx.key"))
         .arg("--stats-json")

@@ -3,148 +3,25 @@
 //! code as `smartcard emulate`), found by reader name, pulled out and put
 //! back while the receiver runs.
 //!
-//! vpcd's stock two slots are shared with the smartcard tests, which may
-//! run at the same time: a slot is taken with the same file lock they use.
-//! Without pcscd these tests fail under `CI=true` and are skipped (with a
-//! note) otherwise; scripts/ensure-pcscd.sh starts it. The test that
-//! restarts pcscd holds every slot meanwhile, so the others look for pcscd
-//! only once they hold theirs.
+//! Slots are taken as `common::vpcd` says (the smartcard tests' file
+//! lock). Without pcscd these tests fail under `CI=true` and are skipped
+//! (with a note) otherwise; scripts/ensure-pcscd.sh starts it. The test
+//! that restarts pcscd holds every slot meanwhile, so the others look for
+//! pcscd only once they hold theirs.
 
 mod common;
 
-use card::eeprom::MemEeprom;
-use card::Applet;
-use cardlink::pcsc::list_readers;
+use common::vpcd::*;
 use common::*;
-use fs2::FileExt;
 use proto::crypto::X25519Secret;
 use receiver::card::{CardLink, LinkOptions, PcscCard};
 use receiver::{Pipeline, PipelineOptions};
-use smartcard::vpcd::{self, StopHandle, VirtualCard};
-use std::fs::File;
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-const SLOTS: [(u16, &str); 2] = [(35963, "Virtual PCD 00 00"), (35964, "Virtual PCD 00 01")];
 const WIDE: (u64, u64) = (DAY0 - 30 * DAY, DAY0 + 30 * DAY);
-
-fn pcscd_or_skip(test: &str) -> bool {
-    let why = match list_readers() {
-        Ok(r) if SLOTS.iter().all(|(_, n)| r.iter().any(|x| x.name == *n)) => return true,
-        Ok(r) => format!(
-            "pcscd has readers {:?}",
-            r.iter().map(|x| &x.name).collect::<Vec<_>>()
-        ),
-        Err(e) => e.to_string(),
-    };
-    assert!(
-        std::env::var("CI").as_deref() != Ok("true"),
-        "{test}: pcscd with vpcd is required under CI=true: {why}. Run scripts/ensure-pcscd.sh"
-    );
-    eprintln!("SKIPPED {test}: pcscd with vpcd is not available ({why})");
-    false
-}
-
-fn card_in(reader: &str) -> bool {
-    list_readers()
-        .map(|r| r.iter().any(|x| x.name == reader && x.card_present))
-        .unwrap_or(false)
-}
-
-fn wait_reader(reader: &str, present: bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while card_in(reader) != present {
-        assert!(
-            Instant::now() < deadline,
-            "{reader}: card present should be {present}"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A vpcd slot, held with the smartcard tests' lock.
-struct Slot {
-    port: u16,
-    reader: &'static str,
-    _lock: File,
-}
-
-fn lock_path(port: u16) -> PathBuf {
-    std::env::temp_dir().join(format!("iodoform-vpcd-{port}.lock"))
-}
-
-fn slot() -> Slot {
-    loop {
-        for (port, reader) in SLOTS {
-            let f = File::create(lock_path(port)).unwrap();
-            if f.try_lock_exclusive().is_ok() {
-                wait_reader(reader, false);
-                return Slot {
-                    port,
-                    reader,
-                    _lock: f,
-                };
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-/// Every vpcd slot, taken in port order as the smartcard tests'
-/// `harness::all_slots` does (the same order everywhere: no deadlock), for
-/// a test that disturbs pcscd itself.
-fn all_slots() -> Vec<Slot> {
-    SLOTS
-        .iter()
-        .map(|&(port, reader)| {
-            let f = File::create(lock_path(port)).unwrap();
-            f.lock_exclusive().expect("slot lock");
-            wait_reader(reader, false);
-            Slot {
-                port,
-                reader,
-                _lock: f,
-            }
-        })
-        .collect()
-}
-
-/// The card in the slot's reader, served from a thread.
-struct Inserted {
-    stop: StopHandle,
-    thread: JoinHandle<Applet<MemEeprom>>,
-}
-
-fn insert(slot: &Slot, applet: Applet<MemEeprom>) -> Inserted {
-    insert_at(slot.port, slot.reader, applet)
-}
-
-fn insert_at(port: u16, reader: &str, applet: Applet<MemEeprom>) -> Inserted {
-    let stop = StopHandle::new();
-    let config = vpcd::Config {
-        addr: format!("127.0.0.1:{port}"),
-        ..vpcd::Config::default()
-    };
-    let s = stop.clone();
-    let thread = std::thread::spawn(move || {
-        let mut card = VirtualCard::new(applet);
-        vpcd::run(&mut card, &config, &s);
-        card.into_applet()
-    });
-    wait_reader(reader, true);
-    Inserted { stop, thread }
-}
-
-fn pull_out(slot: &Slot, card: Inserted) -> Applet<MemEeprom> {
-    card.stop.stop();
-    let applet = card.thread.join().unwrap();
-    wait_reader(slot.reader, false);
-    applet
-}
 
 #[test]
 fn the_receiver_binary_uses_a_card_in_a_named_reader() {

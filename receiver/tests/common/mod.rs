@@ -4,6 +4,8 @@
 //! in-process card that can be pulled out of its reader.
 #![allow(dead_code)]
 
+pub mod vpcd;
+
 use card::eeprom::{Eeprom, MemEeprom};
 use card::Applet;
 use cardlink::{CardClient, CardTransport, InProcessCard, TransportError};
@@ -279,22 +281,6 @@ pub fn mem_card(
         given = Some(emm);
     }
     (c.into_transport().applet, given)
-}
-
-/// Provisions a card in a state file (for `--card-state`).
-pub fn file_card(engine: &mut KeyEngine, card_id: u32, path: &Path, dates: Option<(u64, u64)>) {
-    let applet = provision(
-        engine,
-        card_id,
-        card::eeprom::FileEeprom::open(path).unwrap(),
-    );
-    let mut c = CardClient::new(InProcessCard::new(applet));
-    c.select().unwrap();
-    if let Some((start, end)) = dates {
-        engine.entitle(card_id, PRODUCT, start, end).unwrap();
-        c.process_emm(&engine.emm_u_for(card_id, start).unwrap())
-            .unwrap();
-    }
 }
 
 /// A CA feed on the key engine, as the daemon would run it (the headend's
