@@ -70,10 +70,12 @@ enum Command {
 
 #[derive(Debug, Args)]
 struct RunArgs {
-    /// The scrambled TS: udp://HOST:PORT (a multicast group is joined), a file, or - for stdin.
+    /// The scrambled TS: udp://HOST:PORT (a multicast group is joined), udp://@:PORT (every
+    /// local address), a file (PATH or file://PATH), or - for stdin.
     #[arg(short, long, value_name = "URL", required = true)]
     input: Option<Endpoint>,
-    /// Where the clear TS goes: a file, udp://HOST:PORT (7 packets per datagram), or - for stdout.
+    /// Where the clear TS goes: a file (PATH or file://PATH), udp://HOST:PORT (7 packets per
+    /// datagram), or - for stdout.
     #[arg(short, long, value_name = "URL", required = true)]
     output: Option<Endpoint>,
     /// The service (program_number) to descramble; default: the first in the PAT.
