@@ -12,22 +12,22 @@
 //!
 //! The stages, each in its own module, and what each must never do:
 //!
-//! * `discovery`: the role of every PID, learnt from
-//!   the PAT, the PMT and the CAT, and the search at the start of a run.
-//!   Until the PAT and the service's PMT have been seen, packets are held
-//!   (up to [`PipelineOptions::hold_limit`]) and then replayed in order,
-//!   so an ECM or an EMM that came before the PMT is not lost. It never
-//!   writes a packet nor talks to the card.
-//! * `access`: new ECMs to the CA module and its control
-//!   words into the CW slots ([`crate::keys`]); EMMs for this card to it,
-//!   once each; refusals and how long they are waited out. It never hands
-//!   the module an EMM addressed to another card.
-//! * `rewrite`: the PAT and PMT of the clear output, and
-//!   the PCR of a PID the service shares. It never writes a scrambled
-//!   packet or CA signalling.
-//! * [`ca`]: the [`CaModule`] trait, all the pipeline asks of a card, so
-//!   that the pipeline can be tested with a scripted module;
-//!   [`CardLink`] is the card-backed one.
+//! * `discovery`: the role of every PID, learnt from the PAT, the PMT and
+//!   the CAT, and the search at the start of a run. Until the PAT and the
+//!   service's PMT have been seen, packets are held (up to
+//!   [`PipelineOptions::hold_limit`]) and then replayed in order, so an
+//!   ECM or an EMM that came before the PMT is not lost. It never writes a
+//!   packet nor talks to the card.
+//! * `access`: new ECMs to the CA module and its control words into the
+//!   CW slots ([`crate::keys`]); EMMs for this card to it, once each;
+//!   refusals and how long they are waited out. It never hands the module
+//!   an EMM addressed to another card.
+//! * `rewrite`: the PAT and PMT of the clear output, and the PCR of a PID
+//!   the service shares. It never writes a scrambled packet or CA
+//!   signalling.
+//! * [`ca`]: the [`CaModule`] trait, all the pipeline asks of a card;
+//!   [`CardLink`] is the card-backed module, and the unit tests (`tests`)
+//!   use a scripted one (`script`) that needs no card.
 //! * `clock`: stream time from the PCR, for the waits.
 //!
 //! This module reads the packets, sends each to its stage by the role of
