@@ -1,10 +1,12 @@
 //! The CLI's client of the admin API: finds the daemon and its token from
 //! the config (`--config FILE`, or `IODOFORM_CONFIG`), sends one request
 //! with a small blocking HTTP client, and turns failures into messages an
-//! operator can act on.
+//! operator can act on. Request bodies are the [`api`] crate's types, the
+//! ones the server reads.
 
 use crate::config::{Config, ConfigError};
 use crate::init::{read_token, KeyFileError};
+use serde::Serialize;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -154,15 +156,22 @@ impl Client {
         self.send("GET", path, None)
     }
 
-    pub fn post(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
-        self.send("POST", path, Some(body))
+    pub fn post(&self, path: &str, body: &impl Serialize) -> Result<Value, ClientError> {
+        self.send("POST", path, Some(&self.body(path, body)?))
     }
 
     pub fn delete(&self, path: &str) -> Result<Value, ClientError> {
         self.send("DELETE", path, None)
     }
 
-    pub fn patch(&self, path: &str, body: &Value) -> Result<Value, ClientError> {
-        self.send("PATCH", path, Some(body))
+    pub fn patch(&self, path: &str, body: &impl Serialize) -> Result<Value, ClientError> {
+        self.send("PATCH", path, Some(&self.body(path, body)?))
+    }
+
+    fn body(&self, path: &str, body: &impl Serialize) -> Result<Value, ClientError> {
+        serde_json::to_value(body).map_err(|e| ClientError::Transport {
+            url: format!("{}{path}", self.base),
+            message: format!("request body: {e}"),
+        })
     }
 }

@@ -410,6 +410,21 @@ pub struct ChannelSpec<'a> {
     pub clear_services: &'a [u16],
 }
 
+impl<'a> ChannelSpec<'a> {
+    /// What the checks look at in a stored channel.
+    pub fn of(c: &'a api::Channel) -> ChannelSpec<'a> {
+        ChannelSpec {
+            name: &c.name,
+            service_id: c.service_id,
+            ecm_pid: c.ecm_pid,
+            emm_pid: c.emm_pid,
+            input: c.input.as_deref(),
+            output: c.output.as_deref(),
+            clear_services: &c.clear_services,
+        }
+    }
+}
+
 /// Why a channel was refused: the field, and a message that says what is
 /// wrong and what to do instead.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

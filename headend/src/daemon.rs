@@ -12,12 +12,12 @@
 //! [`Daemon::output`] (the [`CaOutput`] to multiplex), then
 //! [`Daemon::serve`].
 
-use crate::api::{self, AppState};
 use crate::atrest::MasterKey;
 use crate::config::{Config, ConfigError, Loaded};
 use crate::init::{ensure_scrape_token, read_master_key, read_token, KeyFileError};
 use crate::metrics::Metrics;
 use crate::output::CaOutput;
+use crate::server::{self, AppState};
 use crate::state::{Headend, StateError, Timing};
 use crate::supervisor::Supervisor;
 use std::future::Future;
@@ -271,7 +271,7 @@ impl Daemon {
             run: self.run,
             now_ms,
         };
-        let app = api::router(state);
+        let app = server::router(state);
         tracing::info!(%addr, run = self.run, "headend serving");
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)

@@ -8,7 +8,7 @@
 //!
 //! The key engine ([`engine`], [`schedule`], [`operator`]) does no I/O:
 //! no files, no sockets, no clock (callers pass Unix seconds in) and no
-//! logging. The daemon around it ([`state`], [`store`], [`api`],
+//! logging. The daemon around it ([`state`], [`store`], [`server`],
 //! [`daemon`]) owns persistence and time. Secrets stay inside `proto::secret` types, whose `Debug` prints
 //! `REDACTED`; nothing here formats key bytes.
 //!
@@ -23,13 +23,12 @@
 //!   in which they write.
 //! * [`output`]: [`CaOutput`], the ECM and EMM sections for the stream
 //!   engine.
-//! * [`api`], [`daemon`], [`client`], [`init`]: the admin API, `headend
+//! * [`server`], [`daemon`], [`client`], [`init`]: the admin API, `headend
 //!   run`, the CLI's API client and `headend init`.
 //! * [`supervisor`]: the channel streams inside `headend run`, started,
 //!   changed and stopped live, and turned off and retried when they fail.
 #![forbid(unsafe_code)]
 
-pub mod api;
 pub mod atrest;
 mod cards;
 pub mod client;
@@ -42,6 +41,7 @@ pub mod metrics;
 pub mod operator;
 pub mod output;
 pub mod schedule;
+pub mod server;
 pub mod state;
 pub mod store;
 pub mod stream;

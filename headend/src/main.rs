@@ -11,6 +11,10 @@
 //! `IODOFORM_CONFIG` environment variable.
 #![forbid(unsafe_code)]
 
+use api::{
+    path, ChannelUpdate, NewCard, NewChannel, NewPairing, NewProduct, NewSubscription, ProductRef,
+    RotateRequest,
+};
 use clap::{Args, Parser, Subcommand};
 use headend::client::{config_path, Client, ClientError};
 use headend::config::{Config, DEFAULT_PORT};
@@ -442,25 +446,14 @@ fn run(config: Option<PathBuf>) -> ExitCode {
     }
 }
 
-/// A product argument as JSON: a number is an id, anything else a name.
-fn product_ref(s: &str) -> Value {
-    match s.parse::<u32>() {
-        Ok(n) => json!(n),
-        Err(_) => json!(s),
-    }
-}
-
 fn client_command(config: Option<PathBuf>, as_json: bool, cmd: Command) -> Result<(), ClientError> {
     let client = Client::from_config(&config_path(config.as_deref())?)?;
     let (value, view): (Value, View) = match cmd {
-        Command::Product(ProductCmd::Add { name, id }) => {
-            let mut body = json!({ "name": name });
-            if let Some(id) = id {
-                body["id"] = json!(id);
-            }
-            (client.post("/api/v1/products", &body)?, View::Products)
-        }
-        Command::Product(ProductCmd::List) => (client.get("/api/v1/products")?, View::Products),
+        Command::Product(ProductCmd::Add { name, id }) => (
+            client.post(path::PRODUCTS, &NewProduct { name, id })?,
+            View::Products,
+        ),
+        Command::Product(ProductCmd::List) => (client.get(path::PRODUCTS)?, View::Products),
         Command::Channel(ChannelCmd::Add {
             name,
             service_id,
@@ -472,12 +465,18 @@ fn client_command(config: Option<PathBuf>, as_json: bool, cmd: Command) -> Resul
             output,
             clear_services,
         }) => {
-            let body = json!({
-                "name": name, "service_id": service_id, "product": product_ref(&product),
-                "ecm_pid": ecm_pid, "emm_pid": emm_pid, "maturity": maturity,
-                "input": input, "output": output, "clear_services": clear_services,
-            });
-            (client.post("/api/v1/channels", &body)?, View::Channels)
+            let body = NewChannel {
+                name,
+                service_id,
+                product: ProductRef::parse(&product),
+                ecm_pid,
+                emm_pid,
+                maturity,
+                input,
+                output,
+                clear_services,
+            };
+            (client.post(path::CHANNELS, &body)?, View::Channels)
         }
         Command::Channel(ChannelCmd::Update {
             channel,
@@ -493,40 +492,26 @@ fn client_command(config: Option<PathBuf>, as_json: bool, cmd: Command) -> Resul
             clear_services,
             no_clear_services,
         }) => {
-            let mut body = serde_json::Map::new();
-            let mut set = |k: &str, v: Value| {
-                body.insert(k.to_owned(), v);
+            // A flag that takes a field away sends it as null.
+            let gone = |given: Option<String>, remove: bool| match given {
+                Some(v) => Some(Some(v)),
+                None => remove.then_some(None),
             };
-            if let Some(v) = name {
-                set("name", json!(v));
-            }
-            if let Some(v) = product {
-                set("product", product_ref(&v));
-            }
-            if let Some(v) = ecm_pid {
-                set("ecm_pid", json!(v));
-            }
-            if let Some(v) = emm_pid {
-                set("emm_pid", json!(v));
-            }
-            if let Some(v) = maturity {
-                set("maturity", json!(v));
-            }
-            if let Some(v) = input {
-                set("input", json!(v));
-            } else if no_input {
-                set("input", Value::Null);
-            }
-            if let Some(v) = output {
-                set("output", json!(v));
-            } else if no_output {
-                set("output", Value::Null);
-            }
-            if !clear_services.is_empty() {
-                set("clear_services", json!(clear_services));
-            } else if no_clear_services {
-                set("clear_services", json!([]));
-            }
+            let body = ChannelUpdate {
+                service_id: None,
+                name,
+                product: product.as_deref().map(ProductRef::parse),
+                ecm_pid,
+                emm_pid,
+                maturity,
+                input: gone(input, no_input),
+                output: gone(output, no_output),
+                clear_services: if !clear_services.is_empty() {
+                    Some(clear_services)
+                } else {
+                    no_clear_services.then(Vec::new)
+                },
+            };
             if body.is_empty() {
                 return Err(ClientError::Api {
                     status: 400,
@@ -535,14 +520,14 @@ fn client_command(config: Option<PathBuf>, as_json: bool, cmd: Command) -> Resul
             }
             (
                 client.patch(
-                    &format!("/api/v1/channels/{}", urlencode(&channel)),
-                    &Value::Object(body),
+                    &format!("{}/{}", path::CHANNELS, urlencode(&channel)),
+                    &body,
                 )?,
                 View::Channels,
             )
         }
         Command::Channel(ChannelCmd::Remove { channel }) => {
-            let v = client.delete(&format!("/api/v1/channels/{}", urlencode(&channel)))?;
+            let v = client.delete(&format!("{}/{}", path::CHANNELS, urlencode(&channel)))?;
             let msg = format!(
                 "channel {} (service {}) removed; its stream and its ECMs have stopped",
                 s(&v, "name"),
@@ -550,32 +535,34 @@ fn client_command(config: Option<PathBuf>, as_json: bool, cmd: Command) -> Resul
             );
             (v, View::Done(msg))
         }
-        Command::Channel(ChannelCmd::List) => (client.get("/api/v1/channels")?, View::Channels),
+        Command::Channel(ChannelCmd::List) => (client.get(path::CHANNELS)?, View::Channels),
         Command::Card(CardCmd::Add { from }) => {
             let text = std::fs::read_to_string(&from).map_err(|e| ClientError::Api {
                 status: 400,
                 message: format!("cannot read {}: {e}", from.display()),
             })?;
-            let v: Value = serde_json::from_str(&text).map_err(|e| ClientError::Api {
+            let body: NewCard = serde_json::from_str(&text).map_err(|e| ClientError::Api {
                 status: 400,
-                message: format!("{} is not JSON: {e}", from.display()),
+                message: format!(
+                    "{} is not the card record `smartcard provision` writes \
+                     ({{\"card_id\", \"public_key\", \"operator_id\"}}): {e}",
+                    from.display()
+                ),
             })?;
-            let body = json!({
-                "card_id": v.get("card_id"),
-                "public_key": v.get("public_key"),
-                "operator_id": v.get("operator_id"),
-            });
-            (client.post("/api/v1/cards", &body)?, View::Card)
+            (client.post(path::CARDS, &body)?, View::Card)
         }
         Command::Card(CardCmd::List { after, limit }) => (
-            client.get(&format!("/api/v1/cards?after={after}&limit={limit}"))?,
+            client.get(&format!("{}?after={after}&limit={limit}", path::CARDS))?,
             View::Cards,
         ),
         Command::Card(CardCmd::Show { card }) => {
-            (client.get(&format!("/api/v1/cards/{card}"))?, View::Card)
+            (client.get(&format!("{}/{card}", path::CARDS))?, View::Card)
         }
         Command::Card(CardCmd::Revoke { card }) => (
-            client.post(&format!("/api/v1/cards/{card}/revoke"), &json!({}))?,
+            client.post(
+                &format!("{}/{card}/revoke", path::CARDS),
+                &serde_json::Map::new(),
+            )?,
             View::Card,
         ),
         Command::Subscribe {
@@ -584,19 +571,18 @@ fn client_command(config: Option<PathBuf>, as_json: bool, cmd: Command) -> Resul
             until,
             start,
         } => {
-            let mut body =
-                json!({ "card_id": card, "product": product_ref(&product), "until": until });
-            if let Some(s) = start {
-                body["start"] = json!(s);
-            }
-            (
-                client.post("/api/v1/subscriptions", &body)?,
-                View::Subscription,
-            )
+            let body = NewSubscription {
+                card_id: card,
+                product: ProductRef::parse(&product),
+                until,
+                start,
+            };
+            (client.post(path::SUBSCRIPTIONS, &body)?, View::Subscription)
         }
         Command::Unsubscribe { card, product } => (
             client.delete(&format!(
-                "/api/v1/subscriptions/{card}/{}",
+                "{}/{card}/{}",
+                path::SUBSCRIPTIONS,
                 urlencode(&product)
             ))?,
             View::Done(format!(
@@ -605,23 +591,25 @@ fn client_command(config: Option<PathBuf>, as_json: bool, cmd: Command) -> Resul
         ),
         Command::Pair { card, receiver_key } => (
             client.post(
-                "/api/v1/pairings",
-                &json!({ "card_id": card, "receiver_key": receiver_key }),
+                path::PAIRINGS,
+                &NewPairing {
+                    card_id: card,
+                    receiver_key,
+                },
             )?,
             View::Card,
         ),
         Command::Unpair { card } => (
-            client.delete(&format!("/api/v1/pairings/{card}"))?,
+            client.delete(&format!("{}/{card}", path::PAIRINGS))?,
             View::Card,
         ),
         Command::Rotate { product } => {
-            let body = match product {
-                Some(p) => json!({ "product": product_ref(&p) }),
-                None => json!({}),
+            let body = RotateRequest {
+                product: product.as_deref().map(ProductRef::parse),
             };
-            (client.post("/api/v1/rotate", &body)?, View::Rotated)
+            (client.post(path::ROTATE, &body)?, View::Rotated)
         }
-        Command::Status => (client.get("/api/v1/status")?, View::Status),
+        Command::Status => (client.get(path::STATUS)?, View::Status),
         Command::Init(_) | Command::Run => unreachable!("handled in main"),
     };
     if as_json {

@@ -26,8 +26,9 @@
 use crate::config::{check_channel, parse_input, ChannelSpec, InputUrl};
 use crate::metrics::Exposition;
 use crate::output::CaOutput;
-use crate::state::{Channel, ChannelOrigin, Headend};
+use crate::state::Headend;
 use crate::stream::{spawn_daemon_channel, ChannelHandle, ChannelHealth, Shutdown, Withheld};
+use api::{Channel, ChannelOrigin};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -415,7 +416,7 @@ impl Supervisor {
                 .filter(|o| {
                     matches!(o.run, Run::Running(_)) || o.channel.origin == ChannelOrigin::Config
                 })
-                .map(|o| o.channel.spec())
+                .map(|o| ChannelSpec::of(&o.channel))
                 .collect();
             let started = self.start(&slot.channel, &others);
             let slot = st.slots.get_mut(&service).expect("in the order");
@@ -439,7 +440,7 @@ impl Supervisor {
         c: &Channel,
         others: &[ChannelSpec<'_>],
     ) -> Result<Option<ChannelHandle>, String> {
-        check_channel(&c.spec(), others, &self.base).map_err(|p| p.to_string())?;
+        check_channel(&ChannelSpec::of(c), others, &self.base).map_err(|p| p.to_string())?;
         if let Some(InputUrl::Udp(a)) = c
             .input
             .as_deref()

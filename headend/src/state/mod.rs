@@ -18,21 +18,26 @@
 //! logs a key: the tracing calls name ids, generations and epochs only.
 
 use crate::atrest::{row, MasterKey};
-use crate::config::ChannelConfig;
+use crate::config::{ChannelConfig, ChannelSpec};
 use crate::engine::{KeyEngine, MAX_ENTITLEMENTS_PER_CARD};
-use crate::error::EngineError;
 use crate::metrics::{EmmBacklog, Gauges, Metrics, ProductKeyGauge};
 use crate::operator::OperatorKeys;
 use crate::output::{CaOutput, EcmOutput};
 use crate::schedule::{CwPair, Parity};
-use crate::store::{self, StoreError};
+use crate::store;
+use api::{
+    CardView, Channel, ChannelOrigin, ChannelRef, ChannelUpdate, NewCard, NewChannel, NewPairing,
+    NewProduct, NewSubscription, Product, ProductRef, Rotated, SubscriptionView,
+};
 use proto::crypto::{SigningKey, X25519Secret};
 use proto::ecm::EcmHeader;
 use proto::emm::{EmmCommand, Entitle, EMM_HEADER_LEN};
 use proto::secret::{ControlWord, ProductKey, Seed};
 use proto::Codec;
+
+mod error;
+pub use error::{Clash, StateError, Unknown};
 use rusqlite::{params, Connection, OptionalExtension, Transaction};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
@@ -72,36 +77,7 @@ const ONE_PRODUCT_EMM_U_SECTION: u64 = 3 + EMM_HEADER_LEN as u64 + 8 + 58 + 16;
 /// Longest product or channel name.
 const MAX_NAME: usize = 64;
 
-/// Why an operation failed. The first three are the caller's fault and
-/// map to 4xx; the rest are the headend's.
-#[derive(Debug, thiserror::Error)]
-pub enum StateError {
-    #[error("{0}")]
-    BadRequest(String),
-    #[error("{0}")]
-    NotFound(String),
-    #[error("{0}")]
-    Conflict(String),
-    /// A config value that the database contradicts (exit 64).
-    #[error("field `{field}`: {message}")]
-    Config { field: String, message: String },
-    #[error(transparent)]
-    Store(#[from] StoreError),
-    #[error("database: {0}")]
-    Sql(#[from] rusqlite::Error),
-    #[error(transparent)]
-    Sealed(#[from] crate::atrest::OpenError),
-    #[error("key engine: {0}")]
-    Engine(#[from] EngineError),
-    #[error("{0}")]
-    Internal(String),
-}
-
 type Result<T, E = StateError> = std::result::Result<T, E>;
-
-fn bad(msg: impl Into<String>) -> StateError {
-    StateError::BadRequest(msg.into())
-}
 
 /// The daemon's timing, from the config.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,255 +85,6 @@ pub struct Timing {
     pub period_ms: u64,
     pub renewal_ms: u64,
     pub cycle_ms: u64,
-}
-
-/// A product as the API shows it.
-#[derive(Debug, Clone, Serialize)]
-pub struct Product {
-    pub id: u32,
-    pub name: String,
-    /// The newest K_P generation: what EMM-Us carry.
-    pub generation: u32,
-    /// The generation ECMs are sealed under: the newest once every card has
-    /// had one carousel cycle to receive it, the one before until then.
-    pub active_generation: u32,
-    pub activate_at_ms: u64,
-    pub next_renewal_ms: u64,
-    pub created_ms: u64,
-    /// When the newest generation (`generation`) was made.
-    pub key_created_ms: u64,
-}
-
-/// A channel (one DVB service).
-#[derive(Debug, Clone, Serialize)]
-pub struct Channel {
-    pub service_id: u16,
-    pub name: String,
-    pub product: u32,
-    pub ecm_pid: u16,
-    pub emm_pid: u16,
-    pub maturity: u8,
-    pub input: Option<String>,
-    pub output: Option<String>,
-    /// Other programs of the input carried unscrambled, on purpose.
-    pub clear_services: Vec<u16>,
-    /// Where it was defined: headend.toml or the API.
-    pub origin: ChannelOrigin,
-}
-
-impl Channel {
-    /// What the channel checks look at.
-    pub fn spec(&self) -> crate::config::ChannelSpec<'_> {
-        crate::config::ChannelSpec {
-            name: &self.name,
-            service_id: self.service_id,
-            ecm_pid: self.ecm_pid,
-            emm_pid: self.emm_pid,
-            input: self.input.as_deref(),
-            output: self.output.as_deref(),
-            clear_services: &self.clear_services,
-        }
-    }
-}
-
-/// Where a channel was defined.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ChannelOrigin {
-    /// A `[[channels]]` table of headend.toml: made again at every start,
-    /// changed only there.
-    Config,
-    /// Added through the API (or the CLI), kept in the database.
-    Api,
-}
-
-impl ChannelOrigin {
-    /// Where an operator goes to change it, for messages.
-    pub fn describe(self) -> &'static str {
-        match self {
-            ChannelOrigin::Config => "from headend.toml",
-            ChannelOrigin::Api => "added through the API",
-        }
-    }
-}
-
-/// A channel named by service id or by name (names are never numbers),
-/// as a path or a command line may do: `257`, `0x101` or `news`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ChannelRef {
-    Service(u16),
-    Name(String),
-}
-
-impl ChannelRef {
-    pub fn parse(s: &str) -> ChannelRef {
-        let t = s.trim();
-        let n = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
-            Some(h) => u16::from_str_radix(h, 16).ok(),
-            None => t.parse::<u16>().ok(),
-        };
-        match n {
-            Some(n) => ChannelRef::Service(n),
-            None => ChannelRef::Name(s.to_owned()),
-        }
-    }
-}
-
-impl std::fmt::Display for ChannelRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ChannelRef::Service(s) => write!(f, "service {s}"),
-            ChannelRef::Name(n) => write!(f, "{n:?}"),
-        }
-    }
-}
-
-/// A change to a channel: every field is optional; `input` and `output`
-/// may be `null` to take them away (the channel goes off the air).
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChannelUpdate {
-    /// Only to name the channel: a service id cannot change.
-    #[serde(default)]
-    pub service_id: Option<u16>,
-    #[serde(default)]
-    pub name: Option<String>,
-    #[serde(default)]
-    pub product: Option<ProductRef>,
-    #[serde(default)]
-    pub ecm_pid: Option<u16>,
-    #[serde(default)]
-    pub emm_pid: Option<u16>,
-    #[serde(default)]
-    pub maturity: Option<u8>,
-    #[serde(default, deserialize_with = "present")]
-    pub input: Option<Option<String>>,
-    #[serde(default, deserialize_with = "present")]
-    pub output: Option<Option<String>>,
-    #[serde(default)]
-    pub clear_services: Option<Vec<u16>>,
-}
-
-/// A field that is present, even as `null` (absent stays `None`).
-fn present<'de, D, T>(d: D) -> std::result::Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    T::deserialize(d).map(Some)
-}
-
-/// A product named by id or by name, as API requests may do.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum ProductRef {
-    Id(u32),
-    Name(String),
-}
-
-impl std::fmt::Display for ProductRef {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ProductRef::Id(i) => write!(f, "{i}"),
-            ProductRef::Name(n) => write!(f, "{n:?}"),
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewProduct {
-    pub name: String,
-    #[serde(default)]
-    pub id: Option<u32>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewChannel {
-    pub name: String,
-    pub service_id: u16,
-    pub product: ProductRef,
-    pub ecm_pid: u16,
-    pub emm_pid: u16,
-    #[serde(default)]
-    pub maturity: u8,
-    #[serde(default)]
-    pub input: Option<String>,
-    #[serde(default)]
-    pub output: Option<String>,
-    #[serde(default)]
-    pub clear_services: Vec<u16>,
-}
-
-/// What `smartcard provision --register` posts.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewCard {
-    pub card_id: u32,
-    pub public_key: String,
-    pub operator_id: u32,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewSubscription {
-    pub card_id: u32,
-    pub product: ProductRef,
-    /// `YYYY-MM-DD` (through the end of that day, UTC) or RFC 3339.
-    pub until: String,
-    /// `YYYY-MM-DD` (from the start of that day, UTC) or RFC 3339;
-    /// default: the start of today (UTC).
-    #[serde(default)]
-    pub start: Option<String>,
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NewPairing {
-    pub card_id: u32,
-    pub receiver_key: String,
-}
-
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct RotateRequest {
-    #[serde(default)]
-    pub product: Option<ProductRef>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct CardView {
-    pub card_id: u32,
-    pub operator_id: u32,
-    pub public_key: String,
-    pub state: String,
-    pub created: String,
-    pub revoked: Option<String>,
-    pub subscriptions: Vec<SubscriptionView>,
-    pub paired_receiver: Option<String>,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct SubscriptionView {
-    pub card_id: u32,
-    pub product: u32,
-    pub product_name: String,
-    pub start: String,
-    pub until: String,
-    pub start_unix: u64,
-    pub end_unix: u64,
-    /// It ended and the product's key was renewed for it.
-    pub lapsed: bool,
-}
-
-#[derive(Debug, Clone, Serialize)]
-pub struct Rotated {
-    pub product: u32,
-    pub name: String,
-    pub generation: u32,
-    pub active_generation: u32,
-    pub activate_at: String,
 }
 
 /// How often the fast lane repeats a card's EMM-U.
@@ -606,7 +333,7 @@ pub fn rfc3339(unix: u64) -> String {
 }
 
 /// Parses `YYYY-MM-DD` (start or end of that UTC day) or RFC 3339.
-pub fn parse_date(s: &str, end_of_day: bool, field: &str) -> Result<u64> {
+pub fn parse_date(s: &str, end_of_day: bool, field: &'static str) -> Result<u64> {
     let s = s.trim();
     let fmt = time::macros::format_description!("[year]-[month]-[day]");
     let t = if let Ok(d) = time::Date::parse(s, &fmt) {
@@ -616,23 +343,25 @@ pub fn parse_date(s: &str, end_of_day: bool, field: &str) -> Result<u64> {
             d.with_hms(0, 0, 0)
         };
         t.map(|t| t.assume_utc())
-            .map_err(|_| bad(format!("{field}: {s:?} is not a valid date")))?
+            .map_err(|_| StateError::invalid(field, format!("{s:?} is not a valid date")))?
     } else {
         time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).map_err(
             |_| {
-                bad(format!(
-                    "{field}: {s:?} is neither YYYY-MM-DD nor an RFC 3339 date-time"
-                ))
+                StateError::invalid(
+                    field,
+                    format!("{s:?} is neither YYYY-MM-DD nor an RFC 3339 date-time"),
+                )
             },
         )?
     };
-    u64::try_from(t.unix_timestamp()).map_err(|_| bad(format!("{field}: {s:?} is before 1970")))
+    u64::try_from(t.unix_timestamp())
+        .map_err(|_| StateError::invalid(field, format!("{s:?} is before 1970")))
 }
 
-fn parse_key32(s: &str, field: &str) -> Result<[u8; 32]> {
+fn parse_key32(s: &str, field: &'static str) -> Result<[u8; 32]> {
     let mut out = [0u8; 32];
     hex::decode_to_slice(s.trim(), &mut out)
-        .map_err(|_| bad(format!("{field}: expected 64 hex digits (32 bytes)")))?;
+        .map_err(|_| StateError::invalid(field, "expected 64 hex digits (32 bytes)"))?;
     Ok(out)
 }
 
@@ -645,16 +374,18 @@ fn services_from_sql(s: &str) -> Vec<u16> {
     s.split(',').filter_map(|x| x.trim().parse().ok()).collect()
 }
 
-fn check_name(name: &str, what: &str) -> Result<()> {
+fn check_name(name: &str, what: &'static str) -> Result<()> {
     if name.trim().is_empty() || name.len() > MAX_NAME || name.chars().any(char::is_control) {
-        return Err(bad(format!(
-            "{what}: must be 1 to {MAX_NAME} printable characters"
-        )));
+        return Err(StateError::invalid(
+            what,
+            format!("must be 1 to {MAX_NAME} printable characters"),
+        ));
     }
     if name.parse::<u64>().is_ok() {
-        return Err(bad(format!(
-            "{what}: must not be a number (numbers name products by id)"
-        )));
+        return Err(StateError::invalid(
+            what,
+            "must not be a number (numbers name products by id)",
+        ));
     }
     Ok(())
 }
@@ -714,7 +445,7 @@ fn renew_in_tx(
     let generation = p
         .generation
         .checked_add(1)
-        .ok_or_else(|| StateError::Conflict(format!("product {} has no generations left", p.id)))?;
+        .ok_or(Clash::NoGenerationsLeft(p.id))?;
     // A renewal while the previous one is still pending activates that
     // one now: ECMs may use only the two newest generations, the two a
     // card holds.
@@ -1149,29 +880,24 @@ impl Headend {
                 Err(_) => self.products.values().find(|p| &p.name == n),
             },
         }
-        .ok_or_else(|| StateError::NotFound(format!("unknown product {r}")))
+        .ok_or_else(|| Unknown::Product(r.clone()).into())
     }
 
     pub fn add_product(&mut self, req: NewProduct, now_ms: u64) -> Result<Product> {
         check_name(&req.name, "name")?;
         if self.products.values().any(|p| p.name == req.name) {
-            return Err(StateError::Conflict(format!(
-                "product {:?} already exists",
-                req.name
-            )));
+            return Err(Clash::ProductName(req.name).into());
         }
         let id = match req.id {
-            Some(0) => return Err(bad("id: products are numbered from 1")),
-            Some(id) if self.products.contains_key(&id) => {
-                return Err(StateError::Conflict(format!("product {id} already exists")))
-            }
+            Some(0) => return Err(StateError::invalid("id", "products are numbered from 1")),
+            Some(id) if self.products.contains_key(&id) => return Err(Clash::ProductId(id).into()),
             Some(id) => id,
             None => self
                 .products
                 .keys()
                 .next_back()
                 .map_or(Some(1), |m| m.checked_add(1))
-                .ok_or_else(|| bad("no product ids left; give an id"))?,
+                .ok_or_else(|| StateError::invalid("id", "no product ids left; give one"))?,
         };
         let key = ProductKey::random();
         let p = Product {
@@ -1221,19 +947,14 @@ impl Headend {
     /// against every other channel: the refusals of the API.
     fn check_channel(&self, c: &Channel) -> Result<()> {
         check_name(&c.name, "name")?;
-        let others: Vec<crate::config::ChannelSpec<'_>> = self
+        let others: Vec<ChannelSpec<'_>> = self
             .channels
             .values()
             .filter(|o| o.service_id != c.service_id)
-            .map(Channel::spec)
+            .map(ChannelSpec::of)
             .collect();
-        crate::config::check_channel(&c.spec(), &others, &self.channel_base).map_err(|p| {
-            if p.conflict {
-                StateError::Conflict(p.to_string())
-            } else {
-                StateError::BadRequest(p.to_string())
-            }
-        })
+        crate::config::check_channel(&ChannelSpec::of(c), &others, &self.channel_base)
+            .map_err(StateError::channel)
     }
 
     fn find_channel(&self, r: &ChannelRef) -> Result<&Channel> {
@@ -1241,9 +962,7 @@ impl Headend {
             ChannelRef::Service(s) => self.channels.get(s),
             ChannelRef::Name(n) => self.channels.values().find(|c| &c.name == n),
         }
-        .ok_or_else(|| {
-            StateError::NotFound(format!("no channel {r}: `headend channel list` shows them"))
-        })
+        .ok_or_else(|| Unknown::Channel(r.clone()).into())
     }
 
     /// One channel, by service id or name.
@@ -1262,16 +981,10 @@ impl Headend {
         check_name(&req.name, "name")?;
         let product = self.resolve_product(&req.product)?.id;
         if self.channels.contains_key(&req.service_id) {
-            return Err(StateError::Conflict(format!(
-                "service_id: service {} already has a channel: give another service id, or change that channel with `headend channel update {}`",
-                req.service_id, req.service_id
-            )));
+            return Err(Clash::ServiceTaken(req.service_id).into());
         }
         if self.channels.values().any(|c| c.name == req.name) {
-            return Err(StateError::Conflict(format!(
-                "name: channel {:?} already exists: give another name",
-                req.name
-            )));
+            return Err(Clash::ChannelName(req.name).into());
         }
         let c = Channel {
             service_id: req.service_id,
@@ -1298,12 +1011,13 @@ impl Headend {
 
     /// A channel from headend.toml is changed there, not through the API:
     /// the next start would undo the change.
-    fn refuse_config_channel(c: &Channel, what: &str) -> Result<()> {
+    fn refuse_config_channel(c: &Channel, action: &'static str) -> Result<()> {
         if c.origin == ChannelOrigin::Config {
-            return Err(StateError::Conflict(format!(
-                "channel {:?} is defined in headend.toml: {what} its [[channels]] table there and restart the daemon",
-                c.name
-            )));
+            return Err(Clash::ConfigChannel {
+                name: c.name.clone(),
+                action,
+            }
+            .into());
         }
         Ok(())
     }
@@ -1315,19 +1029,20 @@ impl Headend {
         Self::refuse_config_channel(&old, "change")?;
         if let Some(s) = req.service_id {
             if s != old.service_id {
-                return Err(bad(format!(
-                    "service_id: a channel's service id cannot change ({} to {s}): remove the channel and add it again",
-                    old.service_id
-                )));
+                return Err(StateError::invalid(
+                    "service_id",
+                    format!(
+                        "a channel's service id cannot change ({} to {s}): remove the channel and add it again",
+                        old.service_id
+                    ),
+                ));
             }
         }
         let mut c = old.clone();
         if let Some(n) = req.name {
             check_name(&n, "name")?;
             if n != old.name && self.channels.values().any(|o| o.name == n) {
-                return Err(StateError::Conflict(format!(
-                    "name: channel {n:?} already exists: give another name"
-                )));
+                return Err(Clash::ChannelName(n).into());
             }
             c.name = n;
         }
@@ -1412,10 +1127,10 @@ impl Headend {
         let public = parse_key32(&req.public_key, "public_key")?;
         let ours = self.engine.operator().operator_id();
         if req.operator_id != ours {
-            return Err(bad(format!(
-                "operator_id: this headend is operator {ours}, not {}",
-                req.operator_id
-            )));
+            return Err(StateError::invalid(
+                "operator_id",
+                format!("this headend is operator {ours}, not {}", req.operator_id),
+            ));
         }
         let exists: Option<String> = self
             .conn
@@ -1426,15 +1141,16 @@ impl Headend {
             )
             .optional()?;
         if let Some(state) = exists {
-            return Err(StateError::Conflict(format!(
-                "card {} is already registered ({state})",
-                req.card_id
-            )));
+            return Err(Clash::CardRegistered {
+                card: req.card_id,
+                state,
+            }
+            .into());
         }
         let prepared = self
             .engine
             .prepare_card(req.card_id, public)
-            .map_err(|e| bad(format!("card_id/public_key: {e}")))?;
+            .map_err(|e| StateError::invalid("card_id/public_key", e.to_string()))?;
         let sealed = self.mk.seal(
             row("cards", u64::from(req.card_id), 0),
             prepared.kek().expose(),
@@ -1487,8 +1203,7 @@ impl Headend {
                 |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)),
             )
             .optional()?;
-        let (operator_id, public, state, created, revoked) =
-            row.ok_or_else(|| StateError::NotFound(format!("unknown card {id}")))?;
+        let (operator_id, public, state, created, revoked) = row.ok_or(Unknown::Card(id))?;
         Ok(CardView {
             card_id: id,
             operator_id,
@@ -1543,8 +1258,8 @@ impl Headend {
             })
             .optional()?;
         match state {
-            None => Err(StateError::NotFound(format!("unknown card {id}"))),
-            Some(s) => Err(StateError::Conflict(format!("card {id} is {s}"))),
+            None => Err(Unknown::Card(id).into()),
+            Some(state) => Err(Clash::CardNotActive { card: id, state }.into()),
         }
     }
 
@@ -1647,17 +1362,14 @@ impl Headend {
             None => secs(now_ms) - secs(now_ms) % 86_400,
         };
         if end < start {
-            return Err(bad("until: is before start"));
+            return Err(StateError::invalid("until", "is before start"));
         }
         if end < secs(now_ms) {
-            return Err(bad("until: is in the past"));
+            return Err(StateError::invalid("until", "is in the past"));
         }
         let ents = self.engine.entitlements(req.card_id)?;
         if !ents.iter().any(|e| e.product == product) && ents.len() >= MAX_ENTITLEMENTS_PER_CARD {
-            return Err(StateError::Conflict(format!(
-                "card {} already holds {MAX_ENTITLEMENTS_PER_CARD} products, the most a card stores",
-                req.card_id
-            )));
+            return Err(Clash::CardFull(req.card_id).into());
         }
         self.conn.execute(
             "INSERT INTO subscriptions (card, product, start, end, lapsed, created_ms) VALUES (?1, ?2, ?3, ?4, 0, ?5)
@@ -1693,9 +1405,7 @@ impl Headend {
             )
             .optional()?;
         let Some(lapsed) = lapsed else {
-            return Err(StateError::NotFound(format!(
-                "card {card} has no subscription to product {product}"
-            )));
+            return Err(Unknown::Subscription { card, product }.into());
         };
         let live = lapsed == 0 && self.engine.has_card(card);
         let tx = self.conn.transaction()?;
@@ -1758,8 +1468,11 @@ impl Headend {
     pub fn pair(&mut self, req: NewPairing, now_ms: u64) -> Result<CardView> {
         let rx = parse_key32(&req.receiver_key, "receiver_key")?;
         self.engine.operator().kex().check_peer(&rx).map_err(|_| {
-            bad("receiver_key: a low-order X25519 point (such as all zeros), which no receiver has: \
-                 give the key that `receiver identity` prints on the receiver")
+            StateError::invalid(
+                "receiver_key",
+                "a low-order X25519 point (such as all zeros), which no receiver has: \
+                 give the key that `receiver identity` prints on the receiver",
+            )
         })?;
         self.require_active_card(req.card_id)?;
         self.conn.execute(
@@ -2413,7 +2126,7 @@ impl Headend {
         now_ms: u64,
     ) -> Result<usize> {
         if !self.products.contains_key(&product) {
-            return Err(StateError::NotFound(format!("unknown product {product}")));
+            return Err(Unknown::Product(ProductRef::Id(product)).into());
         }
         let ours = self.engine.operator().operator_id();
         let tx = self.conn.transaction()?;
@@ -2700,7 +2413,7 @@ mod pairing_tests {
         let mut cursor = core.output().emm_cursor();
         for bad in [[0u8; 32], one] {
             let e = core.pair(pair(hex::encode(bad)), T0).unwrap_err();
-            assert!(matches!(e, StateError::BadRequest(_)), "{e:?}");
+            assert!(matches!(e, StateError::Invalid { .. }), "{e:?}");
             let msg = e.to_string();
             assert!(
                 msg.starts_with("receiver_key: ") && msg.contains("receiver identity"),
@@ -2771,12 +2484,12 @@ mod pairing_tests {
         // Unknown and revoked cards.
         assert!(matches!(
             core.unpair(7, T0 + 9000),
-            Err(StateError::NotFound(_))
+            Err(StateError::Unknown(_))
         ));
         core.revoke(42, T0 + 9000).unwrap();
         assert!(matches!(
             core.unpair(42, T0 + 9000),
-            Err(StateError::Conflict(_))
+            Err(StateError::Clash(_))
         ));
         assert!(run(&mut core, &mut cursor, T0 + 9000, T0 + 12_000).is_empty());
     }
@@ -3075,18 +2788,18 @@ mod channel_tests {
         let file = ChannelRef::parse("file");
         assert!(matches!(
             core.update_channel(&file, ChannelUpdate::default()),
-            Err(StateError::Conflict(m)) if m.contains("headend.toml")
+            Err(StateError::Clash(m)) if m.to_string().contains("headend.toml")
         ));
         assert!(matches!(
             core.remove_channel(&ChannelRef::parse("7")),
-            Err(StateError::Conflict(_))
+            Err(StateError::Clash(_))
         ));
 
         // Through the API: checked against the file's channel, changed,
         // removed with its ECM.
         assert!(matches!(
             core.add_channel(new_channel("api", 8, 0x1F0), T0),
-            Err(StateError::Conflict(m)) if m.starts_with("ecm_pid:")
+            Err(StateError::Clash(m)) if m.to_string().starts_with("ecm_pid:")
         ));
         core.add_channel(new_channel("api", 8, 0x1E0), T0).unwrap();
         core.add_channel(new_channel("stays", 9, 0x1E1), T0)
@@ -3114,14 +2827,14 @@ mod channel_tests {
         };
         assert!(matches!(
             core.update_channel(&api, bad),
-            Err(StateError::BadRequest(_))
+            Err(StateError::Invalid { .. })
         ));
         assert_eq!(core.channel(&api).unwrap().ecm_pid, 0x1E2, "unchanged");
         core.remove_channel(&ChannelRef::parse("api")).unwrap();
         assert!(core.output().current_ecm(8).is_none());
         core.tick(T0 + 2000).unwrap();
         assert!(core.output().current_ecm(8).is_none(), "its ECMs stopped");
-        assert!(matches!(core.channel(&api), Err(StateError::NotFound(_))));
+        assert!(matches!(core.channel(&api), Err(StateError::Unknown(_))));
         drop(core);
 
         // headend.toml without its channel: gone from the database; the

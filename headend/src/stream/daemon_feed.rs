@@ -14,7 +14,7 @@
 use super::feed::{CaFeed, CryptoPeriod, FeedError};
 use super::{spawn_channel, ChannelHandle, ChannelStreamConfig, Endpoint, Shutdown, StreamError};
 use crate::output::{CaOutput, EmmMark};
-use crate::state::Channel;
+use api::Channel;
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
@@ -307,7 +307,7 @@ mod tests {
             input: Some("clip.ts?loop".into()),
             output: None,
             clear_services: vec![],
-            origin: crate::state::ChannelOrigin::Api,
+            origin: api::ChannelOrigin::Api,
         };
         let base = Path::new("/etc/iodoform");
         assert!(ChannelStreamConfig::from_daemon_channel(&ch, base)

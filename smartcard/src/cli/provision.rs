@@ -30,7 +30,6 @@ use cardlink::pcsc::ReaderChoice;
 use cardlink::CardClient;
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use proto::card::{LifeCycle, APPLET_VERSION};
-use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -99,14 +98,8 @@ pub fn load_operator(path: &Path) -> anyhow::Result<OperatorInfo> {
 }
 
 /// What the subscriber system learns about a card: the body of
-/// `POST /api/v1/cards`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CardRecord {
-    pub card_id: u32,
-    #[serde(with = "hex::serde")]
-    pub public_key: [u8; 32],
-    pub operator_id: u32,
-}
+/// `POST /api/v1/cards`, the API's own type.
+pub type CardRecord = api::NewCard;
 
 /// The card ids of a run, checked: none may be 0 (no card) or the EMM-G
 /// address, and the range must not wrap.
@@ -264,7 +257,7 @@ impl Registrar {
 
     /// `POST {URL}/api/v1/cards`; returns the headend's answer.
     pub fn register(&self, r: &CardRecord) -> anyhow::Result<serde_json::Value> {
-        let url = format!("{}/api/v1/cards", self.base);
+        let url = format!("{}{}", self.base, api::path::CARDS);
         let resp = self
             .agent
             .post(&url)
@@ -350,11 +343,7 @@ pub fn provision_card<T: cardlink::CardTransport>(
     if !kept {
         anyhow::bail!("card {card_id} does not read back what was written to it: {after:?}");
     }
-    Ok(CardRecord {
-        card_id,
-        public_key: public,
-        operator_id: op.operator_id,
-    })
+    Ok(CardRecord::new(card_id, &public, op.operator_id))
 }
 
 /// Messages for the person at the reader: above a progress bar on a
@@ -477,7 +466,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             progress.inc();
             progress.note(format!(
                 "card {id} provisioned in {reader}: public key {}",
-                hex::encode(record.public_key)
+                record.public_key
             ));
             if n < total {
                 progress.prompt(format!(
@@ -514,11 +503,7 @@ mod tests {
     use super::*;
 
     fn record(id: u32) -> CardRecord {
-        CardRecord {
-            card_id: id,
-            public_key: [id as u8; 32],
-            operator_id: 1,
-        }
+        CardRecord::new(id, &[id as u8; 32], 1)
     }
 
     #[test]

@@ -33,11 +33,12 @@
 
 use crate::metrics::Metrics;
 use crate::output::CaOutput;
-use crate::state::{
-    Channel, ChannelRef, ChannelUpdate, Headend, NewCard, NewChannel, NewPairing, NewProduct,
-    NewSubscription, ProductRef, RotateRequest, StateError,
-};
+use crate::state::{Headend, StateError};
 use crate::supervisor::{ChannelStatus, Supervisor};
+use api::{
+    path, Channel, ChannelRef, ChannelRemoved, ChannelUpdate, ErrorBody, NewCard, NewChannel,
+    NewPairing, NewProduct, NewSubscription, ProductRef, RotateRequest, Rotation, Unsubscribed,
+};
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
@@ -101,7 +102,10 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut r = (self.status, Json(json!({ "error": self.message }))).into_response();
+        let body = ErrorBody {
+            error: self.message,
+        };
+        let mut r = (self.status, Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -110,12 +114,15 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// The one place where the domain's errors become status codes: a bad
+/// field is 400, an unknown name 404, a clash with the stored state 409,
+/// and anything else the headend's own fault (500, logged, counted).
 impl From<StateError> for ApiError {
     fn from(e: StateError) -> Self {
         match e {
-            StateError::BadRequest(m) => ApiError::new(StatusCode::BAD_REQUEST, m),
-            StateError::NotFound(m) => ApiError::new(StatusCode::NOT_FOUND, m),
-            StateError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, m),
+            StateError::Invalid { .. } => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
+            StateError::Unknown(u) => ApiError::new(StatusCode::NOT_FOUND, u.to_string()),
+            StateError::Clash(c) => ApiError::new(StatusCode::CONFLICT, c.to_string()),
             other => {
                 tracing::error!(error = %other, "request failed");
                 ApiError::internal()
@@ -183,8 +190,8 @@ fn parse_id(s: &str, what: &str) -> Result<u32, ApiError> {
 pub fn router(state: AppState) -> Router {
     let api = Router::new()
         .route(METRICS_PATH, get(metrics))
-        .route("/api/v1/products", get(list_products).post(add_product))
-        .route("/api/v1/channels", get(list_channels).post(add_channel))
+        .route(path::PRODUCTS, get(list_products).post(add_product))
+        .route(path::CHANNELS, get(list_channels).post(add_channel))
         .route(
             "/api/v1/channels/{channel}",
             get(show_channel)
@@ -192,22 +199,19 @@ pub fn router(state: AppState) -> Router {
                 .put(update_channel)
                 .delete(remove_channel),
         )
-        .route("/api/v1/cards", get(list_cards).post(add_card))
+        .route(path::CARDS, get(list_cards).post(add_card))
         .route("/api/v1/cards/{id}", get(show_card))
         .route("/api/v1/cards/{id}/revoke", post(revoke_card))
-        .route(
-            "/api/v1/subscriptions",
-            get(list_subscriptions).post(subscribe),
-        )
+        .route(path::SUBSCRIPTIONS, get(list_subscriptions).post(subscribe))
         .route(
             "/api/v1/subscriptions/{card}/{product}",
             delete(unsubscribe),
         )
-        .route("/api/v1/pairings", post(pair))
+        .route(path::PAIRINGS, post(pair))
         .route("/api/v1/pairings/{card}", delete(unpair))
-        .route("/api/v1/rotate", post(rotate))
-        .route("/api/v1/status", get(status))
-        .route("/api/v1/operator", get(operator))
+        .route(path::ROTATE, post(rotate))
+        .route(path::STATUS, get(status))
+        .route(path::OPERATOR, get(operator))
         .route("/api/v1/debug/sections", get(debug_sections))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -386,11 +390,11 @@ async fn remove_channel(
     let r = channel_ref(p)?;
     let c = with_headend(&st, move |c, _| c.remove_channel(&r)).await?;
     apply_channels(&st).await;
-    Ok(ok(json!({
-        "service_id": c.service_id,
-        "name": c.name,
-        "removed": true,
-    })))
+    Ok(ok(ChannelRemoved {
+        service_id: c.service_id,
+        name: c.name,
+        removed: true,
+    }))
 }
 
 /// 200 when every channel with an input and an output is on the air, 503
@@ -514,7 +518,10 @@ async fn unsubscribe(
     let card = parse_id(&card, "card id")?;
     let product = ProductRef::Name(product);
     with_headend(&st, move |c, now| c.unsubscribe(card, &product, now)).await?;
-    Ok(ok(json!({"card_id": card, "unsubscribed": true})))
+    Ok(ok(Unsubscribed {
+        card_id: card,
+        unsubscribed: true,
+    }))
 }
 
 async fn pair(
@@ -552,7 +559,7 @@ async fn rotate(
         c.rotate(req.product.as_ref(), "operator request", now)
     })
     .await?;
-    Ok(ok(json!({ "rotated": rotated })))
+    Ok(ok(Rotation { rotated }))
 }
 
 async fn status(State(st): State<AppState>) -> ApiResult {

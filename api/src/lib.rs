@@ -1,0 +1,368 @@
+//! The bodies of the Iodoform headend's admin API, as serde types: what
+//! each request carries and what each answer holds.
+//!
+//! Three programs speak this API: the headend's server (which reads the
+//! requests and writes the answers), the `headend` CLI and `smartcard
+//! provision --register` (which write the requests). They share these
+//! types instead of each building JSON by hand, so a field renamed here
+//! is renamed for all three. The types live in a crate of their own
+//! because the card tools must not link the headend (SQLite, axum, tokio):
+//! this crate depends on serde alone.
+//!
+//! Its responsibility ends at the shape of the JSON: every request type
+//! refuses unknown fields, but the values are checked by the headend
+//! (a card key's hex, a date, a name's length), which answers with a
+//! message naming the field. It does no I/O, holds no HTTP client and
+//! knows no status codes.
+#![forbid(unsafe_code)]
+
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// The collections of version 1 of the API.
+pub mod path {
+    pub const PRODUCTS: &str = "/api/v1/products";
+    pub const CHANNELS: &str = "/api/v1/channels";
+    pub const CARDS: &str = "/api/v1/cards";
+    pub const SUBSCRIPTIONS: &str = "/api/v1/subscriptions";
+    pub const PAIRINGS: &str = "/api/v1/pairings";
+    pub const ROTATE: &str = "/api/v1/rotate";
+    pub const STATUS: &str = "/api/v1/status";
+    pub const OPERATOR: &str = "/api/v1/operator";
+}
+
+// ---- products ------------------------------------------------------------
+
+/// A product named by id or by name. In JSON a number is an id and a
+/// string a name; a string of digits names a product by id too (names are
+/// never numbers).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(untagged)]
+pub enum ProductRef {
+    Id(u32),
+    Name(String),
+}
+
+impl ProductRef {
+    /// A product as a person types it: a number is an id, anything else a
+    /// name.
+    pub fn parse(s: &str) -> ProductRef {
+        match s.parse::<u32>() {
+            Ok(n) => ProductRef::Id(n),
+            Err(_) => ProductRef::Name(s.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for ProductRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ProductRef::Id(i) => write!(f, "{i}"),
+            ProductRef::Name(n) => write!(f, "{n:?}"),
+        }
+    }
+}
+
+/// `POST /api/v1/products`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewProduct {
+    pub name: String,
+    /// Default: one more than the highest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<u32>,
+}
+
+/// A product as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Product {
+    pub id: u32,
+    pub name: String,
+    /// The newest K_P generation: what EMM-Us carry.
+    pub generation: u32,
+    /// The generation ECMs are sealed under: the newest once every card has
+    /// had one carousel cycle to receive it, the one before until then.
+    pub active_generation: u32,
+    pub activate_at_ms: u64,
+    pub next_renewal_ms: u64,
+    pub created_ms: u64,
+    /// When the newest generation (`generation`) was made.
+    pub key_created_ms: u64,
+}
+
+/// `POST /api/v1/rotate`; an empty body rotates every product.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<ProductRef>,
+}
+
+/// One product's renewal.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Rotated {
+    pub product: u32,
+    pub name: String,
+    pub generation: u32,
+    pub active_generation: u32,
+    /// RFC 3339: when ECMs take the new generation.
+    pub activate_at: String,
+}
+
+/// The answer to `POST /api/v1/rotate`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Rotation {
+    pub rotated: Vec<Rotated>,
+}
+
+// ---- channels ------------------------------------------------------------
+
+/// Where a channel was defined.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChannelOrigin {
+    /// A `[[channels]]` table of headend.toml: made again at every start,
+    /// changed only there.
+    Config,
+    /// Added through the API (or the CLI), kept in the database.
+    Api,
+}
+
+impl ChannelOrigin {
+    /// Where an operator goes to change it, for messages.
+    pub fn describe(self) -> &'static str {
+        match self {
+            ChannelOrigin::Config => "from headend.toml",
+            ChannelOrigin::Api => "added through the API",
+        }
+    }
+}
+
+/// A channel (one DVB service) as the API shows it. The answers of the
+/// channel routes add the supervisor's report to these fields (`state`,
+/// `error`, `cause`, `fix`, `detail`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Channel {
+    pub service_id: u16,
+    pub name: String,
+    pub product: u32,
+    pub ecm_pid: u16,
+    pub emm_pid: u16,
+    pub maturity: u8,
+    pub input: Option<String>,
+    pub output: Option<String>,
+    /// Other programs of the input carried unscrambled, on purpose.
+    pub clear_services: Vec<u16>,
+    /// Where it was defined: headend.toml or the API.
+    pub origin: ChannelOrigin,
+}
+
+/// A channel named by service id or by name (names are never numbers),
+/// as a path or a command line may do: `257`, `0x101` or `news`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelRef {
+    Service(u16),
+    Name(String),
+}
+
+impl ChannelRef {
+    pub fn parse(s: &str) -> ChannelRef {
+        let t = s.trim();
+        let n = match t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+            Some(h) => u16::from_str_radix(h, 16).ok(),
+            None => t.parse::<u16>().ok(),
+        };
+        match n {
+            Some(n) => ChannelRef::Service(n),
+            None => ChannelRef::Name(s.to_owned()),
+        }
+    }
+}
+
+impl std::fmt::Display for ChannelRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ChannelRef::Service(s) => write!(f, "service {s}"),
+            ChannelRef::Name(n) => write!(f, "{n:?}"),
+        }
+    }
+}
+
+/// `POST /api/v1/channels`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewChannel {
+    pub name: String,
+    pub service_id: u16,
+    pub product: ProductRef,
+    pub ecm_pid: u16,
+    pub emm_pid: u16,
+    #[serde(default)]
+    pub maturity: u8,
+    #[serde(default)]
+    pub input: Option<String>,
+    #[serde(default)]
+    pub output: Option<String>,
+    #[serde(default)]
+    pub clear_services: Vec<u16>,
+}
+
+/// `PATCH /api/v1/channels/{channel}`: every field is optional; `input`
+/// and `output` may be `null` to take them away (the channel goes off the
+/// air). An absent field is left as it is.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelUpdate {
+    /// Only to name the channel: a service id cannot change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_id: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub product: Option<ProductRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecm_pid: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emm_pid: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub maturity: Option<u8>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub input: Option<Option<String>>,
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub output: Option<Option<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub clear_services: Option<Vec<u16>>,
+}
+
+impl ChannelUpdate {
+    /// Whether it changes nothing.
+    pub fn is_empty(&self) -> bool {
+        *self == ChannelUpdate::default()
+    }
+}
+
+/// A field that is present, even as `null` (absent stays `None`).
+fn present<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(d).map(Some)
+}
+
+/// The answer to `DELETE /api/v1/channels/{channel}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ChannelRemoved {
+    pub service_id: u16,
+    pub name: String,
+    pub removed: bool,
+}
+
+// ---- cards, subscriptions, pairings --------------------------------------
+
+/// `POST /api/v1/cards`, and the card record that `smartcard provision`
+/// writes for each card it makes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewCard {
+    pub card_id: u32,
+    /// The card's X25519 public key: 64 hex digits.
+    pub public_key: String,
+    pub operator_id: u32,
+}
+
+impl NewCard {
+    pub fn new(card_id: u32, public_key: &[u8; 32], operator_id: u32) -> NewCard {
+        NewCard {
+            card_id,
+            public_key: hex(public_key),
+            operator_id,
+        }
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    bytes
+        .iter()
+        .flat_map(|b| [DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]])
+        .map(char::from)
+        .collect()
+}
+
+/// A card as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct CardView {
+    pub card_id: u32,
+    pub operator_id: u32,
+    pub public_key: String,
+    /// `active` or `revoked`.
+    pub state: String,
+    pub created: String,
+    pub revoked: Option<String>,
+    pub subscriptions: Vec<SubscriptionView>,
+    pub paired_receiver: Option<String>,
+}
+
+/// `POST /api/v1/subscriptions`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewSubscription {
+    pub card_id: u32,
+    pub product: ProductRef,
+    /// `YYYY-MM-DD` (through the end of that day, UTC) or RFC 3339.
+    pub until: String,
+    /// `YYYY-MM-DD` (from the start of that day, UTC) or RFC 3339;
+    /// default: the start of today (UTC).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start: Option<String>,
+}
+
+/// A subscription as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct SubscriptionView {
+    pub card_id: u32,
+    pub product: u32,
+    pub product_name: String,
+    pub start: String,
+    pub until: String,
+    pub start_unix: u64,
+    pub end_unix: u64,
+    /// It ended and the product's key was renewed for it.
+    pub lapsed: bool,
+}
+
+/// The answer to `DELETE /api/v1/subscriptions/{card}/{product}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Unsubscribed {
+    pub card_id: u32,
+    pub unsubscribed: bool,
+}
+
+/// `POST /api/v1/pairings`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewPairing {
+    pub card_id: u32,
+    /// The receiver's X25519 public key, 64 hex digits, as `receiver
+    /// identity` prints it.
+    pub receiver_key: String,
+}
+
+// ---- errors --------------------------------------------------------------
+
+/// Every refusal: one line that names the problem and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ErrorBody {
+    pub error: String,
+}
+
+#[cfg(test)]
+mod tests;

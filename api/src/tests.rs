@@ -1,0 +1,75 @@
+use super::*;
+use serde_json::json;
+
+#[test]
+fn product_refs_are_ids_or_names() {
+    assert_eq!(ProductRef::parse("7"), ProductRef::Id(7));
+    assert_eq!(
+        ProductRef::parse("sports"),
+        ProductRef::Name("sports".into())
+    );
+    let r: ProductRef = serde_json::from_value(json!(3)).unwrap();
+    assert_eq!(r, ProductRef::Id(3));
+    let r: ProductRef = serde_json::from_value(json!("news")).unwrap();
+    assert_eq!(r.to_string(), "\"news\"");
+}
+
+#[test]
+fn channel_refs_take_decimal_hex_or_a_name() {
+    assert_eq!(ChannelRef::parse("257"), ChannelRef::Service(257));
+    assert_eq!(ChannelRef::parse("0x101"), ChannelRef::Service(257));
+    assert_eq!(ChannelRef::parse("news"), ChannelRef::Name("news".into()));
+    assert_eq!(ChannelRef::parse("70000").to_string(), "\"70000\"");
+    assert_eq!(ChannelRef::Service(5).to_string(), "service 5");
+}
+
+#[test]
+fn a_channel_update_tells_null_from_absent() {
+    let u: ChannelUpdate = serde_json::from_value(json!({"input": null})).unwrap();
+    assert_eq!(u.input, Some(None));
+    assert_eq!(u.output, None);
+    assert!(!u.is_empty());
+    // What the CLI sends is what the server reads.
+    assert_eq!(serde_json::to_value(&u).unwrap(), json!({"input": null}));
+    assert_eq!(
+        serde_json::to_value(ChannelUpdate::default()).unwrap(),
+        json!({})
+    );
+    assert!(ChannelUpdate::default().is_empty());
+    assert!(serde_json::from_value::<ChannelUpdate>(json!({"nme": "x"})).is_err());
+}
+
+#[test]
+fn requests_refuse_unknown_fields_and_omit_what_is_not_given() {
+    let p = NewProduct {
+        name: "basic".into(),
+        id: None,
+    };
+    assert_eq!(serde_json::to_value(&p).unwrap(), json!({"name": "basic"}));
+    assert!(serde_json::from_value::<NewProduct>(json!({"name": "x", "ids": 1})).is_err());
+    let s = NewSubscription {
+        card_id: 1,
+        product: ProductRef::Id(2),
+        until: "2027-01-01".into(),
+        start: None,
+    };
+    assert_eq!(
+        serde_json::to_value(&s).unwrap(),
+        json!({"card_id": 1, "product": 2, "until": "2027-01-01"})
+    );
+    assert_eq!(
+        serde_json::to_value(RotateRequest::default()).unwrap(),
+        json!({})
+    );
+}
+
+#[test]
+fn a_card_record_is_the_body_the_headend_takes() {
+    let c = NewCard::new(5, &[0xA5; 32], 1);
+    assert_eq!(
+        serde_json::to_value(&c).unwrap(),
+        json!({"card_id": 5, "public_key": "a5".repeat(32), "operator_id": 1})
+    );
+    let back: NewCard = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
+    assert_eq!(back, c);
+}
