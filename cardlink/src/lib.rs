@@ -3,8 +3,8 @@
 //! (SELECT, GET INFO, PERSONALIZE, EMMs, the protected session with the
 //! receiver's key, ECMs whose control words come back sealed under it)
 //! over any [`CardTransport`], and handles GET RESPONSE, Le correction and
-//! command chaining in one place. Transports: PC/SC ([`pcsc`], feature
-//! `pcsc`) and the applet in this process ([`InProcessCard`], feature
+//! command chaining in one place. Transports: PC/SC (`pcsc::PcscTransport`,
+//! feature `pcsc`) and the applet in this process (`InProcessCard`, feature
 //! `in-process`, for tests).
 //!
 //! Its responsibility ends at the transport and the session: it holds no

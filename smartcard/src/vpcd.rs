@@ -112,7 +112,7 @@ impl<E: Eeprom> VirtualCard<E> {
     }
 }
 
-/// Stops a running [`serve`] from another thread (a signal handler): it
+/// Stops a running [`run`] from another thread (a signal handler): it
 /// sets a flag, shuts the current connection down to wake the blocked
 /// read, and cuts any backoff sleep short.
 #[derive(Debug, Clone, Default)]
