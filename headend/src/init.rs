@@ -16,7 +16,7 @@
 use crate::atrest::MasterKey;
 use crate::config::Config;
 use crate::operator::OperatorKeys;
-use crate::state::init_database;
+use crate::store::init_database;
 use proto::secret::Key32;
 use std::fs::{self, OpenOptions};
 use std::io::Write;

@@ -34,7 +34,7 @@ pub enum StateError {
     #[error("field `{field}`: {message}")]
     Config { field: String, message: String },
     #[error(transparent)]
-    Store(#[from] StoreError),
+    Store(StoreError),
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
     #[error(transparent)]
@@ -64,6 +64,16 @@ impl StateError {
                 field: p.field,
                 message: p.message,
             }
+        }
+    }
+}
+
+impl From<StoreError> for StateError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Sql(e) => StateError::Sql(e),
+            StoreError::Sealed(e) => StateError::Sealed(e),
+            other => StateError::Store(other),
         }
     }
 }

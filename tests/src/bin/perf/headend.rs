@@ -4,11 +4,13 @@
 //! over loopback HTTP, against bare SQLite commits of one row each).
 
 use super::{round3, splitmix, Settings};
+use api::NewProduct;
 use headend::atrest::MasterKey;
 use headend::config::Config;
 use headend::daemon::{now_ms, Daemon};
 use headend::metrics::Metrics;
-use headend::state::{init_database, Headend, NewProduct, Timing};
+use headend::state::{Headend, Timing};
+use headend::store::init_database;
 use headend::{CaOutput, OperatorKeys};
 use proto::crypto::X25519Secret;
 use proto::emm::Emm;

@@ -1,19 +1,9 @@
-//! The headend's SQLite database: schema, migrations and connection
-//! settings.
-//!
-//! * WAL journal, `synchronous = FULL`: a transaction that returned from
-//!   `COMMIT` is on disk, so an API write acknowledged after its commit
-//!   survives `kill -9` and a power cut.
-//! * `locking_mode = EXCLUSIVE`: one daemon per database. Two daemons on
-//!   one database would each think they own the sequence numbers.
-//! * Migrations are numbered; `PRAGMA user_version` records the last one
-//!   applied, and each runs in its own transaction.
-//!
-//! Secret columns (`sealed_*`) hold blobs sealed by [`crate::atrest`];
-//! nothing here sees a key in clear.
+//! The schema: numbered migrations. `PRAGMA user_version` records the
+//! last one applied, and each runs in its own transaction, so a schema is
+//! never half upgraded.
 
-use rusqlite::{Connection, OpenFlags};
-use std::path::Path;
+use super::StoreError;
+use rusqlite::Connection;
 
 /// Each entry upgrades the schema by one version.
 const MIGRATIONS: &[&str] = &[
@@ -37,7 +27,7 @@ const MIGRATIONS: &[&str] = &[
     -- While a block is in use, every EMM's seq is in [floor, floor + 2^20);
     -- a new block (at each start, and every few minutes) is committed
     -- before any seq in it is used, and its floor is above every earlier
-    -- block's range (see state::next_seq_floor).
+    -- block's range (see state::seq::next_seq_floor).
     CREATE TABLE seq_blocks (
         floor      INTEGER PRIMARY KEY,
         run        INTEGER NOT NULL,
@@ -137,49 +127,7 @@ pub fn schema_version() -> u32 {
     MIGRATIONS.len() as u32
 }
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database: {0}")]
-    Sql(#[from] rusqlite::Error),
-    #[error("database schema version {found} is newer than this headend ({supported}); upgrade the headend")]
-    TooNew { found: u32, supported: u32 },
-    #[error("the database is in use by another headend process")]
-    Locked,
-}
-
-/// Opens (creating if asked) the database with the daemon's settings and
-/// brings its schema up to date.
-pub fn open(path: &Path, create: bool) -> Result<Connection, StoreError> {
-    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    if create {
-        flags |= OpenFlags::SQLITE_OPEN_CREATE;
-    }
-    let mut conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(std::time::Duration::from_millis(0))?;
-    let locked = |e: rusqlite::Error| match e.sqlite_error_code() {
-        Some(rusqlite::ErrorCode::DatabaseBusy) | Some(rusqlite::ErrorCode::DatabaseLocked) => {
-            StoreError::Locked
-        }
-        _ => StoreError::Sql(e),
-    };
-    conn.pragma_update(None, "locking_mode", "EXCLUSIVE")
-        .map_err(locked)?;
-    let mode: String = conn
-        .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-        .map_err(locked)?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(StoreError::Sql(rusqlite::Error::InvalidQuery));
-    }
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    migrate(&mut conn).map_err(|e| match e {
-        StoreError::Sql(e) => locked(e),
-        other => other,
-    })?;
-    Ok(conn)
-}
-
-fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
+pub(super) fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
     let found: u32 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let supported = schema_version();
     if found > supported {
@@ -197,6 +145,7 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::open;
 
     #[test]
     fn migrates_once_and_locks_out_a_second_daemon() {

@@ -1,0 +1,196 @@
+//! The ECM scheduler: each channel's ECM for the current crypto period,
+//! made when the period, the product's active generation or the ECM PID
+//! changes, and published with the control-word pair it carries.
+//!
+//! The control words, the sealed ECM and the service's newest epoch are
+//! committed in one transaction before the ECM is published, so a restart
+//! within the same period puts the same ECM bytes and the same control
+//! words on the air, and epochs never go back, even when the clock does.
+
+use super::{Headend, Result, StateError};
+use crate::atrest::MasterKey;
+use crate::metrics::Metrics;
+use crate::output::EcmOutput;
+use crate::schedule::{CwPair, Parity};
+use crate::store;
+use proto::ecm::EcmHeader;
+use proto::secret::ControlWord;
+use proto::Codec;
+use rusqlite::Connection;
+use std::collections::{BTreeMap, HashMap};
+
+fn ensure_cw(
+    tx: &Connection,
+    mk: &MasterKey,
+    cache: &mut HashMap<u16, BTreeMap<u64, ControlWord>>,
+    service: u16,
+    epoch: u64,
+) -> Result<ControlWord> {
+    if let Some(cw) = cache.get(&service).and_then(|m| m.get(&epoch)) {
+        return Ok(cw.clone());
+    }
+    let cw = match store::control_words::control_word(tx, mk, service, epoch)? {
+        Some(cw) => cw,
+        None => {
+            let cw = ControlWord::random();
+            store::control_words::insert_control_word(tx, mk, service, epoch, &cw)?;
+            cw
+        }
+    };
+    cache.entry(service).or_default().insert(epoch, cw.clone());
+    Ok(cw)
+}
+
+impl Headend {
+    /// Each service's newest epoch on the air; a crypto period that would
+    /// take a service back to an older epoch is refused.
+    pub(super) fn load_epochs(&mut self, now_ms: u64) -> Result<()> {
+        let now_epoch = now_ms / self.timing.period_ms;
+        for (service, last, period) in store::control_words::epochs(&self.conn)? {
+            if period != self.timing.period_ms && now_epoch < last {
+                return Err(StateError::Config {
+                    field: "crypto_period_ms".into(),
+                    message: format!(
+                        "service {service} has put epoch {last} of {period} ms periods on the air; \
+                         {} ms periods would go back to epoch {now_epoch}, and epochs never go back. \
+                         Use a period of at most {period} ms",
+                        self.timing.period_ms
+                    ),
+                });
+            }
+            self.high_water.insert(service, last);
+        }
+        Ok(())
+    }
+
+    /// Publishes the current ECM of every channel that has none yet (or
+    /// whose ECM PID or product changed), at once rather than at the
+    /// scheduler's next step: a stream that starts right after finds it.
+    pub fn publish_ecms(&mut self, now_ms: u64) -> Result<()> {
+        self.ecm_step(now_ms)
+    }
+
+    /// Makes and publishes the ECMs due; a failure is counted in
+    /// `iodoform_ecm_failures_total` (the caller logs it).
+    pub(super) fn ecm_step(&mut self, now_ms: u64) -> Result<()> {
+        let made = self.make_ecms(now_ms);
+        if made.is_err() {
+            Metrics::inc(&self.metrics.ecm_failures);
+        }
+        made
+    }
+
+    fn make_ecms(&mut self, now_ms: u64) -> Result<()> {
+        let period = self.timing.period_ms;
+        let now_epoch = now_ms / period;
+        let mut todo = Vec::new();
+        for ch in self.channels.values() {
+            let Some(p) = self.products.get(&ch.product) else {
+                continue;
+            };
+            let epoch = now_epoch.max(self.high_water.get(&ch.service_id).copied().unwrap_or(0));
+            if let Some(cur) = self.output.current_ecm(ch.service_id) {
+                if cur.epoch == epoch
+                    && cur.product == p.id
+                    && cur.generation == p.active_generation
+                    && cur.ecm_pid == ch.ecm_pid
+                {
+                    continue;
+                }
+            }
+            todo.push((ch.clone(), epoch, p.active_generation));
+        }
+        if todo.is_empty() {
+            return Ok(());
+        }
+        let tx = self.conn.transaction()?;
+        let mut made = Vec::new();
+        let mut sealed = 0u64;
+        for (ch, epoch, generation) in todo {
+            let next = epoch
+                .checked_add(1)
+                .ok_or_else(|| StateError::Internal("epoch overflow".into()))?;
+            let this_cw = ensure_cw(&tx, &self.mk, &mut self.cws, ch.service_id, epoch)?;
+            let next_cw = ensure_cw(&tx, &self.mk, &mut self.cws, ch.service_id, next)?;
+            let cws = match Parity::of(epoch) {
+                Parity::Even => CwPair {
+                    even: this_cw,
+                    odd: next_cw,
+                },
+                Parity::Odd => CwPair {
+                    even: next_cw,
+                    odd: this_cw,
+                },
+            };
+            let header = EcmHeader {
+                product: ch.product,
+                generation,
+                epoch,
+                service: ch.service_id,
+            };
+            let stored =
+                store::control_words::ecm(&tx, ch.product, generation, epoch, ch.service_id)?;
+            let bytes = match stored {
+                Some(b) => b,
+                None => {
+                    let time = epoch.saturating_mul(period) / 1000;
+                    let ecm = self.engine.seal_ecm(header, &cws, time, ch.maturity)?;
+                    let b = ecm.to_bytes();
+                    store::control_words::insert_ecm(
+                        &tx,
+                        ch.product,
+                        generation,
+                        epoch,
+                        ch.service_id,
+                        &b,
+                    )?;
+                    sealed += 1;
+                    b
+                }
+            };
+            store::control_words::raise_epoch(&tx, ch.service_id, epoch, period)?;
+            let section = ts::psi::ecm_section(
+                match Parity::of(epoch) {
+                    Parity::Even => ts::Parity::Even,
+                    Parity::Odd => ts::Parity::Odd,
+                },
+                &bytes,
+            )
+            .map_err(|e| StateError::Internal(format!("ECM section: {e}")))?;
+            made.push(EcmOutput {
+                service: ch.service_id,
+                ecm_pid: ch.ecm_pid,
+                product: ch.product,
+                generation,
+                epoch,
+                epoch_start_ms: epoch.saturating_mul(period),
+                period_ms: period,
+                section: section.into(),
+                cws,
+            });
+        }
+        tx.commit()?;
+        Metrics::add(&self.metrics.ecm_sent, sealed);
+        for e in made {
+            let hw = self.high_water.entry(e.service).or_insert(0);
+            *hw = (*hw).max(e.epoch);
+            self.output.publish_ecm(e);
+        }
+        Ok(())
+    }
+
+    /// Drops control words and ECMs of epochs that can never be on the
+    /// air again (below each service's high-water mark minus one).
+    pub(super) fn prune(&mut self) -> Result<()> {
+        let tx = self.conn.transaction()?;
+        for (&service, &hw) in &self.high_water {
+            let keep = hw.saturating_sub(2);
+            store::control_words::prune(&tx, service, keep)?;
+            if let Some(m) = self.cws.get_mut(&service) {
+                *m = m.split_off(&keep);
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+}

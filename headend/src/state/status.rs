@@ -1,0 +1,142 @@
+//! What the daemon reports about itself: the status JSON of `GET
+//! /api/v1/status` and the gauges of `/metrics` (key timing per product,
+//! the EMM backlog, counts).
+
+use super::fields::{rfc3339, secs};
+use super::Headend;
+use crate::metrics::{EmmBacklog, Gauges, ProductKeyGauge};
+use api::Product;
+use proto::emm::EMM_HEADER_LEN;
+
+/// The section size of a carousel EMM-U for one product (section header,
+/// EMM header, time, one ENTITLE, tag): the backlog's price of an EMM-U
+/// until this run has made some.
+pub(super) const ONE_PRODUCT_EMM_U_SECTION: u64 = 3 + EMM_HEADER_LEN as u64 + 8 + 58 + 16;
+
+impl Headend {
+    /// A product's key timing at `now_ms`.
+    pub fn product_key_gauge(&self, p: &Product, now_ms: u64) -> ProductKeyGauge {
+        let secs_between = |from: u64, to: u64| (to as f64 - from as f64) / 1000.0;
+        let pending = p.active_generation < p.generation;
+        ProductKeyGauge {
+            product: p.id,
+            name: p.name.clone(),
+            key_age_seconds: secs_between(p.key_created_ms, now_ms).max(0.0),
+            next_renewal_seconds: secs_between(now_ms, p.next_renewal_ms),
+            key_switch_pending: pending,
+            key_switch_seconds: if pending {
+                secs_between(now_ms, p.activate_at_ms).max(0.0)
+            } else {
+                0.0
+            },
+        }
+    }
+
+    /// The EMM backlog at `now_ms` (see [`crate::metrics::EMM_BACKLOG_HELP`]).
+    pub fn emm_backlog(&self, now_ms: u64) -> EmmBacklog {
+        let c = &self.carousel;
+        let owed = c.members.range(c.cursor.saturating_add(1)..).count() + c.priority.len();
+        let mean = if self.emm_u_sections == 0 {
+            ONE_PRODUCT_EMM_U_SECTION
+        } else {
+            self.emm_u_bytes.div_ceil(self.emm_u_sections)
+        };
+        let unsent = self.output.emm_unsent(now_ms);
+        EmmBacklog {
+            carousel_bytes: owed as u64 * mean,
+            carousel_sections: owed as u64,
+            unsent_bytes: unsent.bytes,
+            unsent_sections: unsent.sections,
+            bitrate: crate::stream::DEFAULT_EMM_BITRATE,
+        }
+    }
+
+    pub fn gauges(&self, now_ms: u64) -> Gauges {
+        Gauges {
+            cards_active: self.engine.card_count() as u64,
+            cards_revoked: self.cards_revoked,
+            products: self.products.len() as u64,
+            channels: self.channels.len() as u64,
+            carousel_cards: self.carousel.members.len() as u64,
+            run: self.run,
+            emm_cycle_seconds: self.timing.cycle_ms as f64 / 1000.0,
+            key_renewal_seconds: self.timing.renewal_ms as f64 / 1000.0,
+            crypto_period_seconds: self.timing.period_ms as f64 / 1000.0,
+            product_keys: self
+                .products
+                .values()
+                .map(|p| self.product_key_gauge(p, now_ms))
+                .collect(),
+            emm_backlog: self.emm_backlog(now_ms),
+        }
+    }
+
+    pub fn status(&self, now_ms: u64) -> serde_json::Value {
+        let g = self.gauges(now_ms);
+        // Each product with its key timing (the metrics' numbers, rounded
+        // to the second).
+        let products: Vec<serde_json::Value> = self
+            .products
+            .values()
+            .zip(&g.product_keys)
+            .map(|(p, k)| {
+                let mut v = serde_json::to_value(p).unwrap_or_default();
+                if let Some(o) = v.as_object_mut() {
+                    o.insert(
+                        "key_age_secs".into(),
+                        (k.key_age_seconds.floor() as i64).into(),
+                    );
+                    o.insert(
+                        "next_renewal_secs".into(),
+                        (k.next_renewal_seconds.ceil() as i64).into(),
+                    );
+                    o.insert("key_switch_pending".into(), k.key_switch_pending.into());
+                    o.insert(
+                        "key_switch_secs".into(),
+                        (k.key_switch_seconds.ceil() as i64).into(),
+                    );
+                }
+                v
+            })
+            .collect();
+        let b = g.emm_backlog;
+        let ecms: Vec<serde_json::Value> = self
+            .output
+            .current_ecms()
+            .iter()
+            .map(|e| {
+                serde_json::json!({
+                    "service_id": e.service,
+                    "product": e.product,
+                    "generation": e.generation,
+                    "epoch": e.epoch,
+                })
+            })
+            .collect();
+        serde_json::json!({
+            "run": self.run,
+            "now": rfc3339(secs(now_ms)),
+            "operator_id": self.engine.operator().operator_id(),
+            "crypto_period_ms": self.timing.period_ms,
+            "emm_cycle_ms": self.timing.cycle_ms,
+            "key_renewal_secs": self.timing.renewal_ms / 1000,
+            "epoch": now_ms / self.timing.period_ms,
+            "cards": { "active": g.cards_active, "revoked": g.cards_revoked },
+            "carousel_cards": g.carousel_cards,
+            "carousel_pending": self.carousel.priority.len(),
+            "products": products,
+            "channels": self.channels.values().collect::<Vec<_>>(),
+            "ecms": ecms,
+            "emm_sections": self.output.emm_cursor(),
+            "emm_backlog": {
+                "bytes": b.bytes(),
+                "seconds": (b.seconds() * 1000.0).round() / 1000.0,
+                "carousel_sections": b.carousel_sections,
+                "carousel_bytes": b.carousel_bytes,
+                "unsent_sections": b.unsent_sections,
+                "unsent_bytes": b.unsent_bytes,
+                "bitrate": b.bitrate,
+            },
+        })
+    }
+}

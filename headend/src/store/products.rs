@@ -1,0 +1,117 @@
+//! The `products` and `product_keys` tables: each product's key
+//! generations and timing, and every period key K_P ever made, sealed.
+
+use super::{int, Result};
+use crate::atrest::{row, MasterKey};
+use api::Product;
+use proto::secret::ProductKey;
+use rusqlite::{params, Connection};
+
+fn key_row(product: u32, generation: u32) -> crate::atrest::RowId<'static> {
+    row("product_keys", u64::from(product), u64::from(generation))
+}
+
+/// Every product, with `key_created_ms` 0 (see [`key_created_ms`]).
+pub fn all(conn: &Connection) -> Result<Vec<Product>> {
+    let mut st = conn.prepare(
+        "SELECT id, name, generation, active_generation, activate_at_ms, next_renewal_ms, created_ms FROM products",
+    )?;
+    let v = st
+        .query_map([], |r| {
+            Ok(Product {
+                id: r.get(0)?,
+                name: r.get(1)?,
+                generation: r.get(2)?,
+                active_generation: r.get(3)?,
+                activate_at_ms: r.get::<_, i64>(4)? as u64,
+                next_renewal_ms: r.get::<_, i64>(5)? as u64,
+                created_ms: r.get::<_, i64>(6)? as u64,
+                key_created_ms: 0,
+            })
+        })?
+        .collect::<Result<_, _>>()?;
+    Ok(v)
+}
+
+/// When a generation of a product's key was made.
+pub fn key_created_ms(conn: &Connection, product: u32, generation: u32) -> Result<u64> {
+    let ms: i64 = conn.query_row(
+        "SELECT created_ms FROM product_keys WHERE product = ?1 AND generation = ?2",
+        params![product, generation],
+        |r| r.get(0),
+    )?;
+    Ok(ms as u64)
+}
+
+/// A generation of a product's key, opened.
+pub fn key(conn: &Connection, mk: &MasterKey, product: u32, generation: u32) -> Result<ProductKey> {
+    let blob: Vec<u8> = conn.query_row(
+        "SELECT sealed_key FROM product_keys WHERE product = ?1 AND generation = ?2",
+        params![product, generation],
+        |r| r.get(0),
+    )?;
+    Ok(ProductKey::from_bytes(
+        mk.open::<32>(key_row(product, generation), &blob)?,
+    ))
+}
+
+pub fn insert(conn: &Connection, p: &Product) -> Result<()> {
+    conn.execute(
+        "INSERT INTO products (id, name, generation, active_generation, activate_at_ms, next_renewal_ms, created_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![
+            p.id,
+            p.name,
+            p.generation,
+            p.active_generation,
+            int(p.activate_at_ms),
+            int(p.next_renewal_ms),
+            int(p.created_ms)
+        ],
+    )?;
+    Ok(())
+}
+
+/// Stores a new generation of a product's key, sealed; `reason` says why
+/// it was made (`created`, `scheduled`, `revocation`...).
+pub fn insert_key(
+    conn: &Connection,
+    mk: &MasterKey,
+    product: u32,
+    generation: u32,
+    key: &ProductKey,
+    reason: &str,
+    now_ms: u64,
+) -> Result<()> {
+    let sealed = mk.seal(key_row(product, generation), key.expose());
+    conn.execute(
+        "INSERT INTO product_keys (product, generation, sealed_key, reason, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![product, generation, sealed, reason, int(now_ms)],
+    )?;
+    Ok(())
+}
+
+/// A renewal's new generations and timing.
+pub fn set_generations(
+    conn: &Connection,
+    product: u32,
+    generation: u32,
+    active_generation: u32,
+    activate_at_ms: u64,
+    next_renewal_ms: u64,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE products SET generation = ?2, active_generation = ?3, activate_at_ms = ?4, next_renewal_ms = ?5 WHERE id = ?1",
+        params![product, generation, active_generation, int(activate_at_ms), int(next_renewal_ms)],
+    )?;
+    Ok(())
+}
+
+/// ECMs now use `generation`.
+pub fn set_active_generation(conn: &Connection, product: u32, generation: u32) -> Result<()> {
+    conn.execute(
+        "UPDATE products SET active_generation = ?2 WHERE id = ?1",
+        params![product, generation],
+    )?;
+    Ok(())
+}
