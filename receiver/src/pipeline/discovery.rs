@@ -63,6 +63,9 @@ pub(super) struct ServiceMap {
     emm_pid: Option<u16>,
     /// The ECM PIDs of other CA systems, dropped from the output.
     dropped_ca_pids: Vec<u16>,
+    /// The service left the PAT after it had been found (see
+    /// [`ServiceMap::learn_pat`]).
+    off_air: bool,
     pub(super) pat_asm: SectionAssembler,
     pub(super) pmt_asm: SectionAssembler,
     pub(super) cat_asm: SectionAssembler,
@@ -81,6 +84,7 @@ impl ServiceMap {
             ecm_pid: None,
             emm_pid: None,
             dropped_ca_pids: Vec::new(),
+            off_air: false,
             pat_asm: SectionAssembler::new(),
             pmt_asm: SectionAssembler::new(),
             cat_asm: SectionAssembler::new(),
@@ -133,7 +137,28 @@ impl ServiceMap {
     /// A PAT: the service (the one asked for, else the one already chosen,
     /// else the first) and its PMT PID.
     pub(super) fn learn_pat(&mut self, pat: &Pat, wanted: Option<u16>) -> Result<(), Failure> {
-        let (program, pid) = choose(pat, self.program.or(wanted))?;
+        let (program, pid) = match choose(pat, self.program.or(wanted)) {
+            Ok(chosen) => chosen,
+            Err(Failure::UnknownService { service, .. }) if self.program == Some(service) => {
+                // The service was on the air and has left the PAT: a
+                // headend that fails closed withholds a service it cannot
+                // scramble (no CW, a lost input) and announces it again
+                // when it can. Nothing of it arrives meanwhile, so nothing
+                // goes out; wait for it with the layout we have.
+                if !self.off_air {
+                    self.off_air = true;
+                    tracing::warn!(
+                        service,
+                        "the service has left the PAT (taken off the air by the headend); waiting for it to return"
+                    );
+                }
+                return Ok(());
+            }
+            Err(e) => return Err(e),
+        };
+        if std::mem::take(&mut self.off_air) {
+            tracing::info!(service = program, "the service is back in the PAT");
+        }
         if self.pmt_pid != Some(pid) {
             if let Some(old) = self.pmt_pid {
                 self.release(old);

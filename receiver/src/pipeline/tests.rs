@@ -501,3 +501,47 @@ fn a_pcr_pid_shared_with_another_service_gives_its_pcr_alone() {
     let clock = &p.stages.clock;
     assert!(clock.since(StreamClock::new().now()) >= Duration::from_secs(8));
 }
+
+#[test]
+fn a_service_that_leaves_the_pat_mid_stream_is_waited_for_not_an_error() {
+    // A fail-closed headend withholds a service it cannot scramble: it
+    // leaves the PAT (another service stays), then comes back.
+    let mut air = Air::new();
+    air.pat(&[(SERVICE, PMT_PID), (2, 0x200)]);
+    air.cat(EMM_PID);
+    air.pmt(
+        PMT_PID,
+        &service_pmt(SERVICE, VIDEO, &[VIDEO], Some(ECM_PID)),
+    );
+    air.ecm(ECM_PID, 10);
+    for seq in 0..10 {
+        air.es(VIDEO, Some(10), seq, Some(u64::from(seq) * SECOND / 25));
+    }
+    air.pat(&[(2, 0x200)]);
+    air.pat(&[(2, 0x200)]);
+    air.pat(&[(SERVICE, PMT_PID), (2, 0x200)]);
+    for seq in 10..20 {
+        air.es(VIDEO, Some(10), seq, Some(u64::from(seq) * SECOND / 25));
+    }
+    let Run { out, result, p, .. } = run(&air.ts, ScriptedCa::new(), opts());
+    result.unwrap();
+    assert_eq!(p.service(), Some(SERVICE));
+    let expect: Vec<u32> = (0..20).collect();
+    assert_eq!(seqs(&out, VIDEO), expect);
+
+    // A service asked for that was never there is still an error at once.
+    let mut air = Air::new();
+    air.pat(&[(2, 0x200)]);
+    let o = PipelineOptions {
+        service: Some(SERVICE),
+        ..opts()
+    };
+    let r = run(&air.ts, ScriptedCa::new(), o);
+    assert!(matches!(
+        r.result,
+        Err(Failure::UnknownService {
+            service: SERVICE,
+            ..
+        })
+    ));
+}
