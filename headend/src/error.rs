@@ -73,11 +73,12 @@ pub enum EngineError {
     },
 }
 
-/// Why the control word schedule refused a request.
+/// Why the control word schedule refused a request. `E` is its store's
+/// error (none for the in-memory store).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 #[non_exhaustive]
-pub enum ScheduleError {
-    #[error("the crypto period must be at least one second")]
+pub enum ScheduleError<E = std::convert::Infallible> {
+    #[error("the crypto period must not be zero")]
     ZeroPeriod,
     /// Its control words are forgotten; a fresh one would contradict what
     /// is already on the air.
@@ -85,4 +86,7 @@ pub enum ScheduleError {
     EpochPassed { service: u16, epoch: u64 },
     #[error("epoch {0} has no successor")]
     EpochOverflow(u64),
+    /// The store could not read or keep a control word.
+    #[error(transparent)]
+    Store(E),
 }

@@ -224,7 +224,6 @@ impl Headend {
         store::channels::delete(&self.conn, c.service_id)?;
         self.channels.remove(&c.service_id);
         self.output.remove_ecm(c.service_id);
-        self.cws.remove(&c.service_id);
         tracing::info!(service = c.service_id, name = %c.name, "channel removed");
         Ok(c)
     }

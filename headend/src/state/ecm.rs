@@ -8,38 +8,12 @@
 //! words on the air, and epochs never go back, even when the clock does.
 
 use super::{Headend, Result, StateError};
-use crate::atrest::MasterKey;
 use crate::metrics::Metrics;
 use crate::output::EcmOutput;
-use crate::schedule::{CwPair, Parity};
-use crate::store;
+use crate::schedule::{ControlWordSchedule, Parity};
+use crate::store::{self, control_words::SealedCws};
 use proto::ecm::EcmHeader;
-use proto::secret::ControlWord;
 use proto::Codec;
-use rusqlite::Connection;
-use std::collections::{BTreeMap, HashMap};
-
-fn ensure_cw(
-    tx: &Connection,
-    mk: &MasterKey,
-    cache: &mut HashMap<u16, BTreeMap<u64, ControlWord>>,
-    service: u16,
-    epoch: u64,
-) -> Result<ControlWord> {
-    if let Some(cw) = cache.get(&service).and_then(|m| m.get(&epoch)) {
-        return Ok(cw.clone());
-    }
-    let cw = match store::control_words::control_word(tx, mk, service, epoch)? {
-        Some(cw) => cw,
-        None => {
-            let cw = ControlWord::random();
-            store::control_words::insert_control_word(tx, mk, service, epoch, &cw)?;
-            cw
-        }
-    };
-    cache.entry(service).or_default().insert(epoch, cw.clone());
-    Ok(cw)
-}
 
 impl Headend {
     /// Each service's newest epoch on the air; a crypto period that would
@@ -58,7 +32,6 @@ impl Headend {
                     ),
                 });
             }
-            self.high_water.insert(service, last);
         }
         Ok(())
     }
@@ -82,46 +55,43 @@ impl Headend {
 
     fn make_ecms(&mut self, now_ms: u64) -> Result<()> {
         let period = self.timing.period_ms;
-        let now_epoch = now_ms / period;
         let mut todo = Vec::new();
-        for ch in self.channels.values() {
-            let Some(p) = self.products.get(&ch.product) else {
-                continue;
-            };
-            let epoch = now_epoch.max(self.high_water.get(&ch.service_id).copied().unwrap_or(0));
-            if let Some(cur) = self.output.current_ecm(ch.service_id) {
-                if cur.epoch == epoch
-                    && cur.product == p.id
-                    && cur.generation == p.active_generation
-                    && cur.ecm_pid == ch.ecm_pid
-                {
+        {
+            let mut on_air = ControlWordSchedule::with_store(
+                period,
+                SealedCws::new(&self.conn, &self.mk, period),
+            )
+            .map_err(|e| StateError::Internal(format!("control words: {e}")))?;
+            for ch in self.channels.values() {
+                let Some(p) = self.products.get(&ch.product) else {
                     continue;
+                };
+                let epoch = on_air.epoch_on_air(ch.service_id, now_ms)?;
+                if let Some(cur) = self.output.current_ecm(ch.service_id) {
+                    if cur.epoch == epoch
+                        && cur.product == p.id
+                        && cur.generation == p.active_generation
+                        && cur.ecm_pid == ch.ecm_pid
+                    {
+                        continue;
+                    }
                 }
+                todo.push((ch.clone(), epoch, p.active_generation));
             }
-            todo.push((ch.clone(), epoch, p.active_generation));
         }
         if todo.is_empty() {
             return Ok(());
         }
         let tx = self.conn.transaction()?;
+        let mut schedule =
+            ControlWordSchedule::with_store(period, SealedCws::new(&tx, &self.mk, period))
+                .map_err(|e| StateError::Internal(format!("control words: {e}")))?;
         let mut made = Vec::new();
         let mut sealed = 0u64;
         for (ch, epoch, generation) in todo {
-            let next = epoch
-                .checked_add(1)
-                .ok_or_else(|| StateError::Internal("epoch overflow".into()))?;
-            let this_cw = ensure_cw(&tx, &self.mk, &mut self.cws, ch.service_id, epoch)?;
-            let next_cw = ensure_cw(&tx, &self.mk, &mut self.cws, ch.service_id, next)?;
-            let cws = match Parity::of(epoch) {
-                Parity::Even => CwPair {
-                    even: this_cw,
-                    odd: next_cw,
-                },
-                Parity::Odd => CwPair {
-                    even: next_cw,
-                    odd: this_cw,
-                },
-            };
+            // Written into the transaction, with the service's newest
+            // epoch: committed with the ECM that carries them.
+            let cws = schedule.pair(ch.service_id, epoch)?;
             let header = EcmHeader {
                 product: ch.product,
                 generation,
@@ -148,7 +118,6 @@ impl Headend {
                     b
                 }
             };
-            store::control_words::raise_epoch(&tx, ch.service_id, epoch, period)?;
             let section = ts::psi::ecm_section(
                 match Parity::of(epoch) {
                     Parity::Even => ts::Parity::Even,
@@ -169,28 +138,19 @@ impl Headend {
                 cws,
             });
         }
+        drop(schedule);
         tx.commit()?;
         Metrics::add(&self.metrics.ecm_sent, sealed);
         for e in made {
-            let hw = self.high_water.entry(e.service).or_insert(0);
-            *hw = (*hw).max(e.epoch);
             self.output.publish_ecm(e);
         }
         Ok(())
     }
 
     /// Drops control words and ECMs of epochs that can never be on the
-    /// air again (below each service's high-water mark minus one).
+    /// air again (more than two before each service's newest epoch).
     pub(super) fn prune(&mut self) -> Result<()> {
-        let tx = self.conn.transaction()?;
-        for (&service, &hw) in &self.high_water {
-            let keep = hw.saturating_sub(2);
-            store::control_words::prune(&tx, service, keep)?;
-            if let Some(m) = self.cws.get_mut(&service) {
-                *m = m.split_off(&keep);
-            }
-        }
-        tx.commit()?;
+        store::control_words::prune(&self.conn)?;
         Ok(())
     }
 }

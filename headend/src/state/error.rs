@@ -10,7 +10,7 @@
 
 use crate::config::ChannelProblem;
 use crate::engine::MAX_ENTITLEMENTS_PER_CARD;
-use crate::error::EngineError;
+use crate::error::{EngineError, ScheduleError};
 use crate::store::StoreError;
 use api::{ChannelRef, ProductRef};
 
@@ -74,6 +74,15 @@ impl From<StoreError> for StateError {
             StoreError::Sql(e) => StateError::Sql(e),
             StoreError::Sealed(e) => StateError::Sealed(e),
             other => StateError::Store(other),
+        }
+    }
+}
+
+impl From<ScheduleError<StoreError>> for StateError {
+    fn from(e: ScheduleError<StoreError>) -> Self {
+        match e {
+            ScheduleError::Store(e) => e.into(),
+            other => StateError::Internal(format!("control words: {other}")),
         }
     }
 }

@@ -36,7 +36,6 @@ use crate::output::CaOutput;
 use crate::store;
 use api::{Channel, Product};
 use carousel::Carousel;
-use proto::secret::ControlWord;
 use rusqlite::Connection;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -96,11 +95,6 @@ pub struct Headend {
     pairings: HashMap<u32, [u8; 32]>,
     cards_revoked: u64,
     carousel: Carousel,
-    /// Control words of each service's current and next epochs (a copy of
-    /// the sealed rows).
-    cws: HashMap<u16, BTreeMap<u64, ControlWord>>,
-    /// Each service's newest epoch on the air (also in `service_epochs`).
-    high_water: HashMap<u16, u64>,
     output: CaOutput,
     metrics: Arc<Metrics>,
     last_tick_ms: u64,
@@ -176,8 +170,6 @@ impl Headend {
             pairings: HashMap::new(),
             cards_revoked: 0,
             carousel: Carousel::default(),
-            cws: HashMap::new(),
-            high_water: HashMap::new(),
             output,
             metrics,
             last_tick_ms: now_ms,

@@ -3,9 +3,15 @@
 //! periods, every ECM as it was sealed and emitted (so that the same
 //! header always gets the same bytes), and the newest epoch each service
 //! has put on the air.
+//!
+//! [`SealedCws`] is the daemon's store of the control-word schedule
+//! ([`crate::schedule::ControlWordSchedule`]): it writes into the caller's
+//! transaction, so a control word is committed with the ECM that carries
+//! it, before that ECM is published.
 
-use super::{int, Result};
+use super::{int, Result, StoreError};
 use crate::atrest::{row, MasterKey};
+use crate::schedule::CwStore;
 use proto::secret::ControlWord;
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -105,11 +111,8 @@ pub fn epochs(conn: &Connection) -> Result<Vec<(u16, u64, u64)>> {
 /// The newest epoch `service` put on the air, if any.
 pub fn newest_epoch(conn: &Connection, service: u16) -> Result<Option<u64>> {
     let v: Option<i64> = conn
-        .query_row(
-            "SELECT last_epoch FROM service_epochs WHERE service = ?1",
-            params![service],
-            |r| r.get(0),
-        )
+        .prepare_cached("SELECT last_epoch FROM service_epochs WHERE service = ?1")?
+        .query_row(params![service], |r| r.get(0))
         .optional()?;
     Ok(v.map(|e| e as u64))
 }
@@ -125,15 +128,96 @@ pub fn raise_epoch(conn: &Connection, service: u16, epoch: u64, period_ms: u64) 
     Ok(())
 }
 
-/// Drops a service's control words and ECMs of epochs before `keep`.
-pub fn prune(conn: &Connection, service: u16, keep: u64) -> Result<()> {
+/// Drops the control words and ECMs of epochs that can never be on the
+/// air again: those more than two before their service's newest epoch.
+pub fn prune(conn: &Connection) -> Result<()> {
     conn.execute(
-        "DELETE FROM control_words WHERE service = ?1 AND epoch < ?2",
-        params![service, int(keep)],
+        "DELETE FROM control_words WHERE epoch < (SELECT e.last_epoch - 2 FROM service_epochs e
+           WHERE e.service = control_words.service)",
+        [],
     )?;
     conn.execute(
-        "DELETE FROM ecms WHERE service = ?1 AND epoch < ?2",
-        params![service, int(keep)],
+        "DELETE FROM ecms WHERE epoch < (SELECT e.last_epoch - 2 FROM service_epochs e
+           WHERE e.service = ecms.service)",
+        [],
     )?;
     Ok(())
+}
+
+/// The [`CwStore`] of the daemon: control words sealed in the database,
+/// each service's newest epoch in `service_epochs`, all written through
+/// `conn` (the caller's transaction). Old rows are dropped by [`prune`].
+#[derive(Debug)]
+pub struct SealedCws<'a> {
+    conn: &'a Connection,
+    mk: &'a MasterKey,
+    /// The crypto period the epochs are counted in, recorded with them.
+    period_ms: u64,
+}
+
+impl<'a> SealedCws<'a> {
+    pub fn new(conn: &'a Connection, mk: &'a MasterKey, period_ms: u64) -> Self {
+        SealedCws {
+            conn,
+            mk,
+            period_ms,
+        }
+    }
+}
+
+impl CwStore for SealedCws<'_> {
+    type Error = StoreError;
+
+    fn control_word(&mut self, service: u16, epoch: u64) -> Result<Option<ControlWord>> {
+        control_word(self.conn, self.mk, service, epoch)
+    }
+
+    fn insert_control_word(&mut self, service: u16, epoch: u64, cw: &ControlWord) -> Result<()> {
+        insert_control_word(self.conn, self.mk, service, epoch, cw)
+    }
+
+    fn newest_epoch(&mut self, service: u16) -> Result<Option<u64>> {
+        newest_epoch(self.conn, service)
+    }
+
+    fn raise_epoch(&mut self, service: u16, epoch: u64) -> Result<()> {
+        raise_epoch(self.conn, service, epoch, self.period_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::schedule::ControlWordSchedule;
+
+    #[test]
+    fn the_schedule_keeps_its_words_and_epochs_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("h.db");
+        let mk = MasterKey::new(&proto::secret::Key32::random());
+        let mut conn = super::super::open(&path, true).unwrap();
+        let tx = conn.transaction().unwrap();
+        let mut s = ControlWordSchedule::with_store(1000, SealedCws::new(&tx, &mk, 1000)).unwrap();
+        crate::schedule::check_rules(&mut s);
+        let before = s.pair(1, 13).unwrap();
+        drop(s);
+        tx.commit().unwrap();
+        drop(conn);
+
+        // Reopened: the same words, and the epochs still never go back.
+        let conn = super::super::open(&path, false).unwrap();
+        let mut s =
+            ControlWordSchedule::with_store(1000, SealedCws::new(&conn, &mk, 1000)).unwrap();
+        assert_eq!(s.pair(1, 13).unwrap(), before);
+        assert_eq!(s.epoch_on_air(1, 0).unwrap(), 13);
+        assert!(s.pair(1, 11).is_err());
+        // Another master key opens none of them.
+        let other = MasterKey::new(&proto::secret::Key32::random());
+        let mut s =
+            ControlWordSchedule::with_store(1000, SealedCws::new(&conn, &other, 1000)).unwrap();
+        assert!(matches!(
+            s.pair(1, 13),
+            Err(crate::error::ScheduleError::Store(StoreError::Sealed(_)))
+        ));
+    }
 }

@@ -169,8 +169,8 @@ pub struct EngineFeed {
 
 impl EngineFeed {
     /// A feed with crypto periods of `period_ms` (at least
-    /// [`MIN_CRYPTO_PERIOD_MS`]). Only the schedule's pairs are used, not
-    /// its period in seconds: epochs here count `period_ms` periods.
+    /// [`MIN_CRYPTO_PERIOD_MS`]). The schedule's control words are used,
+    /// with this period: epochs here count `period_ms` periods.
     pub fn new(
         engine: KeyEngine,
         schedule: ControlWordSchedule,
@@ -179,6 +179,7 @@ impl EngineFeed {
         if period_ms < MIN_CRYPTO_PERIOD_MS {
             return Err(FeedError::PeriodTooShort(period_ms));
         }
+        let schedule = ControlWordSchedule::with_store(period_ms, schedule.into_store())?;
         Ok(EngineFeed {
             engine,
             schedule,
@@ -225,10 +226,10 @@ impl EngineFeed {
 
 impl CaFeed for EngineFeed {
     fn period(&mut self, service: u16, now_ms: u64) -> Result<CryptoPeriod, FeedError> {
-        let epoch = now_ms / self.period_ms;
+        // Never go back: a late caller gets the newest period.
+        let epoch = self.schedule.epoch_on_air(service, now_ms)?;
         if let Some(c) = self.current.get(&service) {
-            // Never go back: a late caller gets the newest period.
-            if c.epoch >= epoch {
+            if c.epoch == epoch {
                 return Ok(c.clone());
             }
         }
