@@ -664,8 +664,7 @@ impl<E: Eeprom> Applet<E> {
         }
         let session = self.ram.session.as_mut().ok_or(CardError::NoSession)?;
         let cws = ControlWords {
-            even: payload.even.clone(),
-            odd: payload.odd.clone(),
+            cws: payload.cws.clone(),
             time: payload.time,
         };
         let reply = seal_control_words(&session.key, session.counter, &h, &cws);

@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 use proto::codec::{Codec, Reader};
 use proto::ecm::{Ecm, EcmHeader, EcmPayload, ECM_PLAIN_LEN};
-use proto::secret::{ControlWord, ProductKey};
+use proto::secret::{ControlWord, CwPair, ProductKey};
 
 const K_P: [u8; 32] = [0x50; 32];
 
@@ -32,8 +32,10 @@ fuzz_target!(|data: &[u8]| {
         let rest = r.rest();
         if rest.len() >= ECM_PLAIN_LEN {
             let p = EcmPayload {
-                even: ControlWord::from_bytes(rest[..16].try_into().unwrap()),
-                odd: ControlWord::from_bytes(rest[16..32].try_into().unwrap()),
+                cws: CwPair {
+                    even: ControlWord::from_bytes(rest[..16].try_into().unwrap()),
+                    odd: ControlWord::from_bytes(rest[16..32].try_into().unwrap()),
+                },
                 time: u64::from_be_bytes(rest[32..40].try_into().unwrap()),
                 maturity: rest[40],
             };

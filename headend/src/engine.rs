@@ -22,13 +22,12 @@
 use crate::cards::{Card, CardTable, IdMap};
 use crate::error::EngineError;
 use crate::operator::OperatorKeys;
-use crate::schedule::CwPair;
 use proto::crypto::{Sealer, SIG_LEN, TAG_LEN};
 use proto::ecm::{Ecm, EcmHeader, EcmPayload};
 use proto::emm::{
     Emm, EmmCommand, EmmPayload, Entitle, EMM_HEADER_LEN, GLOBAL_ADDRESS, MAX_BODY_LEN,
 };
-use proto::secret::{Kek, ProductKey};
+use proto::secret::{CwPair, Kek, ProductKey};
 use proto::Codec;
 use std::collections::HashMap;
 use zeroize::Zeroize;
@@ -694,8 +693,7 @@ impl KeyEngine {
                 generation,
             })?;
         let payload = EcmPayload {
-            even: cws.even.clone(),
-            odd: cws.odd.clone(),
+            cws: cws.clone(),
             time,
             maturity,
         };
@@ -959,7 +957,7 @@ mod tests {
         };
         let ecm = e.seal_ecm(header(1), &cws, NOW, 0).unwrap();
         let k1 = old_key.epoch_key(10, 1, 0).ecm_key();
-        assert_eq!(ecm.open(&k1).unwrap().even, cws.even);
+        assert_eq!(ecm.open(&k1).unwrap().cws, cws);
         e.renew_product_key(10).unwrap();
         assert_eq!(
             e.seal_ecm(header(1), &cws, NOW, 0),
@@ -993,10 +991,7 @@ mod tests {
         let (gen, kp) = e.product_key(4).unwrap();
         let key = kp.epoch_key(4, gen, epoch).ecm_key();
         let p = ecm.open(&key).unwrap();
-        assert_eq!(
-            (p.even, p.odd, p.time, p.maturity),
-            (cws.even.clone(), cws.odd.clone(), NOW, 16)
-        );
+        assert_eq!((&p.cws, p.time, p.maturity), (&cws, NOW, 16));
         // Another epoch's key does not open it.
         assert!(ecm
             .open(&kp.epoch_key(4, gen, epoch + 1).ecm_key())

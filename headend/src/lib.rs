@@ -51,4 +51,4 @@ pub use engine::{Entitlement, KeyEngine, PreparedCard, MAX_ENTITLEMENTS_PER_CARD
 pub use error::{EngineError, ScheduleError};
 pub use operator::{OperatorKeys, OperatorPublic};
 pub use output::{CaOutput, EcmOutput, EmmOutput};
-pub use schedule::{ControlWordSchedule, CwPair, Parity, DEFAULT_PERIOD_SECS};
+pub use schedule::{ControlWordSchedule, CwStore, MemoryCws, DEFAULT_PERIOD_SECS};

@@ -15,10 +15,11 @@
 //! Control words are secret: they leave this module only inside
 //! [`CwPair`] (redacted `Debug`), never through the admin API.
 
-use crate::schedule::{CwPair, Parity};
+use proto::secret::CwPair;
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
+use ts::Parity;
 
 /// A reader that has not asked for EMMs for this long is not sending any
 /// (its input is silent, say) and does not count in
@@ -49,7 +50,7 @@ pub struct EcmOutput {
 
 impl EcmOutput {
     pub fn parity(&self) -> Parity {
-        Parity::of(self.epoch)
+        Parity::of_epoch(self.epoch)
     }
 }
 

@@ -4,9 +4,10 @@
 //! Each service scrambles epoch `n` with its own `CW_n`, fresh from the
 //! CSPRNG, and never derived from another CW. The ECM of epoch `n` carries
 //! `CW_n` and `CW_{n+1}` so that the receiver holds the next key before the
-//! change. The slots follow the parity of the epoch: the even slot holds the
-//! CW of whichever of `n`, `n + 1` is even, the odd slot the other, exactly
-//! as transport_scrambling_control `10`/`11` selects them.
+//! change. The slots follow the parity of the epoch ([`CwPair::of_ecm`]):
+//! the even slot holds the CW of whichever of `n`, `n + 1` is even, the odd
+//! slot the other, exactly as transport_scrambling_control `10`/`11`
+//! ([`ts::Parity`]) selects them.
 //!
 //! The schedule only moves forward: once epoch `n` has been asked for, the
 //! CWs before `n - 1` cannot be asked for again (the in-memory store
@@ -17,58 +18,12 @@
 //! that keeps the words: [`MemoryCws`] here, or the daemon's database.
 
 use crate::error::ScheduleError;
-use proto::secret::ControlWord;
+use proto::secret::{ControlWord, CwPair};
 use std::collections::{BTreeMap, HashMap};
 use std::convert::Infallible;
 
 /// The design's default crypto period.
 pub const DEFAULT_PERIOD_SECS: u64 = 10;
-
-/// Which of the two CW slots an epoch uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Parity {
-    Even,
-    Odd,
-}
-
-impl Parity {
-    pub fn of(epoch: u64) -> Parity {
-        if epoch % 2 == 0 {
-            Parity::Even
-        } else {
-            Parity::Odd
-        }
-    }
-
-    /// The TS header's transport_scrambling_control for this key.
-    pub fn scrambling_control(self) -> u8 {
-        match self {
-            Parity::Even => 0b10,
-            Parity::Odd => 0b11,
-        }
-    }
-}
-
-/// The two control words an ECM carries.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CwPair {
-    pub even: ControlWord,
-    pub odd: ControlWord,
-}
-
-impl CwPair {
-    pub fn get(&self, parity: Parity) -> &ControlWord {
-        match parity {
-            Parity::Even => &self.even,
-            Parity::Odd => &self.odd,
-        }
-    }
-
-    /// The CW that scrambles `epoch`.
-    pub fn for_epoch(&self, epoch: u64) -> &ControlWord {
-        self.get(Parity::of(epoch))
-    }
-}
 
 /// Where a [`ControlWordSchedule`] keeps its control words and each
 /// service's newest epoch: in memory ([`MemoryCws`]), or in the daemon's
@@ -266,16 +221,7 @@ impl<S: CwStore> ControlWordSchedule<S> {
                 .raise_epoch(service, epoch)
                 .map_err(ScheduleError::Store)?;
         }
-        Ok(match Parity::of(epoch) {
-            Parity::Even => CwPair {
-                even: this,
-                odd: following,
-            },
-            Parity::Odd => CwPair {
-                even: following,
-                odd: this,
-            },
-        })
+        Ok(CwPair::of_ecm(epoch, this, following))
     }
 
     /// The CW that scrambles `epoch` of `service` (the same one its ECM
@@ -398,8 +344,14 @@ mod tests {
         // Asking again gives the same pair.
         assert_eq!(s.pair(1, 12).unwrap(), p12);
         assert_eq!(&s.control_word(1, 12).unwrap(), p12.for_epoch(12));
-        assert_eq!(Parity::of(12).scrambling_control(), 0b10);
-        assert_eq!(Parity::of(13).scrambling_control(), 0b11);
+        assert_eq!(
+            ts::Parity::of_epoch(12).scrambling_control(),
+            ts::ScramblingControl::EVEN
+        );
+        assert_eq!(
+            ts::Parity::of_epoch(13).scrambling_control(),
+            ts::ScramblingControl::ODD
+        );
     }
 
     #[test]

@@ -107,8 +107,8 @@ fn headend_run_streams_configured_channels_that_a_card_descrambles() {
                             continue;
                         }
                         if let Ok(cws) = card.process_ecm(&s[3..]) {
-                            d.set_even(&cws.even);
-                            d.set_odd(&cws.odd);
+                            d.set_even(&cws.cws.even);
+                            d.set_odd(&cws.cws.odd);
                             if have_cw {
                                 cw_changes += 1;
                             }

@@ -4,7 +4,7 @@
 use crate::codec::{Codec, InvalidMessage, Reader};
 use crate::crypto::{self, CryptoError, SessionInit, TAG_LEN};
 use crate::ecm::EcmHeader;
-use crate::secret::{ControlWord, SessionKey};
+use crate::secret::{ControlWord, CwPair, SessionKey};
 use crate::wire_enum;
 
 /// Version of the applet's command set, reported by GET INFO.
@@ -207,8 +207,9 @@ const CW_PLAIN_LEN: usize = 40;
 /// The control words the card releases, in clear (inside the receiver only).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ControlWords {
-    pub even: ControlWord,
-    pub odd: ControlWord,
+    /// The ECM's pair: `CW_epoch` and `CW_{epoch+1}`, each in its
+    /// parity's slot.
+    pub cws: CwPair,
     /// The ECM's time.
     pub time: u64,
 }
@@ -239,8 +240,8 @@ pub fn seal_control_words(
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(CW_REPLY_LEN);
     out.extend_from_slice(&counter.to_be_bytes());
-    out.extend_from_slice(cw.even.expose());
-    out.extend_from_slice(cw.odd.expose());
+    out.extend_from_slice(cw.cws.even.expose());
+    out.extend_from_slice(cw.cws.odd.expose());
     out.extend_from_slice(&cw.time.to_be_bytes());
     crypto::seal_rustcrypto(key, cw_nonce(counter), &cw_aad(counter, ecm), &mut out, 8);
     out
@@ -265,8 +266,10 @@ pub fn open_control_words(
     odd.copy_from_slice(&pt[16..32]);
     let time = u64::from_be_bytes(pt[32..40].try_into().map_err(|_| CryptoError::Auth)?);
     let cws = ControlWords {
-        even: ControlWord::from_bytes(even),
-        odd: ControlWord::from_bytes(odd),
+        cws: CwPair {
+            even: ControlWord::from_bytes(even),
+            odd: ControlWord::from_bytes(odd),
+        },
         time,
     };
     zeroize::Zeroize::zeroize(&mut buf);

@@ -19,7 +19,7 @@
 
 use crate::codec::{Codec, InvalidMessage, Reader};
 use crate::crypto::{self, CryptoError, Sealer, TAG_LEN};
-use crate::secret::{ControlWord, EcmKey};
+use crate::secret::{ControlWord, CwPair, EcmKey};
 use thiserror::Error;
 
 pub const ECM_VERSION: u8 = 1;
@@ -90,8 +90,8 @@ impl EcmHeader {
 /// The sealed content of an ECM.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EcmPayload {
-    pub even: ControlWord,
-    pub odd: ControlWord,
+    /// `CW_epoch` and `CW_{epoch+1}`, each in its parity's slot.
+    pub cws: CwPair,
     /// The headend's clock (Unix seconds); the card checks entitlements at
     /// this time and advances its own clock to it.
     pub time: u64,
@@ -123,8 +123,8 @@ impl Ecm {
     /// Seals an ECM with ring (headend side).
     pub fn seal(key: &EcmKey, header: EcmHeader, p: &EcmPayload) -> Ecm {
         let mut buf = Vec::with_capacity(ECM_BODY_LEN);
-        buf.extend_from_slice(p.even.expose());
-        buf.extend_from_slice(p.odd.expose());
+        buf.extend_from_slice(p.cws.even.expose());
+        buf.extend_from_slice(p.cws.odd.expose());
         buf.extend_from_slice(&p.time.to_be_bytes());
         buf.push(p.maturity);
         Sealer::new(key).seal_tail(header.nonce(), &header.bytes(), &mut buf, 0);
@@ -140,8 +140,10 @@ impl Ecm {
         let pt = crypto::open_in_place(key, self.header.nonce(), &self.header.bytes(), &mut body)?;
         let mut r = Reader::new(pt);
         let p = EcmPayload {
-            even: ControlWord::from_bytes(r.array("even CW")?),
-            odd: ControlWord::from_bytes(r.array("odd CW")?),
+            cws: CwPair {
+                even: ControlWord::from_bytes(r.array("even CW")?),
+                odd: ControlWord::from_bytes(r.array("odd CW")?),
+            },
             time: r.u64("time")?,
             maturity: r.u8("maturity")?,
         };

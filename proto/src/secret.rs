@@ -137,6 +137,45 @@ secret_type!(
     Seed, 32
 );
 
+/// The two control words of an ECM, as it carries them and as the card
+/// returns them: each in the slot of its epoch's parity (the slot that
+/// transport_scrambling_control `10` or `11` selects). The ECM of epoch
+/// `n` carries `CW_n` and `CW_{n+1}`, so one slot scrambles the current
+/// crypto period and the other holds the next one's key, ahead of the
+/// change.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CwPair {
+    pub even: ControlWord,
+    pub odd: ControlWord,
+}
+
+impl CwPair {
+    /// The pair of the ECM of `epoch`: `this` (`CW_epoch`) and `next`
+    /// (`CW_{epoch+1}`), each in the slot of its own epoch's parity.
+    pub fn of_ecm(epoch: u64, this: ControlWord, next: ControlWord) -> CwPair {
+        if epoch % 2 == 0 {
+            CwPair {
+                even: this,
+                odd: next,
+            }
+        } else {
+            CwPair {
+                even: next,
+                odd: this,
+            }
+        }
+    }
+
+    /// The control word of `epoch`: the even slot for an even epoch.
+    pub fn for_epoch(&self, epoch: u64) -> &ControlWord {
+        if epoch % 2 == 0 {
+            &self.even
+        } else {
+            &self.odd
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,5 +187,17 @@ mod tests {
         assert_eq!(k, Kek::from_bytes([7; 32]));
         assert_ne!(k, Kek::from_bytes([8; 32]));
         assert_ne!(Kek::random(), Kek::random());
+    }
+
+    #[test]
+    fn an_ecm_pair_puts_each_word_in_its_epochs_slot() {
+        let cw = |b| ControlWord::from_bytes([b; 16]);
+        for epoch in [10u64, 11] {
+            let p = CwPair::of_ecm(epoch, cw(1), cw(2));
+            assert_eq!(p.for_epoch(epoch), &cw(1));
+            assert_eq!(p.for_epoch(epoch + 1), &cw(2));
+        }
+        assert_eq!(CwPair::of_ecm(10, cw(1), cw(2)).even, cw(1));
+        assert_eq!(CwPair::of_ecm(11, cw(1), cw(2)).even, cw(2));
     }
 }

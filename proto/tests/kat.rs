@@ -23,7 +23,7 @@ use proto::ecm::{Ecm, EcmHeader, EcmPayload, ECM_LEN};
 use proto::emm::{
     emm_u_nonce, Emm, EmmCommand, EmmError, EmmKind, EmmPayload, Entitle, GLOBAL_ADDRESS,
 };
-use proto::secret::{ControlWord, Kek, ProductKey, Seed, SessionKey};
+use proto::secret::{ControlWord, CwPair, Kek, ProductKey, Seed, SessionKey};
 use serde_json::Value;
 
 fn load(name: &str) -> Value {
@@ -275,8 +275,10 @@ fn ecm_vector() {
             service: num(t, "service") as u16,
         };
         let payload = EcmPayload {
-            even: ControlWord::from_bytes(arr(t, "even")),
-            odd: ControlWord::from_bytes(arr(t, "odd")),
+            cws: CwPair {
+                even: ControlWord::from_bytes(arr(t, "even")),
+                odd: ControlWord::from_bytes(arr(t, "odd")),
+            },
             time: num(t, "time"),
             maturity: num(t, "maturity") as u8,
         };
@@ -303,8 +305,8 @@ fn ecm_vector() {
 
         // Independently: ring's AEAD over the documented plaintext layout.
         let plain = bytes(t, "plaintext");
-        let mut want_plain = payload.even.expose().to_vec();
-        want_plain.extend_from_slice(payload.odd.expose());
+        let mut want_plain = payload.cws.even.expose().to_vec();
+        want_plain.extend_from_slice(payload.cws.odd.expose());
         want_plain.extend_from_slice(&payload.time.to_be_bytes());
         want_plain.push(payload.maturity);
         assert_eq!(plain, want_plain);
@@ -436,8 +438,10 @@ fn cw_reply_vector() {
         let header = EcmHeader::from_bytes(&header_bytes).unwrap();
         assert_eq!(header.bytes().to_vec(), header_bytes);
         let cws = ControlWords {
-            even: ControlWord::from_bytes(arr(t, "even")),
-            odd: ControlWord::from_bytes(arr(t, "odd")),
+            cws: CwPair {
+                even: ControlWord::from_bytes(arr(t, "even")),
+                odd: ControlWord::from_bytes(arr(t, "odd")),
+            },
             time: num(t, "time"),
         };
         let reply = bytes(t, "reply");
@@ -464,8 +468,8 @@ fn cw_reply_vector() {
         let mut aad = counter.to_be_bytes().to_vec();
         aad.extend_from_slice(&header_bytes);
         assert_eq!(aad, bytes(t, "aad"));
-        let mut plain = cws.even.expose().to_vec();
-        plain.extend_from_slice(cws.odd.expose());
+        let mut plain = cws.cws.even.expose().to_vec();
+        plain.extend_from_slice(cws.cws.odd.expose());
         plain.extend_from_slice(&cws.time.to_be_bytes());
         assert_eq!(ring_seal(key.expose(), &nonce, &aad, &plain), &reply[8..]);
     }

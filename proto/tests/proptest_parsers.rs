@@ -22,7 +22,7 @@ use proto::codec::Codec;
 use proto::crypto::{Sealer, SessionInit, SigningKey};
 use proto::ecm::{Ecm, EcmHeader, EcmPayload, ECM_BODY_LEN, ECM_LEN};
 use proto::emm::{Emm, EmmCommand, EmmKind, EmmPayload, Entitle, GLOBAL_ADDRESS, MAX_BODY_LEN};
-use proto::secret::{ControlWord, EcmKey, Kek, ProductKey, Seed, SessionKey};
+use proto::secret::{ControlWord, CwPair, EcmKey, Kek, ProductKey, Seed, SessionKey};
 use proto::Reader;
 use std::sync::OnceLock;
 
@@ -114,8 +114,10 @@ fn arb_ecm_payload() -> impl Strategy<Value = EcmPayload> {
         any::<u8>(),
     )
         .prop_map(|(e, o, time, maturity)| EcmPayload {
-            even: ControlWord::from_bytes(e),
-            odd: ControlWord::from_bytes(o),
+            cws: CwPair {
+                even: ControlWord::from_bytes(e),
+                odd: ControlWord::from_bytes(o),
+            },
             time,
             maturity,
         })
@@ -123,8 +125,10 @@ fn arb_ecm_payload() -> impl Strategy<Value = EcmPayload> {
 
 fn arb_control_words() -> impl Strategy<Value = ControlWords> {
     (any::<[u8; 16]>(), any::<[u8; 16]>(), any::<u64>()).prop_map(|(e, o, time)| ControlWords {
-        even: ControlWord::from_bytes(e),
-        odd: ControlWord::from_bytes(o),
+        cws: CwPair {
+            even: ControlWord::from_bytes(e),
+            odd: ControlWord::from_bytes(o),
+        },
         time,
     })
 }

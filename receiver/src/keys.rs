@@ -75,11 +75,7 @@ pub struct KeySlots {
 
 /// The parity of an epoch's slot: even epochs use the even key.
 pub fn parity_of(epoch: u64) -> Parity {
-    if epoch % 2 == 0 {
-        Parity::Even
-    } else {
-        Parity::Odd
-    }
+    Parity::of_epoch(epoch)
 }
 
 impl KeySlots {
@@ -120,11 +116,7 @@ impl KeySlots {
         }
         self.note_ecm(epoch);
         for e in [epoch, epoch.saturating_add(1)] {
-            let cw = match parity_of(e) {
-                Parity::Even => &cws.even,
-                Parity::Odd => &cws.odd,
-            };
-            self.set(e, cw);
+            self.set(e, cws.cws.for_epoch(e));
         }
     }
 
@@ -261,6 +253,7 @@ impl KeySlots {
 #[cfg(test)]
 pub(crate) mod tests_support {
     use super::*;
+    use proto::secret::CwPair;
     use ts::Scrambler;
 
     pub fn cw(n: u64) -> ControlWord {
@@ -272,12 +265,10 @@ pub(crate) mod tests_support {
 
     /// The ECM of epoch n: CW_n and CW_{n+1} in their parity's slots.
     pub fn ecm(n: u64) -> ControlWords {
-        let (even, odd) = if n % 2 == 0 {
-            (cw(n), cw(n + 1))
-        } else {
-            (cw(n + 1), cw(n))
-        };
-        ControlWords { even, odd, time: 0 }
+        ControlWords {
+            cws: CwPair::of_ecm(n, cw(n), cw(n + 1)),
+            time: 0,
+        }
     }
 
     /// A packet of epoch n, scrambled with CW_n; its payload names n.
@@ -304,6 +295,7 @@ pub(crate) mod tests_support {
 mod tests {
     use super::tests_support::*;
     use super::*;
+    use proto::secret::CwPair;
 
     #[test]
     fn ecm_at_the_start_of_each_period() {
@@ -419,8 +411,10 @@ mod tests {
         assert_eq!(epoch_of(&mut k, 10), Some(10));
         // ECM 10 again, with other CWs: packets now use those.
         let other = ControlWords {
-            even: ControlWord::from_bytes([9; 16]),
-            odd: cw(11),
+            cws: CwPair {
+                even: ControlWord::from_bytes([9; 16]),
+                odd: cw(11),
+            },
             time: 0,
         };
         k.install(10, &other);

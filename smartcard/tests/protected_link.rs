@@ -60,8 +60,8 @@ fn no_clear_control_word_crosses_pcsc() {
         let time = T0 + 10 * (i + 1);
         let ecm = op.ecm(PRODUCT, i, time, even, odd);
         let got = c.process_ecm(&ecm).unwrap();
-        assert_eq!(got.even.expose(), &even, "ECM {i}");
-        assert_eq!(got.odd.expose(), &odd, "ECM {i}");
+        assert_eq!(got.cws.even.expose(), &even, "ECM {i}");
+        assert_eq!(got.cws.odd.expose(), &odd, "ECM {i}");
         assert_eq!(got.time, time);
         cws.push(even);
         cws.push(odd);
@@ -128,8 +128,8 @@ fn paired_card_serves_only_its_receiver() {
     let ecm = op.ecm(PRODUCT, 1, T0 + 10, even, odd);
     c.establish_session(&ours, &info).unwrap();
     let got = c.process_ecm(&ecm).unwrap();
-    assert_eq!(got.even.expose(), &even);
-    assert_eq!(got.odd.expose(), &odd);
+    assert_eq!(got.cws.even.expose(), &even);
+    assert_eq!(got.cws.odd.expose(), &odd);
 
     // A second receiver with the same card, in another box.
     let theirs = X25519Secret::random();
@@ -168,6 +168,6 @@ fn paired_card_serves_only_its_receiver() {
     let got = c
         .process_ecm(&op.ecm(PRODUCT, 3, T0 + 30, even, odd))
         .unwrap();
-    assert_eq!(got.even.expose(), &even);
-    assert_eq!(got.odd.expose(), &odd);
+    assert_eq!(got.cws.even.expose(), &even);
+    assert_eq!(got.cws.odd.expose(), &odd);
 }

@@ -28,8 +28,8 @@ fn whole_flow_releases_the_right_control_words() {
     let (mut c, _) = entitled_card(&mut op);
     let ecm = op.ecm(PRODUCT, 1000, T0 + 10, [1; 16], [2; 16]);
     let cw = c.process_ecm(&ecm).unwrap();
-    assert_eq!(cw.even.expose(), &[1; 16]);
-    assert_eq!(cw.odd.expose(), &[2; 16]);
+    assert_eq!(cw.cws.even.expose(), &[1; 16]);
+    assert_eq!(cw.cws.odd.expose(), &[2; 16]);
     let ents = c.list_entitlements().unwrap();
     assert_eq!(ents.len(), 1);
     assert_eq!(ents[0].product, PRODUCT);

@@ -176,7 +176,7 @@ fn ecm_clock_update_survives_power_cuts() {
         Some(&rx),
         |c| {
             let cw = c.process_ecm(&ecm)?;
-            assert_eq!(cw.even.expose(), &[3; 16]);
+            assert_eq!(cw.cws.even.expose(), &[3; 16]);
             Ok(())
         },
         |s| s.clock == t,

@@ -68,8 +68,7 @@ fn blank_card_to_control_words() {
         let time = epoch * 10;
         let ecm = engine.ecm(SPORTS, epoch, SERVICE, &pair, time, 0).unwrap();
         let got = card.process_ecm(&proto::Codec::to_bytes(&ecm)).unwrap();
-        assert_eq!(got.even, pair.even, "epoch {epoch}");
-        assert_eq!(got.odd, pair.odd, "epoch {epoch}");
+        assert_eq!(got.cws, pair, "epoch {epoch}");
         assert_eq!(got.time, time);
     }
 
@@ -112,7 +111,7 @@ fn losing_a_product_cuts_off_at_the_next_key_generation_only_for_that_card() {
             .ecm(SPORTS, epoch, SERVICE, &pair, T0 + 120, 0)
             .unwrap(),
     );
-    assert_eq!(keep.process_ecm(&ecm).unwrap().even, pair.even);
+    assert_eq!(keep.process_ecm(&ecm).unwrap().cws, pair);
     let err = lose.process_ecm(&ecm).unwrap_err();
     assert_eq!(err.status(), Some(StatusWord::ECM_UNKNOWN_GENERATION));
 }

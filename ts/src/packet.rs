@@ -55,6 +55,16 @@ pub enum Parity {
 }
 
 impl Parity {
+    /// The parity of crypto period `epoch`: even epochs use the even slot,
+    /// as [`proto::secret::CwPair`] places their control words.
+    pub fn of_epoch(epoch: u64) -> Parity {
+        if epoch % 2 == 0 {
+            Parity::Even
+        } else {
+            Parity::Odd
+        }
+    }
+
     /// The other parity: the slot the next crypto period will use.
     pub fn other(self) -> Parity {
         match self {
@@ -723,6 +733,27 @@ impl PacketReader {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_epochs_parity_selects_the_slot_of_its_control_word() {
+        use proto::secret::{ControlWord, CwPair};
+        for epoch in [0u64, 7, 10, u64::MAX] {
+            let p = CwPair::of_ecm(
+                epoch,
+                ControlWord::from_bytes([1; 16]),
+                ControlWord::random(),
+            );
+            let slot = match Parity::of_epoch(epoch) {
+                Parity::Even => &p.even,
+                Parity::Odd => &p.odd,
+            };
+            assert_eq!(slot, p.for_epoch(epoch));
+            assert_eq!(
+                Parity::of_epoch(epoch).other(),
+                Parity::of_epoch(epoch.wrapping_add(1))
+            );
+        }
+    }
 
     #[test]
     fn header_fields() {

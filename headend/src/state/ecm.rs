@@ -10,7 +10,7 @@
 use super::{Headend, Result, StateError};
 use crate::metrics::Metrics;
 use crate::output::EcmOutput;
-use crate::schedule::{ControlWordSchedule, Parity};
+use crate::schedule::ControlWordSchedule;
 use crate::store::{self, control_words::SealedCws};
 use proto::ecm::EcmHeader;
 use proto::Codec;
@@ -118,14 +118,8 @@ impl Headend {
                     b
                 }
             };
-            let section = ts::psi::ecm_section(
-                match Parity::of(epoch) {
-                    Parity::Even => ts::Parity::Even,
-                    Parity::Odd => ts::Parity::Odd,
-                },
-                &bytes,
-            )
-            .map_err(|e| StateError::Internal(format!("ECM section: {e}")))?;
+            let section = ts::psi::ecm_section(ts::Parity::of_epoch(epoch), &bytes)
+                .map_err(|e| StateError::Internal(format!("ECM section: {e}")))?;
             made.push(EcmOutput {
                 service: ch.service_id,
                 ecm_pid: ch.ecm_pid,

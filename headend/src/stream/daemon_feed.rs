@@ -185,13 +185,13 @@ pub fn spawn_daemon_channel(
 mod tests {
     use super::*;
     use crate::output::EcmOutput;
-    use crate::schedule::{ControlWordSchedule, Parity};
+    use crate::schedule::ControlWordSchedule;
     use crate::stream::Mux;
     use proto::secret::ControlWord;
 
     fn ecm(epoch: u64) -> EcmOutput {
         let cws = ControlWordSchedule::new(1).unwrap().pair(1, epoch).unwrap();
-        let parity = crate::stream::feed::ts_parity(Parity::of(epoch));
+        let parity = ts::Parity::of_epoch(epoch);
         EcmOutput {
             service: 1,
             ecm_pid: 0x1F0,

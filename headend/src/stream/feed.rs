@@ -20,13 +20,15 @@
 
 use crate::engine::KeyEngine;
 use crate::error::{EngineError, ScheduleError};
-use crate::schedule::{ControlWordSchedule, CwPair, Parity};
+use crate::schedule::ControlWordSchedule;
 use proto::secret::ControlWord;
+use proto::secret::CwPair;
 use proto::Codec;
 use std::collections::HashMap;
 use std::sync::Arc;
 use thiserror::Error;
 use ts::psi::{PrivateSection, PsiError, TableId};
+use ts::Parity;
 
 /// The shortest crypto period the stream engine supports.
 pub const MIN_CRYPTO_PERIOD_MS: u64 = 100;
@@ -78,7 +80,7 @@ pub struct CryptoPeriod {
 impl CryptoPeriod {
     /// The parity of this period's packets.
     pub fn parity(&self) -> Parity {
-        Parity::of(self.epoch)
+        Parity::of_epoch(self.epoch)
     }
 
     /// The CW that scrambles this period.
@@ -90,7 +92,7 @@ impl CryptoPeriod {
     /// goes with the epoch's parity.
     pub fn check(&self) -> Result<(), FeedError> {
         let s = PrivateSection::parse(&self.ecm_section)?;
-        let expected = TableId::ecm(ts_parity(self.parity()));
+        let expected = TableId::ecm(self.parity());
         if s.table_id != expected {
             return Err(FeedError::EcmTableId {
                 epoch: self.epoch,
@@ -99,14 +101,6 @@ impl CryptoPeriod {
             });
         }
         Ok(())
-    }
-}
-
-/// The key parity in the `ts` crate's terms.
-pub fn ts_parity(p: Parity) -> ts::Parity {
-    match p {
-        Parity::Even => ts::Parity::Even,
-        Parity::Odd => ts::Parity::Odd,
     }
 }
 
@@ -244,7 +238,7 @@ impl CaFeed for EngineFeed {
         let ecm = self
             .engine
             .ecm(ca.product, epoch, service, &cws, time, ca.maturity)?;
-        let section = ts::psi::ecm_section(ts_parity(Parity::of(epoch)), &ecm.to_bytes())?;
+        let section = ts::psi::ecm_section(Parity::of_epoch(epoch), &ecm.to_bytes())?;
         let p = CryptoPeriod {
             epoch,
             cws,

@@ -65,7 +65,7 @@
 //! count on their own.
 
 use super::clock::{AirClock, Span, TICKS_PER_MS};
-use super::feed::{ts_parity, CaFeed, CryptoPeriod};
+use super::feed::{CaFeed, CryptoPeriod};
 use super::health::{ServiceHealth, Withheld};
 use super::{ChannelStreamConfig, EmmInsertion, StreamError, StreamStats};
 use std::collections::{HashMap, VecDeque};
@@ -1409,7 +1409,7 @@ impl<F: CaFeed> Mux<F> {
 
     fn start_period(&mut self, i: usize, p: CryptoPeriod, now: u64) {
         let svc = &mut self.services[i];
-        let parity = ts_parity(p.parity());
+        let parity = p.parity();
         let previous = svc.active.as_ref().map(|a| (a.epoch, a.parity));
         svc.scrambler.set_even(&p.cws.even);
         svc.scrambler.set_odd(&p.cws.odd);

@@ -194,15 +194,15 @@ pub fn analyze(out: &[u8], key: &ProductKey, es_pids: &[u16]) -> Analysis {
                     let h = ecm.header;
                     let ek = key.epoch_key(h.product, h.generation, h.epoch).ecm_key();
                     let payload = ecm.open(&ek).expect("ECM opens with the product key");
-                    d.set_even(&payload.even);
-                    d.set_odd(&payload.odd);
+                    d.set_even(&payload.cws.even);
+                    d.set_odd(&payload.cws.odd);
                     current_epoch = Some(h.epoch);
                     a.ecms.push(SeenEcm {
                         at: i,
                         table_id: s[0],
                         epoch: h.epoch,
-                        even: *payload.even.expose(),
-                        odd: *payload.odd.expose(),
+                        even: *payload.cws.even.expose(),
+                        odd: *payload.cws.odd.expose(),
                     });
                 }
                 0x82..=0x8F => a.emms.push((i, s)),

@@ -9,11 +9,10 @@ pub mod vpcd;
 use card::eeprom::{Eeprom, MemEeprom};
 use card::Applet;
 use cardlink::{CardClient, CardTransport, InProcessCard, TransportError};
-use headend::stream::feed::ts_parity;
 use headend::stream::{
     process_buffer, CaFeed, ChannelStreamConfig, CryptoPeriod, EngineFeed, FeedError,
 };
-use headend::{ControlWordSchedule, KeyEngine, OperatorKeys, Parity};
+use headend::{ControlWordSchedule, KeyEngine, OperatorKeys};
 use proto::crypto::X25519Secret;
 use proto::ecm::EcmHeader;
 use proto::secret::ControlWord;
@@ -378,8 +377,7 @@ impl CaFeed for TestFeed {
                     service,
                 };
                 let ecm = self.inner.engine_mut().seal_ecm(header, &p.cws, time, 0)?;
-                p.ecm_section =
-                    ts::psi::ecm_section(ts_parity(Parity::of(p.epoch)), &ecm.to_bytes())?.into();
+                p.ecm_section = ts::psi::ecm_section(p.parity(), &ecm.to_bytes())?.into();
             }
         }
         if self.generations_used.last() != Some(&generation) {

@@ -9,7 +9,7 @@ use proto::card::Personalization;
 use proto::crypto::{SigningKey, X25519Secret};
 use proto::ecm::{Ecm, EcmHeader, EcmPayload};
 use proto::emm::{Emm, EmmCommand, EmmPayload, Entitle};
-use proto::secret::{ControlWord, Kek, ProductKey};
+use proto::secret::{ControlWord, CwPair, Kek, ProductKey};
 use proto::Codec;
 
 pub const CARD: u32 = 42;
@@ -92,8 +92,10 @@ impl Operator {
             &key,
             header,
             &EcmPayload {
-                even: ControlWord::from_bytes(even),
-                odd: ControlWord::from_bytes(odd),
+                cws: CwPair {
+                    even: ControlWord::from_bytes(even),
+                    odd: ControlWord::from_bytes(odd),
+                },
                 time,
                 maturity: 0,
             },

@@ -23,7 +23,7 @@ use proto::card::Personalization;
 use proto::crypto::{SigningKey, X25519Secret};
 use proto::ecm::{Ecm, EcmHeader, EcmPayload};
 use proto::emm::{Emm, EmmCommand, EmmPayload, Entitle};
-use proto::secret::{ControlWord, Kek, ProductKey};
+use proto::secret::{ControlWord, CwPair, Kek, ProductKey};
 use proto::Codec;
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
@@ -148,8 +148,10 @@ fn measure(s: &super::Settings) -> Result<Value, String> {
             };
             let key = product_key.epoch_key(PRODUCT, 1, i).ecm_key();
             let payload = EcmPayload {
-                even: ControlWord::from_bytes(even),
-                odd: ControlWord::from_bytes(odd),
+                cws: CwPair {
+                    even: ControlWord::from_bytes(even),
+                    odd: ControlWord::from_bytes(odd),
+                },
                 time,
                 maturity: 0,
             };
@@ -181,7 +183,10 @@ fn measure(s: &super::Settings) -> Result<Value, String> {
         let t = Instant::now();
         let cws = c.process_ecm(&ecm.bytes).map_err(fail("PROCESS ECM"))?;
         let took = t.elapsed();
-        if cws.even.expose() != &ecm.even || cws.odd.expose() != &ecm.odd || cws.time != ecm.time {
+        if cws.cws.even.expose() != &ecm.even
+            || cws.cws.odd.expose() != &ecm.odd
+            || cws.time != ecm.time
+        {
             return Err(format!(
                 "ECM {i}: the card returned the wrong control words"
             ));
