@@ -3,16 +3,14 @@
 //! power returns, the card must hold exactly the old state or exactly the
 //! new one, and the new one whenever the command reported success.
 
-mod ops;
-
 use card::eeprom::{MemEeprom, TearingEeprom, PAGE_SIZE};
 use card::state::CardState;
 use card::Applet;
 use cardlink::{CardClient, ClientError, InProcessCard};
-use ops::*;
 use proto::card::LifeCycle;
 use proto::crypto::X25519Secret;
 use proto::emm::EmmCommand;
+use testkit::operator::*;
 
 type TornCard = CardClient<InProcessCard<TearingEeprom>>;
 

@@ -1,12 +1,10 @@
 //! Every way the card must say no: each with its own status word, and with
 //! the stored state (the EEPROM image itself) unchanged.
 
-mod ops;
-
-use ops::*;
 use proto::apdu::{Cla, Command, Ins, StatusWord};
 use proto::emm::EmmCommand;
 use proto::Codec;
+use testkit::operator::*;
 
 /// Runs `f`, expects `sw`, and checks the EEPROM and state are untouched.
 fn rejects(

@@ -3,17 +3,16 @@
 //! for cards, notices removal and reconnects after a reset; a NOP costs a
 //! fraction of a millisecond.
 
-mod harness;
-mod ops;
-mod suite;
-
+use crate::suite;
 use cardlink::pcsc::{PcscTransport, ReaderChoice};
 use cardlink::{CardClient, CardTransport, TransportError};
-use harness::{pcscd_or_skip, Emulator, PcscCard};
-use ops::{Operator, CARD, DAY, T0};
 use pcsc::Disposition;
 use proto::card::{CardInfo, EntitlementRecord, LifeCycle};
 use std::time::{Duration, Instant};
+use testkit::emulator::PcscCard;
+use testkit::operator::{Operator, CARD, DAY, T0};
+use testkit::vpcd::{self, pcscd_or_skip};
+use testkit::{Emulator, Process};
 
 /// A locked card with one entitlement; returns what it reports.
 fn issue_and_entitle(c: &mut PcscCard) -> (CardInfo, Vec<EntitlementRecord>) {
@@ -43,8 +42,8 @@ fn state_survives_power_cycles_resets_and_restarts() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let slot = harness::slot();
-    let mut emu = Emulator::start(&slot, &dir.path().join("card.img"));
+    let slot = vpcd::slot();
+    let mut emu = Emulator::start(crate::SMARTCARD, &slot, &dir.path().join("card.img"));
     let mut c = emu.connect();
     let want = issue_and_entitle(&mut c);
     assert_eq!(want.0.state, LifeCycle::LOCKED);
@@ -92,8 +91,8 @@ fn removal_is_noticed_and_reinsertion_recovered() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let slot = harness::slot();
-    let mut emu = Emulator::start(&slot, &dir.path().join("card.img"));
+    let slot = vpcd::slot();
+    let mut emu = Emulator::start(crate::SMARTCARD, &slot, &dir.path().join("card.img"));
     let mut c = emu.connect();
     let want = issue_and_entitle(&mut c);
     assert!(c.transport().card_present().unwrap());
@@ -124,7 +123,7 @@ fn removal_is_noticed_and_reinsertion_recovered() {
     );
 
     emu.restart();
-    let deadline = Instant::now() + harness::SETTLE;
+    let deadline = Instant::now() + vpcd::SETTLE;
     while let Err(e) = c.transport().reconnect() {
         assert!(Instant::now() < deadline, "no reconnection: {e}");
         std::thread::sleep(Duration::from_millis(20));
@@ -138,7 +137,7 @@ fn waiting_for_a_card() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let slot = harness::slot();
+    let slot = vpcd::slot();
     let choice = ReaderChoice::Named(slot.reader.to_string());
     let t0 = Instant::now();
     let r = PcscTransport::wait_for_card(choice.clone(), Duration::from_millis(300));
@@ -156,25 +155,26 @@ fn waiting_for_a_card() {
     // The card arrives while we wait; found by a substring of its name.
     let state = dir.path().join("card.img");
     let addr = slot.addr();
-    let bin = env!("CARGO_BIN_EXE_smartcard");
-    let mut child = std::process::Command::new(bin)
-        .args(["emulate", "--vpcd", &addr, "--state"])
-        .arg(&state)
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut child = Process::spawn(
+        std::process::Command::new(crate::SMARTCARD)
+            .args(["emulate", "--vpcd", &addr, "--state"])
+            .arg(&state),
+        &dir.path().join("card.log"),
+    );
     let suffix = &slot.reader[slot.reader.len() - 5..];
     let waited = PcscTransport::wait_for_card(
         ReaderChoice::Named(suffix.to_string()),
         Duration::from_secs(10),
     );
-    let _ = child.kill();
-    let _ = child.wait();
     let t = waited.unwrap();
     assert_eq!(t.reader(), slot.reader);
     assert_eq!(t.atr().unwrap(), card::applet::ATR);
+    // Disconnected before the card goes: a PC/SC disconnect from a card
+    // that vpcd has lost leaves the slot deaf to the next card for a
+    // while.
     drop(t);
-    assert!(harness::wait_reader(slot.reader, false, harness::SETTLE));
+    child.kill();
+    assert!(vpcd::wait_reader(slot.reader, false, vpcd::SETTLE));
 }
 
 #[test]
@@ -227,8 +227,8 @@ fn nop_latency_through_pcscd() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let slot = harness::slot();
-    let emu = Emulator::start(&slot, &dir.path().join("card.img"));
+    let slot = vpcd::slot();
+    let emu = Emulator::start(crate::SMARTCARD, &slot, &dir.path().join("card.img"));
     let mut c = emu.connect();
     c.select().unwrap();
     for _ in 0..50 {
@@ -256,38 +256,19 @@ fn nop_latency_through_pcscd() {
 /// holds every vpcd slot meanwhile.
 #[test]
 fn emulator_and_client_follow_a_pcscd_restart() {
-    let wanted = std::env::var("CI").as_deref() == Ok("true")
-        || std::env::var("IODOFORM_TEST_PCSCD_RESTART").as_deref() == Ok("1");
-    if !wanted {
-        eprintln!("SKIPPED emulator_and_client_follow_a_pcscd_restart: set CI=true or IODOFORM_TEST_PCSCD_RESTART=1 to let it restart pcscd");
+    if !vpcd::restart_allowed("emulator_and_client_follow_a_pcscd_restart") {
         return;
     }
     if !pcscd_or_skip("emulator_and_client_follow_a_pcscd_restart") {
         return;
     }
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/ensure-pcscd.sh");
     let dir = tempfile::tempdir().unwrap();
-    let slots = harness::all_slots();
-    let emu = Emulator::start(&slots[0], &dir.path().join("card.img"));
+    let slots = vpcd::all_slots();
+    let emu = Emulator::start(crate::SMARTCARD, &slots[0], &dir.path().join("card.img"));
     let mut c = emu.connect();
     let want = issue_and_entitle(&mut c);
 
-    let pid = std::fs::read_to_string("/run/pcscd/pcscd.pid")
-        .expect("pcscd pid file")
-        .chars()
-        .filter(char::is_ascii_digit)
-        .collect::<String>();
-    let ok = std::process::Command::new("sh")
-        .args(["-c", &format!("kill -TERM {pid}")])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok, "cannot stop pcscd {pid}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        assert!(Instant::now() < deadline, "pcscd did not stop");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    vpcd::stop_pcscd().unwrap();
     let err = c.nop().expect_err("pcscd is gone");
     eprintln!("while pcscd is down: {err}");
     let r = c.transport().reconnect();
@@ -295,22 +276,13 @@ fn emulator_and_client_follow_a_pcscd_restart() {
     let r = cardlink::pcsc::list_readers();
     assert!(matches!(r, Err(TransportError::NoService(_))), "{r:?}");
 
-    let out = std::process::Command::new("bash")
-        .arg(script)
-        .output()
-        .unwrap();
+    vpcd::start_pcscd().unwrap();
     assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        harness::wait_reader(emu.reader, true, harness::SETTLE),
+        vpcd::wait_reader(emu.reader, true, vpcd::SETTLE),
         "the emulator did not come back:\n{}",
         emu.log()
     );
-    let deadline = Instant::now() + harness::SETTLE;
+    let deadline = Instant::now() + vpcd::SETTLE;
     while let Err(e) = c.transport().reconnect() {
         assert!(Instant::now() < deadline, "no reconnection: {e}");
         std::thread::sleep(Duration::from_millis(50));
@@ -322,7 +294,7 @@ fn emulator_and_client_follow_a_pcscd_restart() {
     assert!(fresh.transport().supports_extended());
 }
 
-/// Issue 8: `smartcard readers | true` ends quietly (141), no panic; a
+/// `smartcard readers | true` ends quietly (141), no panic; a
 /// bad command line exits 64; `--help` prints the shared exit codes.
 #[test]
 fn readers_into_a_closed_pipe_and_usage() {
@@ -337,7 +309,7 @@ fn readers_into_a_closed_pipe_and_usage() {
         .output()
         .unwrap();
     assert!(String::from_utf8_lossy(&help.stdout).contains(cli::EXIT_CODES_HELP));
-    if !harness::pcscd_or_skip("readers_into_a_closed_pipe_and_usage") {
+    if !vpcd::pcscd_or_skip("readers_into_a_closed_pipe_and_usage") {
         return;
     }
     let mut readers = std::process::Command::new(bin);

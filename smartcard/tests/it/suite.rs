@@ -3,12 +3,12 @@
 //! the very same functions. Each takes a blank card, not yet selected.
 #![allow(dead_code)]
 
-use crate::ops::{Operator, CARD, DAY, T0};
 use cardlink::{CardClient, CardTransport};
 use proto::apdu::{Cla, Command, Ins, StatusWord};
 use proto::card::{CardInfo, LifeCycle};
 use proto::emm::EmmCommand;
 use proto::Codec;
+use testkit::operator::{Operator, CARD, DAY, T0};
 
 /// Sends raw bytes; returns the status word (and checks there is one).
 pub fn raw<T: CardTransport>(c: &mut CardClient<T>, apdu: &[u8]) -> StatusWord {

@@ -3,17 +3,12 @@
 //! `smartcard emulate` plugs into the system's pcscd.
 //!
 //! Without pcscd these tests fail under `CI=true` and are skipped, with a
-//! message, otherwise (see `harness`). The command-line checks that need
+//! message, otherwise (see `testkit::vpcd`). The command-line checks that need
 //! no card run everywhere.
-
-mod harness;
-mod ops;
 
 use card::eeprom::FileEeprom;
 use card::Applet;
 use cardlink::{CardClient, InProcessCard};
-use harness::{pcscd_or_skip, Emulator};
-use ops::{Operator, DAY, PRODUCT, T0};
 use proto::card::{CardInfo, LifeCycle};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -22,6 +17,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
+use testkit::operator::{Operator, DAY, PRODUCT, T0};
+use testkit::vpcd::{self, pcscd_or_skip};
+use testkit::Emulator;
 
 const BIN: &str = env!("CARGO_BIN_EXE_smartcard");
 
@@ -102,8 +100,8 @@ fn provision_a_blank_card_once_and_show_it() {
     let dir = tempfile::tempdir().unwrap();
     let mut op = Operator::new();
     let opfile = operator_file(dir.path(), &op);
-    let slot = harness::slot();
-    let emu = Emulator::start(&slot, &dir.path().join("card.img"));
+    let slot = vpcd::slot();
+    let emu = Emulator::start(crate::SMARTCARD, &slot, &dir.path().join("card.img"));
     let opfile = opfile.to_str().unwrap();
 
     let out = run(&[
@@ -213,7 +211,7 @@ fn missing_reader_and_missing_card() {
     assert_fails(&out, 4, "reader \"No Such Reader\" not found");
 
     // An empty slot: no card comes within the timeout.
-    let slot = harness::slot();
+    let slot = vpcd::slot();
     let out = run(&[&base[..], &["--reader", slot.reader, "--timeout", "0.5"]].concat());
     assert_fails(
         &out,
@@ -356,7 +354,7 @@ fn batch_of_two_cards_in_one_reader() {
     let dir = tempfile::tempdir().unwrap();
     let opfile = operator_file(dir.path(), &Operator::new());
     let out_file = dir.path().join("cards.json");
-    let slot = harness::slot();
+    let slot = vpcd::slot();
     let states = [dir.path().join("a.img"), dir.path().join("b.img")];
 
     // The batch starts before any card is in the reader.
@@ -404,11 +402,11 @@ fn batch_of_two_cards_in_one_reader() {
         }
     };
     wait_line("card 1 of 2: insert a blank card");
-    let mut first = Emulator::start(&slot, &states[0]);
+    let mut first = Emulator::start(crate::SMARTCARD, &slot, &states[0]);
     wait_line("remove card 2000");
     first.kill();
     wait_line("card 2 of 2: insert a blank card");
-    let second = Emulator::start(&slot, &states[1]);
+    let second = Emulator::start(crate::SMARTCARD, &slot, &states[1]);
     let status = child.wait().unwrap();
     let mut rest = String::new();
     while let Ok(l) = rx.recv_timeout(Duration::from_millis(200)) {
@@ -507,9 +505,9 @@ fn register_posts_the_record_with_the_token() {
     let opfile = opfile.to_str().unwrap();
     let token = dir.path().join("admin.token");
     std::fs::write(&token, "0123456789abcdef\n").unwrap();
-    let slot = harness::slot();
+    let slot = vpcd::slot();
 
-    let mut emu = Emulator::start(&slot, &dir.path().join("a.img"));
+    let mut emu = Emulator::start(crate::SMARTCARD, &slot, &dir.path().join("a.img"));
     let (url, seen) = one_request_server("201 Created", json!({"card_id": 3000}));
     let out = run(&[
         "provision",
@@ -541,7 +539,7 @@ fn register_posts_the_record_with_the_token() {
 
     // The token from the environment; the headend says no. The card is
     // locked all the same, so its record is still printed.
-    let emu = Emulator::start(&slot, &dir.path().join("b.img"));
+    let emu = Emulator::start(crate::SMARTCARD, &slot, &dir.path().join("b.img"));
     let (url, seen) = one_request_server(
         "409 Conflict",
         json!({"error": "card 3001 is already registered (active)"}),
@@ -573,7 +571,7 @@ fn register_posts_the_record_with_the_token() {
     let dead = format!("http://{}", closed.local_addr().unwrap());
     drop(closed);
     drop(emu);
-    let _emu = Emulator::start(&slot, &dir.path().join("c.img"));
+    let _emu = Emulator::start(crate::SMARTCARD, &slot, &dir.path().join("c.img"));
     let out = smartcard(&[
         "provision",
         "--operator",
@@ -656,8 +654,8 @@ fn register_with_the_real_headend() {
         std::thread::sleep(Duration::from_millis(20));
     }
 
-    let slot = harness::slot();
-    let emu = Emulator::start(&slot, &dir.path().join("card.img"));
+    let slot = vpcd::slot();
+    let emu = Emulator::start(crate::SMARTCARD, &slot, &dir.path().join("card.img"));
     let token = home.join("admin.token");
     let out = run(&[
         "provision",

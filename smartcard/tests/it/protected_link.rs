@@ -5,18 +5,16 @@
 //! card serves only the receiver it was paired with.
 //!
 //! Without pcscd these tests fail under `CI=true` and are skipped, with a
-//! message, otherwise (see `harness`).
+//! message, otherwise (see `testkit::vpcd`).
 
-mod harness;
-mod ops;
-mod suite;
-
+use crate::suite;
 use cardlink::{CardClient, Recording};
-use harness::{pcscd_or_skip, Emulator};
-use ops::{Operator, CARD, DAY, PRODUCT, T0};
 use proto::apdu::StatusWord;
 use proto::crypto::X25519Secret;
 use proto::emm::EmmCommand;
+use testkit::operator::{Operator, CARD, DAY, PRODUCT, T0};
+use testkit::vpcd::{self, pcscd_or_skip};
+use testkit::Emulator;
 
 const ECMS: u64 = 50;
 
@@ -37,8 +35,8 @@ fn no_clear_control_word_crosses_pcsc() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let slot = harness::slot();
-    let emu = Emulator::start(&slot, &dir.path().join("card.img"));
+    let slot = vpcd::slot();
+    let emu = Emulator::start(crate::SMARTCARD, &slot, &dir.path().join("card.img"));
     let mut op = Operator::new();
     let mut c = CardClient::new(Recording::new(emu.transport()));
 
@@ -102,8 +100,8 @@ fn paired_card_serves_only_its_receiver() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let slot = harness::slot();
-    let emu = Emulator::start(&slot, &dir.path().join("card.img"));
+    let slot = vpcd::slot();
+    let emu = Emulator::start(crate::SMARTCARD, &slot, &dir.path().join("card.img"));
     let mut op = Operator::new();
     let mut c = emu.connect();
     let info = suite::issue(&mut c, &op);

@@ -2,9 +2,9 @@
 //! in-process applet and on the real pcscd + vpcd with `smartcard emulate`
 //! as a child process, each on a blank card of its own.
 
-mod harness;
-mod ops;
-mod suite;
+use crate::suite;
+use testkit::emulator::PcscCard;
+use testkit::{vpcd, Emulator};
 
 macro_rules! on_both_transports {
     ($($case:ident),* $(,)?) => {
@@ -12,7 +12,7 @@ macro_rules! on_both_transports {
             $(
                 #[test]
                 fn $case() {
-                    let mut c = crate::ops::blank_card();
+                    let mut c = testkit::operator::blank_card();
                     crate::suite::$case(&mut c);
                 }
             )*
@@ -22,7 +22,7 @@ macro_rules! on_both_transports {
             $(
                 #[test]
                 fn $case() {
-                    crate::through_pcscd(stringify!($case), |c| crate::suite::$case(c));
+                    super::through_pcscd(stringify!($case), |c| crate::suite::$case(c));
                 }
             )*
         }
@@ -40,13 +40,13 @@ on_both_transports!(
 );
 
 /// Runs `case` on a fresh emulated card behind pcscd.
-fn through_pcscd(name: &str, case: impl FnOnce(&mut harness::PcscCard)) {
-    if !harness::pcscd_or_skip(name) {
+fn through_pcscd(name: &str, case: impl FnOnce(&mut PcscCard)) {
+    if !vpcd::pcscd_or_skip(name) {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
-    let slot = harness::slot();
-    let emu = harness::Emulator::start(&slot, &dir.path().join("card.img"));
+    let slot = vpcd::slot();
+    let emu = Emulator::start(crate::SMARTCARD, &slot, &dir.path().join("card.img"));
     let mut c = emu.connect();
     case(&mut c);
 }

@@ -4,21 +4,19 @@
 //! emulator still runs and the card, and its state file, hold exactly what
 //! they held before.
 
-mod harness;
-mod ops;
-mod suite;
-
+use crate::suite;
 use card::eeprom::FileEeprom;
 use card::Applet;
 use cardlink::CardTransport;
-use harness::{pcscd_or_skip, Emulator};
-use ops::{Operator, CARD, DAY, PRODUCT, T0};
 use pcsc::Disposition;
 use proto::apdu::{Command, Ins, StatusWord, AID};
 use proto::Codec;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Instant;
+use testkit::operator::{self, Operator, CARD, DAY, PRODUCT, T0};
+use testkit::vpcd::{self, pcscd_or_skip};
+use testkit::Emulator;
 
 const APDUS: usize = 10_000;
 
@@ -195,8 +193,8 @@ fn ten_thousand_random_and_mutated_apdus_through_pcscd() {
     }
     let dir = tempfile::tempdir().unwrap();
     let state = dir.path().join("card.img");
-    let slot = harness::slot();
-    let mut emu = Emulator::start(&slot, &state);
+    let slot = vpcd::slot();
+    let mut emu = Emulator::start(crate::SMARTCARD, &slot, &state);
     let mut op = Operator::new();
     let mut c = emu.connect();
     let info = suite::issue(&mut c, &op);
@@ -258,7 +256,7 @@ fn ten_thousand_random_and_mutated_apdus_through_pcscd() {
 #[test]
 fn ten_thousand_random_and_mutated_apdus_in_process() {
     let mut op = Operator::new();
-    let mut c = ops::blank_card();
+    let mut c = operator::blank_card();
     let info = suite::issue(&mut c, &op);
     let emm = op.emm_u(
         CARD,
@@ -269,7 +267,7 @@ fn ten_thousand_random_and_mutated_apdus_in_process() {
     c.process_emm(&emm).unwrap();
     let g = op.emm_g(T0, vec![proto::emm::EmmCommand::BlockCards(vec![1])]);
     c.process_emm(&g).unwrap();
-    let before = ops::applet(&mut c).state().clone();
+    let before = operator::applet(&mut c).state().clone();
     let templates = templates(&mut op, &info.public_key);
     let mut rng = Rng(0x1D0D_0F0A_2026_0003);
     for i in 0..APDUS {
@@ -277,7 +275,7 @@ fn ten_thousand_random_and_mutated_apdus_in_process() {
         let r = c.transport().transmit(&apdu).unwrap();
         assert!(r.len() >= 2, "APDU {i} {apdu:02X?}: no status word");
         assert!(
-            ops::applet(&mut c).state() == &before,
+            operator::applet(&mut c).state() == &before,
             "APDU {i} {apdu:02X?}"
         );
     }
