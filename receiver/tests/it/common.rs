@@ -4,8 +4,6 @@
 //! in-process card that can be pulled out of its reader.
 #![allow(dead_code)]
 
-pub mod vpcd;
-
 use card::eeprom::{Eeprom, MemEeprom};
 use card::Applet;
 use cardlink::{CardClient, CardTransport, InProcessCard, TransportError};
@@ -20,8 +18,6 @@ use proto::Codec;
 use receiver::card::{CardConnector, CardLink, LinkOptions};
 use receiver::{Failure, Pipeline, PipelineOptions, Stats};
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::path::Path;
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use ts::packet::{Packet, PacketBuilder, Packets, Pcr, PACKET_LEN};
@@ -44,39 +40,7 @@ pub const START_MS: u64 = (DAY0 + DAY / 2) * 1000;
 
 // ---------------------------------------------------------------- streams
 
-#[allow(unused_imports)] // not every test binary makes ffmpeg streams
-pub use ts::testing::ffmpeg_ts;
-
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Video frames that ffprobe decodes in `file`, and whatever it said on
-/// stderr (empty when it decoded without error). `None` without ffprobe
-/// (outside CI).
-pub fn ffprobe_frames(file: &Path) -> Option<(u64, String)> {
-    let out = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
-        .arg(file)
-        .output();
-    match out {
-        Ok(o) => {
-            // One line per stream section (and per program): the first
-            // number is the video stream's.
-            let frames = String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .find_map(|l| l.trim().trim_end_matches(',').parse().ok())
-                .unwrap_or(0);
-            Some((frames, String::from_utf8_lossy(&o.stderr).into_owned()))
-        }
-        Err(e) => {
-            assert!(!ci(), "ffprobe not found: {e}");
-            eprintln!("SKIPPED ffprobe check: {e}");
-            None
-        }
-    }
-}
+pub use testkit::ffmpeg::{ffmpeg_ts, ffprobe_frames};
 
 /// A small xorshift for filler bytes: deterministic, no dependency.
 pub struct Rng(pub u64);

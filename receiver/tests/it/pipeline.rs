@@ -1,9 +1,7 @@
 //! The receiver pipeline in process, on streams scrambled by the headend's
 //! stream engine, with an in-process card (the fast transport).
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use proto::apdu::{Ins, StatusWord};
 use proto::crypto::X25519Secret;
 use receiver::{exit, Failure, LinkError, PipelineOptions};

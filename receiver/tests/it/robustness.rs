@@ -3,11 +3,9 @@
 //! any size. Whatever comes, it returns (an error or not) and never
 //! panics, and what it writes is whole packets.
 
-mod common;
-
+use crate::common::*;
 use card::eeprom::MemEeprom;
 use card::Applet;
-use common::*;
 use proptest::prelude::*;
 use proto::crypto::X25519Secret;
 use receiver::PipelineOptions;

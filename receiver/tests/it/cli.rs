@@ -1,16 +1,13 @@
 //! The `receiver` binary: files, pipes and UDP, exit codes and messages,
 //! with its card in a reader of the real pcscd (the applet served through
-//! vpcd from a thread of the test, see `common::vpcd`). The receiver has
+//! vpcd from a thread of the test, see `testkit::vpcd`). The receiver has
 //! no software card of its own.
 //!
 //! The tests that need a card fail without pcscd under `CI=true` and are
 //! skipped (with a note) otherwise.
 
-mod common;
-
+use crate::common::*;
 use card::{Applet, MemEeprom};
-use common::vpcd::CardInReader;
-use common::*;
 use receiver::exit;
 use serde_json::Value;
 use std::io::Write;
@@ -18,6 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
+use testkit::vpcd::CardInReader;
 
 const WIDE: (u64, u64) = (DAY0 - 30 * DAY, DAY0 + 30 * DAY);
 
@@ -453,10 +451,7 @@ fn udp_in_udp_out_live() {
     let sink = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     sink.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
-    let in_port = std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let in_port = testkit::free_udp_addr();
     let stats = dir.path().join("stats.json");
     let mut child = receiver()
         .arg("-i")

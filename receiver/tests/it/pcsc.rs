@@ -3,16 +3,13 @@
 //! code as `smartcard emulate`), found by reader name, pulled out and put
 //! back while the receiver runs.
 //!
-//! Slots are taken as `common::vpcd` says (the smartcard tests' file
+//! Slots are taken as `testkit::vpcd` says (the smartcard tests' file
 //! lock). Without pcscd these tests fail under `CI=true` and are skipped
 //! (with a note) otherwise; scripts/ensure-pcscd.sh starts it. The test
 //! that restarts pcscd holds every slot meanwhile, so the others look for
 //! pcscd only once they hold theirs.
 
-mod common;
-
-use common::vpcd::*;
-use common::*;
+use crate::common::*;
 use proto::crypto::X25519Secret;
 use receiver::card::{CardLink, LinkOptions, PcscCard};
 use receiver::{Pipeline, PipelineOptions};
@@ -20,6 +17,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use testkit::vpcd::*;
 
 const WIDE: (u64, u64) = (DAY0 - 30 * DAY, DAY0 + 30 * DAY);
 
@@ -46,7 +44,7 @@ fn the_receiver_binary_uses_a_card_in_a_named_reader() {
         .arg(dir.path().join("rx.key"))
         .output()
         .unwrap();
-    pull_out(&slot, card);
+    card.pull_out();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(o.status.success(), "{err}");
     assert!(err.contains("0 undecryptable"), "{err}");
@@ -104,7 +102,7 @@ fn the_card_pulled_out_and_put_back_while_the_receiver_runs() {
 
     // Out of the reader; back in 1.5 s later, while the receiver waits
     // for it at its next ECM.
-    let applet = pull_out(&slot, card);
+    let applet = card.pull_out();
     let back = {
         let (port, reader) = (slot.port, slot.reader);
         std::thread::spawn(move || {
@@ -122,52 +120,19 @@ fn the_card_pulled_out_and_put_back_while_the_receiver_runs() {
     assert!(stats.card_reconnects >= 1, "{stats:?}");
     assert_eq!(stats.undecryptable, 0, "{stats:?}");
     assert_es_identical(&clear, &out);
-    pull_out(&slot, card);
+    card.pull_out();
 }
 
 /// Stops the system's pcscd (SIGTERM, as an administrator would), waits
 /// for it to exit and starts it again with scripts/ensure-pcscd.sh; then
 /// waits for the virtual card in `reader` to be plugged in again. Returns
 /// how long pcscd was away.
-fn restart_pcscd(reader: &str) -> Result<Duration, String> {
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../scripts/ensure-pcscd.sh");
-    let pid: String = std::fs::read_to_string("/run/pcscd/pcscd.pid")
-        .map_err(|e| format!("pcscd pid file: {e}"))?
-        .chars()
-        .filter(char::is_ascii_digit)
-        .collect();
+fn restart_pcscd(reader: &'static str) -> Result<Duration, String> {
     let t = Instant::now();
-    let killed = Command::new("sh")
-        .args(["-c", &format!("kill -TERM {pid}")])
-        .status()
-        .map_err(|e| e.to_string())?;
-    if !killed.success() {
-        return Err(format!("cannot stop pcscd {pid}"));
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while std::path::Path::new(&format!("/proc/{pid}")).exists() {
-        if Instant::now() >= deadline {
-            return Err(format!("pcscd {pid} did not stop"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let out = Command::new("bash")
-        .arg(script)
-        .output()
-        .map_err(|e| e.to_string())?;
-    if !out.status.success() {
-        return Err(format!(
-            "ensure-pcscd.sh failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ));
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !card_in(reader) {
-        if Instant::now() >= deadline {
-            return Err(format!("the virtual card did not come back in {reader}"));
-        }
-        std::thread::sleep(Duration::from_millis(20));
+    stop_pcscd()?;
+    start_pcscd()?;
+    if !wait_reader(reader, true, Duration::from_secs(10)) {
+        return Err(format!("the virtual card did not come back in {reader}"));
     }
     Ok(t.elapsed())
 }
@@ -179,10 +144,7 @@ fn restart_pcscd(reader: &str) -> Result<Duration, String> {
 /// holds every vpcd slot meanwhile.
 #[test]
 fn the_receiver_follows_a_pcscd_restart() {
-    let wanted = std::env::var("CI").as_deref() == Ok("true")
-        || std::env::var("IODOFORM_TEST_PCSCD_RESTART").as_deref() == Ok("1");
-    if !wanted {
-        eprintln!("SKIPPED the_receiver_follows_a_pcscd_restart: set CI=true or IODOFORM_TEST_PCSCD_RESTART=1 to let it restart pcscd");
+    if !restart_allowed("the_receiver_follows_a_pcscd_restart") {
         return;
     }
     let slots = all_slots();
@@ -278,5 +240,5 @@ fn the_receiver_follows_a_pcscd_restart() {
     // periods (60 ES packets a second).
     assert!(stats.undecryptable <= 60, "{stats:?}");
     assert_eq!(stats.before_first_key, 0, "{stats:?}");
-    pull_out(slot, card);
+    card.pull_out();
 }

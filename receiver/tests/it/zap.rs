@@ -2,9 +2,7 @@
 //! loopback UDP, a receiver started part-way into it, the time to its
 //! first clear packet.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use proto::crypto::X25519Secret;
 use receiver::card::CardConnector;
 
