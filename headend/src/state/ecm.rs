@@ -132,7 +132,6 @@ impl Headend {
                 cws,
             });
         }
-        drop(schedule);
         tx.commit()?;
         Metrics::add(&self.metrics.ecm_sent, sealed);
         for e in made {

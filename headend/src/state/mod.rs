@@ -19,7 +19,7 @@
 //! Time comes in as Unix milliseconds, so tests can drive it. Nothing here
 //! logs a key: the tracing calls name ids, generations and epochs only.
 //!
-//! * [`products`](self#products): products and the renewal of their keys;
+//! * products: products and the renewal of their keys;
 //! * channels: channels from headend.toml and from the API;
 //! * cards, subscriptions: cards, what they hold and who they pair with;
 //! * carousel: the EMM-U carousel and its fast lane;

@@ -200,7 +200,6 @@ mod tests {
         let mut s = ControlWordSchedule::with_store(1000, SealedCws::new(&tx, &mk, 1000)).unwrap();
         crate::schedule::check_rules(&mut s);
         let before = s.pair(1, 13).unwrap();
-        drop(s);
         tx.commit().unwrap();
         drop(conn);
 

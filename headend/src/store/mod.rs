@@ -6,7 +6,7 @@
 //!   survives `kill -9` and a power cut.
 //! * `locking_mode = EXCLUSIVE`: one daemon per database. Two daemons on
 //!   one database would each think they own the sequence numbers.
-//! * The schema is upgraded by numbered migrations ([`schema`]).
+//! * The schema is upgraded by numbered migrations (`schema`).
 //!
 //! The functions here read and write rows; they never open or commit a
 //! transaction of their own. Where a change spans several statements, the
@@ -21,7 +21,7 @@
 //! * [`operator`]: the operator's keys.
 //! * [`runs`]: daemon runs and EMM sequence blocks.
 //! * [`products`]: products and their period keys.
-//! * [`channels`]: channels.
+//! * [`channels`]: the channels.
 //! * [`cards`]: cards and their KEKs.
 //! * [`subscriptions`]: subscriptions and pairings.
 //! * [`control_words`]: control words, sealed ECMs and each service's

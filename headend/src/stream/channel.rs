@@ -122,8 +122,8 @@ impl ChannelHandle {
 
     /// The channel's input and services, as of the last read (at most
     /// about 100 ms old while the thread runs); a service counts as
-    /// withheld for [`Withheld::NoInput`] once the input has been silent
-    /// for [`INPUT_SILENCE_MS`], whatever the thread is doing. Cheap.
+    /// withheld for [`Withheld::NoInput`](super::Withheld::NoInput) once the input has been silent
+    /// for [`INPUT_SILENCE_MS`](super::INPUT_SILENCE_MS), whatever the thread is doing. Cheap.
     pub fn health(&self) -> ChannelHealth {
         let mut h = self
             .shared
