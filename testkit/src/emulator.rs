@@ -73,7 +73,7 @@ impl Emulator {
 
     /// The last `n` lines of its log.
     pub fn log_tail(&self, n: usize) -> String {
-        crate::process::last_lines(&self.log(), n)
+        crate::process::tail(&self.log, n)
     }
 
     /// Its process id (0 once stopped).

@@ -3,7 +3,7 @@
 //! daemon (`headend run`) while it runs; its CLI; and its admin API with
 //! the folder's token.
 
-use crate::process::{last_lines, Process};
+use crate::process::{tail, Process};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output};
@@ -86,7 +86,7 @@ impl Headend {
 
     /// The last `n` lines of the daemon's log.
     pub fn log_tail(&self, n: usize) -> String {
-        last_lines(&self.log(), n)
+        tail(&self.log_path(), n)
     }
 
     /// `http://127.0.0.1:<port>`.

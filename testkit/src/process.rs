@@ -32,6 +32,12 @@ pub fn last_lines(text: &str, n: usize) -> String {
     all[all.len().saturating_sub(n)..].join("\n")
 }
 
+/// The last `n` lines of the file at `path` (nothing when it cannot be
+/// read), for a failure message.
+pub fn tail(path: &Path, n: usize) -> String {
+    last_lines(&std::fs::read_to_string(path).unwrap_or_default(), n)
+}
+
 /// Polls `done` every 20 ms; panics with "timed out waiting for `what`"
 /// after `timeout`.
 pub fn wait_for(what: &str, timeout: Duration, mut done: impl FnMut() -> bool) {
@@ -91,7 +97,7 @@ impl Process {
 
     /// The last `n` lines of the log.
     pub fn log_tail(&self, n: usize) -> String {
-        last_lines(&self.log(), n)
+        tail(&self.log, n)
     }
 
     /// The process id, while it has not been stopped by this wrapper.

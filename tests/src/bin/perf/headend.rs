@@ -182,10 +182,7 @@ pub(crate) fn api_writes(s: &Settings) -> Vec<Value> {
     let rounds = s.rounds.min(3);
     let dir = tempfile::tempdir().expect("tempdir");
     let home = dir.path().join("h");
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("port")
-        .port();
+    let port = testkit::free_tcp_port();
     let config = Config {
         listen: ([127, 0, 0, 1], port).into(),
         ..Config::default()

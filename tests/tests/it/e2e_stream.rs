@@ -18,20 +18,22 @@
 //! readers) or ffmpeg the tests are skipped with a note, except under
 //! `CI=true`, where they fail: `scripts/ensure-pcscd.sh` starts pcscd.
 
-use fs2::FileExt;
 use std::collections::{BTreeMap, HashSet};
-use std::fs::File;
-use std::net::{SocketAddr, TcpListener, UdpSocket};
+use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use testkit::process::tail;
+use testkit::vpcd::{self, Slot};
+use testkit::{
+    env, ffmpeg, free_tcp_port, free_udp_addr, free_udp_port, workspace_bin, Emulator, Headend,
+    Process,
+};
 use ts::packet::{Packet, Packets, PACKET_LEN};
 
-/// The stock vpcd slots: port and reader name.
-const SLOTS: [(u16, &str); 2] = [(35963, "Virtual PCD 00 00"), (35964, "Virtual PCD 00 01")];
 /// ffmpeg's elementary streams (program 1, PMT on 0x1000).
 const VIDEO: u16 = 0x100;
 const AUDIO: u16 = 0x101;
@@ -44,243 +46,15 @@ const EMM_CYCLE_MS: u64 = 1000;
 
 // ------------------------------------------------------------ environment
 
-fn ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// Whether pcscd with both vpcd readers and ffmpeg are here. Under
-/// `CI=true` a missing one fails the test; otherwise it is skipped.
+/// Whether pcscd with both vpcd readers, ffmpeg and ffprobe are here.
+/// Under `CI=true` a missing one fails the test; otherwise it is skipped.
 fn prerequisites(test: &str) -> bool {
-    let mut missing = Vec::new();
-    match cardlink::pcsc::list_readers() {
-        Ok(r) => {
-            for (_, name) in SLOTS {
-                if !r.iter().any(|x| x.name == name) {
-                    missing.push(format!("pcscd has no reader {name:?}"));
-                }
-            }
-        }
-        Err(e) => missing.push(format!("pcscd: {e}")),
-    }
-    for tool in ["ffmpeg", "ffprobe"] {
-        match Command::new(tool).arg("-version").output() {
-            Ok(o) if o.status.success() => {}
-            Ok(o) => missing.push(format!("{tool} -version failed: {}", o.status)),
-            Err(e) => missing.push(format!("{tool}: {e}")),
-        }
-    }
-    if missing.is_empty() {
-        return true;
-    }
-    let why = missing.join("; ");
-    assert!(
-        !ci(),
-        "{test}: needs pcscd with vpcd and ffmpeg under CI=true: {why}. \
-         Run scripts/ensure-pcscd.sh and apt-get install ffmpeg"
-    );
-    eprintln!("SKIPPED {test}: {why} (scripts/ensure-pcscd.sh; apt-get install ffmpeg)");
-    false
+    let mut missing: Vec<String> = vpcd::missing().into_iter().collect();
+    missing.extend(ffmpeg::missing());
+    env::available(test, &missing)
 }
 
-/// A workspace binary, next to this test's executable.
-fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test executable");
-    let mut dir = exe.parent().expect("its folder").to_path_buf();
-    if dir.ends_with("deps") {
-        dir.pop();
-    }
-    let p = dir.join(name);
-    assert!(
-        p.is_file(),
-        "{} is missing: build the workspace's binaries first \
-         (`cargo build --bins`; `cargo test --workspace` builds them)",
-        p.display()
-    );
-    p
-}
-
-fn free_tcp_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn free_udp_port() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn card_in(reader: &str) -> bool {
-    cardlink::pcsc::list_readers()
-        .map(|r| r.iter().any(|x| x.name == reader && x.card_present))
-        .unwrap_or(false)
-}
-
-fn wait_reader(reader: &str, present: bool, timeout: Duration) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if card_in(reader) == present {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    false
-}
-
-/// A vpcd slot, held with the file lock every test on vpcd takes.
-struct Slot {
-    port: u16,
-    reader: &'static str,
-    _lock: File,
-}
-
-fn slot() -> Slot {
-    loop {
-        for (port, reader) in SLOTS {
-            let p = std::env::temp_dir().join(format!("iodoform-vpcd-{port}.lock"));
-            let f = File::create(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            if f.try_lock_exclusive().is_ok() {
-                assert!(
-                    wait_reader(reader, false, Duration::from_secs(10)),
-                    "a card is already in {reader}: another emulator on port {port}?"
-                );
-                return Slot {
-                    port,
-                    reader,
-                    _lock: f,
-                };
-            }
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn tail(path: &Path, lines: usize) -> String {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
-}
-
-/// SIGTERM (the std library only sends SIGKILL).
-fn sigterm(child: &Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .is_ok_and(|s| s.success());
-    assert!(ok, "cannot signal process {}", child.id());
-}
-
-fn wait_exit(child: &mut Child, timeout: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(st) = child.try_wait().unwrap() {
-            return Some(st);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A child process, killed when dropped (a failing test leaves nothing
-/// running).
-struct Proc {
-    child: Option<Child>,
-}
-
-impl Proc {
-    fn spawn(cmd: &mut Command, log: &Path) -> Proc {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(log)
-            .unwrap();
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {cmd:?}: {e}"));
-        Proc { child: Some(child) }
-    }
-
-    fn alive(&mut self) -> bool {
-        self.child
-            .as_mut()
-            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
-    }
-
-    /// SIGKILL, and reap.
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// SIGTERM; the exit status, or SIGKILL after `timeout`.
-    fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
-        let mut c = self.child.take()?;
-        sigterm(&c);
-        let st = wait_exit(&mut c, timeout);
-        if st.is_none() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        st
-    }
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        self.kill9();
-    }
-}
-
-// ---------------------------------------------------------------- ffmpeg
-
-/// A clear TS from ffmpeg: H.264 test pattern and AAC sine (program 1,
-/// PMT 0x1000, video 0x100 with the PCR, audio 0x101).
-fn ffmpeg_ts(out: &Path, secs: u32, video: &str, tone: u32) -> Vec<u8> {
-    let o = Command::new("ffmpeg")
-        .args(["-nostdin", "-loglevel", "error", "-y"])
-        .args(["-f", "lavfi", "-i", video])
-        .args(["-f", "lavfi", "-i", &format!("sine=frequency={tone}")])
-        .args(["-t", &secs.to_string()])
-        .args(["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"])
-        .args(["-f", "mpegts"])
-        .arg(out)
-        .output()
-        .expect("ffmpeg");
-    assert!(
-        o.status.success(),
-        "ffmpeg failed: {}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    std::fs::read(out).unwrap()
-}
-
-/// Video frames that ffprobe decodes in `file`, and what it said on
-/// stderr (nothing when it decoded without error).
-fn ffprobe_frames(file: &Path) -> (u64, String) {
-    let o = Command::new("ffprobe")
-        .args(["-v", "error", "-count_frames", "-select_streams", "v:0"])
-        .args(["-show_entries", "stream=nb_read_frames", "-of", "csv=p=0"])
-        .arg(file)
-        .output()
-        .expect("ffprobe");
-    let frames = String::from_utf8_lossy(&o.stdout)
-        .lines()
-        .find_map(|l| l.trim().trim_end_matches(',').parse().ok())
-        .unwrap_or(0);
-    (frames, String::from_utf8_lossy(&o.stderr).into_owned())
-}
+// --------------------------------------------------------------- streams
 
 fn pid_of(p: &[u8; PACKET_LEN]) -> u16 {
     u16::from_be_bytes([p[1] & 0x1F, p[2]])
@@ -297,154 +71,7 @@ fn es_packets(ts: &[u8]) -> BTreeMap<u16, Vec<[u8; PACKET_LEN]>> {
     m
 }
 
-// --------------------------------------------------------------- headend
-
-/// A headend folder made by `headend init`, and its daemon while it runs.
-struct Headend {
-    home: PathBuf,
-    api: u16,
-    daemon: Option<Proc>,
-}
-
-impl Headend {
-    /// `headend init` with the tests' short crypto period and the given
-    /// EMM cycle (`None`: the default one).
-    fn init(dir: &Path, emm_cycle_ms: Option<u64>) -> Headend {
-        let home = dir.join("headend");
-        let api = free_tcp_port();
-        let mut cmd = Command::new(bin("headend"));
-        cmd.args(["init", "--dir"])
-            .arg(&home)
-            .args(["--listen", &format!("127.0.0.1:{api}")])
-            .args(["--crypto-period-ms", &PERIOD_MS.to_string()]);
-        if let Some(c) = emm_cycle_ms {
-            cmd.args(["--emm-cycle-ms", &c.to_string()]);
-        }
-        let o = cmd.output().unwrap();
-        assert!(o.status.success(), "headend init: {o:?}");
-        Headend {
-            home,
-            api,
-            daemon: None,
-        }
-    }
-
-    fn config(&self) -> PathBuf {
-        self.home.join("headend.toml")
-    }
-
-    fn log(&self) -> PathBuf {
-        self.home.join("daemon.log")
-    }
-
-    fn api_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.api)
-    }
-
-    /// `headend run`, and waits until it answers `/live` (`/ready` waits
-    /// for the channels to be on the air, and their input may not be fed
-    /// yet).
-    fn start(&mut self) {
-        assert!(self.daemon.is_none(), "already running");
-        let mut p = Proc::spawn(
-            Command::new(bin("headend"))
-                .args(["run", "--config"])
-                .arg(self.config())
-                .env("RUST_LOG", "info"),
-            &self.log(),
-        );
-        let agent = ureq::AgentBuilder::new()
-            .timeout(Duration::from_secs(2))
-            .build();
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if agent
-                .get(&format!("{}/live", self.api_url()))
-                .call()
-                .is_ok_and(|r| r.status() == 200)
-            {
-                break;
-            }
-            assert!(
-                p.alive(),
-                "headend run exited at start:\n{}",
-                tail(&self.log(), 30)
-            );
-            assert!(
-                Instant::now() < deadline,
-                "headend not ready:\n{}",
-                tail(&self.log(), 30)
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.daemon = Some(p);
-    }
-
-    fn kill9(&mut self) {
-        self.daemon.take().expect("running").kill9();
-    }
-
-    fn stop(&mut self) {
-        let st = self
-            .daemon
-            .take()
-            .expect("running")
-            .terminate(Duration::from_secs(10));
-        assert!(
-            st.is_some_and(|s| s.success()),
-            "headend run did not stop cleanly on SIGTERM ({st:?}):\n{}",
-            tail(&self.log(), 30)
-        );
-    }
-
-    /// A `headend` CLI subcommand on this headend; it must succeed.
-    fn cli(&self, args: &[&str]) -> Output {
-        let o = Command::new(bin("headend"))
-            .args(args)
-            .arg("--config")
-            .arg(self.config())
-            .env_remove("IODOFORM_CONFIG")
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "headend {args:?}: {}\n{}",
-            String::from_utf8_lossy(&o.stderr),
-            tail(&self.log(), 20)
-        );
-        o
-    }
-}
-
-// ------------------------------------------------------------------ card
-
-/// `smartcard emulate` in the slot, until dropped.
-struct Emulator {
-    proc: Proc,
-    log: PathBuf,
-}
-
-impl Emulator {
-    fn start(slot: &Slot, dir: &Path) -> Emulator {
-        let log = dir.join("card.log");
-        let mut proc = Proc::spawn(
-            Command::new(bin("smartcard"))
-                .args(["emulate", "--state"])
-                .arg(dir.join("card.img"))
-                .args(["--vpcd", &format!("127.0.0.1:{}", slot.port)])
-                .env("RUST_LOG", "info"),
-            &log,
-        );
-        assert!(
-            wait_reader(slot.reader, true, Duration::from_secs(10)),
-            "pcscd did not see the emulated card in {}:\n{}",
-            slot.reader,
-            tail(&log, 20)
-        );
-        assert!(proc.alive());
-        Emulator { proc, log }
-    }
-}
+// ---------------------------------------------------------------- system
 
 /// The set-up every test starts with: a headend with product "basic" and
 /// channel 1 (input `udp://input`, output `udp://output`), a card
@@ -472,9 +99,9 @@ impl System {
         subscribe: bool,
     ) -> System {
         let dir = tempfile::tempdir().unwrap();
-        let mut headend = Headend::init(dir.path(), emm_cycle_ms);
+        let mut headend = Headend::init(workspace_bin("headend"), PERIOD_MS, emm_cycle_ms);
         headend.start();
-        let input: SocketAddr = format!("127.0.0.1:{}", free_udp_port()).parse().unwrap();
+        let input = free_udp_addr();
         headend.cli(&["product", "add", "basic"]);
         headend.cli(&[
             "channel",
@@ -495,13 +122,17 @@ impl System {
             &format!("udp://{output}"),
         ]);
 
-        let card = Emulator::start(slot, dir.path());
-        let o = Command::new(bin("smartcard"))
+        let card = Emulator::start(
+            workspace_bin("smartcard"),
+            slot,
+            &dir.path().join("card.img"),
+        );
+        let o = Command::new(workspace_bin("smartcard"))
             .args(["provision", "--operator"])
-            .arg(headend.home.join("operator.json"))
+            .arg(headend.home().join("operator.json"))
             .args(["--card-id", CARD, "--reader", slot.reader])
             .args(["--register", &headend.api_url(), "--token-file"])
-            .arg(headend.home.join("admin.token"))
+            .arg(headend.home().join("admin.token"))
             .env_remove("IODOFORM_TOKEN")
             .stdin(Stdio::null())
             .output()
@@ -510,7 +141,7 @@ impl System {
             o.status.success(),
             "smartcard provision: {}\n{}",
             String::from_utf8_lossy(&o.stderr),
-            tail(&card.log, 20)
+            card.log_tail(20)
         );
         if subscribe {
             headend.cli(&["subscribe", CARD, "basic", "--until", "2099-12-31"]);
@@ -540,24 +171,24 @@ impl System {
     fn logs(&self, receiver: &Path) -> String {
         format!(
             "--- headend ---\n{}\n--- card ---\n{}\n--- receiver ---\n{}",
-            tail(&self.headend.log(), 25),
-            tail(&self.card.log, 10),
+            self.headend.log_tail(25),
+            self.card.log_tail(10),
             tail(receiver, 25)
         )
     }
 
     /// The receiver on `input`, writing to `output`; returns once its
     /// card session is up (its input socket is bound before that).
-    fn receiver(&self, input: SocketAddr, output: &str, log: &Path) -> Proc {
+    fn receiver(&self, input: SocketAddr, output: &str, log: &Path) -> Process {
         self.receiver_with(input, output, log, &["--entitlement-wait", "30"])
     }
 
     /// [`System::receiver`] with other options (none: its defaults);
     /// returns once it has its card (with a session, or paired with
     /// another receiver).
-    fn receiver_with(&self, input: SocketAddr, output: &str, log: &Path, args: &[&str]) -> Proc {
-        let mut p = Proc::spawn(
-            Command::new(bin("receiver"))
+    fn receiver_with(&self, input: SocketAddr, output: &str, log: &Path, args: &[&str]) -> Process {
+        let mut p = Process::spawn(
+            Command::new(workspace_bin("receiver"))
                 .args(["-i", &format!("udp://{input}"), "-o", output])
                 .args(["--reader", self.reader])
                 .args(args)
@@ -574,7 +205,7 @@ impl System {
             .lines()
             .any(|l| l.contains("card session established") || l.contains("card connected"))
         {
-            assert!(p.alive(), "receiver exited:\n{}", self.logs(log));
+            assert!(p.is_running(), "receiver exited:\n{}", self.logs(log));
             assert!(
                 Instant::now() < deadline,
                 "no card session:\n{}",
@@ -586,7 +217,7 @@ impl System {
     }
 
     /// Stops the receiver with SIGTERM; its `--stats-json` report.
-    fn stop_receiver(&self, mut p: Proc, log: &Path) -> serde_json::Value {
+    fn stop_receiver(&self, mut p: Process, log: &Path) -> serde_json::Value {
         let st = p.terminate(Duration::from_secs(10));
         assert!(
             st.is_some_and(|s| s.success()),
@@ -769,7 +400,7 @@ fn wait_clear(tap: &Tap, sys: &System, log: &Path) {
 
 /// A single free UDP port for the receiver's input: the tee sends there.
 fn receiver_input() -> SocketAddr {
-    format!("127.0.0.1:{}", free_udp_port()).parse().unwrap()
+    free_udp_addr()
 }
 
 // ------------------------------------------------------------------ tests
@@ -789,18 +420,18 @@ fn clip_through_headend_card_and_receiver_comes_out_clear_and_identical() {
     if !prerequisites(test) {
         return;
     }
-    let slot = slot();
+    let slot = vpcd::slot();
     let t0 = Instant::now();
     let rx_in = receiver_input();
     let mut tee = Tap::start(Some(rx_in));
     let mut sys = System::set_up(&slot, tee.addr);
-    let clip = ffmpeg_ts(
+    let clip = ffmpeg::clip(
         &sys.path("clear.ts"),
         4,
         "testsrc=size=320x240:rate=25",
         1000,
     );
-    let warm = ffmpeg_ts(
+    let warm = ffmpeg::clip(
         &sys.path("warm.ts"),
         1,
         "testsrc2=size=160x120:rate=25",
@@ -910,8 +541,8 @@ fn clip_through_headend_card_and_receiver_comes_out_clear_and_identical() {
         clip_out.extend_from_slice(&p[..]);
     }
     std::fs::write(sys.path("clip-out.ts"), &clip_out).unwrap();
-    let (want_frames, _) = ffprobe_frames(&sys.path("clear.ts"));
-    let (frames, err) = ffprobe_frames(&sys.path("clip-out.ts"));
+    let (want_frames, _) = ffmpeg::ffprobe_frames(&sys.path("clear.ts")).expect("ffprobe");
+    let (frames, err) = ffmpeg::ffprobe_frames(&sys.path("clip-out.ts")).expect("ffprobe");
     assert!(want_frames >= 90, "the clip has {want_frames} frames");
     assert_eq!(
         (frames, err.trim()),
@@ -949,7 +580,7 @@ fn clip_through_headend_card_and_receiver_comes_out_clear_and_identical() {
     );
     assert_eq!(leaked, 0, "ES packets on the air equal to clear ones");
     std::fs::write(sys.path("air.ts"), &air).unwrap();
-    let (air_frames, air_err) = ffprobe_frames(&sys.path("air.ts"));
+    let (air_frames, air_err) = ffmpeg::ffprobe_frames(&sys.path("air.ts")).expect("ffprobe");
     assert!(
         air_frames == 0 || !air_err.trim().is_empty(),
         "ffprobe decoded {air_frames} frames of the scrambled air without an error"
@@ -963,7 +594,8 @@ fn clip_through_headend_card_and_receiver_comes_out_clear_and_identical() {
         }
     }
     std::fs::write(sys.path("air-unmarked.ts"), &unmarked).unwrap();
-    let (unmarked_frames, unmarked_err) = ffprobe_frames(&sys.path("air-unmarked.ts"));
+    let (unmarked_frames, unmarked_err) =
+        ffmpeg::ffprobe_frames(&sys.path("air-unmarked.ts")).expect("ffprobe");
     assert!(
         unmarked_frames == 0 || !unmarked_err.trim().is_empty(),
         "ffprobe decoded {unmarked_frames} frames of the scrambled air, unmarked, without an error"
@@ -993,12 +625,12 @@ fn receiver_resumes_within_a_crypto_period_after_the_daemon_is_killed() {
     if !prerequisites(test) {
         return;
     }
-    let slot = slot();
+    let slot = vpcd::slot();
     let t0 = Instant::now();
     let rx_in = receiver_input();
     let tee = Tap::start(Some(rx_in));
     let mut sys = System::set_up(&slot, tee.addr);
-    let clip = Arc::new(ffmpeg_ts(
+    let clip = Arc::new(ffmpeg::clip(
         &sys.path("clear.ts"),
         2,
         "testsrc=size=320x240:rate=25",
@@ -1020,7 +652,7 @@ fn receiver_resumes_within_a_crypto_period_after_the_daemon_is_killed() {
     let log = sys.path("receiver.log");
     let rx = sys.receiver(rx_in, &format!("udp://{}", clear.addr), &log);
     wait_clear(&clear, &sys, &log);
-    let card_pid = sys.card.proc.child.as_ref().unwrap().id();
+    let card_pid = sys.card.pid();
     let mut report = Vec::new();
     for round in 0..3 {
         std::thread::sleep(Duration::from_millis(1500));
@@ -1081,11 +713,7 @@ fn receiver_resumes_within_a_crypto_period_after_the_daemon_is_killed() {
     let stats = sys.stop_receiver(rx, &log);
     let s = &stats["stats"];
     eprintln!("{}", report.join("\n"));
-    assert_eq!(
-        sys.card.proc.child.as_ref().map(Child::id),
-        Some(card_pid),
-        "the card stayed in"
-    );
+    assert_eq!(sys.card.pid(), card_pid, "the card stayed in");
     assert_eq!(s["card_reconnects"], 0, "{stats}");
     assert_eq!(s["ecms_refused"], 0, "{stats}");
     assert_eq!(s["undecryptable"], 0, "{stats}");
@@ -1124,7 +752,7 @@ fn the_operations_quick_start_ends_with_clear_video() {
     let block = &block[block.find("```sh\n").expect("its shell block") + 6..];
     let block = &block[..block.find("```").unwrap()];
 
-    let slot = slot();
+    let slot = vpcd::slot();
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("iodoform");
     let (api, input, output) = (free_tcp_port(), free_udp_port(), free_udp_port());
@@ -1154,7 +782,7 @@ fn the_operations_quick_start_ends_with_clear_video() {
     // Every background job is stopped when the script ends, however.
     let wrapped =
         format!("set -euo pipefail\ntrap 'kill $(jobs -p) 2>/dev/null; wait' EXIT\n{script}");
-    let debug_dir = bin("headend").parent().unwrap().to_path_buf();
+    let debug_dir = workspace_bin("headend").parent().unwrap().to_path_buf();
     let path = format!(
         "{}:{}",
         debug_dir.display(),
@@ -1191,7 +819,7 @@ fn the_operations_quick_start_ends_with_clear_video() {
 /// A receiver's public key, as `receiver identity` prints it (the key
 /// file is made on first use).
 fn receiver_key(file: &Path) -> String {
-    let o = Command::new(bin("receiver"))
+    let o = Command::new(workspace_bin("receiver"))
         .arg("identity")
         .arg("--identity")
         .arg(file)
@@ -1203,7 +831,7 @@ fn receiver_key(file: &Path) -> String {
 
 /// Waits until `log` holds `text` at least `times` times, the receiver
 /// still running.
-fn wait_log(rx: &mut Proc, log: &Path, text: &str, times: usize, sys: &System) {
+fn wait_log(rx: &mut Process, log: &Path, text: &str, times: usize, sys: &System) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::fs::read_to_string(log)
         .unwrap_or_default()
@@ -1211,7 +839,7 @@ fn wait_log(rx: &mut Proc, log: &Path, text: &str, times: usize, sys: &System) {
         .count()
         < times
     {
-        assert!(rx.alive(), "receiver exited:\n{}", sys.logs(log));
+        assert!(rx.is_running(), "receiver exited:\n{}", sys.logs(log));
         assert!(
             Instant::now() < deadline,
             "the receiver did not say {text:?} within 10 s:\n{}",
@@ -1267,11 +895,11 @@ fn a_wrong_pairing_is_undone_by_unpair_or_by_pair_and_the_picture_comes_back() {
     if !prerequisites(test) {
         return;
     }
-    let slot = slot();
+    let slot = vpcd::slot();
     let rx_in = receiver_input();
     let tee = Tap::start(Some(rx_in));
     let sys = System::set_up(&slot, tee.addr);
-    let clip = Arc::new(ffmpeg_ts(
+    let clip = Arc::new(ffmpeg::clip(
         &sys.path("clear.ts"),
         2,
         "testsrc=size=320x240:rate=25",
@@ -1299,7 +927,7 @@ fn a_wrong_pairing_is_undone_by_unpair_or_by_pair_and_the_picture_comes_back() {
     wait_log(&mut rx, &log, &waiting, 1, &sys);
     std::thread::sleep(Duration::from_millis(2 * PERIOD_MS));
     assert_no_clear_for(&out, Duration::from_millis(1500), "paired elsewhere");
-    assert!(rx.alive());
+    assert!(rx.is_running());
 
     // headend unpair: the picture is back.
     let unpaired = Instant::now();
@@ -1330,7 +958,11 @@ fn a_wrong_pairing_is_undone_by_unpair_or_by_pair_and_the_picture_comes_back() {
         Duration::from_millis(2000),
         "a receiver started paired elsewhere",
     );
-    assert!(rx2.alive(), "the receiver exited:\n{}", sys.logs(&log2));
+    assert!(
+        rx2.is_running(),
+        "the receiver exited:\n{}",
+        sys.logs(&log2)
+    );
 
     // headend pair with this receiver's key: the picture is back.
     let paired = Instant::now();
@@ -1375,14 +1007,14 @@ fn a_receiver_started_after_subscribe_gets_its_entitlement_in_seconds_with_the_d
     if !prerequisites(test) {
         return;
     }
-    let slot = slot();
+    let slot = vpcd::slot();
     let rx_in = receiver_input();
     let tee = Tap::start(Some(rx_in));
     let sys = System::set_up_with(&slot, tee.addr, None, false);
     let status = sys.headend.cli(&["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     assert_eq!(status["emm_cycle_ms"], 60_000, "{status}");
-    let clip = Arc::new(ffmpeg_ts(
+    let clip = Arc::new(ffmpeg::clip(
         &sys.path("clear.ts"),
         2,
         "testsrc=size=320x240:rate=25",

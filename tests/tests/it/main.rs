@@ -1,0 +1,7 @@
+//! The whole-system tests, in one binary: the CA core in process
+//! (`card_lifecycle`), and the real `headend`, `smartcard` and `receiver`
+//! binaries with a card behind pcscd and streams made by ffmpeg
+//! (`e2e_stream`).
+
+mod card_lifecycle;
+mod e2e_stream;
