@@ -1,5 +1,5 @@
-//! DVB-CISSA known answers. The vectors in `data/cissa.json` were made by
-//! `data/gen_cissa.py` with OpenSSL's AES-128-CBC. Each one is checked
+//! DVB-CISSA known answers. The vectors in `tests/data/cissa.json` were made by
+//! `tests/data/gen_cissa.py` with OpenSSL's AES-128-CBC. Each one is checked
 //! three ways: against a CBC computed here by hand from the raw AES block
 //! cipher (independent of the `cbc` crate and of our packet parsing),
 //! against our `Scrambler`, and against our `Descrambler`.
@@ -31,7 +31,7 @@ fn packet(hex_str: &str) -> [u8; PACKET_LEN] {
 }
 
 fn vectors() -> Vec<Vector> {
-    let text = include_str!("data/cissa.json");
+    let text = include_str!("../data/cissa.json");
     let f: File = serde_json::from_str(text).unwrap();
     assert!(f.vectors.len() >= 4);
     f.vectors
