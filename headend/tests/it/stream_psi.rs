@@ -2,13 +2,11 @@
 //! a PMT that changes, an input CAT, other programs, PID collisions, and a
 //! feed that is not ready.
 
-mod stream_support;
-
+use crate::stream_support::*;
 use headend::stream::{
     process_buffer, CaFeed, ChannelStreamConfig, CryptoPeriod, EngineFeed, FeedError,
 };
 use std::sync::Arc;
-use stream_support::*;
 use ts::packet::{Packet, Packets};
 use ts::psi::{CaDescriptor, Descriptor, CA_SYSTEM_ID};
 

@@ -3,13 +3,11 @@
 //! CWs from the ECMs on the air, ECM repetition and alternation, the EMM
 //! carousel within its bandwidth, continuity counters and CRCs.
 
-mod stream_support;
-
+use crate::stream_support::*;
 use headend::stream::{
     process_buffer, run_channel, spawn_channel, ChannelStreamConfig, EmmInsertion, Mux, Shutdown,
 };
 use std::time::Duration;
-use stream_support::*;
 use ts::packet::{null_packet, Packet, Packets, PACKET_LEN};
 
 const PERIOD_MS: u64 = 200;

@@ -1,6 +1,6 @@
-//! Shared helpers for the daemon tests: a real `headend` process on a
-//! loopback port with its files in a temporary folder, a small HTTP
-//! client, in-process cards, and a section collector.
+//! Shared helpers for the daemon tests: the real `headend` process (a
+//! `testkit::Headend`), in-process cards, a section collector and a UDP
+//! encoder.
 #![allow(dead_code)]
 
 use card::eeprom::MemEeprom;
@@ -9,10 +9,10 @@ use cardlink::{CardClient, InProcessCard};
 use headend::OperatorPublic;
 use proto::crypto::X25519Secret;
 use serde_json::{json, Value};
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
+pub use testkit::process::wait_for;
+pub use testkit::{free_udp_addr, Headend};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_headend");
 
@@ -43,181 +43,11 @@ impl Rng {
     }
 }
 
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// A headend's folder and, while it runs, its process.
-pub struct Headend {
-    pub dir: tempfile::TempDir,
-    pub port: u16,
-    pub token: String,
-    pub child: Option<Child>,
-    pub agent: ureq::Agent,
-}
-
-impl Headend {
-    /// `headend init` with the given timing.
-    pub fn init(period_ms: u64, cycle_ms: u64) -> Headend {
-        let dir = tempfile::tempdir().unwrap();
-        let port = free_port();
-        let out = Command::new(BIN)
-            .args(["init", "--dir"])
-            .arg(dir.path().join("h"))
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--crypto-period-ms", &period_ms.to_string()])
-            .args(["--emm-cycle-ms", &cycle_ms.to_string()])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{out:?}");
-        let token = std::fs::read_to_string(dir.path().join("h/admin.token"))
-            .unwrap()
-            .trim()
-            .to_string();
-        Headend {
-            dir,
-            port,
-            token,
-            child: None,
-            agent: ureq::AgentBuilder::new()
-                .timeout(Duration::from_secs(10))
-                .build(),
-        }
-    }
-
-    pub fn home(&self) -> PathBuf {
-        self.dir.path().join("h")
-    }
-
-    pub fn config(&self) -> PathBuf {
-        self.home().join("headend.toml")
-    }
-
-    pub fn operator(&self) -> OperatorPublic {
-        serde_json::from_str(&std::fs::read_to_string(self.home().join("operator.json")).unwrap())
-            .unwrap()
-    }
-
-    /// Starts the daemon and waits until it answers `/live` (`/ready`
-    /// waits for every channel to be on the air).
-    pub fn start(&mut self) {
-        assert!(self.child.is_none());
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.home().join("daemon.log"))
-            .unwrap();
-        let child = Command::new(BIN)
-            .args(["run", "--config"])
-            .arg(self.config())
-            .env("RUST_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            if let Ok(r) = self.agent.get(&self.url("/live")).call() {
-                if r.status() == 200 {
-                    return;
-                }
-            }
-            if let Some(st) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("daemon exited at start: {st}; log:\n{}", self.log());
-            }
-            assert!(
-                Instant::now() < deadline,
-                "daemon not ready; log:\n{}",
-                self.log()
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-
-    pub fn log(&self) -> String {
-        std::fs::read_to_string(self.home().join("daemon.log")).unwrap_or_default()
-    }
-
-    /// SIGKILL, and wait for the process to be gone.
-    pub fn kill9(&mut self) {
-        let mut c = self.child.take().expect("running");
-        c.kill().unwrap(); // SIGKILL
-        c.wait().unwrap();
-    }
-
-    /// SIGTERM; returns the exit status.
-    pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let mut c = self.child.take().expect("running");
-        let st = Command::new("kill")
-            .args(["-TERM", &c.id().to_string()])
-            .status()
-            .unwrap();
-        assert!(st.success());
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(st) = c.try_wait().unwrap() {
-                return st;
-            }
-            assert!(Instant::now() < deadline, "no exit after SIGTERM");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    pub fn url(&self, path: &str) -> String {
-        format!("http://127.0.0.1:{}{path}", self.port)
-    }
-
-    /// A request with the token; returns the status and the JSON body, for
-    /// errors too. A transport error (daemon gone) is `None`.
-    pub fn request(&self, method: &str, path: &str, body: Option<&Value>) -> Option<(u16, Value)> {
-        let req = self
-            .agent
-            .request(method, &self.url(path))
-            .set("Authorization", &format!("Bearer {}", self.token));
-        let r = match body {
-            Some(b) => req.send_json(b),
-            None => req.call(),
-        };
-        let resp = match r {
-            Ok(resp) => resp,
-            Err(ureq::Error::Status(_, resp)) => resp,
-            Err(ureq::Error::Transport(_)) => return None,
-        };
-        let status = resp.status();
-        let text = resp.into_string().ok()?;
-        Some((
-            status,
-            serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        ))
-    }
-
-    pub fn get(&self, path: &str) -> Value {
-        let (st, v) = self.request("GET", path, None).expect("daemon answers");
-        assert_eq!(st, 200, "GET {path}: {v}");
-        v
-    }
-
-    pub fn post(&self, path: &str, body: Value) -> Value {
-        let (st, v) = self
-            .request("POST", path, Some(&body))
-            .expect("daemon answers");
-        assert!((200..300).contains(&st), "POST {path} {body}: {st} {v}");
-        v
-    }
-}
-
-impl Drop for Headend {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
+/// The operator's public keys, from the headend's `operator.json`.
+pub fn operator(h: &Headend) -> OperatorPublic {
+    let path = h.home().join("operator.json");
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap())
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
 }
 
 pub type Card = CardClient<InProcessCard<MemEeprom>>;
@@ -240,7 +70,7 @@ pub fn new_card(op: &OperatorPublic, id: u32) -> (Card, [u8; 32]) {
 pub fn register(h: &Headend, id: u32, public: &[u8; 32]) {
     h.post(
         "/api/v1/cards",
-        json!({"card_id": id, "public_key": hex::encode(public), "operator_id": h.operator().operator_id}),
+        json!({"card_id": id, "public_key": hex::encode(public), "operator_id": operator(h).operator_id}),
     );
 }
 
@@ -322,14 +152,6 @@ pub fn ecm_of(section: &[u8]) -> (proto::ecm::EcmHeader, &[u8]) {
     (h, p.payload)
 }
 
-pub fn wait_for(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !f() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 pub fn path_str(p: &Path) -> String {
     p.to_string_lossy().into_owned()
 }
@@ -351,14 +173,6 @@ pub fn feed_emms(card: &mut Card, id: u32, emms: &[Vec<u8>]) -> usize {
 
 pub fn plan_subscription(card: u32, product: impl Into<Value>, until: &str) -> Value {
     json!({"card_id": card, "product": product.into(), "until": until})
-}
-
-/// A free UDP port on loopback (bound, then released).
-pub fn free_udp_addr() -> std::net::SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 /// An encoder: sends a TS again and again to a UDP port at about `secs`

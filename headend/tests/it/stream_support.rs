@@ -22,7 +22,7 @@ pub const EMM_PID: u16 = 0x1F1;
 pub const START_MS: u64 = 1_700_000_000_000;
 
 #[allow(unused_imports)] // not every test binary makes ffmpeg streams
-pub use ts::testing::ffmpeg_ts;
+pub use testkit::ffmpeg::ffmpeg_ts;
 
 /// A feed with one product and service 1, crypto periods of `period_ms`,
 /// and an EMM carousel of `emms` sections of 120 bytes. Returns the

@@ -2,12 +2,10 @@
 //! service's elementary stream out clear: random bytes, random packets
 //! behind a valid PAT and PMT, and a valid stream with random damage.
 
-mod stream_support;
-
+use crate::stream_support::*;
 use headend::stream::{process_buffer, ChannelStreamConfig, Mux};
 use proptest::prelude::*;
 use std::sync::OnceLock;
-use stream_support::*;
 use ts::packet::{Packet, Packets, PACKET_LEN};
 
 fn config() -> ChannelStreamConfig {

@@ -4,14 +4,11 @@
 //! says why and what the input has; a UDP input that stops shows as
 //! `no_input` within two seconds.
 
-mod common;
-mod stream_support;
-
-use common::UdpEncoder;
+use crate::common::UdpEncoder;
+use crate::stream_support::*;
 use headend::stream::{spawn_channel, ChannelStreamConfig, Shutdown, Withheld};
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
-use stream_support::*;
 use ts::packet::{Packet, PacketReader, PACKET_LEN};
 use ts::psi::{Pat, SectionAssembler};
 

@@ -9,9 +9,7 @@
 //! `promtool` (Debian package `prometheus`) fails the tests; elsewhere they
 //! are skipped with a note. scripts/test.sh installs both.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Map, Value};
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -251,7 +249,7 @@ fn daemon_metrics_through_the_scrape_token_parse_with_prometheus_client() {
     }
     const PERIOD_MS: u64 = 1000;
     const CYCLE_MS: u64 = 600_000;
-    let mut h = Headend::init(PERIOD_MS, CYCLE_MS);
+    let mut h = Headend::init(BIN, PERIOD_MS, Some(CYCLE_MS));
 
     // `headend init` made the scrape token, private and not the admin
     // token. An older headend has none: `headend run` makes it, and says so.
@@ -308,7 +306,7 @@ fn daemon_metrics_through_the_scrape_token_parse_with_prometheus_client() {
                "input": format!("udp://{}", free_udp_addr()),
                "output": format!("udp://{}", free_udp_addr())}),
     );
-    let op = h.operator();
+    let op = operator(&h);
     for id in [11, 12, 13] {
         let (_card, public) = new_card(&op, id);
         register(&h, id, &public);
@@ -473,10 +471,10 @@ fn input_silence_rises_when_the_udp_input_stops() {
     if !have_prometheus_client() {
         return;
     }
-    let Some(clip) = ts::testing::ffmpeg_ts(4) else {
+    let Some(clip) = testkit::ffmpeg::ffmpeg_ts(4) else {
         return;
     };
-    let mut h = Headend::init(1000, 2000);
+    let mut h = Headend::init(BIN, 1000, Some(2000));
     h.start();
     let token = read_token(&h.home().join("scrape.token"));
     h.post("/api/v1/products", json!({ "name": "basic" }));

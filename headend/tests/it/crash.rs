@@ -11,9 +11,7 @@
 //! * a card that stays powered in this process keeps accepting every EMM
 //!   addressed to it and gets control words from every run's ECMs.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -28,9 +26,9 @@ const CARD: u32 = 1001;
 fn kill_dash_nine_loses_nothing_and_reuses_no_nonce() {
     let started = Instant::now();
     let mut rng = Rng::from_env();
-    let mut h = Headend::init(PERIOD_MS, CYCLE_MS);
+    let mut h = Headend::init(BIN, PERIOD_MS, Some(CYCLE_MS));
     h.start();
-    let op = h.operator();
+    let op = operator(&h);
     h.post("/api/v1/products", json!({"name": "sports", "id": 1}));
     h.post(
         "/api/v1/channels",

@@ -1,12 +1,10 @@
 //! The stream engine over UDP on loopback: output paced by the PCR as a
 //! live source would be, input in datagrams with garbage in between.
 
-mod stream_support;
-
+use crate::stream_support::*;
 use headend::stream::{spawn_channel, ChannelStreamConfig, Pacing, Shutdown};
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
-use stream_support::*;
 use ts::packet::{Packets, PACKET_LEN};
 
 const VIDEO: u16 = 0x100;

@@ -3,10 +3,7 @@
 //! to UDP, paced, with its ECMs and EMMs; an in-process card, fed only
 //! from what is on the air, gets the CWs that descramble it.
 
-mod common;
-mod stream_support;
-
-use common::*;
+use crate::common::*;
 use std::collections::{HashMap, HashSet};
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
@@ -18,10 +15,10 @@ const CARD: u32 = 42;
 
 #[test]
 fn headend_run_streams_configured_channels_that_a_card_descrambles() {
-    let Some(clear) = stream_support::ffmpeg_ts(4) else {
+    let Some(clear) = crate::stream_support::ffmpeg_ts(4) else {
         return;
     };
-    let mut h = Headend::init(300, 500);
+    let mut h = Headend::init(BIN, 300, Some(500));
     std::fs::write(h.home().join("clip.ts"), &clear).unwrap();
     let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
     rx.set_read_timeout(Some(Duration::from_millis(200)))
@@ -35,7 +32,7 @@ fn headend_run_streams_configured_channels_that_a_card_descrambles() {
     ));
     std::fs::write(h.config(), cfg).unwrap();
     h.start();
-    let (mut card, public) = new_card(&h.operator(), CARD);
+    let (mut card, public) = new_card(&operator(&h), CARD);
     register(&h, CARD, &public);
     h.post(
         "/api/v1/subscriptions",
@@ -43,7 +40,7 @@ fn headend_run_streams_configured_channels_that_a_card_descrambles() {
     );
 
     // What a receiver does, in stream order.
-    let clear_payloads: HashSet<Vec<u8>> = stream_support::packets_by_pid(&clear)
+    let clear_payloads: HashSet<Vec<u8>> = crate::stream_support::packets_by_pid(&clear)
         .into_iter()
         .filter(|(pid, _)| matches!(pid, 0x100 | 0x101))
         .flat_map(|(_, v)| v)
@@ -149,7 +146,7 @@ fn headend_run_streams_configured_channels_that_a_card_descrambles() {
 
 #[test]
 fn a_channel_with_a_bad_url_is_a_config_error() {
-    let h = Headend::init(1000, 2000);
+    let h = Headend::init(BIN, 1000, Some(2000));
     let mut cfg = std::fs::read_to_string(h.config()).unwrap();
     cfg.push_str(
         "\n[[channels]]\nname = \"broken\"\nservice_id = 3\nproduct = \"basic\"\n\
@@ -282,10 +279,10 @@ fn check_reported(h: &Headend, name: &str, service: u16) {
 /// the cause and the input's programs.
 #[test]
 fn headend_run_puts_nothing_clear_on_the_air_for_a_service_not_in_its_udp_input() {
-    let Some(clear) = stream_support::ffmpeg_ts(3) else {
+    let Some(clear) = crate::stream_support::ffmpeg_ts(3) else {
         return;
     };
-    let mut h = Headend::init(1000, 2000);
+    let mut h = Headend::init(BIN, 1000, Some(2000));
     let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
     let input = free_udp_addr();
     let mut cfg = std::fs::read_to_string(h.config()).unwrap();
@@ -321,10 +318,10 @@ fn headend_run_puts_nothing_clear_on_the_air_for_a_service_not_in_its_udp_input(
 /// 257 (the old docs' 0x101) on a file input.
 #[test]
 fn headend_run_puts_nothing_clear_on_the_air_for_an_api_channel_on_a_file() {
-    let Some(clear) = stream_support::ffmpeg_ts(3) else {
+    let Some(clear) = crate::stream_support::ffmpeg_ts(3) else {
         return;
     };
-    let mut h = Headend::init(1000, 2000);
+    let mut h = Headend::init(BIN, 1000, Some(2000));
     std::fs::write(h.home().join("clip.ts"), &clear).unwrap();
     let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
     h.start();

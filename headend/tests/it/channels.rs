@@ -4,16 +4,12 @@
 //! definition refused with a 4xx naming the field; a stored channel that
 //! fails turned off and reported while the others run.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
-use std::net::{SocketAddr, UdpSocket};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::net::UdpSocket;
 use std::time::{Duration, Instant};
+use testkit::ffmpeg::ffmpeg_ts;
 use ts::packet::{Packet, PacketReader};
-use ts::testing::ffmpeg_ts;
 
 /// Added to every PCR of the second input, so that the air tells which
 /// input it carries: one hour, in 27 MHz ticks.
@@ -75,61 +71,6 @@ fn renumbered(clip: &[u8], program: u16) -> Vec<u8> {
         p[at..at + len].copy_from_slice(&new);
     }
     out
-}
-
-/// An encoder: sends a TS again and again to a UDP port at about its own
-/// rate, 7 packets a datagram, until dropped.
-struct Sender {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Sender {
-    fn start(ts: Vec<u8>, secs: f64, to: SocketAddr) -> Sender {
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
-                let per_sec = ts.len() as f64 / secs;
-                let t0 = Instant::now();
-                let mut sent = 0usize;
-                while !stop.load(Ordering::Relaxed) {
-                    for d in ts.chunks(7 * 188) {
-                        let due = t0 + Duration::from_secs_f64(sent as f64 / per_sec);
-                        if let Some(wait) = due.checked_duration_since(Instant::now()) {
-                            std::thread::sleep(wait);
-                        }
-                        let _ = sock.send_to(d, to);
-                        sent += d.len();
-                        if stop.load(Ordering::Relaxed) {
-                            return;
-                        }
-                    }
-                }
-            })
-        };
-        Sender {
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Sender {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn free_udp() -> SocketAddr {
-    UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
 }
 
 /// What a box on the air sees at one UDP port.
@@ -245,12 +186,12 @@ fn a_channel_goes_on_the_air_follows_its_new_input_and_goes_off_live() {
     let Some(clip) = ffmpeg_ts(4) else {
         return;
     };
-    let mut h = Headend::init(1000, 2000);
+    let mut h = Headend::init(BIN, 1000, Some(2000));
     h.start();
     product(&h);
-    let (in_a, in_b) = (free_udp(), free_udp());
-    let _a = Sender::start(clip.clone(), 4.0, in_a);
-    let _b = Sender::start(shifted(&clip), 4.0, in_b);
+    let (in_a, in_b) = (free_udp_addr(), free_udp_addr());
+    let _a = UdpEncoder::start(clip.clone(), 4.0, in_a);
+    let _b = UdpEncoder::start(shifted(&clip), 4.0, in_b);
     let mut air = Air::new();
 
     // Added: on the air within a second, scrambled.
@@ -335,7 +276,7 @@ fn bad_channels_are_refused_naming_the_field_and_the_daemon_still_starts() {
     let Some(clip) = ffmpeg_ts(2) else {
         return;
     };
-    let mut h = Headend::init(1000, 2000);
+    let mut h = Headend::init(BIN, 1000, Some(2000));
     std::fs::write(h.home().join("clip.ts"), &clip).unwrap();
     h.start();
     product(&h);
@@ -347,7 +288,7 @@ fn bad_channels_are_refused_naming_the_field_and_the_daemon_still_starts() {
     });
     let (st, v) = call(&h, "POST", "/api/v1/channels", Some(good.clone()));
     assert_eq!(st, 201, "{v}");
-    let other = free_udp();
+    let other = free_udp_addr();
     let base = json!({
         "name": "bad", "service_id": 2, "product": "basic",
         "ecm_pid": 0x1E0, "emm_pid": 0x1F1,
@@ -469,7 +410,7 @@ fn a_stored_channel_that_fails_is_reported_while_the_others_run() {
     let Some(clip) = ffmpeg_ts(2) else {
         return;
     };
-    let mut h = Headend::init(1000, 2000);
+    let mut h = Headend::init(BIN, 1000, Some(2000));
     std::fs::write(h.home().join("clip.ts"), &clip).unwrap();
     // Program 2: each channel is one service of the network.
     let clip2 = renumbered(&clip, 2);
@@ -477,7 +418,7 @@ fn a_stored_channel_that_fails_is_reported_while_the_others_run() {
     h.start();
     product(&h);
     let mut air = Air::new();
-    let other = free_udp();
+    let other = free_udp_addr();
     for (name, service, ecm, input, output) in [
         ("keep", 1, 0x1F0, "clip.ts?loop", air.url()),
         ("gone", 2, 0x1E0, "gone.ts?loop", format!("udp://{other}")),
@@ -543,7 +484,7 @@ fn a_stored_channel_that_fails_is_reported_while_the_others_run() {
 
 #[test]
 fn a_bad_channel_in_headend_toml_stops_the_start_naming_the_file() {
-    let h = Headend::init(1000, 2000);
+    let h = Headend::init(BIN, 1000, Some(2000));
     let mut cfg = std::fs::read_to_string(h.config()).unwrap();
     cfg.push_str(
         "\n[[channels]]\nname = \"news\"\nservice_id = 1\nproduct = \"basic\"\n\

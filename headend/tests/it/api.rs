@@ -1,9 +1,7 @@
 //! Bad API requests: each gets a 4xx with `{"error": "..."}`, never a
 //! 500, and nothing is written.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::{json, Value};
 
 /// Everything the API can show, to compare before and after.
@@ -50,9 +48,9 @@ fn raw(
 
 #[test]
 fn bad_requests_get_4xx_json_and_change_nothing() {
-    let mut h = Headend::init(1000, 2000);
+    let mut h = Headend::init(BIN, 1000, Some(2000));
     h.start();
-    let op = h.operator();
+    let op = operator(&h);
     h.post("/api/v1/products", json!({"name": "sports", "id": 1}));
     h.post(
         "/api/v1/channels",

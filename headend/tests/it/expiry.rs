@@ -2,9 +2,7 @@
 //! that card gets no CW from the first ECM after the next period-key
 //! renewal, and the other cards are unaffected.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -14,9 +12,9 @@ const CARD_REVOKED: u32 = 13;
 
 #[test]
 fn ended_and_revoked_cards_lose_cws_at_the_next_renewal_only() {
-    let mut h = Headend::init(200, 500);
+    let mut h = Headend::init(BIN, 200, Some(500));
     h.start();
-    let op = h.operator();
+    let op = operator(&h);
     h.post("/api/v1/products", json!({"name": "sports"}));
     h.post(
         "/api/v1/channels",
@@ -51,7 +49,8 @@ fn ended_and_revoked_cards_lose_cws_at_the_next_renewal_only() {
     let mut sections = Sections::default();
     // Per card: the results of each ECM, as (generation, got a CW).
     let mut results: Vec<(u32, u32, bool)> = Vec::new();
-    let mut step = |cards: &mut Vec<(u32, common::Card)>, results: &mut Vec<(u32, u32, bool)>| {
+    let mut step = |cards: &mut Vec<(u32, crate::common::Card)>,
+                    results: &mut Vec<(u32, u32, bool)>| {
         if let Some((ecms, emms)) = sections.poll(&h) {
             for (id, card) in cards.iter_mut() {
                 feed_emms(card, *id, &emms);

@@ -1,9 +1,7 @@
 //! The `headend` command line: `init`, `run` (exit 64 on a bad config,
 //! 0 on SIGTERM) and the API client subcommands, with their errors.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use std::process::{Command, Output};
 
@@ -33,7 +31,7 @@ fn text(o: &Output) -> String {
 
 #[test]
 fn init_refuses_to_overwrite_and_run_rejects_bad_configs() {
-    let h = Headend::init(1000, 2000);
+    let h = Headend::init(BIN, 1000, Some(2000));
     let again = Command::new(BIN)
         .args(["init", "--dir"])
         .arg(h.home())
@@ -80,7 +78,7 @@ fn init_refuses_to_overwrite_and_run_rejects_bad_configs() {
 
 #[test]
 fn cli_subcommands_drive_the_daemon() {
-    let mut h = Headend::init(500, 1000);
+    let mut h = Headend::init(BIN, 500, Some(1000));
     // Not running yet: a clear message.
     let out = cli(&h, &["status"]);
     assert!(!out.status.success());
@@ -112,7 +110,7 @@ fn cli_subcommands_drive_the_daemon() {
     assert!(text(&out).contains("0x0201"), "{}", text(&out));
 
     // A card as the provisioning tool describes it.
-    let (_card, public) = new_card(&h.operator(), 42);
+    let (_card, public) = new_card(&operator(&h), 42);
     let card_json = h.home().join("card.json");
     std::fs::write(
         &card_json,
@@ -200,7 +198,7 @@ fn cli_subcommands_drive_the_daemon() {
 #[test]
 fn closed_pipes_usage_errors_and_help() {
     use cli::testing::{assert_quiet_closed_pipe, into_closed_pipe};
-    let mut h = Headend::init(500, 1000);
+    let mut h = Headend::init(BIN, 500, Some(1000));
     h.start();
     let mut status = Command::new(BIN);
     status

@@ -1,0 +1,24 @@
+//! The headend's integration tests, in one binary.
+//!
+//! - The daemon and its CLI as an operator runs them (`api`, `cli`,
+//!   `channels`, `expiry`, `crash`, `metrics`), each on a real `headend`
+//!   process with its folder in a temporary directory (see `common`).
+//! - The stream engine on real TS from ffmpeg and on synthetic TS
+//!   (`stream_engine`, `stream_psi`, `stream_garbage`), over UDP
+//!   (`stream_udp`, `stream_fail_closed`) and inside the daemon
+//!   (`stream_daemon`); what they share is in `stream_support`.
+
+mod api;
+mod channels;
+mod cli;
+mod common;
+mod crash;
+mod expiry;
+mod metrics;
+mod stream_daemon;
+mod stream_engine;
+mod stream_fail_closed;
+mod stream_garbage;
+mod stream_psi;
+mod stream_support;
+mod stream_udp;
