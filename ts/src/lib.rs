@@ -12,8 +12,6 @@ pub mod bench;
 pub mod cissa;
 pub mod packet;
 pub mod psi;
-#[cfg(feature = "testing")]
-pub mod testing;
 
 pub use cissa::{Descrambler, Outcome, Scrambler};
 pub use packet::{Packet, PacketMut, PacketReader, Parity, ScramblingControl, PACKET_LEN};
