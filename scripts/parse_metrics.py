@@ -6,7 +6,7 @@ prints it as JSON: {family: {"type", "help", "samples": [{"name",
 "+Inf", "-Inf"). Exits 3 if prometheus_client is missing, 1 if the text
 does not parse.
 
-Used by headend/tests/metrics.rs as a parser independent of the headend's.
+Used by headend/tests/it/metrics.rs as a parser independent of the headend's.
 Install the parser with: python3 -m pip install prometheus_client
 """
 import json

@@ -18,7 +18,7 @@ if ! command -v ffmpeg > /dev/null || ! command -v ffprobe > /dev/null; then
     apt-get install -y -q ffmpeg
 fi
 
-# headend/tests/metrics.rs checks the shipped alert rules with promtool
+# headend/tests/it/metrics.rs checks the shipped alert rules with promtool
 # (Debian's prometheus package; the server is not started) and parses
 # /metrics with Python's prometheus_client, a parser independent of ours.
 if ! command -v promtool > /dev/null; then
