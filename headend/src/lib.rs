@@ -1,4 +1,5 @@
-//! The Iodoform headend's key engine, as a library.
+//! The Iodoform headend, as a library: its key engine, and the daemon
+//! around it.
 //!
 //! It holds the operator's keys, the cards and their pairwise KEKs, the
 //! products and their period keys, the entitlements, and the sequence
@@ -8,23 +9,31 @@
 //!
 //! The key engine ([`engine`], [`schedule`], [`operator`]) does no I/O:
 //! no files, no sockets, no clock (callers pass Unix seconds in) and no
-//! logging. The daemon around it ([`state`], [`store`], [`server`],
-//! [`daemon`]) owns persistence and time. Secrets stay inside `proto::secret` types, whose `Debug` prints
+//! logging; its control words are kept by whatever [`CwStore`] it is
+//! given. The stream engine ([`stream`]) reads and writes TS and keeps
+//! nothing. The daemon around them ([`state`], [`store`], [`server`],
+//! [`daemon`], [`supervisor`]) owns persistence and time. Secrets stay inside `proto::secret` types, whose `Debug` prints
 //! `REDACTED`; nothing here formats key bytes.
 //!
 //! * [`operator`]: the operator's X25519 and Ed25519 keys and their public
 //!   half for provisioning.
 //! * [`engine`]: the [`KeyEngine`], with the EMM-U hot path.
-//! * [`schedule`]: crypto periods and the even/odd control word pairs.
-//! * [`config`] reads and checks `headend.toml`.
+//! * [`schedule`]: crypto periods and control words: one
+//!   [`ControlWordSchedule`] over a [`CwStore`], in memory or in the
+//!   database.
+//! * [`config`] reads and checks `headend.toml`, and holds the channel
+//!   checks.
 //! * [`atrest`]: secrets sealed under the master key.
-//! * [`store`]: the SQLite schema and its migrations.
+//! * [`store`]: every SQL statement, one module per group of tables, and
+//!   the schema.
 //! * [`state`]: the daemon's state and operations, crash-safe by the order
-//!   in which they write.
+//!   in which they write; their errors are typed, in the domain's terms.
 //! * [`output`]: [`CaOutput`], the ECM and EMM sections for the stream
 //!   engine.
-//! * [`server`], [`daemon`], [`client`], [`init`]: the admin API, `headend
-//!   run`, the CLI's API client and `headend init`.
+//! * [`server`]: the admin API (its bodies are the `api` crate's types),
+//!   the one place where errors become HTTP status codes.
+//! * [`daemon`], [`client`], [`init`]: `headend run`, the CLI's API client
+//!   and `headend init`.
 //! * [`supervisor`]: the channel streams inside `headend run`, started,
 //!   changed and stopped live, and turned off and retried when they fail.
 #![forbid(unsafe_code)]
