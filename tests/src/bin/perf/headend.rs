@@ -4,7 +4,7 @@
 //! over loopback HTTP, against bare SQLite commits of one row each).
 
 use super::{round3, splitmix, Settings};
-use api::NewProduct;
+use api::{NewProduct, NewSubscription, ProductRef};
 use headend::atrest::MasterKey;
 use headend::config::Config;
 use headend::daemon::{now_ms, Daemon};
@@ -246,11 +246,14 @@ pub(crate) fn api_writes(s: &Settings) -> Vec<Value> {
                 sc.spawn(move || {
                     for card in (1..=per_round).filter(|c| c % THREADS as u32 == t) {
                         let r = agent
-                            .post(&format!("{url}/api/v1/subscriptions"))
+                            .post(&format!("{url}{}", api::path::SUBSCRIPTIONS))
                             .set("Authorization", &format!("Bearer {token}"))
-                            .send_json(
-                                json!({"card_id": card, "product": "sports", "until": until}),
-                            );
+                            .send_json(NewSubscription {
+                                card_id: card,
+                                product: ProductRef::Name("sports".into()),
+                                until: until.clone(),
+                                start: None,
+                            });
                         assert!(matches!(&r, Ok(resp) if resp.status() == 201), "{r:?}");
                     }
                 });
