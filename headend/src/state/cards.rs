@@ -113,26 +113,21 @@ impl Headend {
         store::cards::revoke(&tx, id, now_ms)?;
         store::subscriptions::lapse_all_of(&tx, id)?;
         store::subscriptions::unpair(&tx, id)?;
-        let mut renewals = Vec::new();
-        for p in &products {
-            let prod = &self.products[p];
-            renewals.push(renew_in_tx(
-                &tx,
-                &self.mk,
-                prod,
-                self.timing,
-                "revocation",
-                now_ms,
-            )?);
-        }
+        let renewals = renew_in_tx(
+            &tx,
+            &self.mk,
+            &self.products,
+            products.iter().copied(),
+            self.timing,
+            "revocation",
+            now_ms,
+        )?;
         tx.commit()?;
         self.engine.remove_card(id)?;
         self.pairings.remove(&id);
         self.carousel.forget(id);
         self.cards_revoked += 1;
-        for r in renewals {
-            self.apply_renewal(r, now_ms)?;
-        }
+        self.apply_renewals(renewals, now_ms)?;
         // Tell the card itself, for good measure; the renewal is what
         // actually cuts it off.
         self.ensure_seq_room(1, now_ms)?;

@@ -178,24 +178,14 @@ impl Headend {
         if let Some(p) = &req.product {
             c.product = self.resolve_product(p)?.id;
         }
-        if let Some(v) = req.ecm_pid {
-            c.ecm_pid = v;
-        }
-        if let Some(v) = req.emm_pid {
-            c.emm_pid = v;
-        }
-        if let Some(v) = req.maturity {
-            c.maturity = v;
-        }
-        if let Some(v) = req.input {
-            c.input = v;
-        }
-        if let Some(v) = req.output {
-            c.output = v;
-        }
-        if let Some(v) = req.clear_services {
-            c.clear_services = v;
-        }
+        // An absent field stays as it is; `input` and `output` may be
+        // given as null, which takes them away.
+        c.ecm_pid = req.ecm_pid.unwrap_or(c.ecm_pid);
+        c.emm_pid = req.emm_pid.unwrap_or(c.emm_pid);
+        c.maturity = req.maturity.unwrap_or(c.maturity);
+        c.input = req.input.unwrap_or(c.input);
+        c.output = req.output.unwrap_or(c.output);
+        c.clear_services = req.clear_services.unwrap_or(c.clear_services);
         self.check_channel(&c)?;
         store::channels::update(&self.conn, &c)?;
         self.channels.insert(c.service_id, c.clone());

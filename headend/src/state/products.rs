@@ -10,6 +10,7 @@ use crate::store;
 use api::{NewProduct, Product, ProductRef, Rotated};
 use proto::secret::ProductKey;
 use rusqlite::Connection;
+use std::collections::BTreeMap;
 
 /// A renewal written in a transaction, to apply once it commits.
 pub(super) struct Renewal {
@@ -22,8 +23,23 @@ pub(super) struct Renewal {
     key: ProductKey,
 }
 
-/// Writes the next generation of `p`'s key into the caller's transaction.
+/// Writes the next generation of each product's key into the caller's
+/// transaction; `reason` says why (`scheduled`, `revocation`...).
 pub(super) fn renew_in_tx(
+    tx: &Connection,
+    mk: &MasterKey,
+    products: &BTreeMap<u32, Product>,
+    ids: impl IntoIterator<Item = u32>,
+    timing: Timing,
+    reason: &str,
+    now_ms: u64,
+) -> Result<Vec<Renewal>> {
+    ids.into_iter()
+        .map(|id| renew_one(tx, mk, &products[&id], timing, reason, now_ms))
+        .collect()
+}
+
+fn renew_one(
     tx: &Connection,
     mk: &MasterKey,
     p: &Product,
@@ -151,17 +167,15 @@ impl Headend {
             None => self.products.keys().copied().collect(),
         };
         let tx = self.conn.transaction()?;
-        let mut renewals = Vec::new();
-        for id in &ids {
-            renewals.push(renew_in_tx(
-                &tx,
-                &self.mk,
-                &self.products[id],
-                self.timing,
-                reason,
-                now_ms,
-            )?);
-        }
+        let renewals = renew_in_tx(
+            &tx,
+            &self.mk,
+            &self.products,
+            ids,
+            self.timing,
+            reason,
+            now_ms,
+        )?;
         tx.commit()?;
         let mut out = Vec::new();
         for r in renewals {
@@ -177,6 +191,14 @@ impl Headend {
             });
         }
         Ok(out)
+    }
+
+    /// Applies committed renewals (see [`Headend::apply_renewal`]).
+    pub(super) fn apply_renewals(&mut self, renewals: Vec<Renewal>, now_ms: u64) -> Result<()> {
+        for r in renewals {
+            self.apply_renewal(r, now_ms)?;
+        }
+        Ok(())
     }
 
     /// Applies a committed renewal: the engine gets the key, and the

@@ -109,18 +109,15 @@ impl Headend {
         let live = !lapsed && self.engine.has_card(card);
         let tx = self.conn.transaction()?;
         store::subscriptions::delete(&tx, card, product)?;
-        let renewal = if live {
-            Some(renew_in_tx(
-                &tx,
-                &self.mk,
-                &self.products[&product],
-                self.timing,
-                "unsubscribe",
-                now_ms,
-            )?)
-        } else {
-            None
-        };
+        let renewals = renew_in_tx(
+            &tx,
+            &self.mk,
+            &self.products,
+            live.then_some(product),
+            self.timing,
+            "unsubscribe",
+            now_ms,
+        )?;
         tx.commit()?;
         if live {
             self.engine.unentitle(card, product)?;
@@ -135,9 +132,7 @@ impl Headend {
                 Err(e) => self.internal_error(&format!("REMOVE PRODUCT for card {card}: {e}")),
             }
         }
-        if let Some(r) = renewal {
-            self.apply_renewal(r, now_ms)?;
-        }
+        self.apply_renewals(renewals, now_ms)?;
         tracing::info!(card, product, "unsubscribed");
         Ok(())
     }
@@ -154,17 +149,15 @@ impl Headend {
         for &(card, product) in &lapsed {
             store::subscriptions::set_lapsed(&tx, card, product)?;
         }
-        let mut renewals = Vec::new();
-        for p in &products {
-            renewals.push(renew_in_tx(
-                &tx,
-                &self.mk,
-                &self.products[p],
-                self.timing,
-                "subscription ended",
-                now_ms,
-            )?);
-        }
+        let renewals = renew_in_tx(
+            &tx,
+            &self.mk,
+            &self.products,
+            products,
+            self.timing,
+            "subscription ended",
+            now_ms,
+        )?;
         tx.commit()?;
         for (card, product) in lapsed {
             if self.engine.has_card(card) {
@@ -173,10 +166,7 @@ impl Headend {
             }
             tracing::info!(card, product, "subscription ended");
         }
-        for r in renewals {
-            self.apply_renewal(r, now_ms)?;
-        }
-        Ok(())
+        self.apply_renewals(renewals, now_ms)
     }
 
     /// A card is in the carousel while it holds a product or is paired.

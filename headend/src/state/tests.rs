@@ -13,13 +13,38 @@ use api::{
     NewSubscription, ProductRef,
 };
 
+const T0: u64 = 1_800_000_000_000;
+
+/// A new database for operator 1, and its master key.
+fn fresh_db(dir: &Path) -> (std::path::PathBuf, proto::secret::Key32) {
+    let db = dir.join("h.db");
+    let key = proto::secret::Key32::random();
+    init_database(&db, &MasterKey::new(&key), &OperatorKeys::generate(1), T0).unwrap();
+    (db, key)
+}
+
+/// A `[[channels]]` table of headend.toml for service 7 of product
+/// "basic", with no stream.
+fn config_channel(name: &str, ecm_pid: u16, emm_pid: u16) -> crate::config::ChannelConfig {
+    crate::config::ChannelConfig {
+        name: name.into(),
+        service_id: 7,
+        product: "basic".into(),
+        ecm_pid,
+        emm_pid,
+        maturity: 0,
+        input: None,
+        output: None,
+        clear_services: vec![],
+    }
+}
+
 mod pairing {
     use super::*;
     use ::card::{Applet, MemEeprom};
     use cardlink::{CardClient, InProcessCard};
     use proto::apdu::StatusWord;
 
-    const T0: u64 = 1_800_000_000_000;
     type Card = CardClient<InProcessCard<MemEeprom>>;
 
     /// A core with the default EMM cycle (60 s), product "basic", and
@@ -243,8 +268,6 @@ mod scheduler {
     use super::*;
     use crate::config::ChannelConfig;
 
-    const T0: u64 = 1_800_000_000_000;
-
     fn open(
         db: &Path,
         key: &proto::secret::Key32,
@@ -271,20 +294,8 @@ mod scheduler {
     #[test]
     fn gauges_follow_key_timing_backlog_and_ecm_failures() {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("h.db");
-        let key = proto::secret::Key32::random();
-        init_database(&db, &MasterKey::new(&key), &OperatorKeys::generate(1), T0).unwrap();
-        let channels = [ChannelConfig {
-            name: "one".into(),
-            service_id: 7,
-            product: "basic".into(),
-            ecm_pid: 0x100,
-            emm_pid: 0x101,
-            maturity: 0,
-            input: None,
-            output: None,
-            clear_services: vec![],
-        }];
+        let (db, key) = fresh_db(dir.path());
+        let channels = [config_channel("one", 0x100, 0x101)];
         let mut core = open(&db, &key, &channels, T0);
         core.tick(T0).unwrap();
         let k = &core.gauges(T0 + 2_500).product_keys[0];
@@ -383,20 +394,8 @@ mod scheduler {
     #[test]
     fn schedule_renews_activates_and_never_goes_back() {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("h.db");
-        let key = proto::secret::Key32::random();
-        init_database(&db, &MasterKey::new(&key), &OperatorKeys::generate(1), T0).unwrap();
-        let channels = [ChannelConfig {
-            name: "one".into(),
-            service_id: 7,
-            product: "basic".into(),
-            ecm_pid: 0x100,
-            emm_pid: 0x101,
-            maturity: 0,
-            input: None,
-            output: None,
-            clear_services: vec![],
-        }];
+        let (db, key) = fresh_db(dir.path());
+        let channels = [config_channel("one", 0x100, 0x101)];
         let mut core = open(&db, &key, &channels, T0);
         assert_eq!(core.products()[0].name, "basic");
         core.tick(T0).unwrap();
@@ -474,8 +473,6 @@ mod channels {
     use super::*;
     use crate::config::ChannelConfig;
 
-    const T0: u64 = 1_800_000_000_000;
-
     fn open(db: &Path, key: &proto::secret::Key32, channels: &[ChannelConfig]) -> Headend {
         Headend::open(
             db,
@@ -511,20 +508,8 @@ mod channels {
     #[test]
     fn channels_change_and_go_and_headend_toml_keeps_its_own() {
         let dir = tempfile::tempdir().unwrap();
-        let db = dir.path().join("h.db");
-        let key = proto::secret::Key32::random();
-        init_database(&db, &MasterKey::new(&key), &OperatorKeys::generate(1), T0).unwrap();
-        let from_file = [ChannelConfig {
-            name: "file".into(),
-            service_id: 7,
-            product: "basic".into(),
-            ecm_pid: 0x1F0,
-            emm_pid: 0x1F1,
-            maturity: 0,
-            input: None,
-            output: None,
-            clear_services: vec![],
-        }];
+        let (db, key) = fresh_db(dir.path());
+        let from_file = [config_channel("file", 0x1F0, 0x1F1)];
         let mut core = open(&db, &key, &from_file);
         assert_eq!(core.channels()[0].origin, ChannelOrigin::Config);
         let file = ChannelRef::parse("file");

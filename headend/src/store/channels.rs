@@ -5,7 +5,7 @@
 use super::{int, Result};
 use crate::config::ChannelConfig;
 use api::{Channel, ChannelOrigin};
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, Connection, OptionalExtension, ToSql};
 
 /// Service ids as the `clear_services` column holds them: `1,2,3`.
 fn services_to_sql(v: &[u16]) -> String {
@@ -99,45 +99,46 @@ pub fn upsert_from_config(
     Ok(())
 }
 
-pub fn insert(conn: &Connection, c: &Channel, now_ms: u64) -> Result<()> {
-    conn.execute(
-        "INSERT INTO channels (service_id, name, product, ecm_pid, emm_pid, maturity, input, output, created_ms, clear_services, origin)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
-        params![
-            c.service_id,
-            c.name,
-            c.product,
-            c.ecm_pid,
-            c.emm_pid,
-            c.maturity,
-            c.input,
-            c.output,
-            int(now_ms),
-            services_to_sql(&c.clear_services),
-            origin_sql(c.origin)
-        ],
-    )?;
+/// Runs `sql` with a channel's fields as `?1` to `?9` (service_id, name,
+/// product, ecm_pid, emm_pid, maturity, input, output, clear_services),
+/// then `extra` from `?10` on.
+fn execute_with(conn: &Connection, sql: &str, c: &Channel, extra: &[&dyn ToSql]) -> Result<()> {
+    let clear = services_to_sql(&c.clear_services);
+    let mut p: Vec<&dyn ToSql> = vec![
+        &c.service_id,
+        &c.name,
+        &c.product,
+        &c.ecm_pid,
+        &c.emm_pid,
+        &c.maturity,
+        &c.input,
+        &c.output,
+        &clear,
+    ];
+    p.extend_from_slice(extra);
+    conn.execute(sql, p.as_slice())?;
     Ok(())
+}
+
+pub fn insert(conn: &Connection, c: &Channel, now_ms: u64) -> Result<()> {
+    execute_with(
+        conn,
+        "INSERT INTO channels (service_id, name, product, ecm_pid, emm_pid, maturity, input, output, clear_services, created_ms, origin)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+        c,
+        &[&int(now_ms), &origin_sql(c.origin)],
+    )
 }
 
 /// Writes every field of a channel but its service id and origin.
 pub fn update(conn: &Connection, c: &Channel) -> Result<()> {
-    conn.execute(
+    execute_with(
+        conn,
         "UPDATE channels SET name = ?2, product = ?3, ecm_pid = ?4, emm_pid = ?5, maturity = ?6,
            input = ?7, output = ?8, clear_services = ?9 WHERE service_id = ?1",
-        params![
-            c.service_id,
-            c.name,
-            c.product,
-            c.ecm_pid,
-            c.emm_pid,
-            c.maturity,
-            c.input,
-            c.output,
-            services_to_sql(&c.clear_services)
-        ],
-    )?;
-    Ok(())
+        c,
+        &[],
+    )
 }
 
 pub fn delete(conn: &Connection, service: u16) -> Result<()> {
