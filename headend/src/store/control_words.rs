@@ -190,32 +190,33 @@ mod tests {
     use super::*;
     use crate::schedule::ControlWordSchedule;
 
+    /// A schedule over the sealed store of `conn`, with 1 s periods.
+    fn schedule<'a>(conn: &'a Connection, mk: &'a MasterKey) -> ControlWordSchedule<SealedCws<'a>> {
+        ControlWordSchedule::with_store(1000, SealedCws::new(conn, mk, 1000)).unwrap()
+    }
+
     #[test]
     fn the_schedule_keeps_its_words_and_epochs_across_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("h.db");
+        let home = tempfile::tempdir().unwrap();
         let mk = MasterKey::new(&proto::secret::Key32::random());
-        let mut conn = super::super::open(&path, true).unwrap();
+        let mut conn = super::super::open(&home.path().join("cw.db"), true).unwrap();
         let tx = conn.transaction().unwrap();
-        let mut s = ControlWordSchedule::with_store(1000, SealedCws::new(&tx, &mk, 1000)).unwrap();
+        let mut s = schedule(&tx, &mk);
         crate::schedule::check_rules(&mut s);
         let before = s.pair(1, 13).unwrap();
         tx.commit().unwrap();
         drop(conn);
 
         // Reopened: the same words, and the epochs still never go back.
-        let conn = super::super::open(&path, false).unwrap();
-        let mut s =
-            ControlWordSchedule::with_store(1000, SealedCws::new(&conn, &mk, 1000)).unwrap();
+        let conn = super::super::open(&home.path().join("cw.db"), false).unwrap();
+        let mut s = schedule(&conn, &mk);
         assert_eq!(s.pair(1, 13).unwrap(), before);
         assert_eq!(s.epoch_on_air(1, 0).unwrap(), 13);
         assert!(s.pair(1, 11).is_err());
         // Another master key opens none of them.
         let other = MasterKey::new(&proto::secret::Key32::random());
-        let mut s =
-            ControlWordSchedule::with_store(1000, SealedCws::new(&conn, &other, 1000)).unwrap();
         assert!(matches!(
-            s.pair(1, 13),
+            schedule(&conn, &other).pair(1, 13),
             Err(crate::error::ScheduleError::Store(StoreError::Sealed(_)))
         ));
     }

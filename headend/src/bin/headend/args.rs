@@ -164,42 +164,7 @@ pub(crate) enum ChannelCmd {
     ///
     /// Example: headend channel add --name news --service-id 1 --product basic --ecm-pid 0x1F0
     /// --emm-pid 0x1F1 --input udp://@:5000 --output udp://239.1.1.1:5000
-    Add {
-        /// A name of your choice (not a number).
-        #[arg(long)]
-        name: String,
-        /// The DVB service_id: the input's program number (ffmpeg's is 1);
-        /// decimal or 0x hex.
-        #[arg(long, value_parser = parse_u16, value_name = "ID")]
-        service_id: u16,
-        /// The product whose subscribers may watch it (name or id).
-        #[arg(long)]
-        product: String,
-        /// The PID for this channel's ECMs (0x20..=0x1FFE), one the input
-        /// does not use and no other channel has.
-        #[arg(long, value_parser = parse_u16, value_name = "PID")]
-        ecm_pid: u16,
-        /// The PID for the EMMs (0x20..=0x1FFE); channels may share it.
-        #[arg(long, value_parser = parse_u16, value_name = "PID")]
-        emm_pid: u16,
-        /// Minimum viewer age, 0 for none.
-        #[arg(long, default_value_t = 0)]
-        maturity: u8,
-        /// Where the clear TS comes from: udp://HOST:PORT (udp://@:PORT on
-        /// every address), or a file (relative to the config's folder;
-        /// FILE?loop plays it again and again). Default: none (off the air).
-        #[arg(long, value_name = "URL")]
-        input: Option<String>,
-        /// Where the scrambled TS goes: udp://HOST:PORT or a file. Default:
-        /// none (off the air).
-        #[arg(long, value_name = "URL")]
-        output: Option<String>,
-        /// Another program of the input to send on unscrambled, on purpose
-        /// (repeat for several). Default: none; every program but this
-        /// channel's is dropped.
-        #[arg(long = "clear-service", value_parser = parse_u16, value_name = "ID")]
-        clear_services: Vec<u16>,
-    },
+    Add(ChannelAdd),
     /// Change a channel, live: a new input, output, PID or clear service
     /// restarts its stream within a second; a new product or maturity
     /// goes into the next ECM. Only the options given change. A channel
@@ -257,6 +222,45 @@ pub(crate) enum ChannelCmd {
     ///
     /// Example: headend channel list --json
     List,
+}
+
+/// The options of `headend channel add`.
+#[derive(Debug, Args)]
+pub(crate) struct ChannelAdd {
+    /// A name of your choice (not a number).
+    #[arg(long)]
+    pub(crate) name: String,
+    /// The DVB service_id: the input's program number (ffmpeg's is 1);
+    /// decimal or 0x hex.
+    #[arg(long, value_parser = parse_u16, value_name = "ID")]
+    pub(crate) service_id: u16,
+    /// The product whose subscribers may watch it (name or id).
+    #[arg(long)]
+    pub(crate) product: String,
+    /// The PID for this channel's ECMs (0x20..=0x1FFE), one the input
+    /// does not use and no other channel has.
+    #[arg(long, value_parser = parse_u16, value_name = "PID")]
+    pub(crate) ecm_pid: u16,
+    /// The PID for the EMMs (0x20..=0x1FFE); channels may share it.
+    #[arg(long, value_parser = parse_u16, value_name = "PID")]
+    pub(crate) emm_pid: u16,
+    /// Minimum viewer age, 0 for none.
+    #[arg(long, default_value_t = 0)]
+    pub(crate) maturity: u8,
+    /// Where the clear TS comes from: udp://HOST:PORT (udp://@:PORT on
+    /// every address), or a file (relative to the config's folder;
+    /// FILE?loop plays it again and again). Default: none (off the air).
+    #[arg(long, value_name = "URL")]
+    pub(crate) input: Option<String>,
+    /// Where the scrambled TS goes: udp://HOST:PORT or a file. Default:
+    /// none (off the air).
+    #[arg(long, value_name = "URL")]
+    pub(crate) output: Option<String>,
+    /// Another program of the input to send on unscrambled, on purpose
+    /// (repeat for several). Default: none; every program but this
+    /// channel's is dropped.
+    #[arg(long = "clear-service", value_parser = parse_u16, value_name = "ID")]
+    pub(crate) clear_services: Vec<u16>,
 }
 
 #[derive(Debug, Subcommand)]

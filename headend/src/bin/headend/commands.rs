@@ -21,27 +21,17 @@ pub(crate) fn run(config: Option<PathBuf>, as_json: bool, cmd: Command) -> Resul
             View::Products,
         ),
         Command::Product(ProductCmd::List) => (client.get(path::PRODUCTS)?, View::Products),
-        Command::Channel(ChannelCmd::Add {
-            name,
-            service_id,
-            product,
-            ecm_pid,
-            emm_pid,
-            maturity,
-            input,
-            output,
-            clear_services,
-        }) => {
+        Command::Channel(ChannelCmd::Add(a)) => {
             let body = NewChannel {
-                name,
-                service_id,
-                product: ProductRef::parse(&product),
-                ecm_pid,
-                emm_pid,
-                maturity,
-                input,
-                output,
-                clear_services,
+                name: a.name,
+                service_id: a.service_id,
+                product: ProductRef::parse(&a.product),
+                ecm_pid: a.ecm_pid,
+                emm_pid: a.emm_pid,
+                maturity: a.maturity,
+                input: a.input,
+                output: a.output,
+                clear_services: a.clear_services,
             };
             (client.post(path::CHANNELS, &body)?, View::Channels)
         }
