@@ -270,7 +270,7 @@ fn a_channel_goes_on_the_air_follows_its_new_input_and_goes_off_live() {
     assert_eq!(h.terminate().code(), Some(0), "{}", h.log());
 }
 
-/// Every bad channel definition of issue 8, and a few more.
+/// Every bad channel definition an operator met on a first day, and a few more.
 #[test]
 fn bad_channels_are_refused_naming_the_field_and_the_daemon_still_starts() {
     let Some(clip) = ffmpeg_ts(2) else {

@@ -192,7 +192,7 @@ fn cli_subcommands_drive_the_daemon() {
     assert!(h.log().contains("headend stopped"), "{}", h.log());
 }
 
-/// Issue 8: a closed pipe ends the tool quietly (141, no panic); a bad
+/// A closed pipe ends the tool quietly (141, no panic); a bad
 /// command line exits 64 as everywhere else; a bad `init` flag names the
 /// flag; `--help` prints the shared exit-code table.
 #[test]
@@ -205,7 +205,7 @@ fn closed_pipes_usage_errors_and_help() {
         .env("IODOFORM_CONFIG", h.config())
         .args(["status", "--json"]);
     assert_quiet_closed_pipe("headend status --json", &into_closed_pipe(&status));
-    // As the issue has it: the reader takes one byte and goes.
+    // As in a shell: the reader takes one byte and goes.
     let out = Command::new("bash")
         .arg("-c")
         .arg(r#""$0" status --json | head -c1 > /dev/null; exit "${PIPESTATUS[0]}""#)

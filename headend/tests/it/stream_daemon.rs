@@ -272,7 +272,7 @@ fn check_reported(h: &Headend, name: &str, service: u16) {
     );
 }
 
-/// The first reproduction of issue 8: a config channel for service 3 fed
+/// A service-id mismatch: a config channel for service 3 fed
 /// by `ffmpeg ... -f mpegts udp://...`, whose program is 1. Nothing of it
 /// reaches the air (no A/V packet, clear or not, no PAT or PMT, no frame
 /// that ffprobe can decode), and the status, the metrics and the log name

@@ -423,7 +423,7 @@ fn help_says_how_to_use_it() {
     assert!(err.contains("unexpected argument '--card-state'"), "{err}");
 }
 
-/// Issue 8: `receiver identity | true` ends quietly (141), no panic.
+/// `receiver identity | true` ends quietly (141), no panic.
 #[test]
 fn identity_into_a_closed_pipe() {
     let dir = tempfile::tempdir().unwrap();

@@ -733,7 +733,7 @@ fn receiver_resumes_within_a_crypto_period_after_the_daemon_is_killed() {
     );
 }
 
-/// Issue 8: the quick start of `docs/OPERATIONS.md`, run as written (the
+/// The quick start of `docs/OPERATIONS.md`, run as written (the
 /// shell block itself, read from the file), ends with clear video. Only
 /// what must differ on a shared test machine is changed: the folder, the
 /// ports, which vpcd slot, and pcscd is already running.

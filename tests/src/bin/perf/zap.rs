@@ -19,7 +19,7 @@
 //! its PCR, starts a receiver part-way into it, and times it from its start
 //! (before it binds its socket and opens the card link) to its first
 //! descrambled packet; each trial joins at another offset. `ours` is the
-//! median, `limit` the ECM repetition interval, and the goal (issue 5) is
+//! median, `limit` the ECM repetition interval, and the goal is
 //! the interval plus 10 ms: `meets_goal` holds when every trial is under
 //! it.
 //!
