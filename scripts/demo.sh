@@ -59,15 +59,8 @@ die() {
     exit 1
 }
 
-as_root() {
-    if [ "$(id -u)" = 0 ]; then
-        "$@"
-    elif command -v sudo > /dev/null 2>&1; then
-        sudo -n "$@" || die "needs root for: $* (sudo -n failed)"
-    else
-        die "needs root for: $*"
-    fi
-}
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
 
 apt_updated=0
 apt_install() {
@@ -90,18 +83,11 @@ esac
 
 PIDS=()
 cleanup() {
-    local status=$? pid i
+    local status=$? i
     trap - EXIT INT TERM
     # Last started, first stopped: receiver, daemon, then the card.
     for ((i = ${#PIDS[@]} - 1; i >= 0; i--)); do
-        pid="${PIDS[i]}"
-        kill -TERM "$pid" 2> /dev/null || continue
-        for _ in $(seq 50); do
-            kill -0 "$pid" 2> /dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$pid" 2> /dev/null || true
-        wait "$pid" 2> /dev/null || true
+        terminate "${PIDS[i]}" 50
     done
     if [ "$status" != 0 ] && [ -n "${WORK_READY:-}" ]; then
         echo >&2
@@ -112,6 +98,19 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT
 trap 'exit 143' TERM
+
+# SIGTERM to PID, then SIGKILL if it still runs after TRIES tenths of a
+# second; reaps it.
+terminate() {
+    local pid="$1" tries="$2"
+    kill -TERM "$pid" 2> /dev/null || return 0
+    for _ in $(seq "$tries"); do
+        kill -0 "$pid" 2> /dev/null || break
+        sleep 0.1
+    done
+    kill -KILL "$pid" 2> /dev/null || true
+    wait "$pid" 2> /dev/null || true
+}
 
 # Starts a command in the background, logging to a file; its pid in $!.
 background() {
@@ -124,13 +123,7 @@ background() {
 # Stops one background process (SIGTERM) and waits for it.
 stop_pid() {
     local pid="$1" i
-    kill -TERM "$pid" 2> /dev/null || return 0
-    for i in $(seq 100); do
-        kill -0 "$pid" 2> /dev/null || break
-        sleep 0.1
-    done
-    kill -KILL "$pid" 2> /dev/null || true
-    wait "$pid" 2> /dev/null || true
+    terminate "$pid" 100
     local kept=()
     for i in "${PIDS[@]}"; do
         [ "$i" = "$pid" ] || kept+=("$i")

@@ -46,16 +46,8 @@ die() {
     exit 1
 }
 
-# Runs a command as root.
-as_root() {
-    if [ "$(id -u)" = 0 ]; then
-        "$@"
-    elif command -v sudo > /dev/null 2>&1; then
-        sudo -n "$@" || die "needs root for: $* (sudo -n failed)"
-    else
-        die "needs root for: $*"
-    fi
-}
+# shellcheck source=scripts/lib.sh
+. "$(dirname "$0")/lib.sh"
 
 installed() {
     dpkg-query -W -f='${Status}' "$1" 2> /dev/null | grep -q 'install ok installed'

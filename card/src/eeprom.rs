@@ -77,15 +77,21 @@ impl Eeprom for MemEeprom {
 #[derive(Debug)]
 pub struct FileEeprom(File);
 
+/// Opens a card image for reading and writing, creating it empty with
+/// mode 0600 (it holds the card's keys) if missing; never truncates.
+pub fn open_image(path: &Path) -> io::Result<File> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+}
+
 impl FileEeprom {
     pub fn open(path: &Path) -> io::Result<Self> {
-        let f = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(0o600)
-            .open(path)?;
+        let f = open_image(path)?;
         let len = f.metadata()?.len();
         if len == 0 {
             f.write_all_at(&vec![0xFF; EEPROM_SIZE], 0)?;

@@ -44,29 +44,23 @@ pub trait CardTransport {
     }
 }
 
-impl<T: CardTransport + ?Sized> CardTransport for &mut T {
-    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
-        (**self).transmit(apdu)
-    }
-    fn reconnect(&mut self) -> Result<(), TransportError> {
-        (**self).reconnect()
-    }
-    fn supports_extended(&self) -> bool {
-        (**self).supports_extended()
-    }
+/// A borrowed or boxed transport is the transport it points to.
+macro_rules! forward_transport {
+    ($($ptr:ty),+) => {$(
+        impl<T: CardTransport + ?Sized> CardTransport for $ptr {
+            fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
+                (**self).transmit(apdu)
+            }
+            fn reconnect(&mut self) -> Result<(), TransportError> {
+                (**self).reconnect()
+            }
+            fn supports_extended(&self) -> bool {
+                (**self).supports_extended()
+            }
+        }
+    )+};
 }
-
-impl<T: CardTransport + ?Sized> CardTransport for Box<T> {
-    fn transmit(&mut self, apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
-        (**self).transmit(apdu)
-    }
-    fn reconnect(&mut self) -> Result<(), TransportError> {
-        (**self).reconnect()
-    }
-    fn supports_extended(&self) -> bool {
-        (**self).supports_extended()
-    }
-}
+forward_transport!(&mut T, Box<T>);
 
 /// Any transport, with every command and response it carries kept in
 /// order: what a probe on the reader's cable would see. Tests use it to

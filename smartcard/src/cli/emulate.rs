@@ -7,12 +7,11 @@
 //! EEPROM would corrupt it.
 
 use anyhow::{bail, Context as _};
-use card::eeprom::FileEeprom;
+use card::eeprom::{self, FileEeprom};
 use card::Applet;
 use fs2::FileExt;
 use smartcard::vpcd::{self, StopHandle, VirtualCard};
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::OpenOptionsExt;
+use std::fs::File;
 use std::path::{Path, PathBuf};
 
 #[derive(Debug, clap::Args)]
@@ -27,13 +26,7 @@ pub struct Args {
 
 /// Locks FILE for this process; the lock goes with the process.
 fn lock_state(path: &Path) -> anyhow::Result<File> {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(path)
+    let f = eeprom::open_image(path)
         .with_context(|| format!("cannot open card state {}", path.display()))?;
     if f.try_lock_exclusive().is_err() {
         bail!(
