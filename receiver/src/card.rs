@@ -398,17 +398,11 @@ impl CardLink {
             // First the cheap way: the same reader, reconnected.
             if let Some(client) = self.client.as_mut() {
                 if client.transport().reconnect().is_ok() {
-                    match open_session(client, &self.identity, &what) {
-                        Ok((info, session)) => {
-                            self.adopt(info, session);
-                            tracing::info!(card_id = self.info.card_id, "card link restored");
-                            return Ok(());
-                        }
-                        Err(LinkError::Card {
-                            source: ClientError::Transport(_),
-                            ..
-                        }) => {}
-                        Err(e) => return Err(e),
+                    let opened = open_session(client, &self.identity, &what);
+                    if let Some((info, session)) = unless_dropped(opened)? {
+                        self.adopt(info, session);
+                        tracing::info!(card_id = self.info.card_id, "card link restored");
+                        return Ok(());
                     }
                 }
             }
@@ -420,18 +414,12 @@ impl CardLink {
             });
             if let Ok(transport) = self.connector.connect(step) {
                 let mut client = CardClient::new(transport);
-                match open_session(&mut client, &self.identity, &what) {
-                    Ok((info, session)) => {
-                        self.client = Some(client);
-                        self.adopt(info, session);
-                        tracing::info!(card_id = self.info.card_id, "card link restored");
-                        return Ok(());
-                    }
-                    Err(LinkError::Card {
-                        source: ClientError::Transport(_),
-                        ..
-                    }) => {}
-                    Err(e) => return Err(e),
+                let opened = open_session(&mut client, &self.identity, &what);
+                if let Some((info, session)) = unless_dropped(opened)? {
+                    self.client = Some(client);
+                    self.adopt(info, session);
+                    tracing::info!(card_id = self.info.card_id, "card link restored");
+                    return Ok(());
                 }
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
@@ -497,6 +485,22 @@ fn open_session(
         Ok(()) => Ok((info, true)),
         Err(e) if e.status() == Some(StatusWord::NOT_PAIRED_RECEIVER) => Ok((info, false)),
         Err(e) => Err(card(info.card_id)(e)),
+    }
+}
+
+/// A session `open_session` opened, `None` where the card dropped away
+/// again on the way (a transport failure: the reconnect tries again), or
+/// the error that ends the reconnect.
+fn unless_dropped(
+    opened: Result<(CardInfo, bool), LinkError>,
+) -> Result<Option<(CardInfo, bool)>, LinkError> {
+    match opened {
+        Ok(v) => Ok(Some(v)),
+        Err(LinkError::Card {
+            source: ClientError::Transport(_),
+            ..
+        }) => Ok(None),
+        Err(e) => Err(e),
     }
 }
 

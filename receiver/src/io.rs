@@ -304,46 +304,23 @@ mod tests {
 
     #[test]
     fn endpoints_parse() {
-        assert_eq!("-".parse::<Endpoint>(), Ok(Endpoint::Std));
-        assert_eq!(
-            "udp://127.0.0.1:1234".parse::<Endpoint>(),
-            Ok(Endpoint::Udp("127.0.0.1:1234".parse().unwrap()))
-        );
-        assert_eq!(
-            "udp://@239.1.1.1:5000".parse::<Endpoint>(),
-            Ok(Endpoint::Udp("239.1.1.1:5000".parse().unwrap()))
-        );
-        assert_eq!(
-            "out.ts".parse::<Endpoint>(),
-            Ok(Endpoint::File("out.ts".into()))
-        );
+        let udp = |a: &str| Endpoint::Udp(a.parse().unwrap());
+        for (text, want) in [
+            ("-", Endpoint::Std),
+            ("udp://127.0.0.1:1234", udp("127.0.0.1:1234")),
+            ("udp://@239.1.1.1:5000", udp("239.1.1.1:5000")),
+            ("out.ts", Endpoint::File("out.ts".into())),
+            // Every local address, as VLC, ffmpeg and the headend write it.
+            ("udp://@:5000", udp("0.0.0.0:5000")),
+            ("udp://:5000", udp("0.0.0.0:5000")),
+            ("udp://@127.0.0.1:5000", udp("127.0.0.1:5000")),
+            ("file:///srv/in.ts", Endpoint::File("/srv/in.ts".into())),
+            ("file://in.ts", Endpoint::File("in.ts".into())),
+        ] {
+            assert_eq!(text.parse::<Endpoint>(), Ok(want), "{text}");
+        }
         assert!("udp://nohost".parse::<Endpoint>().is_err());
         assert!("http://x/y".parse::<Endpoint>().is_err());
-    }
-
-    #[test]
-    fn the_headend_forms_parse_too() {
-        // Every local address, as VLC, ffmpeg and the headend write it.
-        assert_eq!(
-            "udp://@:5000".parse::<Endpoint>(),
-            Ok(Endpoint::Udp("0.0.0.0:5000".parse().unwrap()))
-        );
-        assert_eq!(
-            "udp://:5000".parse::<Endpoint>(),
-            Ok(Endpoint::Udp("0.0.0.0:5000".parse().unwrap()))
-        );
-        assert_eq!(
-            "udp://@127.0.0.1:5000".parse::<Endpoint>(),
-            Ok(Endpoint::Udp("127.0.0.1:5000".parse().unwrap()))
-        );
-        assert_eq!(
-            "file:///srv/in.ts".parse::<Endpoint>(),
-            Ok(Endpoint::File("/srv/in.ts".into()))
-        );
-        assert_eq!(
-            "file://in.ts".parse::<Endpoint>(),
-            Ok(Endpoint::File("in.ts".into()))
-        );
         for bad in [
             "",
             "file://",

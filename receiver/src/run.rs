@@ -68,30 +68,10 @@ pub fn run(cfg: &RunConfig, connector: Box<dyn CardConnector>, identity: X25519S
         card_id: None,
         failure: None,
     };
-    let input = match Input::open(&cfg.input) {
-        Ok(i) => i,
-        Err(source) => {
-            report.failure = Some(Failure::Input {
-                what: cfg.input.to_string(),
-                source,
-            });
-            return report;
-        }
-    };
-    let mut sink = match open_output(&cfg.output) {
-        Ok(s) => s,
-        Err(source) => {
-            report.failure = Some(Failure::Output {
-                what: cfg.output.to_string(),
-                source,
-            });
-            return report;
-        }
-    };
-    let card = match CardLink::open(connector, identity, cfg.link) {
-        Ok(c) => c,
-        Err(e) => {
-            report.failure = Some(e.into());
+    let (input, mut sink, card) = match open_all(cfg, connector, identity) {
+        Ok(opened) => opened,
+        Err(failure) => {
+            report.failure = Some(failure);
             return report;
         }
     };
@@ -116,6 +96,25 @@ pub fn run(cfg: &RunConfig, connector: Box<dyn CardConnector>, identity: X25519S
         Err(e) => Some(e),
     };
     report
+}
+
+/// The run's input, output and card, in that order, or the first of them
+/// that cannot be opened.
+fn open_all(
+    cfg: &RunConfig,
+    connector: Box<dyn CardConnector>,
+    identity: X25519Secret,
+) -> Result<(Input, Box<dyn PacketSink>, CardLink), Failure> {
+    let input = Input::open(&cfg.input).map_err(|source| Failure::Input {
+        what: cfg.input.to_string(),
+        source,
+    })?;
+    let sink = open_output(&cfg.output).map_err(|source| Failure::Output {
+        what: cfg.output.to_string(),
+        source,
+    })?;
+    let card = CardLink::open(connector, identity, cfg.link)?;
+    Ok((input, sink, card))
 }
 
 fn pump(

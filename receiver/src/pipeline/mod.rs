@@ -67,7 +67,7 @@ use rewrite::Rewritten;
 use std::io;
 use std::time::{Duration, Instant};
 use ts::packet::PAT_PID;
-use ts::psi::{Cat, Pat, Pmt};
+use ts::psi::{Cat, Pat, Pmt, SectionAssembler};
 use ts::{Packet, PacketReader, PACKET_LEN};
 
 /// Where clear packets go.
@@ -364,6 +364,23 @@ impl<C: CaModule> Stages<C> {
         Ok(())
     }
 
+    /// Each section `view` completes on the assembler `asm` picks, to
+    /// `on_section` in order; a broken one counted as a section error.
+    fn each_section(
+        &mut self,
+        asm: fn(&mut ServiceMap) -> &mut SectionAssembler,
+        view: &Packet<'_>,
+        mut on_section: impl FnMut(&mut Self, &[u8]) -> Result<(), Failure>,
+    ) -> Result<(), Failure> {
+        for r in asm(&mut self.map).push(view) {
+            match r {
+                Ok(s) => on_section(self, &s)?,
+                Err(_) => self.stats.section_errors += 1,
+            }
+        }
+        Ok(())
+    }
+
     /// One packet, by the role of its PID.
     fn process(
         &mut self,
@@ -389,51 +406,29 @@ impl<C: CaModule> Stages<C> {
                 }
                 self.emit(p, sink)
             }
-            Role::Pat => {
-                for r in self.map.pat_asm.push(&view) {
-                    match r {
-                        Ok(s) => self.on_pat(&s, sink)?,
-                        Err(_) => self.stats.section_errors += 1,
+            Role::Pat => self.each_section(|m| &mut m.pat_asm, &view, |me, s| me.on_pat(s, sink)),
+            Role::Pmt => self.each_section(|m| &mut m.pmt_asm, &view, |me, s| me.on_pmt(s, sink)),
+            Role::Cat => self.each_section(
+                |m| &mut m.cat_asm,
+                &view,
+                |me, s| {
+                    match Cat::from_section(s) {
+                        Ok(cat) => me.map.learn_cat(&cat),
+                        Err(_) => me.stats.section_errors += 1,
                     }
-                }
-                Ok(())
-            }
-            Role::Pmt => {
-                for r in self.map.pmt_asm.push(&view) {
-                    match r {
-                        Ok(s) => self.on_pmt(&s, sink)?,
-                        Err(_) => self.stats.section_errors += 1,
-                    }
-                }
-                Ok(())
-            }
-            Role::Cat => {
-                for r in self.map.cat_asm.push(&view) {
-                    match r.ok().and_then(|s| Cat::from_section(&s).ok()) {
-                        Some(cat) => self.map.learn_cat(&cat),
-                        None => self.stats.section_errors += 1,
-                    }
-                }
-                Ok(())
-            }
-            Role::Ecm => {
-                for r in self.map.ecm_asm.push(&view) {
-                    match r {
-                        Ok(s) => self.access.on_ecm(&s, &self.clock, &mut self.stats)?,
-                        Err(_) => self.stats.section_errors += 1,
-                    }
-                }
-                Ok(())
-            }
-            Role::Emm => {
-                for r in self.map.emm_asm.push(&view) {
-                    match r {
-                        Ok(s) => self.access.on_emm(&s, &self.clock, &mut self.stats)?,
-                        Err(_) => self.stats.section_errors += 1,
-                    }
-                }
-                Ok(())
-            }
+                    Ok(())
+                },
+            ),
+            Role::Ecm => self.each_section(
+                |m| &mut m.ecm_asm,
+                &view,
+                |me, s| me.access.on_ecm(s, &me.clock, &mut me.stats),
+            ),
+            Role::Emm => self.each_section(
+                |m| &mut m.emm_asm,
+                &view,
+                |me, s| me.access.on_emm(s, &me.clock, &mut me.stats),
+            ),
             Role::Es => self.on_es(p, sink),
             Role::PcrOnly => {
                 if view.scrambling().0 == 0 {
