@@ -341,28 +341,27 @@ impl Metrics {
         e.counter("iodoform_emm_sent_total", "EMM sections made, by kind.")
             .sample(&[("kind", "unique")], get(&self.emm_u_sent))
             .sample(&[("kind", "global")], get(&self.emm_g_sent));
-        e.counter(
-            "iodoform_ecm_sent_total",
-            "ECMs made (one per service and crypto period; repetitions on the air are not counted).",
-        )
-        .sample(&[], get(&self.ecm_sent));
-        e.counter(
-            "iodoform_ecm_failures_total",
-            "Scheduler steps whose ECM generation failed: no new ECM was made for the services due one (see the log). Each failing step counts once; the step is retried at once.",
-        )
-        .sample(&[], get(&self.ecm_failures));
-        e.counter(
-            "iodoform_key_rotations_total",
-            "Product period key renewals.",
-        )
-        .sample(&[], get(&self.rotations));
-        e.counter(
-            "iodoform_emm_carousel_cycles_total",
-            "Completed EMM-U carousel cycles.",
-        )
-        .sample(&[], get(&self.carousel_cycles));
-        e.counter("iodoform_api_requests_total", "Admin API requests.")
-            .sample(&[], get(&self.api_requests));
+        for (name, help, c) in [
+            (
+                "iodoform_ecm_sent_total",
+                "ECMs made (one per service and crypto period; repetitions on the air are not counted).",
+                &self.ecm_sent,
+            ),
+            (
+                "iodoform_ecm_failures_total",
+                "Scheduler steps whose ECM generation failed: no new ECM was made for the services due one (see the log). Each failing step counts once; the step is retried at once.",
+                &self.ecm_failures,
+            ),
+            ("iodoform_key_rotations_total", "Product period key renewals.", &self.rotations),
+            (
+                "iodoform_emm_carousel_cycles_total",
+                "Completed EMM-U carousel cycles.",
+                &self.carousel_cycles,
+            ),
+            ("iodoform_api_requests_total", "Admin API requests.", &self.api_requests),
+        ] {
+            e.counter(name, help).sample(&[], get(c));
+        }
         e.counter(
             "iodoform_errors_total",
             "Errors: API requests refused as bad input, and internal errors.",
@@ -373,43 +372,43 @@ impl Metrics {
         e.gauge("iodoform_cards", "Registered cards, by state.")
             .sample(&[("state", "active")], g.cards_active)
             .sample(&[("state", "revoked")], g.cards_revoked);
-        e.gauge("iodoform_products", "Products.")
-            .sample(&[], g.products);
-        e.gauge("iodoform_channels", "Channels.")
-            .sample(&[], g.channels);
-        e.gauge(
-            "iodoform_carousel_cards",
-            "Cards in the EMM-U carousel (entitled or paired).",
-        )
-        .sample(&[], g.carousel_cards);
-        e.gauge(
-            "iodoform_run",
-            "The daemon's run number (starts since the database was made).",
-        )
-        .sample(&[], g.run);
-        e.gauge(
-            "iodoform_emm_cycle_seconds",
-            "The configured EMM-U carousel cycle (emm_cycle_ms), in seconds.",
-        )
-        .sample(&[], g.emm_cycle_seconds);
-        e.gauge(
-            "iodoform_key_renewal_seconds",
-            "The configured period key renewal interval (key_renewal_secs).",
-        )
-        .sample(&[], g.key_renewal_seconds);
-        e.gauge(
-            "iodoform_crypto_period_seconds",
-            "The configured crypto period (crypto_period_ms), in seconds.",
-        )
-        .sample(&[], g.crypto_period_seconds);
-
-        e.gauge("iodoform_emm_backlog_bytes", EMM_BACKLOG_HELP)
-            .sample(&[], g.emm_backlog.bytes());
-        e.gauge(
-            "iodoform_emm_backlog_seconds",
-            "Estimated time to deliver iodoform_emm_backlog_bytes at a channel's EMM bandwidth (bytes x 8 x 188/184 / bit/s); alert when it exceeds iodoform_emm_cycle_seconds.",
-        )
-        .sample(&[], g.emm_backlog.seconds());
+        for (name, help, v) in [
+            ("iodoform_products", "Products.", Value::from(g.products)),
+            ("iodoform_channels", "Channels.", g.channels.into()),
+            (
+                "iodoform_carousel_cards",
+                "Cards in the EMM-U carousel (entitled or paired).",
+                g.carousel_cards.into(),
+            ),
+            (
+                "iodoform_run",
+                "The daemon's run number (starts since the database was made).",
+                g.run.into(),
+            ),
+            (
+                "iodoform_emm_cycle_seconds",
+                "The configured EMM-U carousel cycle (emm_cycle_ms), in seconds.",
+                g.emm_cycle_seconds.into(),
+            ),
+            (
+                "iodoform_key_renewal_seconds",
+                "The configured period key renewal interval (key_renewal_secs).",
+                g.key_renewal_seconds.into(),
+            ),
+            (
+                "iodoform_crypto_period_seconds",
+                "The configured crypto period (crypto_period_ms), in seconds.",
+                g.crypto_period_seconds.into(),
+            ),
+            ("iodoform_emm_backlog_bytes", EMM_BACKLOG_HELP, g.emm_backlog.bytes().into()),
+            (
+                "iodoform_emm_backlog_seconds",
+                "Estimated time to deliver iodoform_emm_backlog_bytes at a channel's EMM bandwidth (bytes x 8 x 188/184 / bit/s); alert when it exceeds iodoform_emm_cycle_seconds.",
+                g.emm_backlog.seconds().into(),
+            ),
+        ] {
+            e.gauge(name, help).sample(&[], v);
+        }
 
         let ids: Vec<(String, &ProductKeyGauge)> = g
             .product_keys

@@ -40,12 +40,14 @@ use api::{
     NewPairing, NewProduct, NewSubscription, ProductRef, RotateRequest, Rotation, Unsubscribed,
 };
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
@@ -148,6 +150,40 @@ impl From<QueryRejection> for ApiError {
 }
 
 type ApiResult = Result<Response, ApiError>;
+
+/// A request's JSON body; one that does not parse is refused with the
+/// API's error body (the status axum gives it: 400, 415 or 422).
+struct Body<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for Body<T> {
+    type Rejection = ApiError;
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let Json(v) = Json::<T>::from_request(req, state).await?;
+        Ok(Body(v))
+    }
+}
+
+/// A request's query parameters; bad ones are a 400.
+struct Params<T>(T);
+
+impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Params<T> {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Query(v) = Query::<T>::from_request_parts(parts, state).await?;
+        Ok(Params(v))
+    }
+}
+
+/// The card id of a `/cards/{id}` route; one that is not a `u32` is a 400.
+struct CardId(u32);
+
+impl<S: Send + Sync> FromRequestParts<S> for CardId {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(id) = Path::<String>::from_request_parts(parts, state).await?;
+        parse_id(&id, "card id").map(CardId)
+    }
+}
 
 /// Runs `f` on the headend state in a blocking thread (SQLite commits wait for the
 /// disk).
@@ -288,11 +324,7 @@ async fn list_products(State(st): State<AppState>) -> ApiResult {
     Ok(ok(with_headend(&st, |c, _| Ok(c.products())).await?))
 }
 
-async fn add_product(
-    State(st): State<AppState>,
-    body: Result<Json<NewProduct>, JsonRejection>,
-) -> ApiResult {
-    let Json(req) = body?;
+async fn add_product(State(st): State<AppState>, Body(req): Body<NewProduct>) -> ApiResult {
     Ok(created(
         with_headend(&st, move |c, now| c.add_product(req, now)).await?,
     ))
@@ -346,48 +378,40 @@ async fn list_channels(State(st): State<AppState>) -> ApiResult {
     Ok(ok(v))
 }
 
-async fn add_channel(
-    State(st): State<AppState>,
-    body: Result<Json<NewChannel>, JsonRejection>,
-) -> ApiResult {
-    let Json(req) = body?;
+async fn add_channel(State(st): State<AppState>, Body(req): Body<NewChannel>) -> ApiResult {
     let c = with_headend(&st, move |c, now| c.add_channel(req, now)).await?;
     apply_channels(&st).await;
     Ok(created(channel_answer(&st, &c).await))
 }
 
-fn channel_ref(p: Result<Path<String>, PathRejection>) -> Result<ChannelRef, ApiError> {
-    let Path(s) = p?;
-    Ok(ChannelRef::parse(&s))
+/// The channel of a `/channels/{channel}` route: a service id or a name.
+struct ChannelPath(ChannelRef);
+
+impl<S: Send + Sync> FromRequestParts<S> for ChannelPath {
+    type Rejection = ApiError;
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(s) = Path::<String>::from_request_parts(parts, state).await?;
+        Ok(ChannelPath(ChannelRef::parse(&s)))
+    }
 }
 
-async fn show_channel(
-    State(st): State<AppState>,
-    p: Result<Path<String>, PathRejection>,
-) -> ApiResult {
-    let r = channel_ref(p)?;
+async fn show_channel(State(st): State<AppState>, ChannelPath(r): ChannelPath) -> ApiResult {
     let c = with_headend(&st, move |c, _| c.channel(&r)).await?;
     Ok(ok(channel_answer(&st, &c).await))
 }
 
 async fn update_channel(
     State(st): State<AppState>,
-    p: Result<Path<String>, PathRejection>,
-    body: Result<Json<ChannelUpdate>, JsonRejection>,
+    ChannelPath(r): ChannelPath,
+    Body(req): Body<ChannelUpdate>,
 ) -> ApiResult {
-    let r = channel_ref(p)?;
-    let Json(req) = body?;
     let c = with_headend(&st, move |c, _| c.update_channel(&r, req)).await?;
     st.supervisor.retry(c.service_id);
     apply_channels(&st).await;
     Ok(ok(channel_answer(&st, &c).await))
 }
 
-async fn remove_channel(
-    State(st): State<AppState>,
-    p: Result<Path<String>, PathRejection>,
-) -> ApiResult {
-    let r = channel_ref(p)?;
+async fn remove_channel(State(st): State<AppState>, ChannelPath(r): ChannelPath) -> ApiResult {
     let c = with_headend(&st, move |c, _| c.remove_channel(&r)).await?;
     apply_channels(&st).await;
     Ok(ok(ChannelRemoved {
@@ -435,11 +459,7 @@ struct CardsQuery {
     limit: Option<u32>,
 }
 
-async fn list_cards(
-    State(st): State<AppState>,
-    q: Result<Query<CardsQuery>, QueryRejection>,
-) -> ApiResult {
-    let Query(q) = q?;
+async fn list_cards(State(st): State<AppState>, Params(q): Params<CardsQuery>) -> ApiResult {
     let limit = match q.limit {
         None => 1000,
         Some(l @ 1..=10_000) => l,
@@ -455,31 +475,17 @@ async fn list_cards(
     ))
 }
 
-async fn add_card(
-    State(st): State<AppState>,
-    body: Result<Json<NewCard>, JsonRejection>,
-) -> ApiResult {
-    let Json(req) = body?;
+async fn add_card(State(st): State<AppState>, Body(req): Body<NewCard>) -> ApiResult {
     Ok(created(
         with_headend(&st, move |c, now| c.add_card(req, now)).await?,
     ))
 }
 
-async fn show_card(
-    State(st): State<AppState>,
-    id: Result<Path<String>, PathRejection>,
-) -> ApiResult {
-    let Path(id) = id?;
-    let id = parse_id(&id, "card id")?;
+async fn show_card(State(st): State<AppState>, CardId(id): CardId) -> ApiResult {
     Ok(ok(with_headend(&st, move |c, _| c.card(id)).await?))
 }
 
-async fn revoke_card(
-    State(st): State<AppState>,
-    id: Result<Path<String>, PathRejection>,
-) -> ApiResult {
-    let Path(id) = id?;
-    let id = parse_id(&id, "card id")?;
+async fn revoke_card(State(st): State<AppState>, CardId(id): CardId) -> ApiResult {
     Ok(ok(with_headend(&st, move |c, now| c.revoke(id, now)).await?))
 }
 
@@ -492,19 +498,14 @@ struct SubscriptionsQuery {
 
 async fn list_subscriptions(
     State(st): State<AppState>,
-    q: Result<Query<SubscriptionsQuery>, QueryRejection>,
+    Params(q): Params<SubscriptionsQuery>,
 ) -> ApiResult {
-    let Query(q) = q?;
     Ok(ok(
         with_headend(&st, move |c, _| c.subscriptions(q.card)).await?
     ))
 }
 
-async fn subscribe(
-    State(st): State<AppState>,
-    body: Result<Json<NewSubscription>, JsonRejection>,
-) -> ApiResult {
-    let Json(req) = body?;
+async fn subscribe(State(st): State<AppState>, Body(req): Body<NewSubscription>) -> ApiResult {
     Ok(created(
         with_headend(&st, move |c, now| c.subscribe(req, now)).await?,
     ))
@@ -524,19 +525,13 @@ async fn unsubscribe(
     }))
 }
 
-async fn pair(
-    State(st): State<AppState>,
-    body: Result<Json<NewPairing>, JsonRejection>,
-) -> ApiResult {
-    let Json(req) = body?;
+async fn pair(State(st): State<AppState>, Body(req): Body<NewPairing>) -> ApiResult {
     Ok(created(
         with_headend(&st, move |c, now| c.pair(req, now)).await?,
     ))
 }
 
-async fn unpair(State(st): State<AppState>, id: Result<Path<String>, PathRejection>) -> ApiResult {
-    let Path(id) = id?;
-    let card = parse_id(&id, "card id")?;
+async fn unpair(State(st): State<AppState>, CardId(card): CardId) -> ApiResult {
     Ok(ok(
         with_headend(&st, move |c, now| c.unpair(card, now)).await?
     ))
@@ -600,11 +595,7 @@ struct SectionsQuery {
     max: Option<usize>,
 }
 
-async fn debug_sections(
-    State(st): State<AppState>,
-    q: Result<Query<SectionsQuery>, QueryRejection>,
-) -> ApiResult {
-    let Query(q) = q?;
+async fn debug_sections(State(st): State<AppState>, Params(q): Params<SectionsQuery>) -> ApiResult {
     let max = q.max.unwrap_or(10_000).clamp(1, 65_536);
     let ecms: Vec<Value> = st
         .output

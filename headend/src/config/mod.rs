@@ -255,35 +255,34 @@ impl Config {
         }
     }
 
+    /// Refuses `got` for `field` below `min`.
+    fn at_least(field: &str, got: u64, min: u64) -> Result<(), ConfigError> {
+        if got < min {
+            return Err(Self::field(
+                field,
+                format!("must be at least {min} (got {got})"),
+            ));
+        }
+        Ok(())
+    }
+
     /// Checks every field's range and the channels' uniqueness.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.operator_id == 0 {
             return Err(Self::field("operator_id", "must be at least 1"));
         }
-        if self.crypto_period_ms < MIN_CRYPTO_PERIOD_MS {
-            return Err(Self::field(
-                "crypto_period_ms",
-                format!(
-                    "must be at least {MIN_CRYPTO_PERIOD_MS} (got {})",
-                    self.crypto_period_ms
-                ),
-            ));
-        }
+        Self::at_least(
+            "crypto_period_ms",
+            self.crypto_period_ms,
+            MIN_CRYPTO_PERIOD_MS,
+        )?;
         if self.crypto_period_ms > 86_400_000 {
             return Err(Self::field(
                 "crypto_period_ms",
                 "must be at most 86400000 (one day)",
             ));
         }
-        if self.emm_cycle_ms < MIN_EMM_CYCLE_MS {
-            return Err(Self::field(
-                "emm_cycle_ms",
-                format!(
-                    "must be at least {MIN_EMM_CYCLE_MS} (got {})",
-                    self.emm_cycle_ms
-                ),
-            ));
-        }
+        Self::at_least("emm_cycle_ms", self.emm_cycle_ms, MIN_EMM_CYCLE_MS)?;
         if self.key_renewal_secs.saturating_mul(1000) <= self.emm_cycle_ms {
             return Err(Self::field(
                 "key_renewal_secs",

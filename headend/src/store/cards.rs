@@ -1,7 +1,7 @@
 //! The `cards` table: each registered card, its public key, its KEK
 //! (sealed) and whether it is active or revoked.
 
-use super::{int, Result, StoreError};
+use super::{int, select, Result, StoreError};
 use crate::atrest::{row, MasterKey};
 use proto::secret::Kek;
 use rusqlite::{params, Connection, OptionalExtension};
@@ -97,13 +97,12 @@ pub fn get(conn: &Connection, id: u32) -> Result<Option<CardRow>> {
 
 /// Cards in id order, from `after` (exclusive), at most `limit`.
 pub fn page(conn: &Connection, after: u32, limit: u32) -> Result<Vec<CardRow>> {
-    let mut st = conn.prepare(
+    select(
+        conn,
         "SELECT id, operator_id, public_key, state, created_ms, revoked_ms FROM cards WHERE id > ?1 ORDER BY id LIMIT ?2",
-    )?;
-    let v = st
-        .query_map(params![after, limit], card_row)?
-        .collect::<Result<_, _>>()?;
-    Ok(v)
+        params![after, limit],
+        card_row,
+    )
 }
 
 /// Registers an active card, its KEK sealed.

@@ -2,7 +2,7 @@
 //! 'config'`, written again at every start) or added through the API
 //! (`'api'`).
 
-use super::{int, Result};
+use super::{int, select, Result};
 use crate::config::ChannelConfig;
 use api::{Channel, ChannelOrigin};
 use rusqlite::{params, Connection, OptionalExtension, ToSql};
@@ -24,11 +24,11 @@ fn origin_sql(o: ChannelOrigin) -> &'static str {
 }
 
 pub fn all(conn: &Connection) -> Result<Vec<Channel>> {
-    let mut st = conn.prepare(
+    select(
+        conn,
         "SELECT service_id, name, product, ecm_pid, emm_pid, maturity, input, output, clear_services, origin FROM channels",
-    )?;
-    let v = st
-        .query_map([], |r| {
+        [],
+        |r| {
             Ok(Channel {
                 service_id: r.get(0)?,
                 name: r.get(1)?,
@@ -45,18 +45,18 @@ pub fn all(conn: &Connection) -> Result<Vec<Channel>> {
                     ChannelOrigin::Api
                 },
             })
-        })?
-        .collect::<Result<_, _>>()?;
-    Ok(v)
+        },
+    )
 }
 
 /// The service ids and names of the channels taken from headend.toml.
 pub fn from_config(conn: &Connection) -> Result<Vec<(u16, String)>> {
-    let mut st = conn.prepare("SELECT service_id, name FROM channels WHERE origin = 'config'")?;
-    let v = st
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
-        .collect::<Result<_, _>>()?;
-    Ok(v)
+    select(
+        conn,
+        "SELECT service_id, name FROM channels WHERE origin = 'config'",
+        [],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )
 }
 
 /// The service of another channel named `name`, if there is one.

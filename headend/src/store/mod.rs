@@ -92,6 +92,18 @@ pub fn open(path: &Path, create: bool) -> Result<Connection> {
     Ok(conn)
 }
 
+/// Every row `sql` selects with `params`, each made by `row`.
+fn select<T>(
+    conn: &Connection,
+    sql: &str,
+    params: impl rusqlite::Params,
+    row: impl FnMut(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+) -> Result<Vec<T>> {
+    let mut st = conn.prepare(sql)?;
+    let v = st.query_map(params, row)?.collect::<Result<_, _>>()?;
+    Ok(v)
+}
+
 /// Unix milliseconds or seconds as SQLite's INTEGER holds them.
 fn int(v: u64) -> i64 {
     v as i64

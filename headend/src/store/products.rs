@@ -1,7 +1,7 @@
 //! The `products` and `product_keys` tables: each product's key
 //! generations and timing, and every period key K_P ever made, sealed.
 
-use super::{int, Result};
+use super::{int, select, Result};
 use crate::atrest::{row, MasterKey};
 use api::Product;
 use proto::secret::ProductKey;
@@ -13,11 +13,11 @@ fn key_row(product: u32, generation: u32) -> crate::atrest::RowId<'static> {
 
 /// Every product, with `key_created_ms` 0 (see [`key_created_ms`]).
 pub fn all(conn: &Connection) -> Result<Vec<Product>> {
-    let mut st = conn.prepare(
+    select(
+        conn,
         "SELECT id, name, generation, active_generation, activate_at_ms, next_renewal_ms, created_ms FROM products",
-    )?;
-    let v = st
-        .query_map([], |r| {
+        [],
+        |r| {
             Ok(Product {
                 id: r.get(0)?,
                 name: r.get(1)?,
@@ -28,9 +28,8 @@ pub fn all(conn: &Connection) -> Result<Vec<Product>> {
                 created_ms: r.get::<_, i64>(6)? as u64,
                 key_created_ms: 0,
             })
-        })?
-        .collect::<Result<_, _>>()?;
-    Ok(v)
+        },
+    )
 }
 
 /// When a generation of a product's key was made.

@@ -2,7 +2,7 @@
 //! product from when to when (and whether that ended, `lapsed`), and the
 //! one receiver each paired card works with.
 
-use super::{int, Result, StoreError};
+use super::{int, select, Result, StoreError};
 use rusqlite::{params, Connection, OptionalExtension};
 
 /// A subscription as stored, with its product's name.
@@ -42,12 +42,12 @@ pub fn for_each_live<E: From<StoreError>>(
 
 /// Subscriptions in card and product order, of one card or of all.
 pub fn list(conn: &Connection, card: Option<u32>) -> Result<Vec<SubscriptionRow>> {
-    let mut st = conn.prepare(
+    select(
+        conn,
         "SELECT s.card, s.product, p.name, s.start, s.end, s.lapsed FROM subscriptions s
          JOIN products p ON p.id = s.product WHERE (?1 IS NULL OR s.card = ?1) ORDER BY s.card, s.product",
-    )?;
-    let v = st
-        .query_map(params![card], |r| {
+        params![card],
+        |r| {
             Ok(SubscriptionRow {
                 card: r.get(0)?,
                 product: r.get(1)?,
@@ -56,34 +56,31 @@ pub fn list(conn: &Connection, card: Option<u32>) -> Result<Vec<SubscriptionRow>
                 end: r.get::<_, i64>(4)? as u64,
                 lapsed: r.get::<_, i64>(5)? != 0,
             })
-        })?
-        .collect::<Result<_, _>>()?;
-    Ok(v)
+        },
+    )
 }
 
 /// Cards that hold `product` at `now` (Unix seconds): a live
 /// subscription, an active card.
 pub fn holders(conn: &Connection, product: u32, now: u64) -> Result<Vec<u32>> {
-    let mut st = conn.prepare(
+    select(
+        conn,
         "SELECT s.card FROM subscriptions s JOIN cards c ON c.id = s.card
          WHERE s.product = ?1 AND s.lapsed = 0 AND c.state = 'active' AND s.end >= ?2",
-    )?;
-    let v = st
-        .query_map(params![product, int(now)], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    Ok(v)
+        params![product, int(now)],
+        |r| r.get(0),
+    )
 }
 
 /// Cards subscribed (live) or paired at or after `since_ms`.
 pub fn changed_since(conn: &Connection, since_ms: u64) -> Result<Vec<u32>> {
-    let mut st = conn.prepare(
+    select(
+        conn,
         "SELECT card FROM subscriptions WHERE lapsed = 0 AND created_ms >= ?1
          UNION SELECT card FROM pairings WHERE created_ms >= ?1",
-    )?;
-    let v = st
-        .query_map(params![int(since_ms)], |r| r.get(0))?
-        .collect::<Result<_, _>>()?;
-    Ok(v)
+        params![int(since_ms)],
+        |r| r.get(0),
+    )
 }
 
 /// A subscription, new or renewed (it is live again).

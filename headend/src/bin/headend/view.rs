@@ -126,6 +126,11 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// The rows of an array, each its `keys` as text, in that order.
+fn fields(v: &Value, keys: &[&str]) -> Vec<Vec<String>> {
+    rows(v, |r| keys.iter().map(|k| s(r, k)).collect())
+}
+
 fn rows(v: &Value, f: impl Fn(&Value) -> Vec<String>) -> Vec<Vec<String>> {
     match v {
         Value::Array(a) => a.iter().map(f).collect(),
@@ -205,27 +210,24 @@ impl View {
             }
             View::Subscription => table(
                 &["CARD", "PRODUCT", "NAME", "START", "UNTIL", "LAPSED"],
-                &rows(v, |x| {
-                    vec![
-                        s(x, "card_id"),
-                        s(x, "product"),
-                        s(x, "product_name"),
-                        s(x, "start"),
-                        s(x, "until"),
-                        s(x, "lapsed"),
-                    ]
-                }),
+                &fields(
+                    v,
+                    &[
+                        "card_id",
+                        "product",
+                        "product_name",
+                        "start",
+                        "until",
+                        "lapsed",
+                    ],
+                ),
             ),
             View::Rotated => table(
                 &["PRODUCT", "NAME", "GENERATION", "IN ECMS FROM"],
-                &rows(&v["rotated"], |r| {
-                    vec![
-                        s(r, "product"),
-                        s(r, "name"),
-                        s(r, "generation"),
-                        s(r, "activate_at"),
-                    ]
-                }),
+                &fields(
+                    &v["rotated"],
+                    &["product", "name", "generation", "activate_at"],
+                ),
             ),
             View::Status => {
                 cli::outln!("run {}  at {}", s(v, "run"), s(v, "now"));
@@ -292,14 +294,10 @@ impl View {
                 cli::outln!();
                 table(
                     &["SERVICE", "PRODUCT", "GENERATION", "EPOCH"],
-                    &rows(&v["ecms"], |e| {
-                        vec![
-                            s(e, "service_id"),
-                            s(e, "product"),
-                            s(e, "generation"),
-                            s(e, "epoch"),
-                        ]
-                    }),
+                    &fields(
+                        &v["ecms"],
+                        &["service_id", "product", "generation", "epoch"],
+                    ),
                 );
                 if v["channels"].as_array().is_some_and(|a| !a.is_empty()) {
                     cli::outln!();
