@@ -223,34 +223,37 @@ impl ServiceMap {
                 self.dropped_ca_pids.push(pid);
             }
         }
-        if self.ecm_pid == ours {
-            return Ok(false);
-        }
-        if let Some(old) = self.ecm_pid {
-            self.release(old);
-        }
-        if let Some(pid) = ours {
-            self.set_role(pid, Role::Ecm);
-        }
-        self.ecm_pid = ours;
-        self.ecm_asm.reset();
-        Ok(true)
+        Ok(self.switch_ca_pid(ours, Role::Ecm, |m| (&mut m.ecm_pid, &mut m.ecm_asm)))
     }
 
     /// A CAT: the EMM PID of Iodoform's CA system, if it names one.
     pub(super) fn learn_cat(&mut self, cat: &Cat) {
         let pid = cat.emm_pid(CA_SYSTEM_ID);
-        if pid == self.emm_pid {
-            return;
+        self.switch_ca_pid(pid, Role::Emm, |m| (&mut m.emm_pid, &mut m.emm_asm));
+    }
+
+    /// Moves `role` (ECM or EMM) to the PID `new` from the one `slot`
+    /// holds, and starts its sections afresh; whether the PID changed.
+    fn switch_ca_pid(
+        &mut self,
+        new: Option<u16>,
+        role: Role,
+        slot: fn(&mut Self) -> (&mut Option<u16>, &mut SectionAssembler),
+    ) -> bool {
+        let old = *slot(self).0;
+        if old == new {
+            return false;
         }
-        if let Some(old) = self.emm_pid {
+        if let Some(old) = old {
             self.release(old);
         }
-        if let Some(new) = pid {
-            self.set_role(new, Role::Emm);
+        if let Some(pid) = new {
+            self.set_role(pid, role);
         }
-        self.emm_pid = pid;
-        self.emm_asm.reset();
+        let (pid, asm) = slot(self);
+        *pid = new;
+        asm.reset();
+        true
     }
 }
 
