@@ -15,8 +15,8 @@
 
 use crate::atrest::MasterKey;
 use crate::config::Config;
-use crate::operator::OperatorKeys;
 use crate::store::init_database;
+use headend_engine::operator::OperatorKeys;
 use proto::secret::Key32;
 use std::fs::{self, OpenOptions};
 use std::io::Write;
@@ -250,7 +250,7 @@ mod tests {
             .mode()
             & 0o777;
         assert_eq!(m, 0o600);
-        let public: crate::OperatorPublic =
+        let public: headend_engine::OperatorPublic =
             serde_json::from_str(&fs::read_to_string(&made.operator_public).unwrap()).unwrap();
         assert_eq!(public.operator_id, 1);
         let key_before = fs::read(d.join("master.key")).unwrap();

@@ -1,26 +1,15 @@
-//! The Iodoform headend, as a library: its key engine, and the daemon
-//! around it.
+//! The Iodoform headend, as a library: the daemon around the engine crate
+//! (`headend_engine`).
 //!
-//! It holds the operator's keys, the cards and their pairwise KEKs, the
-//! products and their period keys, the entitlements, and the sequence
-//! numbers that keep every EMM nonce unique. It turns them into sealed
-//! EMM-Us, signed EMM-Gs and sealed ECMs, and it schedules the control
-//! words of each service's crypto periods.
+//! The engines themselves (the key engine, the control-word schedule and
+//! the stream multiplexer) are [`headend_engine`]'s and do no I/O. This
+//! crate owns persistence, time and I/O: the control words kept in the
+//! database (a [`CwStore`](headend_engine::CwStore)), the channel streams
+//! read and written ([`stream`]), and the daemon ([`state`], [`store`],
+//! [`server`], [`daemon`], [`supervisor`]). Secrets stay inside
+//! `proto::secret` types, whose `Debug` prints `REDACTED`; nothing here
+//! formats key bytes.
 //!
-//! The key engine ([`engine`], [`schedule`], [`operator`]) does no I/O:
-//! no files, no sockets, no clock (callers pass Unix seconds in) and no
-//! logging; its control words are kept by whatever [`CwStore`] it is
-//! given. The stream engine ([`stream`]) reads and writes TS and keeps
-//! nothing. The daemon around them ([`state`], [`store`], [`server`],
-//! [`daemon`], [`supervisor`]) owns persistence and time. Secrets stay inside `proto::secret` types, whose `Debug` prints
-//! `REDACTED`; nothing here formats key bytes.
-//!
-//! * [`operator`]: the operator's X25519 and Ed25519 keys and their public
-//!   half for provisioning.
-//! * [`engine`]: the [`KeyEngine`], with the EMM-U hot path.
-//! * [`schedule`]: crypto periods and control words: one
-//!   [`ControlWordSchedule`] over a [`CwStore`], in memory or in the
-//!   database.
 //! * [`config`] reads and checks `headend.toml`, and holds the channel
 //!   checks.
 //! * [`atrest`]: secrets sealed under the master key.
@@ -39,25 +28,16 @@
 #![forbid(unsafe_code)]
 
 pub mod atrest;
-mod cards;
 pub mod client;
 pub mod config;
 pub mod daemon;
-pub mod engine;
-pub mod error;
 pub mod init;
 pub mod metrics;
-pub mod operator;
 pub mod output;
-pub mod schedule;
 pub mod server;
 pub mod state;
 pub mod store;
 pub mod stream;
 pub mod supervisor;
 
-pub use engine::{Entitlement, KeyEngine, PreparedCard, MAX_ENTITLEMENTS_PER_CARD};
-pub use error::{EngineError, ScheduleError};
-pub use operator::{OperatorKeys, OperatorPublic};
 pub use output::{CaOutput, EcmOutput, EmmOutput};
-pub use schedule::{ControlWordSchedule, CwStore, MemoryCws, DEFAULT_PERIOD_SECS};

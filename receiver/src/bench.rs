@@ -13,7 +13,7 @@
 //!
 //! ```text
 //! // perf.rs (sketch): a 6 s scrambled stream from the headend's engine
-//! let (scrambled, ..) = headend::stream::process_buffer(&cfg, feed, &clear, start_ms)?;
+//! let (scrambled, ..) = headend_engine::stream::process_buffer(&cfg, feed, &clear, start_ms)?;
 //! let figure = receiver::bench::zap_ms(&scrambled, &mut || Box::new(PcscCard::default()),
 //!                                      &identity, 10, 100)?;
 //! ```

@@ -10,8 +10,8 @@
 use super::{Headend, Result, StateError};
 use crate::metrics::Metrics;
 use crate::output::EcmOutput;
-use crate::schedule::ControlWordSchedule;
 use crate::store::{self, control_words::SealedCws};
+use headend_engine::schedule::ControlWordSchedule;
 use proto::ecm::EcmHeader;
 use proto::Codec;
 

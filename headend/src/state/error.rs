@@ -9,10 +9,10 @@
 //! these kinds into status codes.
 
 use crate::config::ChannelProblem;
-use crate::engine::MAX_ENTITLEMENTS_PER_CARD;
-use crate::error::{EngineError, ScheduleError};
 use crate::store::StoreError;
 use api::{ChannelRef, ProductRef};
+use headend_engine::engine::MAX_ENTITLEMENTS_PER_CARD;
+use headend_engine::error::{EngineError, ScheduleError};
 
 /// Why an operation failed.
 #[derive(Debug, thiserror::Error)]

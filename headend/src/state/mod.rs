@@ -30,12 +30,12 @@
 
 use crate::atrest::MasterKey;
 use crate::config::ChannelConfig;
-use crate::engine::KeyEngine;
 use crate::metrics::Metrics;
 use crate::output::CaOutput;
 use crate::store;
 use api::{Channel, Product};
 use carousel::Carousel;
+use headend_engine::engine::KeyEngine;
 use rusqlite::Connection;
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -196,7 +196,7 @@ impl Headend {
         &self.output
     }
 
-    pub fn operator_public(&self) -> crate::operator::OperatorPublic {
+    pub fn operator_public(&self) -> headend_engine::operator::OperatorPublic {
         self.engine.operator().public()
     }
 

@@ -47,7 +47,7 @@ impl Headend {
             carousel_sections: owed as u64,
             unsent_bytes: unsent.bytes,
             unsent_sections: unsent.sections,
-            bitrate: crate::stream::DEFAULT_EMM_BITRATE,
+            bitrate: headend_engine::stream::DEFAULT_EMM_BITRATE,
         }
     }
 

@@ -6,9 +6,9 @@ use super::carousel::FAST_WINDOW_MS;
 use super::fields::{parse_date, parse_key32, rfc3339, secs};
 use super::products::renew_in_tx;
 use super::{Clash, Headend, Result, StateError, Unknown, EMM_U_TABLE};
-use crate::engine::MAX_ENTITLEMENTS_PER_CARD;
 use crate::store;
 use api::{CardView, NewPairing, NewSubscription, ProductRef, SubscriptionView};
+use headend_engine::engine::MAX_ENTITLEMENTS_PER_CARD;
 use proto::emm::EmmCommand;
 use std::collections::BTreeSet;
 

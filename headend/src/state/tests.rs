@@ -6,12 +6,12 @@ use super::carousel::{FAST_REPEAT_MS, FAST_WINDOW_MS};
 use super::fields::secs;
 use super::status::ONE_PRODUCT_EMM_U_SECTION;
 use super::*;
-use crate::operator::OperatorKeys;
 use crate::store::init_database;
 use api::{
     ChannelOrigin, ChannelRef, ChannelUpdate, NewCard, NewChannel, NewPairing, NewProduct,
     NewSubscription, ProductRef,
 };
+use headend_engine::operator::OperatorKeys;
 
 const T0: u64 = 1_800_000_000_000;
 

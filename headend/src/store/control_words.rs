@@ -5,13 +5,13 @@
 //! has put on the air.
 //!
 //! [`SealedCws`] is the daemon's store of the control-word schedule
-//! ([`crate::schedule::ControlWordSchedule`]): it writes into the caller's
+//! ([`headend_engine::schedule::ControlWordSchedule`]): it writes into the caller's
 //! transaction, so a control word is committed with the ECM that carries
 //! it, before that ECM is published.
 
 use super::{int, Result, StoreError};
 use crate::atrest::{row, MasterKey};
-use crate::schedule::CwStore;
+use headend_engine::schedule::CwStore;
 use proto::secret::ControlWord;
 use rusqlite::{params, Connection, OptionalExtension};
 
@@ -188,7 +188,7 @@ impl CwStore for SealedCws<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::schedule::ControlWordSchedule;
+    use headend_engine::schedule::ControlWordSchedule;
 
     /// A schedule over the sealed store of `conn`, with 1 s periods.
     fn schedule<'a>(conn: &'a Connection, mk: &'a MasterKey) -> ControlWordSchedule<SealedCws<'a>> {
@@ -202,7 +202,7 @@ mod tests {
         let mut conn = super::super::open(&home.path().join("cw.db"), true).unwrap();
         let tx = conn.transaction().unwrap();
         let mut s = schedule(&tx, &mk);
-        crate::schedule::check_rules(&mut s);
+        headend_engine::schedule::check_rules(&mut s);
         let before = s.pair(1, 13).unwrap();
         tx.commit().unwrap();
         drop(conn);
@@ -217,7 +217,9 @@ mod tests {
         let other = MasterKey::new(&proto::secret::Key32::random());
         assert!(matches!(
             schedule(&conn, &other).pair(1, 13),
-            Err(crate::error::ScheduleError::Store(StoreError::Sealed(_)))
+            Err(headend_engine::error::ScheduleError::Store(
+                StoreError::Sealed(_)
+            ))
         ));
     }
 }

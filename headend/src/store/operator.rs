@@ -3,7 +3,7 @@
 
 use super::{int, open, Result, StoreError};
 use crate::atrest::{row, MasterKey};
-use crate::operator::OperatorKeys;
+use headend_engine::operator::OperatorKeys;
 use proto::crypto::{SigningKey, X25519Secret};
 use proto::secret::Seed;
 use rusqlite::{params, Connection, OptionalExtension};

@@ -1,65 +1,13 @@
 //! A channel's stream on a thread of its own ([`spawn_channel`]) or on the
-//! caller's ([`run_channel`]), its [`ChannelHandle`], and
-//! [`process_buffer`] for a TS held in memory.
+//! caller's ([`run_channel`]), and its [`ChannelHandle`].
 
 use super::health::{ChannelHealth, ServiceHealth};
-use super::mux::Mux;
 use super::run::run;
-use super::{CaFeed, ChannelStreamConfig, StreamError};
-use serde::Serialize;
+use super::{CaFeed, ChannelStreamConfig, StreamError, StreamStats};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use ts::packet::PacketReader;
-
-/// Counters of one channel, for logs and metrics.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
-pub struct StreamStats {
-    pub packets_in: u64,
-    pub packets_out: u64,
-    /// Packets scrambled (with a payload).
-    pub scrambled: u64,
-    pub cw_changes: u64,
-    /// New periods whose epoch has the parity of the last one: the feed
-    /// skipped an epoch (see the log).
-    pub epoch_skips: u64,
-    pub ecm_sections: u64,
-    pub emm_sections: u64,
-    pub emm_packets: u64,
-    /// EMM sections from the feed that were not EMM sections.
-    pub emm_rejected: u64,
-    pub nulls_replaced: u64,
-    /// PAT sections sent (the input's, again with every ECM).
-    pub pat_sections: u64,
-    pub pmt_sections: u64,
-    /// PMT versions sent (1 + the number of changes).
-    pub pmt_versions: u64,
-    pub cat_sections: u64,
-    /// On PIDs that no PMT names (yet).
-    pub dropped_unreferenced: u64,
-    /// A configured service's packets while it has no crypto period.
-    pub dropped_no_cw: u64,
-    /// A configured service's packets while it is off the air, whatever
-    /// the cause (see [`ServiceHealth::withheld_packets`]).
-    pub dropped_withheld: u64,
-    /// Packets that the last-line check found clear on a PID that must
-    /// not carry clear content, and dropped. Always 0 unless the engine
-    /// has a bug.
-    pub clear_packets: u64,
-    pub dropped_already_scrambled: u64,
-    pub dropped_malformed: u64,
-    /// On our ECM or EMM PIDs.
-    pub dropped_collision: u64,
-    pub psi_errors: u64,
-    pub feed_errors: u64,
-    pub loops: u64,
-    pub skipped_bytes: u64,
-    pub sync_losses: u64,
-    pub pcr_discontinuities: u64,
-    pub pacing_rebases: u64,
-    pub udp_send_errors: u64,
-}
 
 /// Asks one or more channels to stop. Clones share the flag.
 #[derive(Debug, Clone, Default)]
@@ -122,8 +70,8 @@ impl ChannelHandle {
 
     /// The channel's input and services, as of the last read (at most
     /// about 100 ms old while the thread runs); a service counts as
-    /// withheld for [`Withheld::NoInput`](super::Withheld::NoInput) once the input has been silent
-    /// for [`INPUT_SILENCE_MS`](super::INPUT_SILENCE_MS), whatever the thread is doing. Cheap.
+    /// withheld for [`Withheld::NoInput`](headend_engine::stream::Withheld::NoInput) once the input has been silent
+    /// for [`INPUT_SILENCE_MS`](headend_engine::stream::INPUT_SILENCE_MS), whatever the thread is doing. Cheap.
     pub fn health(&self) -> ChannelHealth {
         let mut h = self
             .shared
@@ -176,7 +124,7 @@ pub fn spawn_channel<F: CaFeed + 'static>(
     feed: F,
     shutdown: Shutdown,
 ) -> Result<ChannelHandle, StreamError> {
-    cfg.validate()?;
+    super::validate(&cfg)?;
     let shared = Arc::new(Shared::default());
     *shared.health.lock().unwrap_or_else(|e| e.into_inner()) = ChannelHealth {
         started_unix_ms: unix_ms_now(),
@@ -211,38 +159,4 @@ pub fn spawn_channel<F: CaFeed + 'static>(
         shared,
         thread,
     })
-}
-
-/// Runs a whole TS held in memory through a [`Mux`] and returns the
-/// output, as a file output would hold it. For tests and tools (the
-/// receiver's tests can make scrambled streams with it).
-pub fn process_buffer<F: CaFeed>(
-    cfg: &ChannelStreamConfig,
-    feed: F,
-    input: &[u8],
-    start_unix_ms: u64,
-) -> Result<(Vec<u8>, StreamStats, F), StreamError> {
-    let mut mux = Mux::new(cfg, feed, start_unix_ms)?;
-    let mut reader = PacketReader::new();
-    reader.push(input);
-    reader.finish();
-    let mut out = Vec::new();
-    let mut bytes = Vec::with_capacity(input.len() + input.len() / 4);
-    while let Some(p) = reader.next_packet() {
-        mux.push(p);
-        mux.take_output(&mut out);
-        for p in out.drain(..) {
-            bytes.extend_from_slice(&p.bytes);
-        }
-    }
-    mux.flush();
-    mux.take_output(&mut out);
-    for p in out.drain(..) {
-        bytes.extend_from_slice(&p.bytes);
-    }
-    let mut stats = *mux.stats();
-    stats.skipped_bytes = reader.stats().skipped_bytes;
-    stats.sync_losses = reader.stats().sync_losses;
-    stats.pcr_discontinuities = mux.pcr_discontinuities();
-    Ok((bytes, stats, mux.into_feed()))
 }

@@ -11,10 +11,10 @@
 //! through a cursor at the channel's EMM bandwidth: every channel carries
 //! every EMM.
 
-use super::feed::{CaFeed, CryptoPeriod, FeedError};
 use super::{spawn_channel, ChannelHandle, ChannelStreamConfig, Endpoint, Shutdown, StreamError};
 use crate::output::{CaOutput, EmmMark};
 use api::Channel;
+use headend_engine::stream::{CaFeed, CryptoPeriod, FeedError};
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
@@ -106,62 +106,60 @@ impl CaFeed for CaOutputFeed {
     }
 }
 
-impl ChannelStreamConfig {
-    /// The stream of a channel as the daemon holds it (from the config or
-    /// added through the API), `None` if it has no `input` or no `output`.
-    /// Relative file paths are taken from `base` (the config file's
-    /// folder). A file input ending in `?loop` is played again and again.
-    pub fn from_daemon_channel(
-        ch: &Channel,
-        base: &Path,
-    ) -> Result<Option<ChannelStreamConfig>, StreamError> {
-        let c = Self::from_fields(
-            &ch.name,
-            ch.service_id,
-            ch.ecm_pid,
-            ch.emm_pid,
-            ch.input.as_deref(),
-            ch.output.as_deref(),
-            base,
-        )?;
-        Ok(match c {
-            Some(mut c) => {
-                c.clear_services = ch.clear_services.clone();
-                c.validate()?;
-                Some(c)
-            }
-            None => None,
-        })
-    }
+/// The stream of a channel as the daemon holds it (from the config or
+/// added through the API), `None` if it has no `input` or no `output`.
+/// Relative file paths are taken from `base` (the config file's
+/// folder). A file input ending in `?loop` is played again and again.
+pub fn daemon_stream_config(
+    ch: &Channel,
+    base: &Path,
+) -> Result<Option<ChannelStreamConfig>, StreamError> {
+    let c = from_fields(
+        &ch.name,
+        ch.service_id,
+        ch.ecm_pid,
+        ch.emm_pid,
+        ch.input.as_deref(),
+        ch.output.as_deref(),
+        base,
+    )?;
+    Ok(match c {
+        Some(mut c) => {
+            c.clear_services = ch.clear_services.clone();
+            super::validate(&c)?;
+            Some(c)
+        }
+        None => None,
+    })
+}
 
-    fn from_fields(
-        name: &str,
-        service_id: u16,
-        ecm_pid: u16,
-        emm_pid: u16,
-        input: Option<&str>,
-        output: Option<&str>,
-        base: &Path,
-    ) -> Result<Option<ChannelStreamConfig>, StreamError> {
-        let (Some(input), Some(output)) = (input, output) else {
-            return Ok(None);
-        };
-        let (input, looped) = match input.strip_suffix("?loop") {
-            Some(i) if !i.starts_with("udp://") => (i, true),
-            _ => (input, false),
-        };
-        let resolve = |url: &str| -> Result<String, StreamError> {
-            Ok(match Endpoint::parse(url)? {
-                Endpoint::File(p) if p.is_relative() => base.join(p).to_string_lossy().into_owned(),
-                _ => url.to_owned(),
-            })
-        };
-        let mut c = ChannelStreamConfig::new(name, resolve(input)?, resolve(output)?, emm_pid)
-            .service(service_id, ecm_pid);
-        c.loop_input = looped;
-        c.validate()?;
-        Ok(Some(c))
-    }
+fn from_fields(
+    name: &str,
+    service_id: u16,
+    ecm_pid: u16,
+    emm_pid: u16,
+    input: Option<&str>,
+    output: Option<&str>,
+    base: &Path,
+) -> Result<Option<ChannelStreamConfig>, StreamError> {
+    let (Some(input), Some(output)) = (input, output) else {
+        return Ok(None);
+    };
+    let (input, looped) = match input.strip_suffix("?loop") {
+        Some(i) if !i.starts_with("udp://") => (i, true),
+        _ => (input, false),
+    };
+    let resolve = |url: &str| -> Result<String, StreamError> {
+        Ok(match Endpoint::parse(url)? {
+            Endpoint::File(p) if p.is_relative() => base.join(p).to_string_lossy().into_owned(),
+            _ => url.to_owned(),
+        })
+    };
+    let mut c = ChannelStreamConfig::new(name, resolve(input)?, resolve(output)?, emm_pid)
+        .service(service_id, ecm_pid);
+    c.loop_input = looped;
+    super::validate(&c)?;
+    Ok(Some(c))
 }
 
 /// Starts the stream thread of one channel, fed by `output` and stopped by
@@ -173,7 +171,7 @@ pub fn spawn_daemon_channel(
     output: &CaOutput,
     shutdown: &Shutdown,
 ) -> Result<Option<ChannelHandle>, StreamError> {
-    match ChannelStreamConfig::from_daemon_channel(ch, base)? {
+    match daemon_stream_config(ch, base)? {
         Some(cfg) => {
             spawn_channel(cfg, CaOutputFeed::new(output.clone()), shutdown.clone()).map(Some)
         }
@@ -185,8 +183,8 @@ pub fn spawn_daemon_channel(
 mod tests {
     use super::*;
     use crate::output::EcmOutput;
-    use crate::schedule::ControlWordSchedule;
-    use crate::stream::Mux;
+    use headend_engine::schedule::ControlWordSchedule;
+    use headend_engine::stream::Mux;
     use proto::secret::ControlWord;
 
     fn ecm(epoch: u64) -> EcmOutput {
@@ -310,22 +308,16 @@ mod tests {
             origin: api::ChannelOrigin::Api,
         };
         let base = Path::new("/etc/iodoform");
-        assert!(ChannelStreamConfig::from_daemon_channel(&ch, base)
-            .unwrap()
-            .is_none());
+        assert!(daemon_stream_config(&ch, base).unwrap().is_none());
         ch.output = Some("udp://127.0.0.1:5002".into());
-        let c = ChannelStreamConfig::from_daemon_channel(&ch, base)
-            .unwrap()
-            .unwrap();
+        let c = daemon_stream_config(&ch, base).unwrap().unwrap();
         assert_eq!(c.input, "/etc/iodoform/clip.ts");
         assert!(c.loop_input);
         assert_eq!(c.services[0].service_id, 5);
         ch.input = Some("udp://127.0.0.1:5000".into());
-        let c = ChannelStreamConfig::from_daemon_channel(&ch, base)
-            .unwrap()
-            .unwrap();
+        let c = daemon_stream_config(&ch, base).unwrap().unwrap();
         assert!(!c.loop_input);
         ch.output = Some("udp://nowhere".into());
-        assert!(ChannelStreamConfig::from_daemon_channel(&ch, base).is_err());
+        assert!(daemon_stream_config(&ch, base).is_err());
     }
 }

@@ -3,7 +3,7 @@
 //! own rate.
 
 use super::mux::OutPacket;
-use super::{Shutdown, StreamError};
+use super::{ChannelStreamConfig, Shutdown, StreamError};
 use std::fs::File;
 use std::io::{self, BufWriter, Read as _, Seek, Write};
 use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket};
@@ -16,6 +16,19 @@ pub(crate) const READ_TIMEOUT: Duration = Duration::from_millis(100);
 /// The longest air time that a partial datagram waits for more packets:
 /// any stream over about 100 kbit/s fills its datagrams sooner.
 const MAX_HOLD_TICKS: u64 = 100 * super::clock::TICKS_PER_MS;
+
+/// Checks a channel's stream: the engine's checks of every field
+/// ([`ChannelStreamConfig::validate`]), then its input and output URLs.
+pub fn validate(cfg: &ChannelStreamConfig) -> Result<(), StreamError> {
+    cfg.validate()?;
+    Endpoint::parse(&cfg.input)?;
+    if let Endpoint::Udp(a) = Endpoint::parse(&cfg.output)? {
+        if a.port() == 0 || a.ip().is_unspecified() {
+            return Err(cfg.bad("output", format!("cannot send to {a}")));
+        }
+    }
+    Ok(())
+}
 
 /// A parsed input or output URL.
 #[derive(Debug, Clone, PartialEq, Eq)]

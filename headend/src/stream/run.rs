@@ -2,12 +2,12 @@
 //! [`Mux`](super::Mux), and the output written (paced by the PCR on a
 //! live output) by a writer thread.
 
-use super::channel::{unix_ms_now, Shared, Shutdown, StreamStats};
+use super::channel::{unix_ms_now, Shared, Shutdown};
 use super::clock;
 use super::health::{ChannelHealth, Withheld, INPUT_SILENCE_MS};
 use super::io::{Endpoint, Got, Input, Output};
 use super::mux::{Mux, OutPacket};
-use super::{CaFeed, ChannelStreamConfig, Pacing, StreamError};
+use super::{CaFeed, ChannelStreamConfig, Pacing, StreamError, StreamStats};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use ts::packet::{PacketReader, PACKET_LEN};
@@ -90,7 +90,7 @@ pub(super) fn run<F: CaFeed>(
     shutdown: &Shutdown,
     shared: Option<&Shared>,
 ) -> Result<StreamStats, StreamError> {
-    cfg.validate()?;
+    super::validate(cfg)?;
     let in_ep = Endpoint::parse(&cfg.input)?;
     let out_ep = Endpoint::parse(&cfg.output)?;
     let paced = match cfg.pacing {

@@ -27,8 +27,9 @@
 use crate::config::{check_channel, parse_input, ChannelSpec, InputUrl};
 use crate::output::CaOutput;
 use crate::state::Headend;
-use crate::stream::{spawn_daemon_channel, ChannelHandle, ChannelHealth, Shutdown};
+use crate::stream::{spawn_daemon_channel, ChannelHandle, Shutdown};
 use api::{Channel, ChannelOrigin};
+use headend_engine::stream::ChannelHealth;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};

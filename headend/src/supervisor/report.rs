@@ -4,8 +4,8 @@
 
 use super::{unix_ms, Run, Supervisor};
 use crate::metrics::Exposition;
-use crate::stream::{ChannelHealth, Withheld};
 use api::ChannelOrigin;
+use headend_engine::stream::{ChannelHealth, Withheld};
 use serde::Serialize;
 use std::time::Instant;
 

@@ -6,7 +6,7 @@
 use card::eeprom::MemEeprom;
 use card::Applet;
 use cardlink::{CardClient, InProcessCard};
-use headend::OperatorPublic;
+use headend_engine::OperatorPublic;
 use proto::crypto::X25519Secret;
 use serde_json::{json, Value};
 use std::path::Path;

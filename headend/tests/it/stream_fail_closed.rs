@@ -6,7 +6,8 @@
 
 use crate::common::UdpEncoder;
 use crate::stream_support::*;
-use headend::stream::{spawn_channel, ChannelStreamConfig, Shutdown, Withheld};
+use headend::stream::{spawn_channel, Shutdown};
+use headend_engine::stream::{ChannelStreamConfig, Withheld};
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 use ts::packet::{Packet, PacketReader, PACKET_LEN};
@@ -57,7 +58,7 @@ fn air(ts: &[u8]) -> Air {
 
 /// The feed of `stream_support` knowing services 3 and 257 as well: the
 /// only thing wrong with these channels is their service_id.
-fn feed_for_all() -> headend::stream::EngineFeed {
+fn feed_for_all() -> headend_engine::stream::EngineFeed {
     let (mut f, _) = feed(1000, 2);
     f.add_service(3, PRODUCT, 0);
     f.add_service(257, PRODUCT, 0);

@@ -3,7 +3,7 @@
 //! behind a valid PAT and PMT, and a valid stream with random damage.
 
 use crate::stream_support::*;
-use headend::stream::{process_buffer, ChannelStreamConfig, Mux};
+use headend_engine::stream::{process_buffer, ChannelStreamConfig, Mux};
 use proptest::prelude::*;
 use std::sync::OnceLock;
 use ts::packet::{Packet, Packets, PACKET_LEN};

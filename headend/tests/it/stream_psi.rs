@@ -3,7 +3,7 @@
 //! feed that is not ready.
 
 use crate::stream_support::*;
-use headend::stream::{
+use headend_engine::stream::{
     process_buffer, CaFeed, ChannelStreamConfig, CryptoPeriod, EngineFeed, FeedError,
 };
 use std::sync::Arc;

@@ -2,8 +2,8 @@
 //! feed, and an analyzer that checks what a receiver would check.
 #![allow(dead_code)]
 
-use headend::stream::EngineFeed;
-use headend::{ControlWordSchedule, KeyEngine, OperatorKeys};
+use headend_engine::stream::EngineFeed;
+use headend_engine::{ControlWordSchedule, KeyEngine, OperatorKeys};
 use proto::ecm::Ecm;
 use proto::secret::ProductKey;
 use proto::Codec;

@@ -2,7 +2,8 @@
 //! live source would be, input in datagrams with garbage in between.
 
 use crate::stream_support::*;
-use headend::stream::{spawn_channel, ChannelStreamConfig, Pacing, Shutdown};
+use headend::stream::{spawn_channel, Shutdown};
+use headend_engine::stream::{ChannelStreamConfig, Pacing};
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
 use ts::packet::{Packets, PACKET_LEN};

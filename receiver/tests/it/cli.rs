@@ -82,7 +82,7 @@ fn ran(o: Output, out: Vec<u8>, stats: &Path) -> Ran {
 }
 
 /// Card 42 for the engine, entitled from `dates` if given.
-fn applet(engine: &mut headend::KeyEngine, dates: Option<(u64, u64)>) -> Applet<MemEeprom> {
+fn applet(engine: &mut headend_engine::KeyEngine, dates: Option<(u64, u64)>) -> Applet<MemEeprom> {
     mem_card(engine, CARD, dates).0
 }
 

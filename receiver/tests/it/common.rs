@@ -7,10 +7,10 @@
 use card::eeprom::{Eeprom, MemEeprom};
 use card::Applet;
 use cardlink::{CardClient, CardTransport, InProcessCard, TransportError};
-use headend::stream::{
+use headend_engine::stream::{
     process_buffer, CaFeed, ChannelStreamConfig, CryptoPeriod, EngineFeed, FeedError,
 };
-use headend::{ControlWordSchedule, KeyEngine, OperatorKeys};
+use headend_engine::{ControlWordSchedule, KeyEngine, OperatorKeys};
 use proto::crypto::X25519Secret;
 use proto::ecm::EcmHeader;
 use proto::secret::ControlWord;

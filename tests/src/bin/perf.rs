@@ -27,7 +27,7 @@ mod vcard;
 mod zap_figure;
 
 use clap::Parser;
-use headend::{KeyEngine, OperatorKeys, PreparedCard};
+use headend_engine::{KeyEngine, OperatorKeys, PreparedCard};
 use proto::crypto::X25519Secret;
 use proto::emm::{Emm, EmmCommand, EMM_HEADER_LEN};
 use proto::secret::Kek;
@@ -82,7 +82,7 @@ const FIGURES: &[(&str, &str, Figure)] = &[
     (
         "scramble",
         "headend DVB-CISSA scrambling, MB/s of TS, against raw AES-128-CBC encrypt of the same blocks",
-        |s| vec![headend::stream::bench::scramble_rate(s.quick)],
+        |s| vec![headend_engine::stream::bench::scramble_rate(s.quick)],
     ),
     (
         "zap",

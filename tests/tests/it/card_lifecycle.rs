@@ -6,8 +6,8 @@
 use card::eeprom::MemEeprom;
 use card::Applet;
 use cardlink::{CardClient, InProcessCard};
-use headend::schedule::ControlWordSchedule;
-use headend::{KeyEngine, OperatorKeys};
+use headend_engine::schedule::ControlWordSchedule;
+use headend_engine::{KeyEngine, OperatorKeys};
 use proto::apdu::StatusWord;
 use proto::crypto::X25519Secret;
 

@@ -269,8 +269,8 @@ impl<S: CwStore> ControlWordSchedule<S> {
 
 /// The schedule's rules, checked over any store: in memory below, and over
 /// the daemon's database in `store::control_words`.
-#[cfg(test)]
-pub(crate) fn check_rules<S: CwStore>(s: &mut ControlWordSchedule<S>) {
+#[cfg(any(test, feature = "testing"))]
+pub fn check_rules<S: CwStore>(s: &mut ControlWordSchedule<S>) {
     // Fresh CWs in the slots of their parity, carried over from one
     // epoch's pair to the next.
     let p10 = s.pair(1, 10).unwrap();

@@ -2,7 +2,6 @@
 //! services, the CA PIDs and timing, and the checks it must pass before
 //! it starts.
 
-use super::io::Endpoint;
 use thiserror::Error;
 use ts::packet::NULL_PID;
 
@@ -142,7 +141,8 @@ impl ChannelStreamConfig {
         self
     }
 
-    fn bad(&self, field: &'static str, reason: impl Into<String>) -> StreamError {
+    /// A [`StreamError::Config`] for this channel's `field`.
+    pub fn bad(&self, field: &'static str, reason: impl Into<String>) -> StreamError {
         StreamError::Config {
             channel: self.name.clone(),
             field,
@@ -150,7 +150,8 @@ impl ChannelStreamConfig {
         }
     }
 
-    /// Checks every field; the error names the bad one.
+    /// Checks every field but `input` and `output`, whose URLs the code
+    /// that opens them parses and checks; the error names the bad field.
     pub fn validate(&self) -> Result<(), StreamError> {
         let pid_ok = |pid: u16| (0x20..NULL_PID).contains(&pid);
         if !pid_ok(self.emm_pid) {
@@ -221,12 +222,6 @@ impl ChannelStreamConfig {
         }
         if !(10_000..=1_000_000_000).contains(&self.fallback_bitrate) {
             return Err(self.bad("fallback_bitrate", "must be 10 kbit/s..=1 Gbit/s"));
-        }
-        Endpoint::parse(&self.input)?;
-        if let Endpoint::Udp(a) = Endpoint::parse(&self.output)? {
-            if a.port() == 0 || a.ip().is_unspecified() {
-                return Err(self.bad("output", format!("cannot send to {a}")));
-            }
         }
         Ok(())
     }

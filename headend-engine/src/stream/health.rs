@@ -1,7 +1,7 @@
 //! A channel's health as an operator needs it: whether its input is
 //! alive, and for each protected service whether it is on the air and, if
-//! not, why ([`Withheld`]). [`ChannelHandle::health`](super::ChannelHandle::health)
-//! reads it from any thread at any time.
+//! not, why ([`Withheld`]). The headend's `ChannelHandle::health` reads
+//! it from any thread at any time.
 
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -157,7 +157,7 @@ impl ChannelHealth {
 
     /// Marks every service withheld for [`Withheld::NoInput`] when the
     /// input has been silent for [`INPUT_SILENCE_MS`] at `now_unix_ms`.
-    pub(crate) fn apply_silence(&mut self, now_unix_ms: u64) {
+    pub fn apply_silence(&mut self, now_unix_ms: u64) {
         if self.input_silence_ms(now_unix_ms) < INPUT_SILENCE_MS {
             return;
         }

@@ -1,6 +1,6 @@
 //! The multiplexer: one clear TS in, the scrambled TS with its CA
-//! signalling, ECMs and EMMs out. It does no I/O; [`super::run_channel`]
-//! feeds it packets and writes what it returns.
+//! signalling, ECMs and EMMs out. It does no I/O; the headend's channel
+//! thread feeds it packets and writes what it returns.
 //!
 //! It fails closed. A configured service is *on the air* only while all
 //! of this holds; otherwise it is *withheld* ([`Withheld`], the first
@@ -78,7 +78,7 @@ use super::{ChannelStreamConfig, EmmInsertion, StreamError, StreamStats};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use ts::cissa::{Outcome, Scrambler};
-use ts::packet::{null_packet, Packet, MAX_PID, NULL_PID, PACKET_LEN};
+use ts::packet::{null_packet, Packet, PacketReader, MAX_PID, NULL_PID, PACKET_LEN};
 use ts::psi::{
     packetize, Cat, Descriptor, Pat, Pmt, PrivateSection, SectionAssembler, CA_SYSTEM_ID,
     MAX_SECTION_LEN,
@@ -629,4 +629,38 @@ impl<F: CaFeed> Mux<F> {
             }
         }
     }
+}
+
+/// Runs a whole TS held in memory through a [`Mux`] and returns the
+/// output, as a file output would hold it,. For tests and tools (the
+/// receiver's tests can make scrambled streams with it).
+pub fn process_buffer<F: CaFeed>(
+    cfg: &ChannelStreamConfig,
+    feed: F,
+    input: &[u8],
+    start_unix_ms: u64,
+) -> Result<(Vec<u8>, StreamStats, F), StreamError> {
+    let mut mux = Mux::new(cfg, feed, start_unix_ms)?;
+    let mut reader = PacketReader::new();
+    reader.push(input);
+    reader.finish();
+    let mut out = Vec::new();
+    let mut bytes = Vec::with_capacity(input.len() + input.len() / 4);
+    while let Some(p) = reader.next_packet() {
+        mux.push(p);
+        mux.take_output(&mut out);
+        for p in out.drain(..) {
+            bytes.extend_from_slice(&p.bytes);
+        }
+    }
+    mux.flush();
+    mux.take_output(&mut out);
+    for p in out.drain(..) {
+        bytes.extend_from_slice(&p.bytes);
+    }
+    let mut stats = *mux.stats();
+    stats.skipped_bytes = reader.stats().skipped_bytes;
+    stats.sync_losses = reader.stats().sync_losses;
+    stats.pcr_discontinuities = mux.pcr_discontinuities();
+    Ok((bytes, stats, mux.into_feed()))
 }
