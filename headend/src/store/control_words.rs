@@ -9,7 +9,7 @@
 //! transaction, so a control word is committed with the ECM that carries
 //! it, before that ECM is published.
 
-use super::{int, Result, StoreError};
+use super::{int, select, Result, StoreError};
 use crate::atrest::{row, MasterKey};
 use headend_engine::schedule::CwStore;
 use proto::secret::ControlWord;
@@ -95,17 +95,18 @@ pub fn insert_ecm(
 /// Each service's newest epoch on the air and the crypto period (ms) it
 /// was counted in.
 pub fn epochs(conn: &Connection) -> Result<Vec<(u16, u64, u64)>> {
-    let mut st = conn.prepare("SELECT service, last_epoch, period_ms FROM service_epochs")?;
-    let v = st
-        .query_map([], |r| {
+    select(
+        conn,
+        "SELECT service, last_epoch, period_ms FROM service_epochs",
+        [],
+        |r| {
             Ok((
                 r.get(0)?,
                 r.get::<_, i64>(1)? as u64,
                 r.get::<_, i64>(2)? as u64,
             ))
-        })?
-        .collect::<Result<_, _>>()?;
-    Ok(v)
+        },
+    )
 }
 
 /// The newest epoch `service` put on the air, if any.

@@ -3,7 +3,7 @@
 //! `headend status`, `/ready` and the per-channel families of `/metrics`.
 
 use super::{unix_ms, Run, Supervisor};
-use crate::metrics::Exposition;
+use crate::metrics::{Exposition, Value};
 use api::ChannelOrigin;
 use headend_engine::stream::{ChannelHealth, Withheld};
 use serde::Serialize;
@@ -197,65 +197,26 @@ impl Supervisor {
         fn labels<'a>(r: &'a (String, String, &ChannelStatus)) -> [(&'static str, &'a str); 2] {
             [("channel", r.0.as_str()), ("service", r.1.as_str())]
         }
-        let h = |s: &ChannelStatus| s.health.clone().unwrap_or_default();
-        {
-            let mut f = e.counter(
-                "iodoform_channel_input_packets_total",
-                "TS packets read from the channel's input (since its stream last started).",
-            );
-            for r in &rows {
-                f.sample(&labels(r), h(r.2).input_packets);
+        let per_channel = |e: &mut Exposition, families: &[PerChannel]| {
+            for &(counter, name, help, value) in families {
+                let mut f = if counter {
+                    e.counter(name, help)
+                } else {
+                    e.gauge(name, help)
+                };
+                for r in &rows {
+                    f.sample(&labels(r), value(r.2, now_ms));
+                }
             }
-        }
-        {
-            let mut f = e.gauge(
-                "iodoform_channel_input_bitrate_bits_per_second",
-                "The channel's input bitrate over the last second or two.",
-            );
-            for r in &rows {
-                f.sample(&labels(r), h(r.2).input_bitrate_bps);
-            }
-        }
-        {
-            let mut f = e.gauge(
-                "iodoform_channel_input_silence_seconds",
-                "Seconds since the channel's last input packet (since its stream started if none yet); 0 without a stream.",
-            );
-            for r in &rows {
-                let v =
-                    r.2.health
-                        .as_ref()
-                        .filter(|_| r.2.input_silence_seconds.is_some());
-                let secs = v.map_or(0.0, |h| h.input_silence_ms(now_ms) as f64 / 1000.0);
-                f.sample(&labels(r), secs);
-            }
-        }
-        {
-            let mut f = e.counter(
-                "iodoform_channel_scrambled_packets_total",
-                "Packets of the channel's service sent scrambled.",
-            );
-            for r in &rows {
-                let v: u64 = h(r.2).services.iter().map(|s| s.scrambled_packets).sum();
-                f.sample(&labels(r), v);
-            }
-        }
-        {
-            let mut f = e.counter(
-                "iodoform_channel_clear_packets_total",
-                "Packets found clear on a PID that must be scrambled, and dropped. Always 0 unless the headend has a bug: alert if it grows.",
-            );
-            for r in &rows {
-                f.sample(&labels(r), h(r.2).clear_packets);
-            }
-        }
+        };
+        per_channel(e, &BEFORE_WITHHELD);
         {
             let mut f = e.counter(
                 "iodoform_channel_withheld_packets_total",
                 "Packets of the channel's service dropped instead of sent, by cause (see `headend status` for the fix).",
             );
             for r in &rows {
-                let hh = h(r.2);
+                let hh = health(r.2);
                 for cause in Withheld::ALL {
                     let v: u64 = hh
                         .services
@@ -273,32 +234,80 @@ impl Supervisor {
                 }
             }
         }
-        {
-            let mut f = e.counter(
-                "iodoform_channel_output_errors_total",
-                "Datagrams the channel's output could not send.",
-            );
-            for r in &rows {
-                f.sample(&labels(r), h(r.2).output_errors);
-            }
-        }
-        {
-            let mut f = e.gauge(
-                "iodoform_channel_on_air",
-                "1 while the channel's service is scrambled and sent.",
-            );
-            for r in &rows {
-                f.sample(&labels(r), r.2.state == ChannelState::OnAir);
-            }
-        }
-        {
-            let mut f = e.gauge(
-                "iodoform_channel_failed",
-                "1 while the channel is turned off after an error (see `headend status`).",
-            );
-            for r in &rows {
-                f.sample(&labels(r), r.2.state == ChannelState::Failed);
-            }
-        }
+        per_channel(e, &AFTER_WITHHELD);
     }
 }
+
+/// A `/metrics` family with a sample a channel: counter (`true`) or
+/// gauge, name, help, and what it reads off the channel's status at a
+/// time (Unix ms).
+type PerChannel = (
+    bool,
+    &'static str,
+    &'static str,
+    fn(&ChannelStatus, u64) -> Value,
+);
+
+/// The channel's stream's counters; all 0 without a stream.
+fn health(s: &ChannelStatus) -> ChannelHealth {
+    s.health.clone().unwrap_or_default()
+}
+
+/// The per-channel families before `iodoform_channel_withheld_packets_total`.
+const BEFORE_WITHHELD: [PerChannel; 5] = [
+    (
+        true,
+        "iodoform_channel_input_packets_total",
+        "TS packets read from the channel's input (since its stream last started).",
+        |s, _| health(s).input_packets.into(),
+    ),
+    (
+        false,
+        "iodoform_channel_input_bitrate_bits_per_second",
+        "The channel's input bitrate over the last second or two.",
+        |s, _| health(s).input_bitrate_bps.into(),
+    ),
+    (
+        false,
+        "iodoform_channel_input_silence_seconds",
+        "Seconds since the channel's last input packet (since its stream started if none yet); 0 without a stream.",
+        |s, now_ms| {
+            let v = s.health.as_ref().filter(|_| s.input_silence_seconds.is_some());
+            v.map_or(0.0, |h| h.input_silence_ms(now_ms) as f64 / 1000.0).into()
+        },
+    ),
+    (
+        true,
+        "iodoform_channel_scrambled_packets_total",
+        "Packets of the channel's service sent scrambled.",
+        |s, _| Value::from(health(s).services.iter().map(|x| x.scrambled_packets).sum::<u64>()),
+    ),
+    (
+        true,
+        "iodoform_channel_clear_packets_total",
+        "Packets found clear on a PID that must be scrambled, and dropped. Always 0 unless the headend has a bug: alert if it grows.",
+        |s, _| health(s).clear_packets.into(),
+    ),
+];
+
+/// The per-channel families after `iodoform_channel_withheld_packets_total`.
+const AFTER_WITHHELD: [PerChannel; 3] = [
+    (
+        true,
+        "iodoform_channel_output_errors_total",
+        "Datagrams the channel's output could not send.",
+        |s, _| health(s).output_errors.into(),
+    ),
+    (
+        false,
+        "iodoform_channel_on_air",
+        "1 while the channel's service is scrambled and sent.",
+        |s, _| (s.state == ChannelState::OnAir).into(),
+    ),
+    (
+        false,
+        "iodoform_channel_failed",
+        "1 while the channel is turned off after an error (see `headend status`).",
+        |s, _| (s.state == ChannelState::Failed).into(),
+    ),
+];
