@@ -257,6 +257,32 @@ where
     T::deserialize(d).map(Some)
 }
 
+/// Where a channel stands, as the supervisor reports it: added to a
+/// [`Channel`]'s fields in the answers of the channel routes.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ChannelReport {
+    /// `on_air`, `waiting`, `failed`, `ended` or `off`.
+    pub state: String,
+    /// Why it failed (state `failed`): what went wrong and what to do.
+    pub error: Option<String>,
+    /// Why its service is withheld (state `waiting`).
+    pub cause: Option<String>,
+    /// What to do about it.
+    pub fix: Option<String>,
+    /// What the cause is about.
+    pub detail: Option<String>,
+}
+
+/// A channel as the channel routes answer it: its fields, then where it
+/// stands (absent while the supervisor has not seen it).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ChannelView {
+    #[serde(flatten)]
+    pub channel: Channel,
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub report: Option<ChannelReport>,
+}
+
 /// The answer to `DELETE /api/v1/channels/{channel}`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct ChannelRemoved {
@@ -354,6 +380,163 @@ pub struct NewPairing {
     /// The receiver's X25519 public key, 64 hex digits, as `receiver
     /// identity` prints it.
     pub receiver_key: String,
+}
+
+// ---- status --------------------------------------------------------------
+
+/// The answer to `GET /api/v1/status`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct Status {
+    /// This run of the daemon (one more at every start).
+    pub run: u64,
+    /// RFC 3339.
+    pub now: String,
+    pub operator_id: u32,
+    pub crypto_period_ms: u64,
+    pub emm_cycle_ms: u64,
+    pub key_renewal_secs: u64,
+    /// The crypto period now.
+    pub epoch: u64,
+    pub cards: CardCounts,
+    /// Cards in the EMM carousel.
+    pub carousel_cards: u64,
+    /// Cards waiting for a changed entitlement.
+    pub carousel_pending: u64,
+    pub products: Vec<ProductStatus>,
+    pub channels: Vec<ChannelStatus>,
+    /// The ECMs being sent now.
+    pub ecms: Vec<EcmStatus>,
+    /// EMM sections published by this run.
+    pub emm_sections: u64,
+    pub emm_backlog: EmmBacklog,
+}
+
+/// The cards of [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct CardCounts {
+    pub active: u64,
+    pub revoked: u64,
+}
+
+/// A product of [`Status`]: its fields and its key timing, in whole
+/// seconds.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ProductStatus {
+    #[serde(flatten)]
+    pub product: Product,
+    pub key_age_secs: i64,
+    pub next_renewal_secs: i64,
+    pub key_switch_pending: bool,
+    pub key_switch_secs: i64,
+}
+
+/// A channel of [`Status`]: its fields, then where it stands (absent
+/// while the supervisor has not seen it).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct ChannelStatus {
+    #[serde(flatten)]
+    pub channel: Channel,
+    #[serde(flatten, default, skip_serializing_if = "Option::is_none")]
+    pub run: Option<ChannelRun>,
+}
+
+/// Where a channel of [`Status`] stands: the supervisor's report.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct ChannelRun {
+    /// `on_air`, `waiting`, `failed`, `ended` or `off`.
+    pub state: String,
+    pub error: Option<String>,
+    pub cause: Option<String>,
+    pub fix: Option<String>,
+    pub detail: Option<String>,
+    pub input_packets: u64,
+    pub input_bitrate_bps: u64,
+    /// Seconds since the last input packet; `None` without a stream.
+    pub input_silence_seconds: Option<f64>,
+    /// When a failed channel is tried again.
+    pub retry_in_seconds: Option<f64>,
+    /// The stream's own report, while it runs (or as it stopped).
+    pub health: Option<ChannelHealth>,
+}
+
+/// A channel stream's report on its input and services.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ChannelHealth {
+    pub started_unix_ms: u64,
+    pub input_packets: u64,
+    pub input_bytes: u64,
+    pub input_bitrate_bps: u64,
+    pub last_input_unix_ms: Option<u64>,
+    pub output_packets: u64,
+    pub output_errors: u64,
+    /// Clear packets the last-line check dropped: always 0 unless the
+    /// engine has a bug.
+    pub clear_packets: u64,
+    pub services: Vec<ServiceHealth>,
+}
+
+/// One protected service of a [`ChannelHealth`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ServiceHealth {
+    pub service_id: u16,
+    pub on_air: bool,
+    /// Why not, when not on the air (`no_input`, `no_pat`, ...).
+    pub withheld: Option<String>,
+    pub detail: Option<String>,
+    pub scrambled_packets: u64,
+    pub clear_packets: u64,
+    /// Its packets dropped, by cause.
+    pub withheld_packets: std::collections::BTreeMap<String, u64>,
+}
+
+/// An ECM being sent, in [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct EcmStatus {
+    pub service_id: u16,
+    pub product: u32,
+    pub generation: u32,
+    pub epoch: u64,
+}
+
+/// The EMM backlog of [`Status`].
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+pub struct EmmBacklog {
+    pub bytes: u64,
+    /// The time to send `bytes` at `bitrate`.
+    pub seconds: f64,
+    pub carousel_sections: u64,
+    pub carousel_bytes: u64,
+    pub unsent_sections: u64,
+    pub unsent_bytes: u64,
+    /// bit/s of TS.
+    pub bitrate: u64,
+}
+
+// ---- liveness and readiness ----------------------------------------------
+
+/// The answer to `GET /live`: `{"status": "live"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Live {
+    pub status: String,
+}
+
+/// A channel that is not on the air, in the answer to `GET /ready`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct NotOnAir {
+    pub name: String,
+    pub service_id: u16,
+    pub state: String,
+    pub cause: Option<String>,
+    pub error: Option<String>,
+}
+
+/// The answer to `GET /ready`: `{"status": "ready"}`, or (with 503)
+/// `{"status": "not ready", "not_on_air": [...]}`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Ready {
+    pub status: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_on_air: Option<Vec<NotOnAir>>,
 }
 
 // ---- errors --------------------------------------------------------------

@@ -129,9 +129,8 @@ impl Client {
             }
             Err(ureq::Error::Status(status, resp)) => {
                 let text = resp.into_string().unwrap_or_default();
-                let message = serde_json::from_str::<Value>(&text)
-                    .ok()
-                    .and_then(|v| v.get("error").and_then(Value::as_str).map(String::from))
+                let message = serde_json::from_str::<api::ErrorBody>(&text)
+                    .map(|e| e.error)
                     .unwrap_or(text);
                 if status == 401 {
                     Err(ClientError::Unauthorized(message))

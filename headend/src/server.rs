@@ -36,8 +36,9 @@ use crate::output::CaOutput;
 use crate::state::{Headend, StateError};
 use crate::supervisor::{ChannelStatus, Supervisor};
 use api::{
-    path, Channel, ChannelRef, ChannelRemoved, ChannelUpdate, ErrorBody, NewCard, NewChannel,
-    NewPairing, NewProduct, NewSubscription, ProductRef, RotateRequest, Rotation, Unsubscribed,
+    path, Channel, ChannelRef, ChannelRemoved, ChannelReport, ChannelRun, ChannelUpdate,
+    ChannelView, ErrorBody, Live, NewCard, NewChannel, NewPairing, NewProduct, NewSubscription,
+    NotOnAir, ProductRef, Ready, RotateRequest, Rotation, Unsubscribed,
 };
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -251,7 +252,14 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/debug/sections", get(debug_sections))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
-        .route("/live", get(|| async { Json(json!({"status": "live"})) }))
+        .route(
+            "/live",
+            get(|| async {
+                Json(Live {
+                    status: "live".into(),
+                })
+            }),
+        )
         .route("/ready", get(ready))
         .merge(api)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -335,16 +343,17 @@ const CHANNEL_CHANGE_WAIT: std::time::Duration = std::time::Duration::from_secs(
 
 /// A channel and where it stands: its fields, then `state`, `error`,
 /// `cause`, `fix`, `detail` from the supervisor.
-fn channel_view(c: &Channel, s: Option<&ChannelStatus>) -> Value {
-    let mut v = serde_json::to_value(c).unwrap_or(Value::Null);
-    if let (Value::Object(m), Some(s)) = (&mut v, s) {
-        m.insert("state".into(), json!(s.state));
-        m.insert("error".into(), json!(s.error));
-        m.insert("cause".into(), json!(s.cause));
-        m.insert("fix".into(), json!(s.fix));
-        m.insert("detail".into(), json!(s.detail));
+fn channel_view(c: &Channel, s: Option<&ChannelStatus>) -> ChannelView {
+    ChannelView {
+        channel: c.clone(),
+        report: s.map(|s| ChannelReport {
+            state: s.state.as_str().into(),
+            error: s.error.clone(),
+            cause: s.cause.map(|w| w.as_str().into()),
+            fix: s.fix.clone(),
+            detail: s.detail.clone(),
+        }),
     }
-    v
 }
 
 /// Has the supervisor act on a channel change now, and waits for it, so
@@ -355,7 +364,7 @@ async fn apply_channels(st: &AppState) {
     let _ = tokio::task::spawn_blocking(move || sup.kick_and_wait(CHANNEL_CHANGE_WAIT)).await;
 }
 
-async fn channel_answer(st: &AppState, c: &Channel) -> Value {
+async fn channel_answer(st: &AppState, c: &Channel) -> ChannelView {
     let sup = st.supervisor.clone();
     let service = c.service_id;
     let s = tokio::task::spawn_blocking(move || sup.status(service))
@@ -371,7 +380,7 @@ async fn list_channels(State(st): State<AppState>) -> ApiResult {
     let statuses = tokio::task::spawn_blocking(move || sup.statuses())
         .await
         .unwrap_or_default();
-    let v: Vec<Value> = channels
+    let v: Vec<ChannelView> = channels
         .iter()
         .map(|c| channel_view(c, statuses.iter().find(|s| s.service_id == c.service_id)))
         .collect();
@@ -429,23 +438,28 @@ async fn ready(State(st): State<AppState>) -> Response {
         .await
         .unwrap_or_default();
     if not.is_empty() {
-        return Json(json!({"status": "ready"})).into_response();
+        return Json(Ready {
+            status: "ready".into(),
+            not_on_air: None,
+        })
+        .into_response();
     }
-    let channels: Vec<Value> = not
-        .iter()
-        .map(|s| {
-            json!({
-                "name": s.name,
-                "service_id": s.service_id,
-                "state": s.state,
-                "cause": s.cause,
-                "error": s.error,
-            })
+    let channels: Vec<NotOnAir> = not
+        .into_iter()
+        .map(|s| NotOnAir {
+            name: s.name,
+            service_id: s.service_id,
+            state: s.state.as_str().into(),
+            cause: s.cause.map(|w| w.as_str().into()),
+            error: s.error,
         })
         .collect();
     (
         StatusCode::SERVICE_UNAVAILABLE,
-        Json(json!({"status": "not ready", "not_on_air": channels})),
+        Json(Ready {
+            status: "not ready".into(),
+            not_on_air: Some(channels),
+        }),
     )
         .into_response()
 }
@@ -565,21 +579,55 @@ async fn status(State(st): State<AppState>) -> ApiResult {
     let statuses = tokio::task::spawn_blocking(move || sup.statuses())
         .await
         .unwrap_or_default();
-    if let Some(Value::Array(chs)) = v.get_mut("channels") {
-        for c in chs.iter_mut() {
-            let service = c.get("service_id").and_then(Value::as_u64);
-            let found = statuses
-                .iter()
-                .find(|s| Some(u64::from(s.service_id)) == service);
-            if let (Value::Object(m), Some(Value::Object(sv))) = (
-                c,
-                found.map(|s| serde_json::to_value(s).unwrap_or(Value::Null)),
-            ) {
-                m.extend(sv);
-            }
-        }
+    for c in &mut v.channels {
+        c.run = statuses
+            .iter()
+            .find(|s| s.service_id == c.channel.service_id)
+            .map(channel_run);
     }
     Ok(ok(v))
+}
+
+/// The supervisor's report on a channel, as `/api/v1/status` shows it.
+fn channel_run(s: &ChannelStatus) -> ChannelRun {
+    ChannelRun {
+        state: s.state.as_str().into(),
+        error: s.error.clone(),
+        cause: s.cause.map(|w| w.as_str().into()),
+        fix: s.fix.clone(),
+        detail: s.detail.clone(),
+        input_packets: s.input_packets,
+        input_bitrate_bps: s.input_bitrate_bps,
+        input_silence_seconds: s.input_silence_seconds,
+        retry_in_seconds: s.retry_in_seconds,
+        health: s.health.as_ref().map(|h| api::ChannelHealth {
+            started_unix_ms: h.started_unix_ms,
+            input_packets: h.input_packets,
+            input_bytes: h.input_bytes,
+            input_bitrate_bps: h.input_bitrate_bps,
+            last_input_unix_ms: h.last_input_unix_ms,
+            output_packets: h.output_packets,
+            output_errors: h.output_errors,
+            clear_packets: h.clear_packets,
+            services: h
+                .services
+                .iter()
+                .map(|v| api::ServiceHealth {
+                    service_id: v.service_id,
+                    on_air: v.on_air,
+                    withheld: v.withheld.map(|w| w.as_str().into()),
+                    detail: v.detail.clone(),
+                    scrambled_packets: v.scrambled_packets,
+                    clear_packets: v.clear_packets,
+                    withheld_packets: v
+                        .withheld_packets
+                        .iter()
+                        .map(|(w, n)| (w.as_str().into(), *n))
+                        .collect(),
+                })
+                .collect(),
+        }),
+    }
 }
 
 async fn operator(State(st): State<AppState>) -> ApiResult {

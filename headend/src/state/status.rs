@@ -71,72 +71,70 @@ impl Headend {
         }
     }
 
-    pub fn status(&self, now_ms: u64) -> serde_json::Value {
+    /// The answer of `GET /api/v1/status`, but for where each channel
+    /// stands (the supervisor's, added by the server).
+    pub fn status(&self, now_ms: u64) -> api::Status {
         let g = self.gauges(now_ms);
         // Each product with its key timing (the metrics' numbers, rounded
         // to the second).
-        let products: Vec<serde_json::Value> = self
+        let products = self
             .products
             .values()
             .zip(&g.product_keys)
-            .map(|(p, k)| {
-                let mut v = serde_json::to_value(p).unwrap_or_default();
-                if let Some(o) = v.as_object_mut() {
-                    o.insert(
-                        "key_age_secs".into(),
-                        (k.key_age_seconds.floor() as i64).into(),
-                    );
-                    o.insert(
-                        "next_renewal_secs".into(),
-                        (k.next_renewal_seconds.ceil() as i64).into(),
-                    );
-                    o.insert("key_switch_pending".into(), k.key_switch_pending.into());
-                    o.insert(
-                        "key_switch_secs".into(),
-                        (k.key_switch_seconds.ceil() as i64).into(),
-                    );
-                }
-                v
+            .map(|(p, k)| api::ProductStatus {
+                product: p.clone(),
+                key_age_secs: k.key_age_seconds.floor() as i64,
+                next_renewal_secs: k.next_renewal_seconds.ceil() as i64,
+                key_switch_pending: k.key_switch_pending,
+                key_switch_secs: k.key_switch_seconds.ceil() as i64,
             })
             .collect();
         let b = g.emm_backlog;
-        let ecms: Vec<serde_json::Value> = self
+        let ecms = self
             .output
             .current_ecms()
             .iter()
-            .map(|e| {
-                serde_json::json!({
-                    "service_id": e.service,
-                    "product": e.product,
-                    "generation": e.generation,
-                    "epoch": e.epoch,
-                })
+            .map(|e| api::EcmStatus {
+                service_id: e.service,
+                product: e.product,
+                generation: e.generation,
+                epoch: e.epoch,
             })
             .collect();
-        serde_json::json!({
-            "run": self.run,
-            "now": rfc3339(secs(now_ms)),
-            "operator_id": self.engine.operator().operator_id(),
-            "crypto_period_ms": self.timing.period_ms,
-            "emm_cycle_ms": self.timing.cycle_ms,
-            "key_renewal_secs": self.timing.renewal_ms / 1000,
-            "epoch": now_ms / self.timing.period_ms,
-            "cards": { "active": g.cards_active, "revoked": g.cards_revoked },
-            "carousel_cards": g.carousel_cards,
-            "carousel_pending": self.carousel.priority.len(),
-            "products": products,
-            "channels": self.channels.values().collect::<Vec<_>>(),
-            "ecms": ecms,
-            "emm_sections": self.output.emm_cursor(),
-            "emm_backlog": {
-                "bytes": b.bytes(),
-                "seconds": (b.seconds() * 1000.0).round() / 1000.0,
-                "carousel_sections": b.carousel_sections,
-                "carousel_bytes": b.carousel_bytes,
-                "unsent_sections": b.unsent_sections,
-                "unsent_bytes": b.unsent_bytes,
-                "bitrate": b.bitrate,
+        api::Status {
+            run: self.run,
+            now: rfc3339(secs(now_ms)),
+            operator_id: self.engine.operator().operator_id(),
+            crypto_period_ms: self.timing.period_ms,
+            emm_cycle_ms: self.timing.cycle_ms,
+            key_renewal_secs: self.timing.renewal_ms / 1000,
+            epoch: now_ms / self.timing.period_ms,
+            cards: api::CardCounts {
+                active: g.cards_active,
+                revoked: g.cards_revoked,
             },
-        })
+            carousel_cards: g.carousel_cards,
+            carousel_pending: self.carousel.priority.len() as u64,
+            products,
+            channels: self
+                .channels
+                .values()
+                .map(|c| api::ChannelStatus {
+                    channel: c.clone(),
+                    run: None,
+                })
+                .collect(),
+            ecms,
+            emm_sections: self.output.emm_cursor(),
+            emm_backlog: api::EmmBacklog {
+                bytes: b.bytes(),
+                seconds: (b.seconds() * 1000.0).round() / 1000.0,
+                carousel_sections: b.carousel_sections,
+                carousel_bytes: b.carousel_bytes,
+                unsent_sections: b.unsent_sections,
+                unsent_bytes: b.unsent_bytes,
+                bitrate: b.bitrate,
+            },
+        }
     }
 }

@@ -314,11 +314,11 @@ mod scheduler {
         assert!(k.key_switch_pending);
         assert_eq!(k.key_switch_seconds, 5.0);
         let status = core.status(T0 + 11_000);
-        let p = &status["products"][0];
-        assert_eq!(p["key_age_secs"], 1);
-        assert_eq!(p["next_renewal_secs"], 59);
-        assert_eq!(p["key_switch_pending"], true);
-        assert_eq!(p["key_switch_secs"], 5);
+        let p = &status.products[0];
+        assert_eq!(p.key_age_secs, 1);
+        assert_eq!(p.next_renewal_secs, 59);
+        assert!(p.key_switch_pending);
+        assert_eq!(p.key_switch_secs, 5);
         core.tick(T0 + 16_000).unwrap();
         let k = &core.gauges(T0 + 16_000).product_keys[0];
         assert!(!k.key_switch_pending);

@@ -3,10 +3,10 @@
 //! as JSON.
 
 use crate::args::{CardCmd, ChannelCmd, Command, ProductCmd};
-use crate::view::{s, View};
+use crate::view::{typed, View};
 use api::{
-    path, ChannelUpdate, NewCard, NewChannel, NewPairing, NewProduct, NewSubscription, ProductRef,
-    RotateRequest,
+    path, ChannelRemoved, ChannelUpdate, NewCard, NewChannel, NewPairing, NewProduct,
+    NewSubscription, ProductRef, RotateRequest,
 };
 use headend::client::{config_path, Client, ClientError};
 use serde_json::Value;
@@ -85,10 +85,10 @@ pub(crate) fn run(config: Option<PathBuf>, as_json: bool, cmd: Command) -> Resul
         }
         Command::Channel(ChannelCmd::Remove { channel }) => {
             let v = client.delete(&format!("{}/{}", path::CHANNELS, urlencode(&channel)))?;
+            let r: ChannelRemoved = typed(&v)?;
             let msg = format!(
                 "channel {} (service {}) removed; its stream and its ECMs have stopped",
-                s(&v, "name"),
-                s(&v, "service_id")
+                r.name, r.service_id
             );
             (v, View::Done(msg))
         }
@@ -175,7 +175,7 @@ pub(crate) fn run(config: Option<PathBuf>, as_json: bool, cmd: Command) -> Resul
             serde_json::to_string_pretty(&value).unwrap_or_default()
         );
     } else {
-        view.print(&value);
+        view.print(&value)?;
     }
     Ok(())
 }

@@ -1,64 +1,12 @@
 //! The answers of the admin API as an operator reads them: tables, the
 //! status report, and why each channel that is not on the air is not.
+//! Each answer is read into its [`api`] type first, and printed from its
+//! fields.
 
-use serde_json::{json, Value};
-
-/// The channels of `headend status`: a line each, then why each one that
-/// is not on the air is not, and what to do.
-fn channel_states(v: &Value) {
-    let bitrate = |c: &Value| match c.get("input_bitrate_bps").and_then(Value::as_u64) {
-        Some(b) if b >= 1_000_000 => format!("{:.1} Mbit/s", b as f64 / 1e6),
-        Some(b) if b > 0 => format!("{:.0} kbit/s", b as f64 / 1e3),
-        Some(_) => "0".into(),
-        None => "-".into(),
-    };
-    let silent = |c: &Value| {
-        c.get("input_silence_seconds")
-            .and_then(Value::as_f64)
-            .map(|x| format!("{x:.1} s"))
-            .unwrap_or_else(|| "-".into())
-    };
-    table(
-        &[
-            "SERVICE",
-            "CHANNEL",
-            "STATE",
-            "CAUSE",
-            "INPUT PACKETS",
-            "INPUT RATE",
-            "SINCE INPUT",
-        ],
-        &rows(v, |c| {
-            vec![
-                s(c, "service_id"),
-                s(c, "name"),
-                s(c, "state"),
-                s(c, "cause"),
-                s(c, "input_packets"),
-                bitrate(c),
-                silent(c),
-            ]
-        }),
-    );
-    for c in v.as_array().into_iter().flatten() {
-        let name = s(c, "name");
-        if let Some(e) = c.get("error").and_then(Value::as_str) {
-            let retry = c
-                .get("retry_in_seconds")
-                .and_then(Value::as_f64)
-                .map(|r| format!(" (tried again in {r:.0} s)"))
-                .unwrap_or_default();
-            cli::outln!("  {name}: {e}{retry}");
-        } else if let Some(fix) = c.get("fix").and_then(Value::as_str) {
-            let why = c
-                .get("detail")
-                .and_then(Value::as_str)
-                .or_else(|| c.get("cause").and_then(Value::as_str))
-                .unwrap_or("");
-            cli::outln!("  {name}: {why}: {fix}");
-        }
-    }
-}
+use api::{CardView, ChannelStatus, ChannelView, Product, Rotation, Status, SubscriptionView};
+use headend::client::ClientError;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
 
 pub(crate) enum View {
     Products,
@@ -71,13 +19,28 @@ pub(crate) enum View {
     Done(String),
 }
 
-/// A field of an answer as a table cell: `-` when absent or null.
-pub(crate) fn s(v: &Value, k: &str) -> String {
-    match v.get(k) {
-        None | Some(Value::Null) => "-".into(),
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
+/// An answer as its type; a refusal naming the fix when it is not one.
+pub(crate) fn typed<T: DeserializeOwned>(v: &Value) -> Result<T, ClientError> {
+    T::deserialize(v).map_err(|e| ClientError::Api {
+        status: 0,
+        message: format!(
+            "the headend's answer is not what this CLI reads ({e}); \
+             use the CLI of the daemon's version, or --json to see the answer"
+        ),
+    })
+}
+
+/// An answer that is a list, or one item (the answer of an add).
+fn many<T: DeserializeOwned>(v: &Value) -> Result<Vec<T>, ClientError> {
+    match v {
+        Value::Array(_) => typed(v),
+        other => typed(other).map(|t| vec![t]),
     }
+}
+
+/// An optional field as a table cell: `-` when absent.
+fn opt<T: ToString>(v: &Option<T>) -> String {
+    v.as_ref().map_or_else(|| "-".into(), T::to_string)
 }
 
 /// A duration for a person: `45s`, `12m 5s`, `3h 20m`, `29d 23h`;
@@ -98,11 +61,8 @@ fn human_secs(secs: i64) -> String {
     format!("{sign}{body}")
 }
 
-fn ms_date(v: &Value, k: &str) -> String {
-    v.get(k)
-        .and_then(Value::as_u64)
-        .map(|ms| headend::state::rfc3339(ms / 1000))
-        .unwrap_or_else(|| "-".into())
+fn ms_date(ms: u64) -> String {
+    headend::state::rfc3339(ms / 1000)
 }
 
 fn table(headers: &[&str], rows: &[Vec<String>]) {
@@ -126,185 +86,270 @@ fn table(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-/// The rows of an array, each its `keys` as text, in that order.
-fn fields(v: &Value, keys: &[&str]) -> Vec<Vec<String>> {
-    rows(v, |r| keys.iter().map(|k| s(r, k)).collect())
+fn products(ps: &[Product]) {
+    table(
+        &["ID", "NAME", "GENERATION", "ACTIVE", "NEXT RENEWAL"],
+        &ps.iter()
+            .map(|p| {
+                vec![
+                    p.id.to_string(),
+                    p.name.clone(),
+                    p.generation.to_string(),
+                    p.active_generation.to_string(),
+                    ms_date(p.next_renewal_ms),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
 }
 
-fn rows(v: &Value, f: impl Fn(&Value) -> Vec<String>) -> Vec<Vec<String>> {
-    match v {
-        Value::Array(a) => a.iter().map(f).collect(),
-        other => vec![f(other)],
+fn channels(cs: &[ChannelView]) {
+    table(
+        &[
+            "SERVICE", "NAME", "STATE", "PRODUCT", "ECM PID", "EMM PID", "MATURITY", "INPUT",
+            "OUTPUT",
+        ],
+        &cs.iter()
+            .map(|v| {
+                let c = &v.channel;
+                vec![
+                    c.service_id.to_string(),
+                    c.name.clone(),
+                    opt(&v.report.as_ref().map(|r| r.state.clone())),
+                    c.product.to_string(),
+                    format!("{:#06x}", c.ecm_pid),
+                    format!("{:#06x}", c.emm_pid),
+                    c.maturity.to_string(),
+                    opt(&c.input),
+                    opt(&c.output),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+}
+
+fn cards(cs: &[CardView]) {
+    table(
+        &["CARD", "STATE", "CREATED", "PAIRED"],
+        &cs.iter()
+            .map(|c| {
+                vec![
+                    c.card_id.to_string(),
+                    c.state.clone(),
+                    c.created.clone(),
+                    if c.paired_receiver.is_some() {
+                        "yes"
+                    } else {
+                        "no"
+                    }
+                    .into(),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+}
+
+fn card(c: &CardView) {
+    cli::outln!("card {}  ({})", c.card_id, c.state);
+    cli::outln!("  operator     {}", c.operator_id);
+    cli::outln!("  public key   {}", c.public_key);
+    cli::outln!("  created      {}", c.created);
+    if let Some(r) = &c.revoked {
+        cli::outln!("  revoked      {r}");
+    }
+    cli::outln!("  paired with  {}", opt(&c.paired_receiver));
+    if !c.subscriptions.is_empty() {
+        cli::outln!();
+        subscriptions(&c.subscriptions);
+    }
+}
+
+fn subscriptions(ss: &[SubscriptionView]) {
+    table(
+        &["CARD", "PRODUCT", "NAME", "START", "UNTIL", "LAPSED"],
+        &ss.iter()
+            .map(|s| {
+                vec![
+                    s.card_id.to_string(),
+                    s.product.to_string(),
+                    s.product_name.clone(),
+                    s.start.clone(),
+                    s.until.clone(),
+                    s.lapsed.to_string(),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+}
+
+fn rotated(r: &Rotation) {
+    table(
+        &["PRODUCT", "NAME", "GENERATION", "IN ECMS FROM"],
+        &r.rotated
+            .iter()
+            .map(|p| {
+                vec![
+                    p.product.to_string(),
+                    p.name.clone(),
+                    p.generation.to_string(),
+                    p.activate_at.clone(),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+}
+
+fn status(v: &Status) {
+    cli::outln!("run {}  at {}", v.run, v.now);
+    cli::outln!(
+        "crypto period {} ms (epoch {}), EMM cycle {} ms, key renewal every {} s",
+        v.crypto_period_ms,
+        v.epoch,
+        v.emm_cycle_ms,
+        v.key_renewal_secs
+    );
+    cli::outln!(
+        "cards: {} active, {} revoked; {} in the EMM carousel, {} waiting for a changed entitlement",
+        v.cards.active,
+        v.cards.revoked,
+        v.carousel_cards,
+        v.carousel_pending
+    );
+    let b = &v.emm_backlog;
+    cli::outln!(
+        "EMM backlog: {} bytes, about {:?} s to send at {} kbit/s ({} EMM-Us the carousel owes this cycle, {} sections not yet sent by the slowest channel)",
+        b.bytes,
+        b.seconds,
+        b.bitrate / 1000,
+        b.carousel_sections,
+        b.unsent_sections
+    );
+    cli::outln!();
+    table(
+        &[
+            "ID",
+            "NAME",
+            "GENERATION",
+            "IN ECMS",
+            "KEY AGE",
+            "NEXT RENEWAL",
+            "KEY SWITCH",
+        ],
+        &v.products
+            .iter()
+            .map(|s| {
+                let p = &s.product;
+                let switch = if s.key_switch_pending {
+                    format!(
+                        "generation {} in {}",
+                        p.generation,
+                        human_secs(s.key_switch_secs)
+                    )
+                } else {
+                    "-".into()
+                };
+                vec![
+                    p.id.to_string(),
+                    p.name.clone(),
+                    p.generation.to_string(),
+                    p.active_generation.to_string(),
+                    human_secs(s.key_age_secs),
+                    format!(
+                        "in {} ({})",
+                        human_secs(s.next_renewal_secs),
+                        ms_date(p.next_renewal_ms)
+                    ),
+                    switch,
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    cli::outln!();
+    table(
+        &["SERVICE", "PRODUCT", "GENERATION", "EPOCH"],
+        &v.ecms
+            .iter()
+            .map(|e| {
+                vec![
+                    e.service_id.to_string(),
+                    e.product.to_string(),
+                    e.generation.to_string(),
+                    e.epoch.to_string(),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    if !v.channels.is_empty() {
+        cli::outln!();
+        channel_states(&v.channels);
+    }
+}
+
+/// The channels of `headend status`: a line each, then why each one that
+/// is not on the air is not, and what to do.
+fn channel_states(cs: &[ChannelStatus]) {
+    table(
+        &[
+            "SERVICE",
+            "CHANNEL",
+            "STATE",
+            "CAUSE",
+            "INPUT PACKETS",
+            "INPUT RATE",
+            "SINCE INPUT",
+        ],
+        &cs.iter()
+            .map(|c| {
+                let r = c.run.as_ref();
+                let bitrate = match r.map(|r| r.input_bitrate_bps) {
+                    Some(b) if b >= 1_000_000 => format!("{:.1} Mbit/s", b as f64 / 1e6),
+                    Some(b) if b > 0 => format!("{:.0} kbit/s", b as f64 / 1e3),
+                    Some(_) => "0".into(),
+                    None => "-".into(),
+                };
+                vec![
+                    c.channel.service_id.to_string(),
+                    c.channel.name.clone(),
+                    opt(&r.map(|r| r.state.clone())),
+                    opt(&r.and_then(|r| r.cause.clone())),
+                    opt(&r.map(|r| r.input_packets)),
+                    bitrate,
+                    opt(&r
+                        .and_then(|r| r.input_silence_seconds)
+                        .map(|x| format!("{x:.1} s"))),
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    for c in cs {
+        let name = &c.channel.name;
+        let Some(r) = &c.run else { continue };
+        if let Some(e) = &r.error {
+            let retry = r
+                .retry_in_seconds
+                .map(|s| format!(" (tried again in {s:.0} s)"))
+                .unwrap_or_default();
+            cli::outln!("  {name}: {e}{retry}");
+        } else if let Some(fix) = &r.fix {
+            let why = r.detail.as_deref().or(r.cause.as_deref()).unwrap_or("");
+            cli::outln!("  {name}: {why}: {fix}");
+        }
     }
 }
 
 impl View {
-    pub(crate) fn print(&self, v: &Value) {
+    /// Prints an answer, read into its type.
+    pub(crate) fn print(&self, v: &Value) -> Result<(), ClientError> {
         match self {
-            View::Products => table(
-                &["ID", "NAME", "GENERATION", "ACTIVE", "NEXT RENEWAL"],
-                &rows(v, |p| {
-                    vec![
-                        s(p, "id"),
-                        s(p, "name"),
-                        s(p, "generation"),
-                        s(p, "active_generation"),
-                        ms_date(p, "next_renewal_ms"),
-                    ]
-                }),
-            ),
-            View::Channels => table(
-                &[
-                    "SERVICE", "NAME", "STATE", "PRODUCT", "ECM PID", "EMM PID", "MATURITY",
-                    "INPUT", "OUTPUT",
-                ],
-                &rows(v, |c| {
-                    let pid = |k: &str| {
-                        c.get(k)
-                            .and_then(Value::as_u64)
-                            .map(|p| format!("{p:#06x}"))
-                            .unwrap_or_default()
-                    };
-                    vec![
-                        s(c, "service_id"),
-                        s(c, "name"),
-                        s(c, "state"),
-                        s(c, "product"),
-                        pid("ecm_pid"),
-                        pid("emm_pid"),
-                        s(c, "maturity"),
-                        s(c, "input"),
-                        s(c, "output"),
-                    ]
-                }),
-            ),
-            View::Cards => table(
-                &["CARD", "STATE", "CREATED", "PAIRED"],
-                &rows(v, |c| {
-                    vec![
-                        s(c, "card_id"),
-                        s(c, "state"),
-                        s(c, "created"),
-                        if c.get("paired_receiver").is_some_and(|x| !x.is_null()) {
-                            "yes".into()
-                        } else {
-                            "no".into()
-                        },
-                    ]
-                }),
-            ),
-            View::Card => {
-                cli::outln!("card {}  ({})", s(v, "card_id"), s(v, "state"));
-                cli::outln!("  operator     {}", s(v, "operator_id"));
-                cli::outln!("  public key   {}", s(v, "public_key"));
-                cli::outln!("  created      {}", s(v, "created"));
-                if v.get("revoked").is_some_and(|x| !x.is_null()) {
-                    cli::outln!("  revoked      {}", s(v, "revoked"));
-                }
-                cli::outln!("  paired with  {}", s(v, "paired_receiver"));
-                let subs = v.get("subscriptions").cloned().unwrap_or(json!([]));
-                if subs.as_array().is_some_and(|a| !a.is_empty()) {
-                    cli::outln!();
-                    View::Subscription.print(&subs);
-                }
-            }
-            View::Subscription => table(
-                &["CARD", "PRODUCT", "NAME", "START", "UNTIL", "LAPSED"],
-                &fields(
-                    v,
-                    &[
-                        "card_id",
-                        "product",
-                        "product_name",
-                        "start",
-                        "until",
-                        "lapsed",
-                    ],
-                ),
-            ),
-            View::Rotated => table(
-                &["PRODUCT", "NAME", "GENERATION", "IN ECMS FROM"],
-                &fields(
-                    &v["rotated"],
-                    &["product", "name", "generation", "activate_at"],
-                ),
-            ),
-            View::Status => {
-                cli::outln!("run {}  at {}", s(v, "run"), s(v, "now"));
-                cli::outln!(
-                    "crypto period {} ms (epoch {}), EMM cycle {} ms, key renewal every {} s",
-                    s(v, "crypto_period_ms"),
-                    s(v, "epoch"),
-                    s(v, "emm_cycle_ms"),
-                    s(v, "key_renewal_secs")
-                );
-                cli::outln!(
-                    "cards: {} active, {} revoked; {} in the EMM carousel, {} waiting for a changed entitlement",
-                    s(&v["cards"], "active"),
-                    s(&v["cards"], "revoked"),
-                    s(v, "carousel_cards"),
-                    s(v, "carousel_pending")
-                );
-                let b = &v["emm_backlog"];
-                cli::outln!(
-                    "EMM backlog: {} bytes, about {} s to send at {} kbit/s ({} EMM-Us the carousel owes this cycle, {} sections not yet sent by the slowest channel)",
-                    s(b, "bytes"),
-                    s(b, "seconds"),
-                    b["bitrate"].as_u64().map_or("-".into(), |r| (r / 1000).to_string()),
-                    s(b, "carousel_sections"),
-                    s(b, "unsent_sections")
-                );
-                cli::outln!();
-                table(
-                    &[
-                        "ID",
-                        "NAME",
-                        "GENERATION",
-                        "IN ECMS",
-                        "KEY AGE",
-                        "NEXT RENEWAL",
-                        "KEY SWITCH",
-                    ],
-                    &rows(&v["products"], |p| {
-                        let secs = |k: &str| p[k].as_i64().map_or("-".into(), human_secs);
-                        let switch = if p["key_switch_pending"].as_bool() == Some(true) {
-                            format!(
-                                "generation {} in {}",
-                                s(p, "generation"),
-                                secs("key_switch_secs")
-                            )
-                        } else {
-                            "-".into()
-                        };
-                        vec![
-                            s(p, "id"),
-                            s(p, "name"),
-                            s(p, "generation"),
-                            s(p, "active_generation"),
-                            secs("key_age_secs"),
-                            format!(
-                                "in {} ({})",
-                                secs("next_renewal_secs"),
-                                ms_date(p, "next_renewal_ms")
-                            ),
-                            switch,
-                        ]
-                    }),
-                );
-                cli::outln!();
-                table(
-                    &["SERVICE", "PRODUCT", "GENERATION", "EPOCH"],
-                    &fields(
-                        &v["ecms"],
-                        &["service_id", "product", "generation", "epoch"],
-                    ),
-                );
-                if v["channels"].as_array().is_some_and(|a| !a.is_empty()) {
-                    cli::outln!();
-                    channel_states(&v["channels"]);
-                }
-            }
+            View::Products => products(&many(v)?),
+            View::Channels => channels(&many(v)?),
+            View::Cards => cards(&many(v)?),
+            View::Card => card(&typed(v)?),
+            View::Subscription => subscriptions(&many(v)?),
+            View::Rotated => rotated(&typed(v)?),
+            View::Status => status(&typed(v)?),
             View::Done(msg) => cli::outln!("{msg}"),
         }
+        Ok(())
     }
 }
