@@ -512,6 +512,54 @@ pub struct EmmBacklog {
     pub bitrate: u64,
 }
 
+// ---- operator and debug --------------------------------------------------
+
+/// The answer to `GET /api/v1/operator`: the operator's public keys, as
+/// 64 hex digits each.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Operator {
+    pub operator_id: u32,
+    /// For `KEK_card`.
+    pub x25519: String,
+    /// For signed EMMs.
+    pub ed25519: String,
+}
+
+/// The answer to `GET /api/v1/debug/sections`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct DebugSections {
+    pub run: u64,
+    /// The ECM each channel sends now.
+    pub ecms: Vec<EcmSection>,
+    pub emms: EmmSections,
+}
+
+/// A current ECM section, in [`DebugSections`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct EcmSection {
+    pub service_id: u16,
+    pub ecm_pid: u16,
+    pub product: u32,
+    pub generation: u32,
+    pub epoch: u64,
+    pub table_id: u8,
+    /// The whole section, hex.
+    pub section: String,
+}
+
+/// The EMM sections published since a cursor, in [`DebugSections`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct EmmSections {
+    /// The cursor asked for.
+    pub since: u64,
+    /// The cursor to ask for next.
+    pub next: u64,
+    /// Sections after `since` no longer held.
+    pub dropped: u64,
+    /// Each section, hex.
+    pub sections: Vec<String>,
+}
+
 // ---- liveness and readiness ----------------------------------------------
 
 /// The answer to `GET /live`: `{"status": "live"}`.

@@ -73,3 +73,84 @@ fn a_card_record_is_the_body_the_headend_takes() {
     let back: NewCard = serde_json::from_value(serde_json::to_value(&c).unwrap()).unwrap();
     assert_eq!(back, c);
 }
+
+fn channel() -> Channel {
+    Channel {
+        service_id: 257,
+        name: "news".into(),
+        product: 1,
+        ecm_pid: 0x101,
+        emm_pid: 0x102,
+        maturity: 0,
+        input: Some("udp://127.0.0.1:5000".into()),
+        output: None,
+        clear_services: vec![],
+        origin: ChannelOrigin::Api,
+    }
+}
+
+#[test]
+fn a_channel_view_is_the_channel_with_the_report_beside_its_fields() {
+    let bare = ChannelView {
+        channel: channel(),
+        report: None,
+    };
+    let v = serde_json::to_value(&bare).unwrap();
+    assert_eq!(v, serde_json::to_value(channel()).unwrap());
+    assert_eq!(serde_json::from_value::<ChannelView>(v).unwrap(), bare);
+    let seen = ChannelView {
+        channel: channel(),
+        report: Some(ChannelReport {
+            state: "waiting".into(),
+            error: None,
+            cause: Some("no_input".into()),
+            fix: Some("check the encoder".into()),
+            detail: None,
+        }),
+    };
+    let v = serde_json::to_value(&seen).unwrap();
+    assert_eq!(v["service_id"], 257);
+    assert_eq!(v["state"], "waiting");
+    assert_eq!(v["cause"], "no_input");
+    assert!(v["error"].is_null() && v.get("error").is_some());
+    assert_eq!(serde_json::from_value::<ChannelView>(v).unwrap(), seen);
+}
+
+#[test]
+fn ready_and_live_keep_their_shapes() {
+    let ready = Ready {
+        status: "ready".into(),
+        not_on_air: None,
+    };
+    assert_eq!(
+        serde_json::to_string(&ready).unwrap(),
+        r#"{"status":"ready"}"#
+    );
+    let not = Ready {
+        status: "not ready".into(),
+        not_on_air: Some(vec![NotOnAir {
+            name: "news".into(),
+            service_id: 257,
+            state: "failed".into(),
+            cause: None,
+            error: Some("cannot bind: use another port".into()),
+        }]),
+    };
+    let v = serde_json::to_value(&not).unwrap();
+    assert_eq!(v["not_on_air"][0]["state"], "failed");
+    assert_eq!(serde_json::from_value::<Ready>(v).unwrap(), not);
+    assert_eq!(
+        serde_json::to_string(&Live {
+            status: "live".into()
+        })
+        .unwrap(),
+        r#"{"status":"live"}"#
+    );
+    assert_eq!(
+        serde_json::to_string(&ErrorBody {
+            error: "no such card".into()
+        })
+        .unwrap(),
+        r#"{"error":"no such card"}"#
+    );
+}

@@ -50,7 +50,6 @@ use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
-use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
@@ -631,7 +630,12 @@ fn channel_run(s: &ChannelStatus) -> ChannelRun {
 }
 
 async fn operator(State(st): State<AppState>) -> ApiResult {
-    Ok(ok(with_headend(&st, |c, _| Ok(c.operator_public())).await?))
+    let o = with_headend(&st, |c, _| Ok(c.operator_public())).await?;
+    Ok(ok(api::Operator {
+        operator_id: o.operator_id,
+        x25519: hex::encode(o.x25519),
+        ed25519: hex::encode(o.ed25519),
+    }))
 }
 
 #[derive(Debug, Deserialize)]
@@ -645,27 +649,29 @@ struct SectionsQuery {
 
 async fn debug_sections(State(st): State<AppState>, Params(q): Params<SectionsQuery>) -> ApiResult {
     let max = q.max.unwrap_or(10_000).clamp(1, 65_536);
-    let ecms: Vec<Value> = st
+    let ecms = st
         .output
         .current_ecms()
         .iter()
-        .map(|e| {
-            json!({
-                "service_id": e.service,
-                "ecm_pid": e.ecm_pid,
-                "product": e.product,
-                "generation": e.generation,
-                "epoch": e.epoch,
-                "table_id": e.section[0],
-                "section": hex::encode(&e.section),
-            })
+        .map(|e| api::EcmSection {
+            service_id: e.service,
+            ecm_pid: e.ecm_pid,
+            product: e.product,
+            generation: e.generation,
+            epoch: e.epoch,
+            table_id: e.section[0],
+            section: hex::encode(&e.section),
         })
         .collect();
     let (emms, next, dropped) = st.output.emm_sections_since(q.since, max);
-    let emms: Vec<String> = emms.iter().map(|s| hex::encode(&s.section)).collect();
-    Ok(ok(json!({
-        "run": st.run,
-        "ecms": ecms,
-        "emms": { "since": q.since, "next": next, "dropped": dropped, "sections": emms },
-    })))
+    Ok(ok(api::DebugSections {
+        run: st.run,
+        ecms,
+        emms: api::EmmSections {
+            since: q.since,
+            next,
+            dropped,
+            sections: emms.iter().map(|s| hex::encode(&s.section)).collect(),
+        },
+    }))
 }
