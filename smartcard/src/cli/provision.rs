@@ -255,8 +255,10 @@ impl Registrar {
         })
     }
 
-    /// `POST {URL}/api/v1/cards`; returns the headend's answer.
-    pub fn register(&self, r: &CardRecord) -> anyhow::Result<serde_json::Value> {
+    /// `POST {URL}/api/v1/cards`; returns the card as the headend
+    /// registered it (`None` if its answer is not one: the card is
+    /// registered all the same).
+    pub fn register(&self, r: &CardRecord) -> anyhow::Result<Option<api::CardView>> {
         let url = format!("{}{}", self.base, api::path::CARDS);
         let resp = self
             .agent
@@ -264,13 +266,12 @@ impl Registrar {
             .set("Authorization", &format!("Bearer {}", self.token))
             .send_json(r);
         match resp {
-            Ok(ok) => Ok(ok.into_json().unwrap_or(serde_json::Value::Null)),
+            Ok(ok) => Ok(ok.into_json::<api::CardView>().ok()),
             Err(ureq::Error::Status(code, resp)) => {
                 let text = resp.status_text().to_string();
                 let why = resp
-                    .into_json::<serde_json::Value>()
-                    .ok()
-                    .and_then(|v| v.get("error")?.as_str().map(str::to_string))
+                    .into_json::<api::ErrorBody>()
+                    .map(|e| e.error)
                     .unwrap_or(text);
                 anyhow::bail!("the headend at {} answered {code}: {why}", self.base)
             }
