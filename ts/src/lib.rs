@@ -1,6 +1,6 @@
 //! MPEG-TS building blocks for Iodoform's broadcast stream: zero-copy
 //! packet views and a resynchronizing reader ([`packet`]), PSI and CA
-//! sections ([`psi`]), DVB-CISSA scrambling ([`cissa`]) and the throughput
+//! sections ([`psi`]), the PCR time base both ends share ([`clock`]), DVB-CISSA scrambling ([`cissa`]) and the throughput
 //! benchmarks that the `perf` report prints ([`bench`](mod@bench)).
 //!
 //! It does no I/O and keeps no global state; the headend and the receiver
@@ -10,6 +10,7 @@
 
 pub mod bench;
 pub mod cissa;
+pub mod clock;
 pub mod packet;
 pub mod psi;
 

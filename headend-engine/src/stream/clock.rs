@@ -15,33 +15,21 @@
 //! * Packets that wait too long for a PCR (a stream without any, an input
 //!   that pauses or ends) are timed at the last measured rate. The clock
 //!   never goes back: when a PCR then says that ran ahead, it waits.
-//! * PCR wrap (33 bits of 90 kHz, every 26.5 hours) is followed by
-//!   computing every step modulo the wrap.
+//! * The PCR steps, their wrap and what counts as a discontinuity are
+//!   [`ts::clock::PcrTimeBase`]'s, shared with the receiver.
 //! * A discontinuity (the adaptation field's discontinuity_indicator, a
-//!   step back, a step forward of more than a second, a loop of the input
-//!   file, or a change of PCR PID) re-bases: the new PCR is mapped to the
-//!   extrapolated time, so the clock runs on without a jump.
+//!   step back, a step forward of more than [`ts::clock::MAX_PCR_STEP`], a
+//!   loop of the input file, or a change of PCR PID) re-bases: the new PCR
+//!   is mapped to the extrapolated time, so the clock runs on without a
+//!   jump.
 
+use ts::clock::{PcrStep, PcrTimeBase};
 use ts::packet::Pcr;
 
-/// 27 MHz ticks in one millisecond.
-pub const TICKS_PER_MS: u64 = 27_000;
-/// The PCR wraps after 2^33 ticks of 90 kHz.
-const PCR_MODULUS: u64 = (1 << 33) * 300;
-/// The largest step between two PCRs taken as continuous (the standard
-/// asks for one PCR every 100 ms at least).
-const MAX_PCR_STEP: u64 = 1000 * TICKS_PER_MS;
+pub use ts::clock::TICKS_PER_MS;
 /// Bounds of the per-packet estimate: 15 Gbit/s .. 7.5 kbit/s.
 const MIN_TICKS_PER_PACKET: u64 = 3;
 const MAX_TICKS_PER_PACKET: u64 = 200 * TICKS_PER_MS;
-
-#[derive(Debug, Clone, Copy)]
-struct Anchor {
-    /// The last PCR, in ticks modulo the wrap.
-    pcr: u64,
-    /// The clock time it maps to.
-    at: u64,
-}
 
 /// The times of a run of `n` packets: the `i`th (from 1) is at
 /// `from + (to - from) * i / n` (the multiplexer steps through them).
@@ -57,7 +45,10 @@ pub(crate) struct AirClock {
     /// The time of the last packet timed.
     last: u64,
     pid: Option<u16>,
-    anchor: Option<Anchor>,
+    /// The last PCR of the clock PID.
+    base: PcrTimeBase,
+    /// The clock time the last PCR maps to.
+    anchor: u64,
     /// Packets timed since the anchor.
     since: u64,
     ticks_per_packet: u64,
@@ -72,7 +63,8 @@ impl AirClock {
         AirClock {
             last: 0,
             pid: None,
-            anchor: None,
+            base: PcrTimeBase::new(),
+            anchor: 0,
             since: 0,
             ticks_per_packet: tpp.clamp(MIN_TICKS_PER_PACKET, MAX_TICKS_PER_PACKET),
             rebase: false,
@@ -111,28 +103,23 @@ impl AirClock {
     /// clock PID): spread evenly up to the PCR's time, the last one at it.
     pub(crate) fn on_pcr(&mut self, n: usize, pcr: Pcr, discontinuity: bool) -> Span {
         let from = self.last;
-        let p = pcr.ticks_27mhz() % PCR_MODULUS;
-        let mapped = match self.anchor {
-            Some(a) if !discontinuity && !self.rebase => {
-                let step = (p + PCR_MODULUS - a.pcr) % PCR_MODULUS;
-                (step <= MAX_PCR_STEP).then(|| {
-                    let packets = self.since + n as u64;
-                    if step > 0 && packets > 0 {
-                        self.ticks_per_packet =
-                            (step / packets).clamp(MIN_TICKS_PER_PACKET, MAX_TICKS_PER_PACKET);
-                    }
-                    a.at.saturating_add(step)
-                })
+        let extrapolated = |tpp: u64| from.saturating_add(tpp.saturating_mul(n as u64));
+        let at = match self.base.step(pcr, discontinuity || self.rebase) {
+            PcrStep::Continuous(step) => {
+                let packets = self.since + n as u64;
+                if step > 0 && packets > 0 {
+                    self.ticks_per_packet =
+                        (step / packets).clamp(MIN_TICKS_PER_PACKET, MAX_TICKS_PER_PACKET);
+                }
+                self.anchor.saturating_add(step)
             }
-            _ => None,
-        };
-        let at = mapped.unwrap_or_else(|| {
-            if self.anchor.is_some() {
+            PcrStep::Discontinuity => {
                 self.discontinuities += 1;
+                extrapolated(self.ticks_per_packet)
             }
-            from.saturating_add(self.ticks_per_packet.saturating_mul(n as u64))
-        });
-        self.anchor = Some(Anchor { pcr: p, at });
+            PcrStep::First => extrapolated(self.ticks_per_packet),
+        };
+        self.anchor = at;
         self.since = 0;
         self.rebase = false;
         // Never back: after an extrapolation that ran ahead, wait.
@@ -159,6 +146,7 @@ impl AirClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ts::clock::PCR_MODULUS;
 
     fn pcr(ms: u64) -> Pcr {
         Pcr::from_27mhz(ms * TICKS_PER_MS)

@@ -5,18 +5,17 @@
 //!
 //! What it must never do: pace or delay the output (it only measures),
 //! or count a PCR jump (a splice, a restarted source) as elapsed time.
+//! What a jump is, and the PCR's wrap, are [`ts::clock::PcrTimeBase`]'s,
+//! shared with the headend's air clock.
 
 use std::time::{Duration, Instant};
+use ts::clock::{PcrStep, PcrTimeBase};
 use ts::packet::Pcr;
-
-/// A PCR jump larger than this is a discontinuity, not elapsed time.
-const MAX_PCR_STEP: u64 = 10 * 27_000_000;
-const PCR_WRAP: u64 = (1 << 33) * 300;
 
 /// Stream time from the service's PCR, with wall time as a floor.
 #[derive(Debug)]
 pub(super) struct StreamClock {
-    last_pcr: Option<u64>,
+    base: PcrTimeBase,
     elapsed_27mhz: u64,
 }
 
@@ -30,21 +29,16 @@ pub(super) struct Moment {
 impl StreamClock {
     pub(super) fn new() -> Self {
         StreamClock {
-            last_pcr: None,
+            base: PcrTimeBase::new(),
             elapsed_27mhz: 0,
         }
     }
 
     /// A PCR of the service's PCR PID.
     pub(super) fn pcr(&mut self, pcr: Pcr) {
-        let t = pcr.ticks_27mhz();
-        if let Some(last) = self.last_pcr {
-            let d = (t + PCR_WRAP - last) % PCR_WRAP;
-            if d <= MAX_PCR_STEP {
-                self.elapsed_27mhz += d;
-            }
+        if let PcrStep::Continuous(d) = self.base.step(pcr, false) {
+            self.elapsed_27mhz += d;
         }
-        self.last_pcr = Some(t);
     }
 
     pub(super) fn now(&self) -> Moment {
@@ -66,6 +60,7 @@ impl StreamClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ts::clock::PCR_MODULUS as PCR_WRAP;
 
     const SECOND: u64 = 27_000_000;
 
