@@ -878,6 +878,57 @@ impl SectionAssembler {
 
 // ------------------------------------------------------- packetization
 
+/// The continuity counter of a PID whose packets the caller writes
+/// itself (a re-emitted table, the CAT, the EMMs): it persists from one
+/// emission to the next, so a table repeated or changed comes out as one
+/// continuous stream.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Continuity {
+    last: Option<u8>,
+}
+
+impl Continuity {
+    /// The counter of the last packet written, if any.
+    pub fn last(&self) -> Option<u8> {
+        self.last
+    }
+
+    /// Records `cc` as the counter of the last packet written.
+    pub fn set_last(&mut self, cc: u8) {
+        self.last = Some(cc & 0x0F);
+    }
+
+    /// The counter the next packet with a payload carries (0 at first).
+    pub fn next(&self) -> u8 {
+        self.last.map_or(0, |l| l.wrapping_add(1) & 0x0F)
+    }
+
+    /// Gives the packet `p` (which carries a payload) the next counter.
+    pub fn stamp(&mut self, p: &mut [u8; PACKET_LEN]) {
+        let cc = self.next();
+        p[3] = (p[3] & 0xF0) | cc;
+        self.last = Some(cc);
+    }
+}
+
+/// [`packetize`] on `pid`, continuing `counter`: the sections re-emitted
+/// on a PID with a counter of its own. Returns the number of packets
+/// appended to `out`.
+pub fn packetize_continuing(
+    sections: &[&[u8]],
+    pid: u16,
+    counter: &mut Continuity,
+    out: &mut Vec<[u8; PACKET_LEN]>,
+) -> Result<usize, PsiError> {
+    let before = out.len();
+    let mut cc = counter.next();
+    packetize(sections, pid, &mut cc, out)?;
+    if out.len() > before {
+        counter.set_last(cc.wrapping_sub(1));
+    }
+    Ok(out.len() - before)
+}
+
 /// Cuts sections into TS packets on `pid`, packed back to back: a packet
 /// where a section starts has PUSI set and a pointer_field to the first
 /// such start; the last packet is filled with 0xFF. `cc` is the continuity
@@ -1005,5 +1056,26 @@ mod tests {
             .flat_map(|p| asm.push(&Packet::from_array(p).unwrap()))
             .collect();
         assert_eq!(got, vec![Ok(a), Ok(b)]);
+    }
+
+    #[test]
+    fn a_re_emitted_section_continues_its_counter() {
+        let section = [
+            0x00u8, 0xB0, 0x0D, 0, 1, 0xC1, 0, 0, 0, 1, 0xE1, 0, 0, 0, 0, 0,
+        ];
+        let mut c = Continuity::default();
+        let mut out = Vec::new();
+        for _ in 0..17 {
+            assert_eq!(
+                packetize_continuing(&[&section], 0, &mut c, &mut out),
+                Ok(1)
+            );
+        }
+        let ccs: Vec<u8> = out.iter().map(|p| p[3] & 0x0F).collect();
+        assert_eq!(ccs, (0..17).map(|i| i & 0x0F).collect::<Vec<u8>>());
+        // A cached packet stamped again goes on from the same counter.
+        let mut p = out[0];
+        c.stamp(&mut p);
+        assert_eq!((p[3] & 0x0F, c.last()), (1, Some(1)));
     }
 }

@@ -15,7 +15,7 @@
 use super::PacketSink;
 use crate::stats::Stats;
 use std::io;
-use ts::psi::{descriptor_tag, packetize, Descriptor, Pat, Pmt};
+use ts::psi::{descriptor_tag, packetize, Continuity, Descriptor, Pat, Pmt};
 use ts::{Packet, PACKET_LEN};
 
 /// A rewritten table, cached by the input section it came from.
@@ -23,7 +23,7 @@ use ts::{Packet, PACKET_LEN};
 pub(super) struct Rewritten {
     input: Vec<u8>,
     output: Vec<[u8; PACKET_LEN]>,
-    cc: u8,
+    cc: Continuity,
 }
 
 impl Rewritten {
@@ -49,8 +49,7 @@ impl Rewritten {
             }
         }
         for p in &mut self.output {
-            p[3] = (p[3] & 0xF0) | (self.cc & 0x0F);
-            self.cc = (self.cc + 1) & 0x0F;
+            self.cc.stamp(p);
             sink.packet(p)?;
             stats.packets_out += 1;
         }

@@ -191,12 +191,10 @@ impl<F: CaFeed> Mux<F> {
         let refs: Vec<&[u8]> = sections.iter().map(|s| &**s).collect();
         let pid = self.emm.pid;
         let c = &mut self.cc[usize::from(pid)];
-        let mut cc = c.last.map_or(0, |l| l.wrapping_add(1) & 0x0F);
         let mut made = Vec::new();
-        if packetize(&refs, pid, &mut cc, &mut made).is_err() || made.is_empty() {
+        if packetize_continuing(&refs, pid, &mut c.last, &mut made).is_err() || made.is_empty() {
             return Vec::new();
         }
-        c.last = Some(cc.wrapping_sub(1) & 0x0F);
         self.emm.bucket -= (made.len() * PACKET_LEN) as f64;
         self.stats.emm_sections += sections.len() as u64;
         self.stats.emm_packets += made.len() as u64;

@@ -80,8 +80,8 @@ use std::sync::Arc;
 use ts::cissa::{Outcome, Scrambler};
 use ts::packet::{null_packet, Packet, PacketReader, MAX_PID, NULL_PID, PACKET_LEN};
 use ts::psi::{
-    packetize, Cat, Descriptor, Pat, Pmt, PrivateSection, SectionAssembler, CA_SYSTEM_ID,
-    MAX_SECTION_LEN,
+    packetize_continuing, Cat, Descriptor, Pat, Pmt, PrivateSection, SectionAssembler,
+    CA_SYSTEM_ID, MAX_SECTION_LEN,
 };
 
 /// How often, in stream time, a feed is asked again for a service's
@@ -150,7 +150,7 @@ enum Role {
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Cc {
-    last: Option<u8>,
+    last: ts::psi::Continuity,
     offset: u8,
     relink: bool,
     pcr_discontinuity: bool,

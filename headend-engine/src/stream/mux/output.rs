@@ -65,7 +65,7 @@ impl<F: CaFeed> Mux<F> {
         let has_payload = pkt[3] & 0x10 != 0;
         let cc_in = pkt[3] & 0x0F;
         if c.relink {
-            if let Some(last) = c.last {
+            if let Some(last) = c.last.last() {
                 let want = if has_payload {
                     last.wrapping_add(1)
                 } else {
@@ -79,7 +79,7 @@ impl<F: CaFeed> Mux<F> {
         }
         let out = (cc_in + c.offset) & 0x0F;
         pkt[3] = (pkt[3] & 0xF0) | out;
-        c.last = Some(out);
+        c.last.set_last(out);
         // The adaptation field was validated: a PCR flag means 7+ bytes.
         if c.pcr_discontinuity && pkt[3] & 0x20 != 0 && pkt[4] >= 7 && pkt[5] & 0x10 != 0 {
             pkt[5] |= 0x80;
@@ -95,13 +95,9 @@ impl<F: CaFeed> Mux<F> {
     /// Cuts sections into packets on `pid` with its own counter.
     pub(super) fn emit_sections(&mut self, pid: u16, sections: &[&[u8]], now: u64) -> usize {
         let c = &mut self.cc[usize::from(pid)];
-        let mut cc = c.last.map_or(0, |l| l.wrapping_add(1) & 0x0F);
         self.scratch.clear();
-        if packetize(sections, pid, &mut cc, &mut self.scratch).is_err() {
+        if packetize_continuing(sections, pid, &mut c.last, &mut self.scratch).is_err() {
             return 0;
-        }
-        if !self.scratch.is_empty() {
-            c.last = Some(cc.wrapping_sub(1) & 0x0F);
         }
         let n = self.scratch.len();
         for i in 0..n {
