@@ -1,7 +1,9 @@
 //! MPEG-TS building blocks for Iodoform's broadcast stream: zero-copy
 //! packet views and a resynchronizing reader ([`packet`]), PSI and CA
-//! sections ([`psi`]), the PCR time base both ends share ([`clock`]), DVB-CISSA scrambling ([`cissa`]) and the throughput
-//! benchmarks that the `perf` report prints ([`bench`](mod@bench)).
+//! sections with their re-emission ([`psi`]), the PCR time base both
+//! ends share ([`clock`]), DVB-CISSA scrambling ([`cissa`]) and the
+//! throughput benchmarks that the `perf` report prints
+//! ([`bench`](mod@bench)).
 //!
 //! It does no I/O and keeps no global state; the headend and the receiver
 //! own sockets and files. Every parser takes untrusted bytes and returns a
