@@ -91,21 +91,19 @@ Exit codes (the same for headend, smartcard and receiver):
 /// the process exits at once, quietly, with [`exit::CLOSED_PIPE`]; any
 /// other write error exits with [`exit::IO`] after a one-line message.
 pub fn out(s: &str) {
-    let mut o = std::io::stdout().lock();
-    let r = o.write_all(s.as_bytes()).and_then(|()| o.flush());
-    if let Err(e) = r {
-        closed_or_failed(&e);
-    }
+    write_out(|o| o.write_all(s.as_bytes()));
 }
 
 /// [`out`] for formatted text with a newline; see [`outln!`](crate::outln).
 pub fn out_line(args: Arguments<'_>) {
+    write_out(|o| o.write_fmt(args).and_then(|()| o.write_all(b"\n")));
+}
+
+/// Runs `write` on the locked standard output and flushes it; a failure
+/// ends the process (see [`out`]).
+fn write_out(write: impl FnOnce(&mut std::io::StdoutLock<'static>) -> std::io::Result<()>) {
     let mut o = std::io::stdout().lock();
-    let r = o
-        .write_fmt(args)
-        .and_then(|()| o.write_all(b"\n"))
-        .and_then(|()| o.flush());
-    if let Err(e) = r {
+    if let Err(e) = write(&mut o).and_then(|()| o.flush()) {
         closed_or_failed(&e);
     }
 }

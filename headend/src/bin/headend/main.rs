@@ -53,16 +53,13 @@ fn init(a: InitArgs) -> ExitCode {
     // The flags are checked as the config file would be, and the error
     // names the flag, not a file that does not exist yet.
     if let Err(e) = c.validate() {
-        return match e {
+        match e {
             headend::config::ConfigError::Field { field, message, .. } => {
                 eprintln!("headend init: --{} {message}", field.replace('_', "-"));
-                ExitCode::from(cli::exit::USAGE)
             }
-            other => {
-                eprintln!("headend init: {other}");
-                ExitCode::from(cli::exit::USAGE)
-            }
-        };
+            other => eprintln!("headend init: {other}"),
+        }
+        return ExitCode::from(cli::exit::USAGE);
     }
     match headend::init::init(&a.dir, &c, now_ms()) {
         Ok(made) => {
