@@ -28,6 +28,8 @@ pub mod path {
     pub const ROTATE: &str = "/api/v1/rotate";
     pub const STATUS: &str = "/api/v1/status";
     pub const OPERATOR: &str = "/api/v1/operator";
+    pub const BACKUP: &str = "/api/v1/backup";
+    pub const CLOCK_ACCEPT: &str = "/api/v1/clock/accept";
 }
 
 // ---- products ------------------------------------------------------------
@@ -409,6 +411,49 @@ pub struct Status {
     /// EMM sections published by this run.
     pub emm_sections: u64,
     pub emm_backlog: EmmBacklog,
+    /// The clock check (`max_clock_jump_secs`).
+    #[serde(default)]
+    pub clock: ClockStatus,
+    /// Set when this run started on a database restored from a backup.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub restored: Option<RestoreStatus>,
+    /// Set while no ECM is sealed fresh: epochs below this one may have
+    /// been sealed by an earlier run that this database does not record.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecms_fresh_from_epoch: Option<u64>,
+}
+
+/// The headend's clock check, in [`Status`]: the daemon refuses to put on
+/// the air a time more than `max_jump_secs` ahead of the last time it
+/// persisted, until an operator accepts it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ClockStatus {
+    /// RFC 3339: the newest time put on the air and persisted.
+    pub persisted: Option<String>,
+    pub persisted_unix_ms: Option<u64>,
+    pub max_jump_secs: u64,
+    /// The clock is ahead by more than `max_jump_secs`: no ECM or EMM is
+    /// made with it until it is accepted.
+    pub refused: bool,
+    /// How far the clock is ahead of `persisted`, while refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ahead_secs: Option<u64>,
+    /// What to do, while refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// A run on a restored backup, in [`Status`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct RestoreStatus {
+    /// RFC 3339: when the backup was taken.
+    pub backup_taken: String,
+    pub backup_taken_unix_ms: u64,
+    /// RFC 3339: when `headend restore` put it in place, if it did.
+    pub restored: Option<String>,
+    /// Every product key renewed at the start, so that entitlements the
+    /// backup does not record end. Empty until the clock is accepted.
+    pub renewed: Vec<Rotated>,
 }
 
 /// The cards of [`Status`].
@@ -536,6 +581,40 @@ pub struct DebugSections {
 
 /// A current ECM section, in [`DebugSections`].
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+// ---- backup and clock ----------------------------------------------------
+
+/// `POST /api/v1/backup`: the daemon writes a consistent copy of its
+/// database to `path`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupRequest {
+    /// An absolute path, in a folder the daemon can write.
+    pub path: String,
+    /// Replace an existing file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub force: bool,
+}
+
+/// The answer to `POST /api/v1/backup`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct BackupTaken {
+    pub path: String,
+    pub bytes: u64,
+    /// RFC 3339.
+    pub taken: String,
+    pub taken_unix_ms: u64,
+}
+
+/// The answer to `POST /api/v1/clock/accept`: the jump accepted.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct ClockAccepted {
+    /// RFC 3339: the last time persisted before the jump.
+    pub from: String,
+    /// RFC 3339: the time accepted.
+    pub to: String,
+    pub jump_secs: u64,
+}
+
 pub struct EcmSection {
     pub service_id: u16,
     pub ecm_pid: u16,

@@ -154,3 +154,29 @@ fn ready_and_live_keep_their_shapes() {
         r#"{"error":"no such card"}"#
     );
 }
+
+#[test]
+fn backup_and_clock_bodies_keep_their_shapes() {
+    let b = BackupRequest {
+        path: "/srv/b.db".into(),
+        force: false,
+    };
+    assert_eq!(
+        serde_json::to_value(&b).unwrap(),
+        json!({"path": "/srv/b.db"})
+    );
+    let f: BackupRequest = serde_json::from_value(json!({"path": "/b", "force": true})).unwrap();
+    assert!(f.force);
+    assert!(serde_json::from_value::<BackupRequest>(json!({"path": "/b", "forse": true})).is_err());
+    // A status from a headend without the clock check still reads.
+    let c = ClockStatus::default();
+    assert_eq!(
+        serde_json::to_value(&c).unwrap(),
+        json!({"persisted": null, "persisted_unix_ms": null, "max_jump_secs": 0, "refused": false})
+    );
+    let a: ClockAccepted = serde_json::from_value(
+        json!({"from": "2026-01-01T00:00:00Z", "to": "2026-01-01T02:00:00Z", "jump_secs": 7200}),
+    )
+    .unwrap();
+    assert_eq!(a.jump_secs, 7200);
+}

@@ -27,12 +27,27 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use zeroize::Zeroizing;
 
-/// Unix time in milliseconds.
+/// The environment variable that shifts the headend's clock by this many
+/// milliseconds (may be negative). **For tests only**: it lets a test
+/// make the clock jump without touching the system clock. Never set it in
+/// production.
+pub const TEST_CLOCK_OFFSET_ENV: &str = "IODOFORM_TEST_CLOCK_OFFSET_MS";
+
+/// Unix time in milliseconds (shifted by [`TEST_CLOCK_OFFSET_ENV`] in
+/// tests).
 pub fn now_ms() -> u64 {
-    SystemTime::now()
+    static OFFSET: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    let offset = *OFFSET.get_or_init(|| {
+        std::env::var(TEST_CLOCK_OFFSET_ENV)
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    });
+    let real = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
+        .unwrap_or(0);
+    real.saturating_add_signed(offset)
 }
 
 /// Why the daemon could not start or stopped.
@@ -166,6 +181,7 @@ impl Daemon {
         let mut core = core;
         core.set_channel_base(&loaded.dir);
         let supervisor = Arc::new(Supervisor::new(output.clone(), &loaded.dir));
+        core.set_clock_policy(c.max_clock_jump_secs.saturating_mul(1000), false);
         {
             let sup = supervisor.clone();
             metrics.add_collector(Arc::new(move |e| sup.render_metrics(e)));
@@ -183,6 +199,16 @@ impl Daemon {
     }
 
     /// The ECM and EMM sections this daemon produces.
+    /// Accepts a clock jump found at the first step (`headend run
+    /// --accept-clock-jump`): the operator has checked the clock.
+    pub fn accept_clock_jump_at_start(&self) {
+        let max = self.loaded.config.max_clock_jump_secs.saturating_mul(1000);
+        self.headend
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .set_clock_policy(max, true);
+    }
+
     pub fn output(&self) -> CaOutput {
         self.output.clone()
     }

@@ -23,11 +23,14 @@
 //!   the one place where errors become HTTP status codes.
 //! * [`daemon`], [`client`], [`init`]: `headend run`, the CLI's API client
 //!   and `headend init`.
+//! * [`backup`]: `headend backup` (a consistent copy while the daemon
+//!   runs) and `headend restore`.
 //! * [`supervisor`]: the channel streams inside `headend run`, started,
 //!   changed and stopped live, and turned off and retried when they fail.
 #![forbid(unsafe_code)]
 
 pub mod atrest;
+pub mod backup;
 pub mod client;
 pub mod config;
 pub mod daemon;

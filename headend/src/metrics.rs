@@ -297,6 +297,10 @@ pub struct Gauges {
     pub crypto_period_seconds: f64,
     pub product_keys: Vec<ProductKeyGauge>,
     pub emm_backlog: EmmBacklog,
+    /// The clock is refused (more than `max_clock_jump_secs` ahead of the
+    /// last time persisted), and by how much.
+    pub clock_jump_refused: bool,
+    pub clock_ahead_seconds: f64,
 }
 
 impl Metrics {
@@ -405,6 +409,16 @@ impl Metrics {
                 "iodoform_emm_backlog_seconds",
                 "Estimated time to deliver iodoform_emm_backlog_bytes at a channel's EMM bandwidth (bytes x 8 x 188/184 / bit/s); alert when it exceeds iodoform_emm_cycle_seconds.",
                 g.emm_backlog.seconds().into(),
+            ),
+            (
+                "iodoform_clock_jump_refused",
+                "1 while the clock is more than max_clock_jump_secs ahead of the last time the headend put on the air: it makes no ECM or EMM until an operator runs `headend clock accept`.",
+                g.clock_jump_refused.into(),
+            ),
+            (
+                "iodoform_clock_ahead_seconds",
+                "How far the refused clock is ahead of the last time put on the air; 0 when not refused.",
+                g.clock_ahead_seconds.into(),
             ),
         ] {
             e.gauge(name, help).sample(&[], v);

@@ -8,7 +8,9 @@
 //!   fields, unknown ids, bad dates, a body over 64 KiB, a missing or
 //!   wrong token) is a 4xx and is refused before anything is written; a
 //!   5xx means a fault of the headend and is counted in `/metrics`.
-//! * A write is answered only after its transaction committed.
+//! * A write is answered only after its transaction committed. While the
+//!   clock check refuses the clock (`state::clock`), every write is
+//!   refused with 503 and the fix.
 //!
 //! Routes:
 //!
@@ -29,6 +31,8 @@
 //! | POST | `/api/v1/rotate` | `{"product"?}` |
 //! | GET | `/api/v1/status` | |
 //! | GET | `/api/v1/operator` | the operator's public keys |
+//! | POST | `/api/v1/backup` | `{"path", "force"?}`: a consistent copy of the database, written by the daemon |
+//! | POST | `/api/v1/clock/accept` | accept a clock jump the clock check refused |
 //! | GET | `/api/v1/debug/sections` | `?since=&max=`: current ECM sections, EMM sections (hex) |
 
 use crate::metrics::Metrics;
@@ -36,9 +40,10 @@ use crate::output::CaOutput;
 use crate::state::{Headend, StateError};
 use crate::supervisor::{ChannelStatus, Supervisor};
 use api::{
-    path, Channel, ChannelRef, ChannelRemoved, ChannelReport, ChannelRun, ChannelUpdate,
-    ChannelView, ErrorBody, Live, NewCard, NewChannel, NewPairing, NewProduct, NewSubscription,
-    NotOnAir, ProductRef, Ready, RotateRequest, Rotation, Unsubscribed,
+    path, BackupRequest, BackupTaken, Channel, ChannelRef, ChannelRemoved, ChannelReport,
+    ChannelRun, ChannelUpdate, ChannelView, ErrorBody, Live, NewCard, NewChannel, NewPairing,
+    NewProduct, NewSubscription, NotOnAir, ProductRef, Ready, RotateRequest, Rotation,
+    Unsubscribed,
 };
 use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -125,6 +130,9 @@ impl From<StateError> for ApiError {
             StateError::Invalid { .. } => ApiError::new(StatusCode::BAD_REQUEST, e.to_string()),
             StateError::Unknown(u) => ApiError::new(StatusCode::NOT_FOUND, u.to_string()),
             StateError::Clash(c) => ApiError::new(StatusCode::CONFLICT, c.to_string()),
+            StateError::ClockJump { .. } => {
+                ApiError::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+            }
             other => {
                 tracing::error!(error = %other, "request failed");
                 ApiError::internal()
@@ -201,6 +209,19 @@ async fn with_headend<T: Send + 'static>(
     .map_err(|_| ApiError::internal())?
 }
 
+/// [`with_headend`] for a write: refused while the clock check refuses
+/// the clock, since whatever it would send would carry that time.
+async fn writing<T: Send + 'static>(
+    st: &AppState,
+    f: impl FnOnce(&mut Headend, u64) -> Result<T, StateError> + Send + 'static,
+) -> Result<T, ApiError> {
+    with_headend(st, move |c, now| {
+        c.check_clock(now)?;
+        f(c, now)
+    })
+    .await
+}
+
 fn created(v: impl serde::Serialize) -> Response {
     (StatusCode::CREATED, Json(v)).into_response()
 }
@@ -248,6 +269,8 @@ pub fn router(state: AppState) -> Router {
         .route(path::ROTATE, post(rotate))
         .route(path::STATUS, get(status))
         .route(path::OPERATOR, get(operator))
+        .route(path::BACKUP, post(backup))
+        .route(path::CLOCK_ACCEPT, post(accept_clock))
         .route("/api/v1/debug/sections", get(debug_sections))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
@@ -333,7 +356,7 @@ async fn list_products(State(st): State<AppState>) -> ApiResult {
 
 async fn add_product(State(st): State<AppState>, Body(req): Body<NewProduct>) -> ApiResult {
     Ok(created(
-        with_headend(&st, move |c, now| c.add_product(req, now)).await?,
+        writing(&st, move |c, now| c.add_product(req, now)).await?,
     ))
 }
 
@@ -387,7 +410,7 @@ async fn list_channels(State(st): State<AppState>) -> ApiResult {
 }
 
 async fn add_channel(State(st): State<AppState>, Body(req): Body<NewChannel>) -> ApiResult {
-    let c = with_headend(&st, move |c, now| c.add_channel(req, now)).await?;
+    let c = writing(&st, move |c, now| c.add_channel(req, now)).await?;
     apply_channels(&st).await;
     Ok(created(channel_answer(&st, &c).await))
 }
@@ -413,14 +436,14 @@ async fn update_channel(
     ChannelPath(r): ChannelPath,
     Body(req): Body<ChannelUpdate>,
 ) -> ApiResult {
-    let c = with_headend(&st, move |c, _| c.update_channel(&r, req)).await?;
+    let c = writing(&st, move |c, _| c.update_channel(&r, req)).await?;
     st.supervisor.retry(c.service_id);
     apply_channels(&st).await;
     Ok(ok(channel_answer(&st, &c).await))
 }
 
 async fn remove_channel(State(st): State<AppState>, ChannelPath(r): ChannelPath) -> ApiResult {
-    let c = with_headend(&st, move |c, _| c.remove_channel(&r)).await?;
+    let c = writing(&st, move |c, _| c.remove_channel(&r)).await?;
     apply_channels(&st).await;
     Ok(ok(ChannelRemoved {
         service_id: c.service_id,
@@ -490,7 +513,7 @@ async fn list_cards(State(st): State<AppState>, Params(q): Params<CardsQuery>) -
 
 async fn add_card(State(st): State<AppState>, Body(req): Body<NewCard>) -> ApiResult {
     Ok(created(
-        with_headend(&st, move |c, now| c.add_card(req, now)).await?,
+        writing(&st, move |c, now| c.add_card(req, now)).await?,
     ))
 }
 
@@ -499,7 +522,7 @@ async fn show_card(State(st): State<AppState>, CardId(id): CardId) -> ApiResult 
 }
 
 async fn revoke_card(State(st): State<AppState>, CardId(id): CardId) -> ApiResult {
-    Ok(ok(with_headend(&st, move |c, now| c.revoke(id, now)).await?))
+    Ok(ok(writing(&st, move |c, now| c.revoke(id, now)).await?))
 }
 
 #[derive(Debug, Deserialize)]
@@ -520,7 +543,7 @@ async fn list_subscriptions(
 
 async fn subscribe(State(st): State<AppState>, Body(req): Body<NewSubscription>) -> ApiResult {
     Ok(created(
-        with_headend(&st, move |c, now| c.subscribe(req, now)).await?,
+        writing(&st, move |c, now| c.subscribe(req, now)).await?,
     ))
 }
 
@@ -531,7 +554,7 @@ async fn unsubscribe(
     let Path((card, product)) = p?;
     let card = parse_id(&card, "card id")?;
     let product = ProductRef::Name(product);
-    with_headend(&st, move |c, now| c.unsubscribe(card, &product, now)).await?;
+    writing(&st, move |c, now| c.unsubscribe(card, &product, now)).await?;
     Ok(ok(Unsubscribed {
         card_id: card,
         unsubscribed: true,
@@ -539,15 +562,11 @@ async fn unsubscribe(
 }
 
 async fn pair(State(st): State<AppState>, Body(req): Body<NewPairing>) -> ApiResult {
-    Ok(created(
-        with_headend(&st, move |c, now| c.pair(req, now)).await?,
-    ))
+    Ok(created(writing(&st, move |c, now| c.pair(req, now)).await?))
 }
 
 async fn unpair(State(st): State<AppState>, CardId(card): CardId) -> ApiResult {
-    Ok(ok(
-        with_headend(&st, move |c, now| c.unpair(card, now)).await?
-    ))
+    Ok(ok(writing(&st, move |c, now| c.unpair(card, now)).await?))
 }
 
 async fn rotate(
@@ -563,7 +582,7 @@ async fn rotate(
             ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON body: {e}"))
         })?
     };
-    let rotated = with_headend(&st, move |c, now| {
+    let rotated = writing(&st, move |c, now| {
         c.rotate(req.product.as_ref(), "operator request", now)
     })
     .await?;
@@ -627,6 +646,43 @@ fn channel_run(s: &ChannelStatus) -> ChannelRun {
                 .collect(),
         }),
     }
+}
+
+/// The daemon writes a consistent copy of its database (see
+/// [`crate::backup`]): 409 if the file exists and `force` is not set, 400
+/// if it cannot be made there.
+async fn backup(State(st): State<AppState>, Body(req): Body<BackupRequest>) -> ApiResult {
+    let core = st.headend.clone();
+    let now = st.now_ms;
+    let taken = tokio::task::spawn_blocking(move || {
+        let c = core.lock().map_err(|_| ApiError::internal())?;
+        c.backup(std::path::Path::new(&req.path), req.force, now())
+            .map_err(|e| {
+                use crate::backup::BackupError as B;
+                let status = match &e {
+                    B::Exists(_) => StatusCode::CONFLICT,
+                    B::Target { .. } | B::Write { .. } => StatusCode::BAD_REQUEST,
+                    _ => {
+                        tracing::error!(error = %e, "backup failed");
+                        return ApiError::internal();
+                    }
+                };
+                ApiError::new(status, e.to_string())
+            })
+    })
+    .await
+    .map_err(|_| ApiError::internal())??;
+    Ok(created(BackupTaken {
+        path: taken.path.display().to_string(),
+        bytes: taken.bytes,
+        taken: crate::state::rfc3339(taken.taken_ms / 1000),
+        taken_unix_ms: taken.taken_ms,
+    }))
+}
+
+/// `headend clock accept`.
+async fn accept_clock(State(st): State<AppState>) -> ApiResult {
+    Ok(ok(with_headend(&st, |c, now| c.accept_clock(now)).await?))
 }
 
 async fn operator(State(st): State<AppState>) -> ApiResult {

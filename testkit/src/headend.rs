@@ -103,12 +103,20 @@ impl Headend {
     /// every channel to be on the air, and their input may not be fed
     /// yet).
     pub fn start(&mut self) {
+        self.start_with(&[], &[]);
+    }
+
+    /// [`Headend::start`] with more arguments for `headend run` and more
+    /// environment variables.
+    pub fn start_with(&mut self, args: &[&str], envs: &[(&str, &str)]) {
         assert!(self.daemon.is_none(), "the daemon is already running");
         let mut p = Process::spawn(
             Command::new(&self.program)
                 .args(["run", "--config"])
                 .arg(self.config())
-                .env("RUST_LOG", "info"),
+                .args(args)
+                .env("RUST_LOG", "info")
+                .envs(envs.iter().copied()),
             &self.log_path(),
         );
         let deadline = Instant::now() + Duration::from_secs(20);

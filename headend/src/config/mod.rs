@@ -50,6 +50,9 @@ fn default_scrape_token() -> PathBuf {
 fn default_operator_public() -> PathBuf {
     "operator.json".into()
 }
+fn default_max_clock_jump_secs() -> u64 {
+    crate::state::DEFAULT_MAX_CLOCK_JUMP_MS / 1000
+}
 fn default_crypto_period_ms() -> u64 {
     DEFAULT_CRYPTO_PERIOD_MS
 }
@@ -91,6 +94,11 @@ pub struct Config {
     #[serde(default = "default_crypto_period_ms")]
     pub crypto_period_ms: u64,
     /// Each product's period key K_P is renewed this often, in seconds
+    /// The clock check: the daemon refuses to put on the air a time more
+    /// than this many seconds ahead of the last time it persisted, until
+    /// an operator accepts it (`headend clock accept`). At least 60.
+    #[serde(default = "default_max_clock_jump_secs")]
+    pub max_clock_jump_secs: u64,
     /// (and at once when a card loses the product).
     #[serde(default = "default_key_renewal_secs")]
     pub key_renewal_secs: u64,
@@ -185,6 +193,7 @@ impl Default for Config {
 }
 
 /// A loaded config with its paths made absolute.
+            max_clock_jump_secs: default_max_clock_jump_secs(),
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub path: PathBuf,
@@ -323,6 +332,13 @@ impl Config {
                 return Err(Self::field(f("service_id"), "must be 1..=65535"));
             }
             if !services.insert(c.service_id) {
+        // The clock is persisted once a minute: a smaller bound would
+        // refuse a daemon that merely runs.
+        Self::at_least(
+            "max_clock_jump_secs",
+            self.max_clock_jump_secs,
+            2 * crate::state::CLOCK_PERSIST_MS / 1000,
+        )?;
                 return Err(Self::field(
                     f("service_id"),
                     format!("{} is used twice", c.service_id),

@@ -6,6 +6,21 @@
 //! committed in one transaction before the ECM is published, so a restart
 //! within the same period puts the same ECM bytes and the same control
 //! words on the air, and epochs never go back, even when the clock does.
+//!
+//! **Fresh epochs only after an earlier run.** An earlier run may have
+//! sealed ECMs that this database does not record: the database may be a
+//! restored backup, or a copy. Sealing one of those headers again would
+//! put a fresh control word under the same (`K_ecm`, nonce), which gives
+//! away both plaintexts' XOR and the Poly1305 key. That run sealed at
+//! most the epoch of its last clock plus one (the next period's ECM is
+//! never made ahead), and its clock was at most this start's (the clock
+//! check and "epochs never go back" rely on the same). So when the
+//! database records any earlier run, or is a backup, a header of an epoch
+//! below `epoch(start) + 2` is put on the air only if its bytes are
+//! stored (byte-identical, as after any restart); otherwise the channel
+//! gets no ECM for that epoch and its stream withholds it
+//! (`no_control_word`, fail closed) for at most two crypto periods. The
+//! first start of a database seals at once.
 
 use super::{Headend, Result, StateError};
 use crate::metrics::Metrics;
@@ -40,6 +55,9 @@ impl Headend {
     /// whose ECM PID or product changed), at once rather than at the
     /// scheduler's next step: a stream that starts right after finds it.
     pub fn publish_ecms(&mut self, now_ms: u64) -> Result<()> {
+        if !self.clock_step(now_ms)? {
+            return Ok(());
+        }
         self.ecm_step(now_ms)
     }
 
@@ -55,6 +73,11 @@ impl Headend {
 
     fn make_ecms(&mut self, now_ms: u64) -> Result<()> {
         let period = self.timing.period_ms;
+        if self.ecm_fresh_from.is_some_and(|f| now_ms / period >= f) {
+            self.ecm_fresh_from = None;
+        }
+        let fresh_from = self.ecm_fresh_from;
+        let mut held = false;
         let mut todo = Vec::new();
         {
             let mut on_air = ControlWordSchedule::with_store(
@@ -76,8 +99,30 @@ impl Headend {
                         continue;
                     }
                 }
+                if fresh_from.is_some_and(|f| epoch < f)
+                    && store::control_words::ecm(
+                        &self.conn,
+                        ch.product,
+                        p.active_generation,
+                        epoch,
+                        ch.service_id,
+                    )?
+                    .is_none()
+                {
+                    held = true;
+                    continue;
+                }
                 todo.push((ch.clone(), epoch, p.active_generation));
             }
+        }
+        if held && !self.ecm_held_logged {
+            self.ecm_held_logged = true;
+            tracing::warn!(
+                first_epoch = fresh_from.unwrap_or(0),
+                "no ECM is sealed fresh before epoch {} (in at most two crypto periods): an earlier run \
+                 may have sealed epochs this database does not record; meanwhile the channels are withheld",
+                fresh_from.unwrap_or(0)
+            );
         }
         if todo.is_empty() {
             return Ok(());

@@ -41,6 +41,19 @@ pub enum StateError {
     Sealed(#[from] crate::atrest::OpenError),
     #[error("key engine: {0}")]
     Engine(#[from] EngineError),
+    /// The clock is further ahead of the last time put on the air than
+    /// `max_clock_jump_secs`: nothing is sealed with it.
+    #[error(
+        "the clock reads {now}, {ahead_secs} s after the last time put on the air ({persisted}), \
+         more than max_clock_jump_secs ({max_secs}): nothing is sealed with it; check the system \
+         clock (NTP), and if it is right run `headend clock accept`"
+    )]
+    ClockJump {
+        now: String,
+        persisted: String,
+        ahead_secs: u64,
+        max_secs: u64,
+    },
     #[error("{0}")]
     Internal(String),
 }
@@ -133,4 +146,6 @@ pub enum Clash {
     CardNotActive { card: u32, state: String },
     #[error("card {0} already holds {MAX_ENTITLEMENTS_PER_CARD} products, the most a card stores")]
     CardFull(u32),
+    #[error("the clock is within max_clock_jump_secs of the last time put on the air: there is no jump to accept")]
+    NoClockJump,
 }

@@ -25,6 +25,9 @@
 //! * carousel: the EMM-U carousel and its fast lane;
 //! * [`seq`]: the EMM sequence blocks;
 //! * ecm: the ECM scheduler;
+//! * clock: the clock check (no time more than `max_clock_jump_secs`
+//!   ahead of the last one persisted goes on the air);
+//! * restore: backups, and a run on a database restored from one;
 //! * status: the status JSON and the gauges;
 //! * [`StateError`]: why an operation failed, in the domain's terms.
 
@@ -45,10 +48,12 @@ use ts::psi::TableId;
 mod cards;
 mod carousel;
 mod channels;
+mod clock;
 mod ecm;
 mod error;
 mod fields;
 mod products;
+mod restore;
 pub mod seq;
 mod status;
 mod subscriptions;
@@ -56,6 +61,7 @@ mod subscriptions;
 mod tests;
 
 pub use carousel::{FAST_REPEAT_MS, FAST_WINDOW_MS};
+pub use clock::{CLOCK_PERSIST_MS, DEFAULT_MAX_CLOCK_JUMP_MS};
 pub use error::{Clash, StateError, Unknown};
 pub use fields::{parse_date, rfc3339};
 pub use seq::{next_seq_floor, BLOCK_SHIFT};
@@ -109,6 +115,16 @@ pub struct Headend {
 impl std::fmt::Debug for Headend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Headend")
+    /// The clock check (see `clock`).
+    clock: clock::ClockCheck,
+    /// The first epoch whose ECM may be sealed fresh (see `ecm`), while
+    /// an earlier run may have sealed ones this database does not record.
+    ecm_fresh_from: Option<u64>,
+    ecm_held_logged: bool,
+    /// The database is a restored backup not yet acted on, and what this
+    /// run did about it (see `restore`).
+    restore_pending: Option<store::backup::BackupMark>,
+    restored: Option<api::RestoreStatus>,
             .field("run", &self.run)
             .field("engine", &self.engine)
             .field("products", &self.products.len())
@@ -156,6 +172,13 @@ impl Headend {
 
         let mut h = Headend {
             conn,
+        // A restored backup, and how far the runs before this one may have
+        // gone: their newest clock, and (with any earlier run, or on a
+        // backup) the epochs they may have sealed (see `ecm`).
+        let mark = store::backup::mark(&conn)?;
+        let persisted = store::runs::last_clock(&conn)?.max(mark.and_then(|m| m.restored_ms));
+        let ecm_fresh_from =
+            (run > 1 || mark.is_some()).then(|| now_ms / timing.period_ms.max(1) + 2);
             mk,
             engine,
             timing,
@@ -183,6 +206,11 @@ impl Headend {
         h.load_channels()?;
         h.load_cards(floor)?;
         h.load_subscriptions()?;
+            clock: clock::ClockCheck::new(persisted),
+            ecm_fresh_from,
+            ecm_held_logged: false,
+            restore_pending: mark,
+            restored: None,
         h.load_fast_lane(now_ms)?;
         h.load_epochs(now_ms)?;
         Ok(h)
@@ -193,6 +221,7 @@ impl Headend {
     }
 
     pub fn output(&self) -> &CaOutput {
+        h.note_restore();
         &self.output
     }
 
@@ -217,6 +246,11 @@ impl Headend {
         self.activation_step(now_ms)?;
         // A failed ECM step (counted in iodoform_ecm_failures_total) does
         // not hold up the EMMs: the carousel runs, then the error is
+        // A clock too far ahead makes nothing (see `clock`).
+        if !self.clock_step(now_ms)? {
+            return Ok(());
+        }
+        self.restore_step(now_ms)?;
         // reported.
         let ecms = self.ecm_step(now_ms);
         self.carousel_step(now_ms)?;

@@ -71,6 +71,8 @@ impl Headend {
         }
     }
 
+            clock_jump_refused: self.clock_refused(),
+            clock_ahead_seconds: self.clock_ahead_seconds(),
     /// The answer of `GET /api/v1/status`, but for where each channel
     /// stands (the supervisor's, added by the server).
     pub fn status(&self, now_ms: u64) -> api::Status {
@@ -138,3 +140,6 @@ impl Headend {
         }
     }
 }
+            clock: self.clock_status(),
+            restored: self.restore_status(),
+            ecms_fresh_from_epoch: self.ecm_fresh_from,

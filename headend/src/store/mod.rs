@@ -19,7 +19,9 @@
 //! moved to another row does not open. Nothing here logs.
 //!
 //! * [`operator`]: the operator's keys.
-//! * [`runs`]: daemon runs and EMM sequence blocks.
+//! * [`runs`]: daemon runs, the clock each put on the air, and EMM
+//!   sequence blocks.
+//! * [`backup`]: the mark of a database that is a backup, and the copy.
 //! * [`products`]: products and their period keys.
 //! * [`channels`]: the channels.
 //! * [`cards`]: cards and their KEKs.
@@ -30,6 +32,7 @@
 use rusqlite::{Connection, OpenFlags};
 use std::path::Path;
 
+pub mod backup;
 pub mod cards;
 pub mod channels;
 pub mod control_words;

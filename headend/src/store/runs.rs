@@ -33,3 +33,20 @@ pub fn insert_seq_block(conn: &Connection, floor: u64, run: u64, now_ms: u64) ->
     )?;
     Ok(())
 }
+
+/// The newest clock any run put on the air ([`set_clock`]), if one did.
+pub fn last_clock(conn: &Connection) -> Result<Option<u64>> {
+    let last: i64 = conn.query_row("SELECT COALESCE(MAX(clock_ms), 0) FROM runs", [], |r| {
+        r.get(0)
+    })?;
+    Ok((last > 0).then_some(last as u64))
+}
+
+/// Records `clock_ms` as the clock `run` has put on the air.
+pub fn set_clock(conn: &Connection, run: u64, clock_ms: u64) -> Result<()> {
+    conn.execute(
+        "UPDATE runs SET clock_ms = MAX(clock_ms, ?2) WHERE run = ?1",
+        params![int(run), int(clock_ms)],
+    )?;
+    Ok(())
+}

@@ -120,6 +120,19 @@ const MIGRATIONS: &[&str] = &[
         CHECK (origin IN ('config', 'api'));
     ALTER TABLE channels ADD COLUMN clear_services TEXT NOT NULL DEFAULT '';
     "#,
+    // 4: the clock each run last put on the air (checked at the next
+    // start, see state::clock), and the mark of a database that is a
+    // backup (see crate::backup): when it was taken, and when `headend
+    // restore` put it in place. A daemon that opens a marked database
+    // renews every product key, then drops the mark.
+    r#"
+    ALTER TABLE runs ADD COLUMN clock_ms INTEGER NOT NULL DEFAULT 0;
+    CREATE TABLE backup_mark (
+        id          INTEGER PRIMARY KEY CHECK (id = 1),
+        taken_ms    INTEGER NOT NULL,
+        restored_ms INTEGER
+    );
+    "#,
 ];
 
 /// The schema version this build writes.

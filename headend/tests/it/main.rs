@@ -1,8 +1,8 @@
 //! The headend's integration tests, in one binary.
 //!
 //! - The daemon and its CLI as an operator runs them (`api`, `cli`,
-//!   `channels`, `expiry`, `crash`, `metrics`), each on a real `headend`
-//!   process with its folder in a temporary directory (see `common`).
+//!   `channels`, `expiry`, `crash`, `metrics`, `restore`, `clock`), each on
+//!   a real `headend` process with its folder in a temporary directory (see `common`).
 //! - The stream engine on real TS from ffmpeg and on synthetic TS
 //!   (`stream_engine`, `stream_psi`, `stream_garbage`), over UDP
 //!   (`stream_udp`, `stream_fail_closed`) and inside the daemon
@@ -11,10 +11,12 @@
 mod api;
 mod channels;
 mod cli;
+mod clock;
 mod common;
 mod crash;
 mod expiry;
 mod metrics;
+mod restore;
 mod stream_daemon;
 mod stream_engine;
 mod stream_fail_closed;

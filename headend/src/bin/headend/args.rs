@@ -34,7 +34,7 @@ pub(crate) enum Command {
     /// SIGINT. Logs go to stderr (RUST_LOG=debug for more).
     ///
     /// Example: headend run --config /var/lib/iodoform/headend.toml
-    Run,
+    Run(RunArgs),
     /// Products (packages of channels).
     #[command(subcommand)]
     Product(ProductCmd),
@@ -103,6 +103,58 @@ pub(crate) enum Command {
     ///
     /// Example: headend status --json
     Status,
+    /// Take a consistent backup of the database into FILE, mode 0600,
+    /// while the daemon runs and streams (the daemon writes it, so FILE
+    /// must be in a folder the daemon can write), or with the daemon
+    /// stopped (this command opens the database itself). The copy is
+    /// marked as a backup: a daemon that runs on it once restored renews
+    /// every product key. Keep it apart from master.key.
+    ///
+    /// Example: headend backup /var/lib/iodoform/backup/headend-2026-05-01.db
+    Backup {
+        /// The file to write (made absolute from the current folder).
+        file: PathBuf,
+        /// Replace FILE if it exists.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Put a backup in place of the database, with the daemon stopped.
+    /// The file is checked (an Iodoform database of a schema this headend
+    /// reads), copied with mode 0600, and the replaced database is kept
+    /// beside it as headend.db.replaced-SECONDS. At its next start the
+    /// daemon seals no ECM that an earlier run may have sealed (channels
+    /// are withheld for up to two crypto periods) and renews every
+    /// product key.
+    ///
+    /// Example: headend restore /var/lib/iodoform/backup/headend-2026-05-01.db
+    Restore {
+        /// The backup `headend backup` wrote.
+        file: PathBuf,
+    },
+    /// The clock check.
+    #[command(subcommand)]
+    Clock(ClockCmd),
+}
+
+/// The options of `headend run`.
+#[derive(Debug, Args)]
+pub(crate) struct RunArgs {
+    /// Accept a clock found more than max_clock_jump_secs ahead of the
+    /// last time the headend put on the air, at this start only. Check the
+    /// system clock first: a card keeps the newest time it has seen.
+    #[arg(long)]
+    pub(crate) accept_clock_jump: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ClockCmd {
+    /// Accept the clock that the clock check refuses (more than
+    /// max_clock_jump_secs ahead of the last time put on the air, as
+    /// `headend status` shows): the headend seals with it again. Check the
+    /// system clock (NTP) first: a card keeps the newest time it has seen.
+    ///
+    /// Example: headend clock accept
+    Accept,
 }
 
 #[derive(Debug, Args)]

@@ -2,7 +2,7 @@
 //! one of the [`api`] crate's types, and its answer printed as a table or
 //! as JSON.
 
-use crate::args::{CardCmd, ChannelCmd, Command, ProductCmd};
+use crate::args::{CardCmd, ChannelCmd, ClockCmd, Command, ProductCmd};
 use crate::view::{typed, View};
 use api::{
     path, ChannelRemoved, ChannelUpdate, NewCard, NewChannel, NewPairing, NewProduct,
@@ -167,7 +167,18 @@ pub(crate) fn run(config: Option<PathBuf>, as_json: bool, cmd: Command) -> Resul
             (client.post(path::ROTATE, &body)?, View::Rotated)
         }
         Command::Status => (client.get(path::STATUS)?, View::Status),
-        Command::Init(_) | Command::Run => unreachable!("handled in main"),
+        Command::Clock(ClockCmd::Accept) => {
+            let v = client.post(path::CLOCK_ACCEPT, &serde_json::Map::new())?;
+            let a: api::ClockAccepted = typed(&v)?;
+            let msg = format!(
+                "clock jump of {} s accepted (from {} to {}); the headend seals with the new time",
+                a.jump_secs, a.from, a.to
+            );
+            (v, View::Done(msg))
+        }
+        Command::Init(_) | Command::Run(_) | Command::Backup { .. } | Command::Restore { .. } => {
+            unreachable!("handled in main")
+        }
     };
     if as_json {
         cli::outln!(

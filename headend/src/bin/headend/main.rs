@@ -3,7 +3,9 @@
 //! ```text
 //! headend init --dir DIR                  # a new headend's files
 //! headend run --config DIR/headend.toml   # the daemon
-//! headend [--config FILE] [--json] product|channel|card|subscribe|unsubscribe|pair|unpair|rotate|status ...
+//! headend [--config FILE] [--json] product|channel|card|subscribe|unsubscribe|pair|unpair|rotate|status|clock ...
+//! headend [--config FILE] backup FILE [--force] # a consistent copy, daemon running or not
+//! headend [--config FILE] restore FILE          # a backup put in place, daemon stopped
 //! ```
 //!
 //! Every subcommand other than `init` and `run` is a client of the admin
@@ -12,10 +14,12 @@
 //!
 //! * `args`: the subcommands and their options;
 //! * `commands`: each client subcommand as one API request;
+//! * `backup`: `backup` and `restore`;
 //! * `view`: the answers as tables (or `--json`).
 #![forbid(unsafe_code)]
 
 mod args;
+mod backup;
 mod commands;
 mod view;
 
@@ -30,7 +34,10 @@ fn main() -> ExitCode {
     let cli: Cli = cli::parse();
     match cli.command {
         Command::Init(a) => init(a),
-        Command::Run => run(cli.config),
+        Command::Run(r) => run(cli.config, r.accept_clock_jump),
+        c @ (Command::Backup { .. } | Command::Restore { .. }) => {
+            backup::run(cli.config, cli.json, c)
+        }
         other => match commands::run(cli.config, cli.json, other) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -87,7 +94,7 @@ fn init(a: InitArgs) -> ExitCode {
     }
 }
 
-fn run(config: Option<PathBuf>) -> ExitCode {
+fn run(config: Option<PathBuf>, accept_clock_jump: bool) -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -110,6 +117,9 @@ fn run(config: Option<PathBuf>) -> ExitCode {
             return ExitCode::from(e.exit_code());
         }
     };
+    if accept_clock_jump {
+        daemon.accept_clock_jump_at_start();
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

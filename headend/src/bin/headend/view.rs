@@ -199,8 +199,53 @@ fn rotated(r: &Rotation) {
     );
 }
 
+/// The lines of `headend status` on the clock check, a restored backup
+/// and the epochs held after a start.
+fn restore_and_clock(v: &Status) {
+    let c = &v.clock;
+    if c.refused {
+        cli::outln!(
+            "CLOCK REFUSED: {} s ahead of the last time put on the air ({}), more than max_clock_jump_secs ({}); no ECM or EMM is made: {}",
+            c.ahead_secs.unwrap_or(0),
+            c.persisted.as_deref().unwrap_or("-"),
+            c.max_jump_secs,
+            c.fix.as_deref().unwrap_or("")
+        );
+    }
+    if let Some(r) = &v.restored {
+        let when = r
+            .restored
+            .as_deref()
+            .map(|t| format!(", restored at {t}"))
+            .unwrap_or_default();
+        if r.renewed.is_empty() {
+            cli::outln!(
+                "RESTORED from a backup taken at {}{when}: every product key is renewed once the clock passes its check",
+                r.backup_taken
+            );
+        } else {
+            let names: Vec<String> = r
+                .renewed
+                .iter()
+                .map(|p| format!("{} (generation {})", p.name, p.generation))
+                .collect();
+            cli::outln!(
+                "RESTORED from a backup taken at {}{when}: product keys renewed so that entitlements the backup lacks end: {}",
+                r.backup_taken,
+                names.join(", ")
+            );
+        }
+    }
+    if let Some(e) = v.ecms_fresh_from_epoch {
+        cli::outln!(
+            "ECMs: none sealed fresh before epoch {e} (an earlier run may have sealed epochs this database does not record); channels without a stored ECM are withheld until then"
+        );
+    }
+}
+
 fn status(v: &Status) {
     cli::outln!("run {}  at {}", v.run, v.now);
+    restore_and_clock(v);
     cli::outln!(
         "crypto period {} ms (epoch {}), EMM cycle {} ms, key renewal every {} s",
         v.crypto_period_ms,
