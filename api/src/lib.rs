@@ -473,6 +473,30 @@ pub struct ProductStatus {
     pub next_renewal_secs: i64,
     pub key_switch_pending: bool,
     pub key_switch_secs: i64,
+    /// The renewal under way, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal: Option<RenewalStatus>,
+}
+
+/// A product key renewal under way: its pending generation's delivery.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct RenewalStatus {
+    pub generation: u32,
+    /// `prepared` (not on the air yet) or `delivering`.
+    pub state: String,
+    /// Why it was made (`revocation`, `scheduled`, ...).
+    pub reason: String,
+    /// Cards it is delivered to.
+    pub holders: u64,
+    /// Delivery passes over the holders finished, of `passes_needed`.
+    pub passes_done: u32,
+    pub passes_needed: u32,
+    /// EMM-Us still to send before it is delivered.
+    pub emms_left: u64,
+    /// Whether every channel has sent the whole delivery.
+    pub delivered: bool,
+    /// When ECMs switch to it (RFC 3339; planned until delivered).
+    pub activate_at: String,
 }
 
 /// A channel of [`Status`]: its fields, then where it stands (absent
@@ -557,30 +581,6 @@ pub struct EmmBacklog {
     pub bitrate: u64,
 }
 
-// ---- operator and debug --------------------------------------------------
-
-/// The answer to `GET /api/v1/operator`: the operator's public keys, as
-/// 64 hex digits each.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-pub struct Operator {
-    pub operator_id: u32,
-    /// For `KEK_card`.
-    pub x25519: String,
-    /// For signed EMMs.
-    pub ed25519: String,
-}
-
-/// The answer to `GET /api/v1/debug/sections`.
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
-pub struct DebugSections {
-    pub run: u64,
-    /// The ECM each channel sends now.
-    pub ecms: Vec<EcmSection>,
-    pub emms: EmmSections,
-}
-
-/// A current ECM section, in [`DebugSections`].
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 // ---- backup and clock ----------------------------------------------------
 
 /// `POST /api/v1/backup`: the daemon writes a consistent copy of its
@@ -615,6 +615,30 @@ pub struct ClockAccepted {
     pub jump_secs: u64,
 }
 
+// ---- operator and debug --------------------------------------------------
+
+/// The answer to `GET /api/v1/operator`: the operator's public keys, as
+/// 64 hex digits each.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct Operator {
+    pub operator_id: u32,
+    /// For `KEK_card`.
+    pub x25519: String,
+    /// For signed EMMs.
+    pub ed25519: String,
+}
+
+/// The answer to `GET /api/v1/debug/sections`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct DebugSections {
+    pub run: u64,
+    /// The ECM each channel sends now.
+    pub ecms: Vec<EcmSection>,
+    pub emms: EmmSections,
+}
+
+/// A current ECM section, in [`DebugSections`].
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 pub struct EcmSection {
     pub service_id: u16,
     pub ecm_pid: u16,

@@ -33,6 +33,12 @@ pub enum EngineError {
     UnknownGeneration { product: u32, generation: u32 },
     #[error("product {0} has used up its key generations")]
     GenerationExhausted(u32),
+    #[error("generation {generation} of product {product} is not above its newest, {newest}")]
+    GenerationNotNewer {
+        product: u32,
+        generation: u32,
+        newest: u32,
+    },
     #[error("entitlement starts at {start} but ends at {end}")]
     InvalidDates { start: u64, end: u64 },
     /// A card stores a bounded number of products (see

@@ -137,6 +137,7 @@ impl Daemon {
             period_ms: c.crypto_period_ms,
             renewal_ms: c.key_renewal_secs.saturating_mul(1000),
             cycle_ms: c.emm_cycle_ms,
+            emm_bitrate: c.emm_bitrate,
         };
         // headend.toml's channels, with the checks an API channel gets:
         // against each other and against the files they name.
@@ -180,8 +181,8 @@ impl Daemon {
         let run = core.run();
         let mut core = core;
         core.set_channel_base(&loaded.dir);
-        let supervisor = Arc::new(Supervisor::new(output.clone(), &loaded.dir));
         core.set_clock_policy(c.max_clock_jump_secs.saturating_mul(1000), false);
+        let supervisor = Arc::new(Supervisor::new(output.clone(), &loaded.dir));
         {
             let sup = supervisor.clone();
             metrics.add_collector(Arc::new(move |e| sup.render_metrics(e)));
@@ -198,7 +199,6 @@ impl Daemon {
         })
     }
 
-    /// The ECM and EMM sections this daemon produces.
     /// Accepts a clock jump found at the first step (`headend run
     /// --accept-clock-jump`): the operator has checked the clock.
     pub fn accept_clock_jump_at_start(&self) {
@@ -209,6 +209,7 @@ impl Daemon {
             .set_clock_policy(max, true);
     }
 
+    /// The ECM and EMM sections this daemon produces.
     pub fn output(&self) -> CaOutput {
         self.output.clone()
     }

@@ -237,6 +237,21 @@ impl CaOutput {
         }
     }
 
+    /// Whether every channel sending EMMs has sent the log up to (not
+    /// including) `index`: a reader counts as in [`CaOutput::emm_unsent`].
+    /// With no channel sending, what is published counts as sent.
+    pub fn sent_through(&self, index: u64, now_ms: u64) -> bool {
+        let mut all = self.0.readers.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|w| w.strong_count() > 0);
+        all.iter()
+            .filter_map(Weak::upgrade)
+            .filter(|m| {
+                let last = m.last_read_ms.load(Ordering::Relaxed);
+                last != 0 && now_ms.saturating_sub(last) <= EMM_READER_IDLE_MS
+            })
+            .all(|m| m.next_unsent.load(Ordering::Relaxed) >= index)
+    }
+
     /// A push feed of EMM sections, in order. A receiver that falls more
     /// than 4096 sections behind gets `Lagged` and should resync with
     /// [`CaOutput::emm_sections_since`].

@@ -43,13 +43,17 @@ impl KeyEngine {
                 .products
                 .get(&e.product)
                 .ok_or(EngineError::UnknownProduct(e.product))?;
-            payload.commands.push(EmmCommand::Entitle(Entitle {
-                product: e.product,
-                generation: p.current.number,
-                start: e.start,
-                end: e.end,
-                key: p.current.key.clone(),
-            }));
+            // The pending key first, then the active one: a card keeps
+            // the key of the last ECM it opened, and the newest.
+            for g in p.pending.iter().chain([&p.active]) {
+                payload.commands.push(EmmCommand::Entitle(Entitle {
+                    product: e.product,
+                    generation: g.number,
+                    start: e.start,
+                    end: e.end,
+                    key: g.key.clone(),
+                }));
+            }
         }
         debug_assert!(8 + payload.commands.len() * ENTITLE_LEN + TAG_LEN <= MAX_BODY_LEN);
         Emm::seal_unique_into(&Sealer::new(&card.kek), card_id, seq, payload, out);

@@ -85,21 +85,34 @@ struct Generation {
     key: ProductKey,
 }
 
+/// A product's period keys: the one ECMs use, the one before it (ECMs
+/// sealed during the change-over), and the one being delivered, if a
+/// renewal is under way.
 #[derive(Debug)]
 struct Product {
-    current: Generation,
+    active: Generation,
     previous: Option<Generation>,
+    pending: Option<Generation>,
 }
 
 impl Product {
     fn key(&self, generation: u32) -> Option<&ProductKey> {
-        if self.current.number == generation {
-            return Some(&self.current.key);
-        }
-        match &self.previous {
-            Some(p) if p.number == generation => Some(&p.key),
-            _ => None,
-        }
+        [
+            Some(&self.active),
+            self.pending.as_ref(),
+            self.previous.as_ref(),
+        ]
+        .into_iter()
+        .flatten()
+        .find(|g| g.number == generation)
+        .map(|g| &g.key)
+    }
+
+    /// The highest generation number this product has used.
+    fn newest(&self) -> u32 {
+        self.pending
+            .as_ref()
+            .map_or(self.active.number, |p| p.number.max(self.active.number))
     }
 }
 
@@ -155,7 +168,7 @@ impl KeyEngine {
             ecms: HashMap::new(),
             scratch: EmmPayload {
                 time: 0,
-                commands: Vec::with_capacity(MAX_ENTITLEMENTS_PER_CARD),
+                commands: Vec::with_capacity(2 * MAX_ENTITLEMENTS_PER_CARD),
             },
             batch_slots: Vec::new(),
         }
@@ -300,7 +313,8 @@ impl KeyEngine {
         Ok(1)
     }
 
-    /// Creates a product with a known key (restored from storage).
+    /// Creates a product with a known key (restored from storage): the
+    /// generation ECMs use.
     pub fn add_product_with_key(
         &mut self,
         product: u32,
@@ -313,61 +327,126 @@ impl KeyEngine {
         self.products.insert(
             product,
             Product {
-                current: Generation {
+                active: Generation {
                     number: generation,
                     key,
                 },
                 previous: None,
+                pending: None,
             },
         );
         Ok(())
     }
 
-    /// Replaces the product's key with fresh randomness and returns the
-    /// new generation. The old key stays as the previous generation, for
-    /// ECMs sealed during the change-over; the one before it is dropped.
+    /// Replaces the product's key with fresh randomness, in use at once,
+    /// and returns the new generation. The old key stays as the previous
+    /// generation, for ECMs sealed during the change-over; the one before
+    /// it is dropped. (The daemon delivers a key before ECMs use it: see
+    /// [`KeyEngine::set_pending_key`].)
     pub fn renew_product_key(&mut self, product: u32) -> Result<u32, EngineError> {
         self.renew_product_key_with(product, ProductKey::random())
     }
 
     /// Like [`KeyEngine::renew_product_key`], with a fresh key that the
-    /// caller made and stored first (the daemon persists a key before any
-    /// message can carry it).
+    /// caller made and stored first.
     pub fn renew_product_key_with(
         &mut self,
         product: u32,
         key: ProductKey,
     ) -> Result<u32, EngineError> {
+        let number = self
+            .products
+            .get(&product)
+            .ok_or(EngineError::UnknownProduct(product))?
+            .newest()
+            .checked_add(1)
+            .ok_or(EngineError::GenerationExhausted(product))?;
+        self.set_pending_key(product, number, key)?;
+        self.activate_pending(product)?;
+        Ok(number)
+    }
+
+    /// Makes `key`, of `generation`, the product's pending key: EMM-Us
+    /// carry it beside the active one, ECMs do not use it until
+    /// [`KeyEngine::activate_pending`]. A pending key not yet activated is
+    /// replaced (superseded). `generation` must be above every generation
+    /// the product has used.
+    pub fn set_pending_key(
+        &mut self,
+        product: u32,
+        generation: u32,
+        key: ProductKey,
+    ) -> Result<(), EngineError> {
         let p = self
             .products
             .get_mut(&product)
             .ok_or(EngineError::UnknownProduct(product))?;
-        let number = p
-            .current
-            .number
-            .checked_add(1)
-            .ok_or(EngineError::GenerationExhausted(product))?;
-        let old = std::mem::replace(&mut p.current, Generation { number, key });
+        if generation <= p.newest() {
+            return Err(EngineError::GenerationNotNewer {
+                product,
+                generation,
+                newest: p.newest(),
+            });
+        }
+        if let Some(old) = p.pending.replace(Generation {
+            number: generation,
+            key,
+        }) {
+            let dropped = old.number;
+            self.ecms
+                .retain(|&(pr, g, _), _| pr != product || g != dropped);
+        }
+        Ok(())
+    }
+
+    /// Switches ECMs to the pending key; returns its generation, or `None`
+    /// if there is none. The active key becomes the previous one.
+    pub fn activate_pending(&mut self, product: u32) -> Result<Option<u32>, EngineError> {
+        let p = self
+            .products
+            .get_mut(&product)
+            .ok_or(EngineError::UnknownProduct(product))?;
+        let Some(next) = p.pending.take() else {
+            return Ok(None);
+        };
+        let number = next.number;
+        let old = std::mem::replace(&mut p.active, next);
         let previous = old.number;
         p.previous = Some(old);
         self.ecms
             .retain(|&(pr, g, _), _| pr != product || g == number || g == previous);
-        Ok(number)
+        Ok(Some(number))
     }
 
-    /// The product's current key generation.
+    /// The generation ECMs use.
     pub fn product_generation(&self, product: u32) -> Result<u32, EngineError> {
         self.products
             .get(&product)
-            .map(|p| p.current.number)
+            .map(|p| p.active.number)
             .ok_or(EngineError::UnknownProduct(product))
     }
 
-    /// The product's current generation and key, for sealed storage only.
+    /// The generation being delivered, if a renewal is under way.
+    pub fn pending_generation(&self, product: u32) -> Result<Option<u32>, EngineError> {
+        self.products
+            .get(&product)
+            .map(|p| p.pending.as_ref().map(|g| g.number))
+            .ok_or(EngineError::UnknownProduct(product))
+    }
+
+    /// The active generation and key.
     pub fn product_key(&self, product: u32) -> Result<(u32, &ProductKey), EngineError> {
         self.products
             .get(&product)
-            .map(|p| (p.current.number, &p.current.key))
+            .map(|p| (p.active.number, &p.active.key))
+            .ok_or(EngineError::UnknownProduct(product))
+    }
+
+    /// The pending generation and key, if a renewal is under way.
+    pub fn pending_key(&self, product: u32) -> Result<Option<(u32, &ProductKey)>, EngineError> {
+        self.products
+            .get(&product)
+            .map(|p| p.pending.as_ref().map(|g| (g.number, &g.key)))
             .ok_or(EngineError::UnknownProduct(product))
     }
 

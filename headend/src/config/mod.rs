@@ -59,6 +59,10 @@ fn default_crypto_period_ms() -> u64 {
 fn default_key_renewal_secs() -> u64 {
     DEFAULT_KEY_RENEWAL_SECS
 }
+fn default_emm_bitrate() -> u64 {
+    headend_engine::stream::DEFAULT_EMM_BITRATE
+}
+
 fn default_emm_cycle_ms() -> u64 {
     DEFAULT_EMM_CYCLE_MS
 }
@@ -90,15 +94,15 @@ pub struct Config {
     /// The operator's public keys, for the provisioning tool.
     #[serde(default = "default_operator_public")]
     pub operator_public: PathBuf,
-    /// Length of a crypto period (one CW), in milliseconds. At least 100.
-    #[serde(default = "default_crypto_period_ms")]
-    pub crypto_period_ms: u64,
-    /// Each product's period key K_P is renewed this often, in seconds
     /// The clock check: the daemon refuses to put on the air a time more
     /// than this many seconds ahead of the last time it persisted, until
     /// an operator accepts it (`headend clock accept`). At least 60.
     #[serde(default = "default_max_clock_jump_secs")]
     pub max_clock_jump_secs: u64,
+    /// Length of a crypto period (one CW), in milliseconds. At least 100.
+    #[serde(default = "default_crypto_period_ms")]
+    pub crypto_period_ms: u64,
+    /// Each product's period key K_P is renewed this often, in seconds
     /// (and at once when a card loses the product).
     #[serde(default = "default_key_renewal_secs")]
     pub key_renewal_secs: u64,
@@ -107,6 +111,11 @@ pub struct Config {
     /// made, so that every entitled card has it first.
     #[serde(default = "default_emm_cycle_ms")]
     pub emm_cycle_ms: u64,
+    /// The EMM bandwidth of every channel, in bit/s of TS packets. The
+    /// carousel and renewal deliveries are paced to it, and a renewal
+    /// activates when its delivery has been sent at this rate.
+    #[serde(default = "default_emm_bitrate")]
+    pub emm_bitrate: u64,
     /// The channels: each is one DVB service scrambled under one product.
     #[serde(default)]
     pub channels: Vec<ChannelConfig>,
@@ -184,16 +193,17 @@ impl Default for Config {
             token: default_token(),
             scrape_token: default_scrape_token(),
             operator_public: default_operator_public(),
+            max_clock_jump_secs: default_max_clock_jump_secs(),
             crypto_period_ms: DEFAULT_CRYPTO_PERIOD_MS,
             key_renewal_secs: DEFAULT_KEY_RENEWAL_SECS,
             emm_cycle_ms: DEFAULT_EMM_CYCLE_MS,
+            emm_bitrate: default_emm_bitrate(),
             channels: Vec::new(),
         }
     }
 }
 
 /// A loaded config with its paths made absolute.
-            max_clock_jump_secs: default_max_clock_jump_secs(),
 #[derive(Debug, Clone)]
 pub struct Loaded {
     pub path: PathBuf,
@@ -292,6 +302,13 @@ impl Config {
             ));
         }
         Self::at_least("emm_cycle_ms", self.emm_cycle_ms, MIN_EMM_CYCLE_MS)?;
+        Self::at_least("emm_bitrate", self.emm_bitrate, 10_000)?;
+        if self.emm_bitrate > 100_000_000 {
+            return Err(Self::field(
+                "emm_bitrate",
+                "must be at most 100000000 (100 Mbit/s)",
+            ));
+        }
         if self.key_renewal_secs.saturating_mul(1000) <= self.emm_cycle_ms {
             return Err(Self::field(
                 "key_renewal_secs",
@@ -315,6 +332,13 @@ impl Config {
                 "must name another file than `token`: the scrape token opens only /metrics",
             ));
         }
+        // The clock is persisted once a minute: a smaller bound would
+        // refuse a daemon that merely runs.
+        Self::at_least(
+            "max_clock_jump_secs",
+            self.max_clock_jump_secs,
+            2 * crate::state::CLOCK_PERSIST_MS / 1000,
+        )?;
         let mut names = HashSet::new();
         let mut services = HashSet::new();
         for (i, c) in self.channels.iter().enumerate() {
@@ -332,13 +356,6 @@ impl Config {
                 return Err(Self::field(f("service_id"), "must be 1..=65535"));
             }
             if !services.insert(c.service_id) {
-        // The clock is persisted once a minute: a smaller bound would
-        // refuse a daemon that merely runs.
-        Self::at_least(
-            "max_clock_jump_secs",
-            self.max_clock_jump_secs,
-            2 * crate::state::CLOCK_PERSIST_MS / 1000,
-        )?;
                 return Err(Self::field(
                     f("service_id"),
                     format!("{} is used twice", c.service_id),
@@ -389,6 +406,8 @@ impl Config {
         s.push_str(&format!("key_renewal_secs = {}\n", self.key_renewal_secs));
         s.push_str("# The EMM-U carousel reaches every entitled card within this time (ms).\n");
         s.push_str(&format!("emm_cycle_ms = {}\n", self.emm_cycle_ms));
+        s.push_str("# EMM bandwidth of every channel, bit/s of TS; the carousel is paced to it.\n");
+        s.push_str(&format!("emm_bitrate = {}\n", self.emm_bitrate));
         if self.channels.is_empty() {
             s.push_str("\n# Channels, one table each:\n");
             s.push_str("# [[channels]]\n# name = \"news\"\n# service_id = 257\n");

@@ -1,8 +1,17 @@
 //! The EMM-U carousel: every card's whole state (its entitlements with
-//! their current keys, and its pairing), sealed again and sent once per
-//! cycle, so that a card that was off, or missed an EMM, catches up. Cards
-//! the operator just changed jump the queue, and go through a fast lane
-//! for a while.
+//! the active key and the one being delivered, and its pairing), sealed
+//! again and sent once per cycle, so that a card that was off, or missed
+//! an EMM, catches up. Cards the operator just changed jump the queue, and
+//! go through a fast lane for a while; renewals are delivered in passes
+//! over their holders (see [`super::products`]).
+//!
+//! Everything it sends is paced to the EMM bandwidth: each step has a
+//! budget of TS bytes (the bit rate times the time since the last step,
+//! at most one second's worth banked), spent in this order: the fast
+//! lane, changed cards, renewal deliveries, the regular round. The round
+//! never sends more than one cycle's worth per cycle; with more cards than
+//! the bandwidth carries in a cycle, the cycle simply takes longer, and
+//! nothing is made that the channels cannot send.
 
 use super::fields::secs;
 use super::{Headend, Result, EMM_U_TABLE};
@@ -19,6 +28,19 @@ pub const FAST_WINDOW_MS: u64 = 30_000;
 /// The fast lane's share of the EMM bandwidth, in EMM-Us per second: about
 /// 30 kbit/s of TS, under a third of a channel's default 100 kbit/s.
 const FAST_RATE_PER_S: f64 = 20.0;
+/// TS bytes of one EMM-U on the air (one packet), for plans made before
+/// the EMMs exist.
+pub const EMM_U_AIR_BYTES: u64 = 188;
+/// The share of the EMM bandwidth that renewal deliveries may take; the
+/// rest keeps the regular round going.
+const DELIVERY_SHARE: f64 = 0.8;
+
+/// TS bytes a section of `len` bytes takes on the air: a pointer field,
+/// then 184 payload bytes a packet.
+pub(super) fn air_bytes(len: usize) -> u64 {
+    (len as u64 + 1).div_ceil(184) * 188
+}
+
 /// Cards in the fast lane at most; beyond, the oldest leaves early (it had
 /// its first EMM-U at once, and has the regular carousel).
 const FAST_MAX_CARDS: usize = 4096;
@@ -57,6 +79,8 @@ pub(super) struct Carousel {
     fast: BTreeMap<u32, Fast>,
     /// Fractional EMMs owed to the fast lane.
     fast_credit: f64,
+    /// TS bytes the EMM bandwidth allows now.
+    pub(super) budget: f64,
 }
 
 impl Carousel {
@@ -180,31 +204,9 @@ impl Headend {
     pub(super) fn carousel_step(&mut self, now_ms: u64) -> Result<()> {
         let dt = now_ms.saturating_sub(self.last_tick_ms);
         self.last_tick_ms = now_ms;
-        let n = self.carousel.members.len();
-        self.carousel.credit += n as f64 * dt as f64 / self.timing.cycle_ms as f64;
-        // Never bank more than one cycle's worth.
-        self.carousel.credit = self.carousel.credit.min(n as f64);
-        let regular = self.carousel.credit.floor() as usize;
-        self.carousel.credit -= regular as f64;
-        let mut ids = Vec::new();
-        // Changed cards first: up to a tenth of a cycle per tick beyond the
-        // regular round, so that a renewal reaches every holder quickly.
-        let burst = regular.max(64).max(n / 10);
-        while ids.len() < burst {
-            let Some(c) = self.carousel.priority.pop_front() else {
-                break;
-            };
-            self.carousel.queued.remove(&c);
-            if self.carousel.members.contains(&c) {
-                ids.push(c);
-            }
-        }
-        let mut round = Vec::with_capacity(regular);
-        if self.carousel.take_round(regular, &mut round) {
-            Metrics::inc(&self.metrics.carousel_cycles);
-        }
-        ids.extend(round);
-        self.send_emm_us(&ids, now_ms);
+        let per_s = self.timing.emm_bitrate as f64 / 8.0;
+        let c = &mut self.carousel;
+        c.budget = (c.budget + per_s * dt as f64 / 1000.0).min(per_s);
         // The fast lane: cards the operator just changed, again.
         let mut fast = Vec::new();
         self.carousel.take_fast(now_ms, dt, &mut fast);
@@ -220,7 +222,78 @@ impl Headend {
                 Err(e) => self.internal_error(&format!("EMM-U for card {id}: {e}")),
             }
         }
+        // Changed cards.
+        let mut ids = Vec::new();
+        while self.carousel.budget > 0.0 {
+            let Some(c) = self.carousel.priority.pop_front() else {
+                break;
+            };
+            self.carousel.queued.remove(&c);
+            if self.carousel.members.contains(&c) {
+                ids.push(c);
+                self.carousel.budget -= EMM_U_AIR_BYTES as f64;
+            }
+        }
+        self.send_emm_us(&ids, now_ms);
+        self.deliver_renewals(now_ms, per_s);
+        // The regular round: one cycle's worth per cycle at most, and what
+        // the bandwidth leaves.
+        let n = self.carousel.members.len();
+        self.carousel.credit += n as f64 * dt as f64 / self.timing.cycle_ms as f64;
+        self.carousel.credit = self.carousel.credit.min(n as f64);
+        let affordable = (self.carousel.budget / EMM_U_AIR_BYTES as f64).max(0.0);
+        let regular = self.carousel.credit.min(affordable).floor() as usize;
+        self.carousel.credit -= regular as f64;
+        let mut round = Vec::with_capacity(regular);
+        if self.carousel.take_round(regular, &mut round) {
+            Metrics::inc(&self.metrics.carousel_cycles);
+        }
+        self.send_emm_us(&round, now_ms);
         Ok(())
+    }
+
+    /// Sends the next EMM-Us of each renewal being delivered, within the
+    /// deliveries' share of the budget; a finished pass starts the next,
+    /// and the last one records where it ends in the EMM log.
+    fn deliver_renewals(&mut self, now_ms: u64, per_s: f64) {
+        use crate::store::products::KeyState;
+        let reserve = per_s * (1.0 - DELIVERY_SHARE) / 10.0;
+        let products: Vec<u32> = self.renewals.keys().copied().collect();
+        for id in products {
+            let mut batch = Vec::new();
+            {
+                let Some(r) = self.renewals.get_mut(&id) else {
+                    continue;
+                };
+                if r.state != KeyState::Delivering || r.sent_through.is_some() {
+                    continue;
+                }
+                while r.passes < super::products::DELIVERY_PASSES && self.carousel.budget > reserve
+                {
+                    match r.holders.get(r.next) {
+                        Some(&card) => {
+                            batch.push(card);
+                            r.next += 1;
+                            self.carousel.budget -= EMM_U_AIR_BYTES as f64;
+                        }
+                        None => {
+                            r.passes += 1;
+                            r.next = 0;
+                        }
+                    }
+                }
+                if r.holders.is_empty() {
+                    r.passes = super::products::DELIVERY_PASSES;
+                }
+            }
+            batch.retain(|&c| self.engine.has_card(c));
+            self.send_emm_us(&batch, now_ms);
+            if let Some(r) = self.renewals.get_mut(&id) {
+                if r.passes >= super::products::DELIVERY_PASSES && r.sent_through.is_none() {
+                    r.sent_through = Some(self.output.emm_cursor());
+                }
+            }
+        }
     }
 
     /// Seals and publishes the carousel EMM-U of each card.
@@ -282,14 +355,19 @@ impl Headend {
             .iter()
             .filter(|e| e.end >= now)
         {
-            let (generation, key) = self.engine.product_key(e.product)?;
-            commands.push(EmmCommand::Entitle(Entitle {
-                product: e.product,
-                generation,
-                start: e.start,
-                end: e.end,
-                key: key.clone(),
-            }));
+            // The pending key first, then the active one (as the
+            // engine's own EMM-Us).
+            let pending = self.engine.pending_key(e.product)?;
+            let active = Some(self.engine.product_key(e.product)?);
+            for (generation, key) in pending.into_iter().chain(active) {
+                commands.push(EmmCommand::Entitle(Entitle {
+                    product: e.product,
+                    generation,
+                    start: e.start,
+                    end: e.end,
+                    key: key.clone(),
+                }));
+            }
         }
         match pairing {
             Some(receiver) => commands.push(EmmCommand::Pair { receiver }),

@@ -185,3 +185,86 @@ impl Headend {
     }
 }
 
+#[cfg(test)]
+mod tests {
+    use super::super::restore::tests::{fresh, open};
+    use super::*;
+
+    const T0: u64 = 1_800_000_000_000;
+    const HOUR: u64 = 3_600_000;
+
+    fn ecm_epoch(h: &Headend) -> Option<u64> {
+        h.output().current_ecm(7).map(|e| e.epoch)
+    }
+
+    #[test]
+    fn a_clock_jump_makes_nothing_until_accepted() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, key) = fresh(dir.path());
+        let mut h = open(&db, &key, T0);
+        // The first step persists the clock; then at most once a minute.
+        h.tick(T0).unwrap();
+        assert_eq!(h.clock_status().persisted_unix_ms, Some(T0));
+        h.tick(T0 + 30_000).unwrap();
+        assert_eq!(h.clock_status().persisted_unix_ms, Some(T0));
+        h.tick(T0 + 60_000).unwrap();
+        assert_eq!(h.clock_status().persisted_unix_ms, Some(T0 + 60_000));
+        // Within the bound: fine, and nothing to accept.
+        let near = T0 + 60_000 + HOUR;
+        assert!(matches!(
+            h.accept_clock(near),
+            Err(StateError::Clash(Clash::NoClockJump))
+        ));
+        assert!(!h.clock_refused());
+
+        // Two hours ahead: no ECM, writes refused, said in the status and
+        // the gauges.
+        let jumped = T0 + 2 * HOUR;
+        let before = ecm_epoch(&h);
+        h.tick(jumped).unwrap();
+        assert_eq!(ecm_epoch(&h), before, "no ECM with the jumped time");
+        assert!(h.clock_refused());
+        let s = h.status(jumped).clock;
+        assert!(s.refused);
+        assert_eq!(s.ahead_secs, Some((2 * HOUR - 60_000) / 1000));
+        assert!(s.fix.unwrap().contains("headend clock accept"));
+        let g = h.gauges(jumped);
+        assert!(g.clock_jump_refused);
+        assert_eq!(g.clock_ahead_seconds, (2 * HOUR - 60_000) as f64 / 1000.0);
+        let e = h.check_clock(jumped).unwrap_err();
+        assert!(matches!(e, StateError::ClockJump { .. }));
+        assert!(e.to_string().contains("headend clock accept"), "{e}");
+        assert_eq!(
+            h.clock_status().persisted_unix_ms,
+            Some(T0 + 60_000),
+            "a refused time is not persisted"
+        );
+
+        // Accepted: sealed with it, and persisted.
+        let a = h.accept_clock(jumped + 10).unwrap();
+        assert_eq!(a.jump_secs, (2 * HOUR - 60_000 + 10) / 1000);
+        h.tick(jumped + 20).unwrap();
+        assert_eq!(ecm_epoch(&h), Some((jumped + 20) / 1000));
+        assert!(!h.gauges(jumped + 20).clock_jump_refused);
+        // A clock gone back is no jump.
+        h.tick(jumped - HOUR).unwrap();
+        assert!(!h.clock_refused());
+        drop(h);
+
+        // The next start measures from what the last run persisted: three
+        // hours later it is refused, unless accepted at the start.
+        let later = jumped + 3 * HOUR;
+        let mut h = open(&db, &key, later);
+        h.tick(later).unwrap();
+        assert!(h.clock_refused());
+        drop(h);
+        let mut h = open(&db, &key, later);
+        h.set_clock_policy(DEFAULT_MAX_CLOCK_JUMP_MS, true);
+        h.tick(later).unwrap();
+        assert!(!h.clock_refused());
+        assert_eq!(h.clock_status().persisted_unix_ms, Some(later));
+        // Only at the start: a later jump is refused again.
+        h.tick(later + 2 * HOUR).unwrap();
+        assert!(h.clock_refused());
+    }
+}

@@ -78,6 +78,9 @@ pub struct Timing {
     pub period_ms: u64,
     pub renewal_ms: u64,
     pub cycle_ms: u64,
+    /// The EMM bandwidth every channel carries, bit/s of TS: what the
+    /// carousel paces itself to.
+    pub emm_bitrate: u64,
 }
 
 /// The headend's state.
@@ -101,6 +104,8 @@ pub struct Headend {
     pairings: HashMap<u32, [u8; 32]>,
     cards_revoked: u64,
     carousel: Carousel,
+    /// The renewal under way per product, if any.
+    renewals: BTreeMap<u32, products::Pending>,
     output: CaOutput,
     metrics: Arc<Metrics>,
     last_tick_ms: u64,
@@ -110,11 +115,6 @@ pub struct Headend {
     /// prices the carousel's part of the EMM backlog.
     emm_u_sections: u64,
     emm_u_bytes: u64,
-}
-
-impl std::fmt::Debug for Headend {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Headend")
     /// The clock check (see `clock`).
     clock: clock::ClockCheck,
     /// The first epoch whose ECM may be sealed fresh (see `ecm`), while
@@ -125,6 +125,11 @@ impl std::fmt::Debug for Headend {
     /// run did about it (see `restore`).
     restore_pending: Option<store::backup::BackupMark>,
     restored: Option<api::RestoreStatus>,
+}
+
+impl std::fmt::Debug for Headend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Headend")
             .field("run", &self.run)
             .field("engine", &self.engine)
             .field("products", &self.products.len())
@@ -167,11 +172,6 @@ impl Headend {
         // A new sequence block: every EMM from here on is above every one
         // the earlier runs could have used.
         let floor = seq::new_seq_block(&mut conn, run, now_ms)?;
-        let mut engine = KeyEngine::new(operator);
-        engine.raise_emm_g_seq(floor);
-
-        let mut h = Headend {
-            conn,
         // A restored backup, and how far the runs before this one may have
         // gone: their newest clock, and (with any earlier run, or on a
         // backup) the epochs they may have sealed (see `ecm`).
@@ -179,6 +179,11 @@ impl Headend {
         let persisted = store::runs::last_clock(&conn)?.max(mark.and_then(|m| m.restored_ms));
         let ecm_fresh_from =
             (run > 1 || mark.is_some()).then(|| now_ms / timing.period_ms.max(1) + 2);
+        let mut engine = KeyEngine::new(operator);
+        engine.raise_emm_g_seq(floor);
+
+        let mut h = Headend {
+            conn,
             mk,
             engine,
             timing,
@@ -193,6 +198,7 @@ impl Headend {
             pairings: HashMap::new(),
             cards_revoked: 0,
             carousel: Carousel::default(),
+            renewals: BTreeMap::new(),
             output,
             metrics,
             last_tick_ms: now_ms,
@@ -200,19 +206,22 @@ impl Headend {
             emm_buf: Vec::with_capacity(1 << 16),
             emm_u_sections: 0,
             emm_u_bytes: 0,
-        };
-        h.load_products(now_ms)?;
-        h.sync_config_channels(config_channels, now_ms)?;
-        h.load_channels()?;
-        h.load_cards(floor)?;
-        h.load_subscriptions()?;
             clock: clock::ClockCheck::new(persisted),
             ecm_fresh_from,
             ecm_held_logged: false,
             restore_pending: mark,
             restored: None,
+        };
+        // One second of EMM bandwidth to start with.
+        h.carousel.budget = timing.emm_bitrate as f64 / 8.0;
+        h.load_products(now_ms)?;
+        h.sync_config_channels(config_channels, now_ms)?;
+        h.load_channels()?;
+        h.load_cards(floor)?;
+        h.load_subscriptions()?;
         h.load_fast_lane(now_ms)?;
         h.load_epochs(now_ms)?;
+        h.note_restore();
         Ok(h)
     }
 
@@ -221,7 +230,6 @@ impl Headend {
     }
 
     pub fn output(&self) -> &CaOutput {
-        h.note_restore();
         &self.output
     }
 
@@ -238,19 +246,20 @@ impl Headend {
     /// subscriptions, ECMs, the EMM carousel and clean-up. Call it often
     /// (every few tens of ms).
     pub fn tick(&mut self, now_ms: u64) -> Result<()> {
-        self.ticks += 1;
-        self.ensure_seq_room(0, now_ms)?;
-        self.block_ticks += 1;
-        self.lapse_step(now_ms)?;
-        self.renewal_step(now_ms)?;
-        self.activation_step(now_ms)?;
-        // A failed ECM step (counted in iodoform_ecm_failures_total) does
-        // not hold up the EMMs: the carousel runs, then the error is
         // A clock too far ahead makes nothing (see `clock`).
         if !self.clock_step(now_ms)? {
             return Ok(());
         }
         self.restore_step(now_ms)?;
+        self.ticks += 1;
+        self.ensure_seq_room(0, now_ms)?;
+        self.block_ticks += 1;
+        self.lapse_step(now_ms)?;
+        self.renewal_step(now_ms)?;
+        self.delivery_step(now_ms)?;
+        self.activation_step(now_ms)?;
+        // A failed ECM step (counted in iodoform_ecm_failures_total) does
+        // not hold up the EMMs: the carousel runs, then the error is
         // reported.
         let ecms = self.ecm_step(now_ms);
         self.carousel_step(now_ms)?;
@@ -264,6 +273,7 @@ impl Headend {
     fn emit(&mut self, table: TableId, emm: &[u8], global: bool) {
         match ts::psi::emm_section(table, emm) {
             Ok(s) => {
+                self.carousel.budget -= carousel::air_bytes(s.len()) as f64;
                 if !global {
                     self.emm_u_sections += 1;
                     self.emm_u_bytes += s.len() as u64;

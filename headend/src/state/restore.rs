@@ -90,3 +90,116 @@ impl Headend {
     }
 }
 
+#[cfg(test)]
+pub(super) mod tests {
+    use super::super::*;
+    use crate::config::ChannelConfig;
+    use crate::store::init_database;
+    use headend_engine::operator::OperatorKeys;
+
+    const T0: u64 = 1_800_000_000_000;
+    const PERIOD: u64 = 1000;
+
+    fn channel() -> ChannelConfig {
+        ChannelConfig {
+            name: "one".into(),
+            service_id: 7,
+            product: "basic".into(),
+            ecm_pid: 0x100,
+            emm_pid: 0x101,
+            maturity: 0,
+            input: None,
+            output: None,
+            clear_services: vec![],
+        }
+    }
+
+    pub(in super::super) fn open(db: &Path, key: &proto::secret::Key32, now: u64) -> Headend {
+        Headend::open(
+            db,
+            MasterKey::new(key),
+            1,
+            Timing {
+                period_ms: PERIOD,
+                renewal_ms: 3_600_000,
+                cycle_ms: 5000,
+                emm_bitrate: headend_engine::stream::DEFAULT_EMM_BITRATE,
+            },
+            &[channel()],
+            CaOutput::new(),
+            Arc::new(Metrics::default()),
+            now,
+        )
+        .unwrap()
+    }
+
+    pub(in super::super) fn fresh(dir: &Path) -> (std::path::PathBuf, proto::secret::Key32) {
+        let db = dir.join("h.db");
+        let key = proto::secret::Key32::random();
+        init_database(&db, &MasterKey::new(&key), &OperatorKeys::generate(1), T0).unwrap();
+        (db, key)
+    }
+
+    /// The ECM on the air for service 7: its epoch and section.
+    fn on_air(h: &Headend) -> Option<(u64, Vec<u8>)> {
+        h.output()
+            .current_ecm(7)
+            .map(|e| (e.epoch, e.section.to_vec()))
+    }
+
+    #[test]
+    fn after_a_restore_only_fresh_epochs_are_sealed_and_every_key_is_renewed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, key) = fresh(dir.path());
+        let e0 = T0 / PERIOD;
+
+        // The first start of a database seals at once.
+        let mut h = open(&db, &key, T0);
+        h.tick(T0).unwrap();
+        assert_eq!(on_air(&h).unwrap().0, e0);
+        assert_eq!(h.status(T0).ecms_fresh_from_epoch, None);
+        let backup = dir.path().join("b.db");
+        h.backup(&backup, false, T0 + 100).unwrap();
+        // Running on: epoch e0 + 1 is sealed after the backup.
+        h.tick(T0 + PERIOD).unwrap();
+        let (e, sealed_after) = on_air(&h).unwrap();
+        assert_eq!(e, e0 + 1);
+        let generation = h.products()[0].generation;
+        drop(h);
+
+        // Restored, and started again within epoch e0 + 1: the backup has
+        // no row for it, so it is not sealed again, nor is e0 + 2.
+        crate::backup::restore(&db, &backup, T0 + PERIOD + 300).unwrap();
+        let start = T0 + PERIOD + 400;
+        let mut h = open(&db, &key, start);
+        assert_eq!(h.status(start).ecms_fresh_from_epoch, Some(e0 + 3));
+        let r = h.status(start).restored.unwrap();
+        assert_eq!(r.backup_taken_unix_ms, T0 + 100);
+        assert!(r.renewed.is_empty());
+        for t in [start, T0 + 2 * PERIOD, T0 + 3 * PERIOD - 1] {
+            h.tick(t).unwrap();
+            assert_eq!(on_air(&h), None, "at {t}");
+        }
+        assert!(h.status(start).restored.unwrap().renewed.len() == 1);
+        assert!(h.products()[0].generation > generation);
+        assert!(store::backup::mark(&h.conn).unwrap().is_none());
+        h.tick(T0 + 3 * PERIOD).unwrap();
+        let (e, fresh) = on_air(&h).unwrap();
+        assert_eq!(e, e0 + 3);
+        assert_ne!(fresh, sealed_after);
+        assert_eq!(h.status(T0 + 3 * PERIOD).ecms_fresh_from_epoch, None);
+        drop(h);
+
+        // A restart on the intact database within the same epoch puts the
+        // stored bytes on the air at once; the next epoch waits, since
+        // the database cannot tell it from a copy.
+        let mut h = open(&db, &key, T0 + 3 * PERIOD + 500);
+        assert!(h.restore_status().is_none(), "the mark was dropped");
+        h.tick(T0 + 3 * PERIOD + 500).unwrap();
+        assert_eq!(on_air(&h).unwrap(), (e0 + 3, fresh));
+        h.tick(T0 + 4 * PERIOD).unwrap();
+        assert_eq!(on_air(&h).unwrap().0, e0 + 3, "epoch e0 + 4 is held");
+        h.tick(T0 + 5 * PERIOD).unwrap();
+        assert_eq!(on_air(&h).unwrap().0, e0 + 5);
+    }
+}

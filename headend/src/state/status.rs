@@ -35,7 +35,10 @@ impl Headend {
     /// The EMM backlog at `now_ms` (see [`crate::metrics::EMM_BACKLOG_HELP`]).
     pub fn emm_backlog(&self, now_ms: u64) -> EmmBacklog {
         let c = &self.carousel;
-        let owed = c.members.range(c.cursor.saturating_add(1)..).count() + c.priority.len();
+        let delivering: u64 = self.renewals.values().map(|r| r.emms_left()).sum();
+        let owed = c.members.range(c.cursor.saturating_add(1)..).count()
+            + c.priority.len()
+            + delivering as usize;
         let mean = if self.emm_u_sections == 0 {
             ONE_PRODUCT_EMM_U_SECTION
         } else {
@@ -47,7 +50,7 @@ impl Headend {
             carousel_sections: owed as u64,
             unsent_bytes: unsent.bytes,
             unsent_sections: unsent.sections,
-            bitrate: headend_engine::stream::DEFAULT_EMM_BITRATE,
+            bitrate: self.timing.emm_bitrate,
         }
     }
 
@@ -68,11 +71,11 @@ impl Headend {
                 .map(|p| self.product_key_gauge(p, now_ms))
                 .collect(),
             emm_backlog: self.emm_backlog(now_ms),
+            clock_jump_refused: self.clock_refused(),
+            clock_ahead_seconds: self.clock_ahead_seconds(),
         }
     }
 
-            clock_jump_refused: self.clock_refused(),
-            clock_ahead_seconds: self.clock_ahead_seconds(),
     /// The answer of `GET /api/v1/status`, but for where each channel
     /// stands (the supervisor's, added by the server).
     pub fn status(&self, now_ms: u64) -> api::Status {
@@ -89,6 +92,17 @@ impl Headend {
                 next_renewal_secs: k.next_renewal_seconds.ceil() as i64,
                 key_switch_pending: k.key_switch_pending,
                 key_switch_secs: k.key_switch_seconds.ceil() as i64,
+                renewal: self.renewals.get(&p.id).map(|r| api::RenewalStatus {
+                    generation: r.generation,
+                    state: r.state.as_str().to_string(),
+                    reason: r.reason.clone(),
+                    holders: r.holders.len() as u64,
+                    passes_done: r.passes.min(super::products::DELIVERY_PASSES),
+                    passes_needed: super::products::DELIVERY_PASSES,
+                    emms_left: r.emms_left(),
+                    delivered: r.delivered_ms.is_some(),
+                    activate_at: rfc3339(p.activate_at_ms / 1000),
+                }),
             })
             .collect();
         let b = g.emm_backlog;
@@ -137,9 +151,9 @@ impl Headend {
                 unsent_bytes: b.unsent_bytes,
                 bitrate: b.bitrate,
             },
-        }
-    }
-}
             clock: self.clock_status(),
             restored: self.restore_status(),
             ecms_fresh_from_epoch: self.ecm_fresh_from,
+        }
+    }
+}

@@ -3,7 +3,9 @@
 //! across restarts and a clock gone back, gauges), and live channels.
 
 use super::carousel::{FAST_REPEAT_MS, FAST_WINDOW_MS};
+use super::fields::rfc3339;
 use super::fields::secs;
+use super::products::generation_floor;
 use super::status::ONE_PRODUCT_EMM_U_SECTION;
 use super::*;
 use crate::store::init_database;
@@ -89,6 +91,7 @@ mod pairing {
                 period_ms: 10_000,
                 renewal_ms: 30 * 86_400_000,
                 cycle_ms: 60_000,
+                emm_bitrate: headend_engine::stream::DEFAULT_EMM_BITRATE,
             },
             &[],
             CaOutput::new(),
@@ -282,6 +285,7 @@ mod scheduler {
                 period_ms: 1000,
                 renewal_ms: 60_000,
                 cycle_ms: 5000,
+                emm_bitrate: headend_engine::stream::DEFAULT_EMM_BITRATE,
             },
             channels,
             CaOutput::new(),
@@ -305,21 +309,45 @@ mod scheduler {
         assert!(!k.key_switch_pending);
         assert_eq!(k.key_switch_seconds, 0.0);
 
-        // A renewal: the new generation's age starts again, and ECMs take
-        // it one cycle plus one period later (5 + 1 s).
+        // A renewal: the new generation's age starts again. Nobody holds
+        // the product, so its delivery is empty: ECMs are planned to take
+        // it at the first epoch 2 s (the margin) after it was made.
         core.rotate(None, "test", T0 + 10_000).unwrap();
         let k = &core.gauges(T0 + 11_000).product_keys[0];
         assert_eq!(k.key_age_seconds, 1.0);
         assert_eq!(k.next_renewal_seconds, 59.0);
         assert!(k.key_switch_pending);
-        assert_eq!(k.key_switch_seconds, 5.0);
+        assert_eq!(k.key_switch_seconds, 2.0);
         let status = core.status(T0 + 11_000);
         let p = &status.products[0];
         assert_eq!(p.key_age_secs, 1);
         assert_eq!(p.next_renewal_secs, 59);
         assert!(p.key_switch_pending);
-        assert_eq!(p.key_switch_secs, 5);
+        assert_eq!(p.key_switch_secs, 2);
+        let r = p.renewal.as_ref().unwrap();
+        assert_eq!((r.state.as_str(), r.reason.as_str()), ("prepared", "test"));
+        // On the air, delivered (counted when the output has it), then
+        // active at the first epoch 2 s after the delivery.
+        core.tick(T0 + 12_000).unwrap();
+        assert_eq!(
+            core.status(T0 + 12_000).products[0]
+                .renewal
+                .as_ref()
+                .unwrap()
+                .state,
+            "delivering"
+        );
+        core.tick(T0 + 13_000).unwrap();
+        let r = core.status(T0 + 13_000).products[0]
+            .renewal
+            .clone()
+            .unwrap();
+        assert!(r.delivered);
+        assert_eq!(r.activate_at, rfc3339((T0 + 16_000) / 1000));
+        core.tick(T0 + 15_999).unwrap();
+        assert!(core.gauges(T0 + 15_999).product_keys[0].key_switch_pending);
         core.tick(T0 + 16_000).unwrap();
+        assert!(core.status(T0 + 16_000).products[0].renewal.is_none());
         let k = &core.gauges(T0 + 16_000).product_keys[0];
         assert!(!k.key_switch_pending);
         assert_eq!(k.key_switch_seconds, 0.0);
@@ -402,15 +430,20 @@ mod scheduler {
         let first = core.output().current_ecm(7).unwrap();
         assert_eq!((first.epoch, first.generation), (T0 / 1000, 1));
 
-        // The scheduled renewal makes generation 2; ECMs switch to it one
-        // cycle plus one period later.
+        // The scheduled renewal makes a generation numbered by the clock;
+        // ECMs switch to it once it is delivered (empty here: nobody holds
+        // the product), at the first epoch 2 s later.
         core.tick(T0 + 60_000).unwrap();
+        let g = generation_floor(T0 + 60_000);
         let p = &core.products()[0];
-        assert_eq!((p.generation, p.active_generation), (2, 1));
+        assert_eq!((p.generation, p.active_generation), (g, 1));
+        assert_eq!(core.output().current_ecm(7).unwrap().generation, 1);
+        core.tick(T0 + 61_000).unwrap();
+        core.tick(T0 + 63_000).unwrap();
         assert_eq!(core.output().current_ecm(7).unwrap().generation, 1);
         core.tick(T0 + 66_000).unwrap();
         let e = core.output().current_ecm(7).unwrap();
-        assert_eq!((e.generation, e.epoch), (2, (T0 + 66_000) / 1000));
+        assert_eq!((e.generation, e.epoch), (g, (T0 + 66_000) / 1000));
 
         // A crash and a restart within the same epoch: the same ECM bytes
         // and the same CWs, even with other CWs in memory gone.
@@ -439,6 +472,7 @@ mod scheduler {
                 period_ms: 10_000,
                 renewal_ms: 60_000,
                 cycle_ms: 5000,
+                emm_bitrate: headend_engine::stream::DEFAULT_EMM_BITRATE,
             },
             &channels,
             CaOutput::new(),
@@ -457,7 +491,8 @@ mod scheduler {
                 Timing {
                     period_ms: 1000,
                     renewal_ms: 60_000,
-                    cycle_ms: 5000
+                    cycle_ms: 5000,
+                    emm_bitrate: headend_engine::stream::DEFAULT_EMM_BITRATE,
                 },
                 &channels,
                 CaOutput::new(),
@@ -482,6 +517,7 @@ mod channels {
                 period_ms: 1000,
                 renewal_ms: 60_000,
                 cycle_ms: 5000,
+                emm_bitrate: headend_engine::stream::DEFAULT_EMM_BITRATE,
             },
             channels,
             CaOutput::new(),

@@ -71,23 +71,119 @@ pub fn insert(conn: &Connection, p: &Product) -> Result<()> {
     Ok(())
 }
 
-/// Stores a new generation of a product's key, sealed; `reason` says why
-/// it was made (`created`, `scheduled`, `revocation`...).
+/// Where a generation of a product's key is in its life: see the
+/// `product_keys.state` column.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyState {
+    Prepared,
+    Delivering,
+    Active,
+    Retired,
+    Superseded,
+}
+
+impl KeyState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyState::Prepared => "prepared",
+            KeyState::Delivering => "delivering",
+            KeyState::Active => "active",
+            KeyState::Retired => "retired",
+            KeyState::Superseded => "superseded",
+        }
+    }
+
+    fn parse(s: &str) -> Option<KeyState> {
+        [
+            KeyState::Prepared,
+            KeyState::Delivering,
+            KeyState::Active,
+            KeyState::Retired,
+            KeyState::Superseded,
+        ]
+        .into_iter()
+        .find(|k| k.as_str() == s)
+    }
+}
+
+/// Stores a new generation of a product's key, sealed, in `state`;
+/// `reason` says why it was made (`created`, `scheduled`, `revocation`...).
+#[allow(clippy::too_many_arguments)]
 pub fn insert_key(
     conn: &Connection,
     mk: &MasterKey,
     product: u32,
     generation: u32,
     key: &ProductKey,
+    state: KeyState,
     reason: &str,
     now_ms: u64,
 ) -> Result<()> {
     let sealed = mk.seal(key_row(product, generation), key.expose());
     conn.execute(
-        "INSERT INTO product_keys (product, generation, sealed_key, reason, created_ms) VALUES (?1, ?2, ?3, ?4, ?5)",
-        params![product, generation, sealed, reason, int(now_ms)],
+        "INSERT INTO product_keys (product, generation, sealed_key, reason, created_ms, state, changed_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?5)",
+        params![product, generation, sealed, reason, int(now_ms), state.as_str()],
     )?;
     Ok(())
+}
+
+/// Moves a generation to `state`.
+pub fn set_key_state(
+    conn: &Connection,
+    product: u32,
+    generation: u32,
+    state: KeyState,
+    now_ms: u64,
+) -> Result<()> {
+    conn.execute(
+        "UPDATE product_keys SET state = ?3, changed_ms = ?4 WHERE product = ?1 AND generation = ?2",
+        params![product, generation, state.as_str(), int(now_ms)],
+    )?;
+    Ok(())
+}
+
+/// A product's generations in `states`, oldest first, with their state
+/// and when they entered it.
+pub fn keys_in(
+    conn: &Connection,
+    product: u32,
+    states: &[KeyState],
+) -> Result<Vec<(u32, KeyState, u64)>> {
+    let all = select(
+        conn,
+        "SELECT generation, state, changed_ms FROM product_keys WHERE product = ?1 ORDER BY generation",
+        params![product],
+        |r| {
+            Ok((
+                r.get::<_, u32>(0)?,
+                r.get::<_, String>(1)?,
+                r.get::<_, i64>(2)? as u64,
+            ))
+        },
+    )?;
+    let mut out = Vec::new();
+    for (g, s, at) in all {
+        let state = KeyState::parse(&s).ok_or_else(|| {
+            super::StoreError::Corrupt(format!(
+                "product {product} generation {g} has an unknown state {s:?}"
+            ))
+        })?;
+        if states.contains(&state) {
+            out.push((g, state, at));
+        }
+    }
+    Ok(out)
+}
+
+/// The highest generation a product has ever had (any state).
+pub fn newest_generation(conn: &Connection, product: u32) -> Result<u32> {
+    let g: Option<u32> = conn.query_row(
+        "SELECT MAX(generation) FROM product_keys WHERE product = ?1",
+        params![product],
+        |r| r.get(0),
+    )?;
+    Ok(g.unwrap_or(0))
 }
 
 /// A renewal's new generations and timing.

@@ -120,6 +120,21 @@ const MIGRATIONS: &[&str] = &[
         CHECK (origin IN ('config', 'api'));
     ALTER TABLE channels ADD COLUMN clear_services TEXT NOT NULL DEFAULT '';
     "#,
+    // 3: renewals as a delivery process. Each generation of a product's
+    // key moves through 'prepared' (made and sealed, not yet on the air),
+    // 'delivering' (EMMs carry it, ECMs do not use it yet), 'active' (ECMs
+    // use it), then 'retired'; a generation replaced by a newer renewal
+    // before it was active is 'superseded' (see state::products).
+    r#"
+    ALTER TABLE product_keys ADD COLUMN state TEXT NOT NULL DEFAULT 'retired'
+        CHECK (state IN ('prepared', 'delivering', 'active', 'retired', 'superseded'));
+    ALTER TABLE product_keys ADD COLUMN changed_ms INTEGER NOT NULL DEFAULT 0;
+    UPDATE product_keys SET state = 'active'
+        WHERE (product, generation) IN (SELECT id, active_generation FROM products);
+    UPDATE product_keys SET state = 'delivering'
+        WHERE (product, generation) IN
+            (SELECT id, generation FROM products WHERE generation > active_generation);
+    "#,
     // 4: the clock each run last put on the air (checked at the next
     // start, see state::clock), and the mark of a database that is a
     // backup (see crate::backup): when it was taken, and when `headend
@@ -132,6 +147,20 @@ const MIGRATIONS: &[&str] = &[
         taken_ms    INTEGER NOT NULL,
         restored_ms INTEGER
     );
+    "#,
+    // 5: Subset Difference. The forest (its depth, and the master secret
+    // every node label derives from, sealed), and each card's place in it:
+    // its number, handed out in registration order and never reused.
+    r#"
+    CREATE TABLE sd_forest (
+        id            INTEGER PRIMARY KEY CHECK (id = 1),
+        depth         INTEGER NOT NULL CHECK (depth BETWEEN 1 AND 24),
+        sealed_master BLOB NOT NULL,
+        created_ms    INTEGER NOT NULL
+    );
+    ALTER TABLE cards ADD COLUMN sd_number INTEGER;
+    UPDATE cards SET sd_number = (SELECT COUNT(*) FROM cards AS c WHERE c.rowid < cards.rowid);
+    CREATE UNIQUE INDEX cards_by_sd_number ON cards(sd_number);
     "#,
 ];
 

@@ -284,14 +284,30 @@ fn status(v: &Status) {
             .iter()
             .map(|s| {
                 let p = &s.product;
-                let switch = if s.key_switch_pending {
-                    format!(
+                let switch = match (&s.renewal, s.key_switch_pending) {
+                    (Some(r), _) if r.delivered => format!(
+                        "generation {} delivered ({}), ECMs switch in {}",
+                        r.generation,
+                        r.reason,
+                        human_secs(s.key_switch_secs)
+                    ),
+                    (Some(r), _) => format!(
+                        "generation {} {} ({}): pass {}/{} to {} cards, {} EMMs left, ECMs switch in about {}",
+                        r.generation,
+                        r.state,
+                        r.reason,
+                        r.passes_done,
+                        r.passes_needed,
+                        r.holders,
+                        r.emms_left,
+                        human_secs(s.key_switch_secs)
+                    ),
+                    (None, true) => format!(
                         "generation {} in {}",
                         p.generation,
                         human_secs(s.key_switch_secs)
-                    )
-                } else {
-                    "-".into()
+                    ),
+                    (None, false) => "-".into(),
                 };
                 vec![
                     p.id.to_string(),

@@ -36,6 +36,7 @@ fn timing() -> Timing {
         period_ms: 10_000,
         renewal_ms: 30 * DAY * 1000,
         cycle_ms: 60_000,
+        emm_bitrate: headend_engine::stream::DEFAULT_EMM_BITRATE,
     }
 }
 
