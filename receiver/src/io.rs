@@ -1,7 +1,8 @@
-//! Where the stream comes from and where the clear stream goes: a file
-//! (`PATH` or `file://PATH`), stdin/stdout (`-`) or UDP (`udp://HOST:PORT`,
-//! a multicast group joined; `udp://@:PORT` listens on every address), as
-//! the headend writes them.
+//! Where the stream comes from and where the clear stream goes, in the
+//! address syntax of `tsio` (the headend's too): a file (`PATH`,
+//! `file://PATH`, `PATH?loop` to play it again and again), stdin/stdout
+//! (`-`) or UDP (`udp://HOST:PORT`, a multicast group joined;
+//! `udp://@:PORT` listens on every address).
 //!
 //! The input is read on its own thread, so that a live UDP stream keeps
 //! being drained by the socket while the pipeline waits for the card; when
@@ -10,18 +11,16 @@
 //! UDP output carries 7 packets (1316 bytes) per datagram, as IPTV does.
 
 use crate::pipeline::PacketSink;
-use std::fmt;
-use std::fs::File;
-use std::io::{self, BufWriter, Read, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
-use std::path::PathBuf;
-use std::str::FromStr;
+use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 use ts::PACKET_LEN;
+pub use tsio::{Address, AddressError, IoError};
+use tsio::{Got, UdpSender, Writer};
 
 /// TS packets per UDP datagram (7 × 188 = 1316 bytes fits a 1500-byte MTU).
 pub const PACKETS_PER_DATAGRAM: usize = 7;
@@ -31,71 +30,12 @@ const READ_CHUNK: usize = PACKET_LEN * 348;
 const QUEUE_FILE: usize = 16;
 const QUEUE_UDP: usize = 8192;
 
-/// A stream endpoint as given on the command line.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `udp://HOST:PORT`, `udp://@HOST:PORT`, or `udp://@:PORT` for every
-    /// local address.
-    Udp(SocketAddr),
-    /// `-`
-    Std,
-    /// `PATH` or `file://PATH`.
-    File(PathBuf),
-}
-
-impl FromStr for Endpoint {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        if s == "-" {
-            return Ok(Endpoint::Std);
-        }
-        if let Some(rest) = s.strip_prefix("udp://") {
-            let rest = rest.trim_start_matches('@');
-            // `udp://@:PORT`, as VLC and ffmpeg write it: no host is every
-            // local address.
-            let hostport = match rest.strip_prefix(':') {
-                Some(port) => format!("{}:{port}", Ipv4Addr::UNSPECIFIED),
-                None => rest.to_owned(),
-            };
-            let addr = hostport
-                .as_str()
-                .to_socket_addrs()
-                .map_err(|e| format!("{s}: {e} (expected udp://HOST:PORT)"))?
-                .next()
-                .ok_or_else(|| format!("{s}: no address"))?;
-            return Ok(Endpoint::Udp(addr));
-        }
-        let path = s.strip_prefix("file://").unwrap_or(s);
-        if path.contains("://") {
-            return Err(format!(
-                "{s}: only udp://HOST:PORT, udp://@:PORT, file://PATH, a path or - are supported"
-            ));
-        }
-        if path.is_empty() {
-            return Err(format!(
-                "{s:?}: empty path (expected a file, file://PATH or -)"
-            ));
-        }
-        Ok(Endpoint::File(PathBuf::from(path)))
-    }
-}
-
-impl fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Endpoint::Udp(a) => write!(f, "udp://{a}"),
-            Endpoint::Std => f.write_str("-"),
-            Endpoint::File(p) => write!(f, "{}", p.display()),
-        }
-    }
-}
-
 /// What the input thread hands over.
 #[derive(Debug)]
 pub enum Chunk {
     Data(Vec<u8>),
     End,
-    Failed(io::Error),
+    Failed(IoError),
 }
 
 /// The input, read on its own thread.
@@ -109,40 +49,31 @@ pub struct Input {
 }
 
 impl Input {
-    /// Opens the endpoint and starts reading.
-    pub fn open(e: &Endpoint) -> io::Result<Input> {
+    /// Opens the address and starts reading. A looped file (`?loop`)
+    /// starts again at its end, and ends only if it is empty.
+    pub fn open(address: &Address) -> Result<Input, IoError> {
+        let input = tsio::Input::open(address)?;
+        let local_addr = input.local_addr();
         let dropped = Arc::new(AtomicU64::new(0));
-        match e {
-            Endpoint::Udp(addr) => {
-                let sock = bind_udp_input(*addr)?;
-                let local_addr = sock.local_addr().ok();
-                let (tx, rx) = mpsc::sync_channel(QUEUE_UDP);
-                let d = dropped.clone();
-                let t = std::thread::Builder::new()
-                    .name("udp-input".into())
-                    .spawn(move || udp_loop(sock, tx, d))?;
-                Ok(Input {
-                    rx,
-                    dropped,
-                    _thread: t,
-                    local_addr,
-                })
-            }
-            Endpoint::Std => Self::reader(Box::new(io::stdin()), dropped),
-            Endpoint::File(p) => Self::reader(Box::new(File::open(p)?), dropped),
-        }
-    }
-
-    fn reader(r: Box<dyn Read + Send>, dropped: Arc<AtomicU64>) -> io::Result<Input> {
-        let (tx, rx) = mpsc::sync_channel(QUEUE_FILE);
-        let t = std::thread::Builder::new()
-            .name("input".into())
-            .spawn(move || read_loop(r, tx))?;
+        let udp = address.is_udp();
+        let (tx, rx) = mpsc::sync_channel(if udp { QUEUE_UDP } else { QUEUE_FILE });
+        let d = dropped.clone();
+        let thread = std::thread::Builder::new()
+            .name(if udp { "udp-input" } else { "input" }.into())
+            .spawn(move || match udp {
+                true => udp_loop(input, tx, d),
+                false => read_loop(input, tx),
+            })
+            .map_err(|source| IoError {
+                what: "start reading",
+                address: address.to_string(),
+                source,
+            })?;
         Ok(Input {
             rx,
             dropped,
-            _thread: t,
-            local_addr: None,
+            _thread: thread,
+            local_addr,
         })
     }
 
@@ -161,34 +92,18 @@ impl Input {
     }
 }
 
-fn bind_udp_input(addr: SocketAddr) -> io::Result<UdpSocket> {
-    match addr {
-        SocketAddr::V4(a) if a.ip().is_multicast() => {
-            let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, a.port()))?;
-            s.join_multicast_v4(a.ip(), &Ipv4Addr::UNSPECIFIED)?;
-            Ok(s)
-        }
-        SocketAddr::V6(a) if a.ip().is_multicast() => {
-            let s = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, a.port()))?;
-            s.join_multicast_v6(a.ip(), 0)?;
-            Ok(s)
-        }
-        _ => UdpSocket::bind(addr),
-    }
-}
-
-fn udp_loop(sock: UdpSocket, tx: SyncSender<Chunk>, dropped: Arc<AtomicU64>) {
+fn udp_loop(mut input: tsio::Input, tx: SyncSender<Chunk>, dropped: Arc<AtomicU64>) {
     let mut buf = vec![0u8; 65_536];
     loop {
-        match sock.recv(&mut buf) {
-            Ok(n) => match tx.try_send(Chunk::Data(buf[..n].to_vec())) {
+        match input.read(&mut buf) {
+            Ok(Got::Data(n)) => match tx.try_send(Chunk::Data(buf[..n].to_vec())) {
                 Ok(()) => {}
                 Err(TrySendError::Full(_)) => {
                     dropped.fetch_add(1, Ordering::Relaxed);
                 }
                 Err(TrySendError::Disconnected(_)) => return,
             },
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(Got::Idle) | Ok(Got::Eof) => {}
             Err(e) => {
                 let _ = tx.send(Chunk::Failed(e));
                 return;
@@ -197,21 +112,28 @@ fn udp_loop(sock: UdpSocket, tx: SyncSender<Chunk>, dropped: Arc<AtomicU64>) {
     }
 }
 
-fn read_loop(mut r: Box<dyn Read + Send>, tx: SyncSender<Chunk>) {
+fn read_loop(mut input: tsio::Input, tx: SyncSender<Chunk>) {
     loop {
         let mut buf = vec![0u8; READ_CHUNK];
-        match r.read(&mut buf) {
-            Ok(0) => {
-                let _ = tx.send(Chunk::End);
-                return;
-            }
-            Ok(n) => {
+        match input.read(&mut buf) {
+            Ok(Got::Data(n)) => {
                 buf.truncate(n);
                 if tx.send(Chunk::Data(buf)).is_err() {
                     return;
                 }
             }
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Ok(Got::Idle) => {}
+            Ok(Got::Eof) => match input.restart() {
+                Ok(true) => {}
+                Ok(false) => {
+                    let _ = tx.send(Chunk::End);
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send(Chunk::Failed(e));
+                    return;
+                }
+            },
             Err(e) => {
                 let _ = tx.send(Chunk::Failed(e));
                 return;
@@ -220,26 +142,19 @@ fn read_loop(mut r: Box<dyn Read + Send>, tx: SyncSender<Chunk>) {
     }
 }
 
-/// Opens an output endpoint as a packet sink.
-pub fn open_output(e: &Endpoint) -> io::Result<Box<dyn PacketSink>> {
-    Ok(match e {
-        Endpoint::Udp(addr) => Box::new(UdpSink::connect(*addr)?),
-        Endpoint::Std => Box::new(WriterSink(BufWriter::with_capacity(
-            READ_CHUNK,
-            io::stdout(),
-        ))),
-        Endpoint::File(p) => Box::new(WriterSink(BufWriter::with_capacity(
-            READ_CHUNK,
-            File::create(p)?,
-        ))),
+/// Opens an output as a packet sink.
+pub fn open_output(address: &Address) -> Result<Box<dyn PacketSink>, IoError> {
+    Ok(match tsio::Output::open(address)? {
+        tsio::Output::Udp(sender) => Box::new(UdpSink::new(sender)),
+        tsio::Output::Write(w) => Box::new(WriterSink(w)),
     })
 }
 
 /// A file or stdout.
 #[derive(Debug)]
-pub struct WriterSink<W: Write>(pub BufWriter<W>);
+pub struct WriterSink(pub Writer);
 
-impl<W: Write> PacketSink for WriterSink<W> {
+impl PacketSink for WriterSink {
     fn packet(&mut self, packet: &[u8; PACKET_LEN]) -> io::Result<()> {
         self.0.write_all(packet)
     }
@@ -252,36 +167,32 @@ impl<W: Write> PacketSink for WriterSink<W> {
 /// every flush, so a live stream is not held back.
 #[derive(Debug)]
 pub struct UdpSink {
-    sock: UdpSocket,
+    sender: UdpSender,
     buf: Vec<u8>,
 }
 
 impl UdpSink {
-    pub fn connect(addr: SocketAddr) -> io::Result<UdpSink> {
-        let local: SocketAddr = match addr {
-            SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-            SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-        };
-        let sock = UdpSocket::bind(local)?;
-        sock.connect(addr)?;
-        Ok(UdpSink {
-            sock,
+    pub fn new(sender: UdpSender) -> UdpSink {
+        UdpSink {
+            sender,
             buf: Vec::with_capacity(PACKET_LEN * PACKETS_PER_DATAGRAM),
-        })
+        }
+    }
+
+    /// A sink sending to `addr`.
+    pub fn connect(addr: SocketAddr) -> io::Result<UdpSink> {
+        Ok(UdpSink::new(UdpSender::open(addr)?))
     }
 
     fn send(&mut self) -> io::Result<()> {
         if self.buf.is_empty() {
             return Ok(());
         }
-        let r = self.sock.send(&self.buf);
+        // Nobody listening yet is not a reason to stop a live output: the
+        // sender drops and counts such datagrams.
+        let r = self.sender.send(&self.buf);
         self.buf.clear();
-        match r {
-            Ok(_) => Ok(()),
-            // Nobody listening yet is not a reason to stop a live output.
-            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => Ok(()),
-            Err(e) => Err(e),
-        }
+        r
     }
 }
 
@@ -301,45 +212,30 @@ impl PacketSink for UdpSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{Ipv4Addr, UdpSocket};
 
     #[test]
-    fn endpoints_parse() {
-        let udp = |a: &str| Endpoint::Udp(a.parse().unwrap());
-        for (text, want) in [
-            ("-", Endpoint::Std),
-            ("udp://127.0.0.1:1234", udp("127.0.0.1:1234")),
-            ("udp://@239.1.1.1:5000", udp("239.1.1.1:5000")),
-            ("out.ts", Endpoint::File("out.ts".into())),
-            // Every local address, as VLC, ffmpeg and the headend write it.
-            ("udp://@:5000", udp("0.0.0.0:5000")),
-            ("udp://:5000", udp("0.0.0.0:5000")),
-            ("udp://@127.0.0.1:5000", udp("127.0.0.1:5000")),
-            ("file:///srv/in.ts", Endpoint::File("/srv/in.ts".into())),
-            ("file://in.ts", Endpoint::File("in.ts".into())),
-        ] {
-            assert_eq!(text.parse::<Endpoint>(), Ok(want), "{text}");
-        }
-        assert!("udp://nohost".parse::<Endpoint>().is_err());
-        assert!("http://x/y".parse::<Endpoint>().is_err());
-        for bad in [
-            "",
-            "file://",
-            "udp://@:",
-            "udp://@:notaport",
-            "file://http://x",
-        ] {
-            let e = bad.parse::<Endpoint>().unwrap_err();
-            assert!(!e.contains('\n'), "{e}");
-            assert!(
-                e.contains("expected") || e.contains("supported"),
-                "{bad}: {e}"
-            );
+    fn a_looped_file_is_read_again_and_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("in.ts");
+        let p = ts::packet::null_packet();
+        std::fs::write(&path, p).unwrap();
+        let input = Input::open(&format!("{}?loop", path.display()).parse().unwrap()).unwrap();
+        let mut got = 0;
+        while got < 10 * PACKET_LEN {
+            match input.next(Duration::from_secs(5)) {
+                Some(Chunk::Data(d)) => {
+                    assert_eq!(d, p);
+                    got += d.len();
+                }
+                other => panic!("{other:?}"),
+            }
         }
     }
 
     #[test]
     fn udp_at_port_listens_on_every_address() {
-        let e: Endpoint = "udp://@:0".parse().unwrap();
+        let e: Address = "udp://@:0".parse().unwrap();
         let input = Input::open(&e).unwrap();
         let local = input.local_addr.unwrap();
         assert!(local.ip().is_unspecified(), "{local}");
@@ -358,8 +254,14 @@ mod tests {
         let path = dir.path().join("in.ts");
         let p = ts::packet::null_packet();
         std::fs::write(&path, p).unwrap();
-        let e: Endpoint = format!("file://{}", path.display()).parse().unwrap();
-        assert_eq!(e, Endpoint::File(path));
+        let e: Address = format!("file://{}", path.display()).parse().unwrap();
+        assert_eq!(
+            e,
+            Address::File {
+                path,
+                looped: false
+            }
+        );
         let input = Input::open(&e).unwrap();
         match input.next(Duration::from_secs(5)) {
             Some(Chunk::Data(d)) => assert_eq!(d, p),

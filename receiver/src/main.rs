@@ -5,7 +5,7 @@ use clap::{Args, Parser, Subcommand};
 use receiver::card::{LinkOptions, PcscCard};
 use receiver::error::exit;
 use receiver::identity::{self, IdentityError};
-use receiver::io::Endpoint;
+use receiver::io::Address;
 use receiver::{run, Failure, PipelineOptions, RunConfig};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -28,12 +28,21 @@ the PMT without CA descriptors, and no CAT, ECM or EMM packets.
 
 Play the output with `receiver -i udp://127.0.0.1:5000 -o - | ffplay -`.";
 
-/// Shown after `--help`: the exit codes (one table for every Iodoform
-/// tool) and where the logs go.
+/// The stream address syntax, shared with the headend (`tsio`).
+const ADDRESSES: &str = "\
+Stream addresses (-i, -o):
+  -                      stdin (-i) or stdout (-o)
+  PATH, file://PATH      a file
+  PATH?loop              a file input played again and again
+  udp://HOST:PORT        UDP; as an input, a multicast group is joined
+  udp://@:PORT           UDP input on every local address (not for -o)";
+
+/// Shown after `--help`: the address syntax, the exit codes (one table
+/// for every Iodoform tool) and where the logs go.
 fn after_help() -> String {
     format!(
         "Examples:\n  receiver identity\n  receiver -i udp://127.0.0.1:5000 -o - | ffplay -\n  \
-         receiver -i capture.ts -o clear.ts --service 1 --reader vpcd\n\n{}\n\n\
+         receiver -i capture.ts -o clear.ts --service 1 --reader vpcd\n\n{ADDRESSES}\n\n{}\n\n\
          Logs: RUST_LOG=receiver=debug (default: warnings).",
         cli::EXIT_CODES_HELP
     )
@@ -71,13 +80,14 @@ enum Command {
 #[derive(Debug, Args)]
 struct RunArgs {
     /// The scrambled TS: udp://HOST:PORT (a multicast group is joined), udp://@:PORT (every
-    /// local address), a file (PATH or file://PATH), or - for stdin.
-    #[arg(short, long, value_name = "URL", required = true)]
-    input: Option<Endpoint>,
+    /// local address), a file (PATH or file://PATH; PATH?loop plays it again and again), or -
+    /// for stdin.
+    #[arg(short, long, value_name = "URL", required = true, value_parser = Address::parse_input)]
+    input: Option<Address>,
     /// Where the clear TS goes: a file (PATH or file://PATH), udp://HOST:PORT (7 packets per
-    /// datagram), or - for stdout.
-    #[arg(short, long, value_name = "URL", required = true)]
-    output: Option<Endpoint>,
+    /// datagram; a multicast group is fine), or - for stdout.
+    #[arg(short, long, value_name = "URL", required = true, value_parser = Address::parse_output)]
+    output: Option<Address>,
     /// The service (program_number) to descramble; default: the first in the PAT.
     #[arg(short, long, value_name = "N", value_parser = parse_u16)]
     service: Option<u16>,

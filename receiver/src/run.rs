@@ -3,7 +3,7 @@
 
 use crate::card::{CardConnector, CardLink, LinkOptions};
 use crate::error::{exit, Failure};
-use crate::io::{open_output, Chunk, Endpoint, Input};
+use crate::io::{open_output, Address, Chunk, Input};
 use crate::pipeline::{PacketSink, Pipeline, PipelineOptions};
 use crate::stats::{Stats, StatusLine};
 use proto::crypto::X25519Secret;
@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 /// What to run.
 #[derive(Debug, Clone)]
 pub struct RunConfig {
-    pub input: Endpoint,
-    pub output: Endpoint,
+    pub input: Address,
+    pub output: Address,
     pub pipeline: PipelineOptions,
     pub link: LinkOptions,
     /// Give up when no input arrives for this long; `None` waits for ever
@@ -105,13 +105,13 @@ fn open_all(
     connector: Box<dyn CardConnector>,
     identity: X25519Secret,
 ) -> Result<(Input, Box<dyn PacketSink>, CardLink), Failure> {
-    let input = Input::open(&cfg.input).map_err(|source| Failure::Input {
+    let input = Input::open(&cfg.input).map_err(|e| Failure::Input {
         what: cfg.input.to_string(),
-        source,
+        source: e.source,
     })?;
-    let sink = open_output(&cfg.output).map_err(|source| Failure::Output {
+    let sink = open_output(&cfg.output).map_err(|e| Failure::Output {
         what: cfg.output.to_string(),
-        source,
+        source: e.source,
     })?;
     let card = CardLink::open(connector, identity, cfg.link)?;
     Ok((input, sink, card))
@@ -139,10 +139,10 @@ fn pump(
                 })?;
             }
             Some(Chunk::End) => return pipeline.finish(sink),
-            Some(Chunk::Failed(source)) => {
+            Some(Chunk::Failed(e)) => {
                 return Err(Failure::Input {
                     what: cfg.input.to_string(),
-                    source,
+                    source: e.source,
                 })
             }
             None => {

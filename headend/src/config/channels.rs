@@ -6,6 +6,7 @@
 //! the supervisor. So the API never stores what the daemon would refuse.
 
 use std::path::{Path, PathBuf};
+use tsio::Address;
 
 /// A PID that may carry ECMs or EMMs: not PAT/CAT/TSDT/DVB tables, not null.
 pub fn valid_pid(pid: u16) -> bool {
@@ -110,69 +111,29 @@ fn url_text(field: &'static str, url: &str) -> Result<(), ChannelProblem> {
     Ok(())
 }
 
-fn udp_problem(field: &'static str, url: &str, example: &str) -> ChannelProblem {
-    let rest = url.trim_start_matches("udp://");
-    let host = rest.split(['?', '/']).next().unwrap_or("");
-    let why = if host.rsplit_once(':').is_none_or(|(_, p)| p.is_empty()) {
-        "has no port".to_owned()
-    } else {
-        "is not udp://HOST:PORT with a known host and a port 1..=65535".to_owned()
-    };
-    problem(
-        field,
-        format!("{url:?} {why}: give udp://HOST:PORT, e.g. {example}"),
-    )
-}
-
 /// Parses a channel's input as the stream engine will read it.
 pub fn parse_input(url: &str) -> Result<InputUrl, ChannelProblem> {
-    use crate::stream::Endpoint;
     url_text("input", url)?;
-    let (path, looped) = match url.strip_suffix("?loop") {
-        Some(p) if !url.starts_with("udp://") => (p, true),
-        _ => (url, false),
-    };
-    match Endpoint::parse(path) {
-        Ok(Endpoint::Udp(a)) if a.port() == 0 => Err(problem(
+    match Address::parse_input(url) {
+        Ok(Address::Udp(a)) if a.port() == 0 => Err(problem(
             "input",
             format!("{url:?}: UDP port 0 is no port an encoder can send to: give udp://HOST:PORT, e.g. udp://@:5000"),
         )),
-        Ok(Endpoint::Udp(a)) => Ok(InputUrl::Udp(a)),
-        Ok(Endpoint::File(p)) if p.as_os_str().is_empty() => {
-            Err(problem("input", "file:// needs a path, e.g. file:///srv/clip.ts"))
-        }
-        Ok(Endpoint::File(p)) => Ok(InputUrl::File(p, looped)),
-        Ok(Endpoint::Stdio) => Err(problem("input", "`-` is not for a daemon's channel")),
-        Err(_) if url.starts_with("udp://") => Err(udp_problem("input", url, "udp://@:5000")),
-        Err(_) => Err(problem(
-            "input",
-            format!("{url:?} is not an input the headend reads: give udp://HOST:PORT (udp://@:PORT for every address), file://PATH or a path"),
-        )),
+        Ok(Address::Udp(a)) => Ok(InputUrl::Udp(a)),
+        Ok(Address::File { path, looped }) => Ok(InputUrl::File(path, looped)),
+        Ok(Address::Stdio) => Err(problem("input", "`-` is not for a daemon's channel")),
+        Err(e) => Err(problem("input", format!("{url:?}: {e}"))),
     }
 }
 
 /// Parses a channel's output as the stream engine will write it.
 pub fn parse_output(url: &str) -> Result<OutputUrl, ChannelProblem> {
-    use crate::stream::Endpoint;
     url_text("output", url)?;
-    match Endpoint::parse(url) {
-        Ok(Endpoint::Udp(a)) if a.port() == 0 || a.ip().is_unspecified() => Err(problem(
-            "output",
-            format!("{url:?}: cannot send to {a}: give the receivers' udp://HOST:PORT or a multicast group, e.g. udp://239.1.1.1:5000"),
-        )),
-        Ok(Endpoint::Udp(a)) => Ok(OutputUrl::Udp(a)),
-        Ok(Endpoint::File(p)) if p.as_os_str().is_empty() => {
-            Err(problem("output", "file:// needs a path, e.g. file:///srv/out.ts"))
-        }
-        Ok(Endpoint::File(p)) => Ok(OutputUrl::File(p)),
-        Ok(Endpoint::Stdio) => Err(problem("output", "`-` is not for a daemon's channel")),
-        Err(_) if url.starts_with("udp://") => {
-            Err(udp_problem("output", url, "udp://127.0.0.1:5002"))
-        }
-        Err(_) => Err(problem(
-            "output",
-            format!("{url:?} is not an output the headend writes: give udp://HOST:PORT or a file path"),
-        )),
+    match Address::parse_output(url) {
+        Ok(Address::Udp(a)) => Ok(OutputUrl::Udp(a)),
+        Ok(Address::File { path, .. }) => Ok(OutputUrl::File(path)),
+        Ok(Address::Stdio) => Err(problem("output", "`-` is not for a daemon's channel")),
+        Err(e) => Err(problem("output", format!("{url:?}: {e}"))),
     }
 }
 

@@ -11,13 +11,14 @@
 //! through a cursor at the channel's EMM bandwidth: every channel carries
 //! every EMM.
 
-use super::{spawn_channel, ChannelHandle, ChannelStreamConfig, Endpoint, Shutdown, StreamError};
+use super::{spawn_channel, ChannelHandle, ChannelStreamConfig, Shutdown, StreamError};
 use crate::output::{CaOutput, EmmMark};
 use api::Channel;
 use headend_engine::stream::{CaFeed, CryptoPeriod, FeedError};
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::Arc;
+use tsio::Address;
 
 /// Sections fetched from the log at a time.
 const EMM_BATCH: usize = 256;
@@ -145,21 +146,35 @@ fn from_fields(
     let (Some(input), Some(output)) = (input, output) else {
         return Ok(None);
     };
-    let (input, looped) = match input.strip_suffix("?loop") {
-        Some(i) if !i.starts_with("udp://") => (i, true),
-        _ => (input, false),
+    // The engine takes the file's path and whether it loops apart.
+    let (input, looped) = match super::io::parse_input(input)? {
+        Address::File { path, looped } => (file_text(base, path), looped),
+        _ => (input.to_owned(), false),
     };
-    let resolve = |url: &str| -> Result<String, StreamError> {
-        Ok(match Endpoint::parse(url)? {
-            Endpoint::File(p) if p.is_relative() => base.join(p).to_string_lossy().into_owned(),
-            _ => url.to_owned(),
-        })
+    let output = match super::io::parse_output(output)? {
+        Address::File { path, .. } => file_text(base, path),
+        _ => output.to_owned(),
     };
-    let mut c = ChannelStreamConfig::new(name, resolve(input)?, resolve(output)?, emm_pid)
-        .service(service_id, ecm_pid);
+    let mut c = ChannelStreamConfig::new(name, input, output, emm_pid).service(service_id, ecm_pid);
     c.loop_input = looped;
     super::validate(&c)?;
     Ok(Some(c))
+}
+
+/// A file address as the engine reads it: relative paths taken from
+/// `base`, and `file://` kept for a path that would read as another
+/// address.
+fn file_text(base: &Path, path: std::path::PathBuf) -> String {
+    let path = if path.is_relative() {
+        base.join(path)
+    } else {
+        path
+    };
+    Address::File {
+        path,
+        looped: false,
+    }
+    .to_string()
 }
 
 /// Starts the stream thread of one channel, fed by `output` and stopped by

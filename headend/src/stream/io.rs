@@ -1,97 +1,49 @@
-//! Where the TS comes from and goes to: `udp://HOST:PORT`, a file, or `-`
-//! for stdin/stdout; and the pacer that sends UDP output at the stream's
-//! own rate.
+//! Where a channel's TS comes from and goes to, opened by `tsio` (one
+//! address syntax for both programs), with the errors in the stream
+//! engine's terms; and the pacer that sends UDP output at the stream's own
+//! rate.
 
 use super::mux::OutPacket;
 use super::{ChannelStreamConfig, Shutdown, StreamError};
-use std::fs::File;
-use std::io::{self, BufWriter, Read as _, Seek, Write};
-use std::net::{Ipv4Addr, SocketAddr, ToSocketAddrs, UdpSocket};
-use std::path::PathBuf;
+use std::io::{self, Write};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use ts::packet::PACKET_LEN;
-
-/// How long a UDP read waits before the loop looks at the shutdown flag.
-pub(crate) const READ_TIMEOUT: Duration = Duration::from_millis(100);
+use tsio::{Address, AddressError, UdpSender};
+pub(crate) use tsio::{Got, READ_TIMEOUT};
 /// The longest air time that a partial datagram waits for more packets:
 /// any stream over about 100 kbit/s fills its datagrams sooner.
 const MAX_HOLD_TICKS: u64 = 100 * super::clock::TICKS_PER_MS;
 
 /// Checks a channel's stream: the engine's checks of every field
-/// ([`ChannelStreamConfig::validate`]), then its input and output URLs.
+/// ([`ChannelStreamConfig::validate`]), then its input and output
+/// addresses.
 pub fn validate(cfg: &ChannelStreamConfig) -> Result<(), StreamError> {
     cfg.validate()?;
-    Endpoint::parse(&cfg.input)?;
-    if let Endpoint::Udp(a) = Endpoint::parse(&cfg.output)? {
-        if a.port() == 0 || a.ip().is_unspecified() {
-            return Err(cfg.bad("output", format!("cannot send to {a}")));
-        }
-    }
+    parse_input(&cfg.input)?;
+    parse_output(&cfg.output)?;
     Ok(())
 }
 
-/// A parsed input or output URL.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Endpoint {
-    /// `udp://HOST:PORT`. As an input, a multicast group is joined on all
-    /// interfaces; `udp://@:PORT` (VLC's form) listens on every address.
-    Udp(SocketAddr),
-    /// A path, or `file://PATH`.
-    File(PathBuf),
-    /// `-`: stdin or stdout.
-    Stdio,
-}
-
-impl Endpoint {
-    pub fn parse(url: &str) -> Result<Endpoint, StreamError> {
-        let bad = |reason: &str| StreamError::Url {
-            url: url.to_owned(),
-            reason: reason.to_owned(),
-        };
-        if url == "-" {
-            return Ok(Endpoint::Stdio);
-        }
-        if let Some(rest) = url.strip_prefix("udp://") {
-            let rest = rest.split(['?', '/']).next().unwrap_or("");
-            let rest = rest.strip_prefix('@').unwrap_or(rest);
-            let hostport = if rest.starts_with(':') {
-                format!("0.0.0.0{rest}")
-            } else {
-                rest.to_owned()
-            };
-            let addr = hostport
-                .to_socket_addrs()
-                .map_err(|e| bad(&format!("expected udp://HOST:PORT ({e})")))?
-                .next()
-                .ok_or_else(|| bad("the host has no address"))?;
-            // Port 0 is fine for an input (any free port: see
-            // `ChannelHandle::input_addr`); an output refuses it.
-            return Ok(Endpoint::Udp(addr));
-        }
-        if let Some(path) = url.strip_prefix("file://") {
-            return Ok(Endpoint::File(path.into()));
-        }
-        if url.is_empty() {
-            return Err(bad("empty"));
-        }
-        if url.contains("://") {
-            return Err(bad("only udp://, file:// or a path"));
-        }
-        Ok(Endpoint::File(url.into()))
+fn url_err(url: &str, e: AddressError) -> StreamError {
+    StreamError::Url {
+        url: url.to_owned(),
+        reason: e.to_string(),
     }
 }
 
-impl std::fmt::Display for Endpoint {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Endpoint::Udp(a) => write!(f, "udp://{a}"),
-            Endpoint::File(p) => write!(f, "{}", p.display()),
-            Endpoint::Stdio => f.write_str("-"),
-        }
-    }
+/// A channel's input address. Port 0 is fine for UDP (any free port: see
+/// `ChannelHandle::input_addr`).
+pub(crate) fn parse_input(url: &str) -> Result<Address, StreamError> {
+    Address::parse_input(url).map_err(|e| url_err(url, e))
 }
 
-fn io_err(what: &'static str, target: &Endpoint, source: io::Error) -> StreamError {
+/// A channel's output address: one that datagrams can be sent to.
+pub(crate) fn parse_output(url: &str) -> Result<Address, StreamError> {
+    Address::parse_output(url).map_err(|e| url_err(url, e))
+}
+
+fn io_err(what: &'static str, target: &Address, source: io::Error) -> StreamError {
     StreamError::Io {
         what,
         target: target.to_string(),
@@ -99,99 +51,40 @@ fn io_err(what: &'static str, target: &Endpoint, source: io::Error) -> StreamErr
     }
 }
 
-/// What a read gave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Got {
-    Data(usize),
-    /// Nothing within [`READ_TIMEOUT`] (UDP only).
-    Idle,
-    Eof,
+fn tsio_err(e: tsio::IoError) -> StreamError {
+    StreamError::Io {
+        what: e.what,
+        target: e.address,
+        source: e.source,
+    }
 }
 
+/// A channel's input, its errors in the stream engine's terms.
 #[derive(Debug)]
-pub(crate) enum Input {
-    Udp(UdpSocket, Endpoint),
-    File(File, Endpoint),
-    Stdin(io::Stdin),
-}
+pub(crate) struct Input(tsio::Input);
 
 impl Input {
-    pub(crate) fn open(ep: &Endpoint) -> Result<Input, StreamError> {
-        match ep {
-            Endpoint::Udp(addr) => {
-                let sock = match addr {
-                    SocketAddr::V4(v4) if v4.ip().is_multicast() => {
-                        let s = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, v4.port()))
-                            .map_err(|e| io_err("bind", ep, e))?;
-                        s.join_multicast_v4(v4.ip(), &Ipv4Addr::UNSPECIFIED)
-                            .map_err(|e| io_err("join", ep, e))?;
-                        s
-                    }
-                    _ => UdpSocket::bind(addr).map_err(|e| io_err("bind", ep, e))?,
-                };
-                sock.set_read_timeout(Some(READ_TIMEOUT))
-                    .map_err(|e| io_err("configure", ep, e))?;
-                Ok(Input::Udp(sock, ep.clone()))
-            }
-            Endpoint::File(p) => Ok(Input::File(
-                File::open(p).map_err(|e| io_err("open", ep, e))?,
-                ep.clone(),
-            )),
-            Endpoint::Stdio => Ok(Input::Stdin(io::stdin())),
-        }
+    pub(crate) fn open(ep: &Address) -> Result<Input, StreamError> {
+        tsio::Input::open(ep).map(Input).map_err(tsio_err)
     }
 
     /// The local address of a UDP input (useful when bound to port 0).
     pub(crate) fn local_addr(&self) -> Option<SocketAddr> {
-        match self {
-            Input::Udp(s, _) => s.local_addr().ok(),
-            _ => None,
-        }
+        self.0.local_addr()
     }
 
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> Result<Got, StreamError> {
-        loop {
-            let r = match self {
-                Input::Udp(s, _) => s.recv(buf),
-                Input::File(f, _) => f.read(buf),
-                Input::Stdin(s) => s.lock().read(buf),
-            };
-            return match r {
-                Ok(0) if !matches!(self, Input::Udp(..)) => Ok(Got::Eof),
-                Ok(n) => Ok(Got::Data(n)),
-                Err(e) if matches!(e.kind(), io::ErrorKind::Interrupted) => continue,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
-                    Ok(Got::Idle)
-                }
-                // An ICMP error from an earlier datagram: not ours to mind.
-                Err(e)
-                    if matches!(self, Input::Udp(..))
-                        && e.kind() == io::ErrorKind::ConnectionRefused =>
-                {
-                    continue
-                }
-                Err(e) => Err(match self {
-                    Input::Udp(_, ep) | Input::File(_, ep) => io_err("read", ep, e),
-                    Input::Stdin(_) => io_err("read", &Endpoint::Stdio, e),
-                }),
-            };
-        }
+        self.0.read(buf).map_err(tsio_err)
+    }
+
+    /// Whether the address asked for the file to loop (`?loop`).
+    pub(crate) fn looped(&self) -> bool {
+        self.0.looped()
     }
 
     /// Starts a file again from its beginning; false if this input cannot.
     pub(crate) fn rewind(&mut self) -> Result<bool, StreamError> {
-        match self {
-            Input::File(f, ep) => {
-                f.rewind().map_err(|e| io_err("rewind", ep, e))?;
-                Ok(true)
-            }
-            _ => Ok(false),
-        }
+        self.0.rewind().map_err(tsio_err)
     }
 }
 
@@ -246,16 +139,14 @@ impl Pacer {
 /// UDP output: datagrams of `per_datagram` packets, paced or not.
 #[derive(Debug)]
 pub(crate) struct UdpOut {
-    socket: UdpSocket,
-    dest: SocketAddr,
+    sender: UdpSender,
     per_datagram: usize,
     buf: Vec<u8>,
     /// Air time of the first and the last packet in `buf`.
     first_ticks: u64,
     last_ticks: u64,
     pacer: Option<Pacer>,
-    ep: Endpoint,
-    pub(crate) send_errors: u64,
+    ep: Address,
 }
 
 impl UdpOut {
@@ -290,22 +181,11 @@ impl UdpOut {
                 return Ok(false);
             }
         }
-        match self.socket.send_to(&self.buf, self.dest) {
-            Ok(_) => {}
-            // Nobody listening yet (ICMP port unreachable), or a full
-            // socket buffer: a live sender drops the datagram and goes on.
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::ConnectionRefused
-                        | io::ErrorKind::WouldBlock
-                        | io::ErrorKind::Interrupted
-                ) || e.raw_os_error() == Some(105) /* ENOBUFS */ =>
-            {
-                self.send_errors += 1;
-            }
-            Err(e) => return Err(io_err("send", &self.ep, e)),
-        }
+        // Nobody listening yet, or a full socket buffer: the sender drops
+        // the datagram, counts it and goes on.
+        self.sender
+            .send(&self.buf)
+            .map_err(|e| io_err("send", &self.ep, e))?;
         self.buf.clear();
         Ok(true)
     }
@@ -314,49 +194,28 @@ impl UdpOut {
 #[derive(Debug)]
 pub(crate) enum Output {
     Udp(UdpOut),
-    File(BufWriter<File>, Endpoint),
-    Stdout(BufWriter<io::Stdout>),
+    Write(tsio::Writer, Address),
 }
 
 impl Output {
     pub(crate) fn open(
-        ep: &Endpoint,
+        ep: &Address,
         per_datagram: usize,
         paced: bool,
         max_late_ms: u64,
     ) -> Result<Output, StreamError> {
-        match ep {
-            Endpoint::Udp(dest) => {
-                let bind: SocketAddr = if dest.is_ipv4() {
-                    (Ipv4Addr::UNSPECIFIED, 0).into()
-                } else {
-                    (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-                };
-                let socket = UdpSocket::bind(bind).map_err(|e| io_err("bind", ep, e))?;
-                Ok(Output::Udp(UdpOut {
-                    socket,
-                    dest: *dest,
-                    per_datagram,
-                    buf: Vec::with_capacity(per_datagram * PACKET_LEN),
-                    first_ticks: 0,
-                    last_ticks: 0,
-                    pacer: paced.then(|| Pacer::new(Duration::from_millis(max_late_ms))),
-                    ep: ep.clone(),
-                    send_errors: 0,
-                }))
-            }
-            Endpoint::File(p) => Ok(Output::File(
-                BufWriter::with_capacity(
-                    1 << 16,
-                    File::create(p).map_err(|e| io_err("create", ep, e))?,
-                ),
-                ep.clone(),
-            )),
-            Endpoint::Stdio => Ok(Output::Stdout(BufWriter::with_capacity(
-                1 << 16,
-                io::stdout(),
-            ))),
-        }
+        Ok(match tsio::Output::open(ep).map_err(tsio_err)? {
+            tsio::Output::Udp(sender) => Output::Udp(UdpOut {
+                sender,
+                per_datagram,
+                buf: Vec::with_capacity(per_datagram * PACKET_LEN),
+                first_ticks: 0,
+                last_ticks: 0,
+                pacer: paced.then(|| Pacer::new(Duration::from_millis(max_late_ms))),
+                ep: ep.clone(),
+            }),
+            tsio::Output::Write(w) => Output::Write(w, ep.clone()),
+        })
     }
 
     /// Writes packets (UDP: in datagrams, paced). Returns false when a
@@ -374,15 +233,9 @@ impl Output {
                     }
                 }
             }
-            Output::File(w, ep) => {
+            Output::Write(w, ep) => {
                 for p in packets {
                     w.write_all(&p.bytes).map_err(|e| io_err("write", ep, e))?;
-                }
-            }
-            Output::Stdout(w) => {
-                for p in packets {
-                    w.write_all(&p.bytes)
-                        .map_err(|e| io_err("write", &Endpoint::Stdio, e))?;
                 }
             }
         }
@@ -395,10 +248,7 @@ impl Output {
             Output::Udp(u) => {
                 u.send(shutdown)?;
             }
-            Output::File(w, ep) => w.flush().map_err(|e| io_err("write", ep, e))?,
-            Output::Stdout(w) => w
-                .flush()
-                .map_err(|e| io_err("write", &Endpoint::Stdio, e))?,
+            Output::Write(w, ep) => w.flush().map_err(|e| io_err("write", ep, e))?,
         }
         Ok(())
     }
@@ -423,7 +273,10 @@ impl Output {
     /// (pacing re-bases, datagrams dropped by the OS)
     pub(crate) fn counters(&self) -> (u64, u64) {
         match self {
-            Output::Udp(u) => (u.pacer.as_ref().map_or(0, |p| p.rebases), u.send_errors),
+            Output::Udp(u) => (
+                u.pacer.as_ref().map_or(0, |p| p.rebases),
+                u.sender.dropped(),
+            ),
             _ => (0, 0),
         }
     }
@@ -433,32 +286,28 @@ impl Output {
 mod tests {
     use super::*;
     use crate::stream::clock::TICKS_PER_MS;
+    use std::net::UdpSocket;
 
     #[test]
-    fn urls() {
-        assert_eq!(
-            Endpoint::parse("udp://127.0.0.1:5000").unwrap(),
-            Endpoint::Udp("127.0.0.1:5000".parse().unwrap())
-        );
-        assert_eq!(
-            Endpoint::parse("udp://@:5000").unwrap(),
-            Endpoint::Udp("0.0.0.0:5000".parse().unwrap())
-        );
-        assert_eq!(
-            Endpoint::parse("udp://239.1.1.1:1234?pkt_size=1316").unwrap(),
-            Endpoint::Udp("239.1.1.1:1234".parse().unwrap())
-        );
-        assert_eq!(
-            Endpoint::parse("file:///tmp/a.ts").unwrap(),
-            Endpoint::File("/tmp/a.ts".into())
-        );
-        assert_eq!(
-            Endpoint::parse("a.ts").unwrap(),
-            Endpoint::File("a.ts".into())
-        );
-        assert_eq!(Endpoint::parse("-").unwrap(), Endpoint::Stdio);
-        for bad in ["", "udp://", "udp://127.0.0.1", "http://x/y", "udp://:x"] {
-            assert!(Endpoint::parse(bad).is_err(), "{bad}");
+    fn addresses_refused_in_the_stream_engines_terms() {
+        // The syntax itself is tsio's, and tested there.
+        assert!(parse_input("udp://@:0").is_ok());
+        for (url, output) in [
+            ("udp://127.0.0.1:5000?loop", false),
+            ("http://x/y", false),
+            ("a.ts?loop", true),
+            ("udp://@:5000", true),
+        ] {
+            let e = if output {
+                parse_output(url)
+            } else {
+                parse_input(url)
+            }
+            .unwrap_err();
+            assert!(
+                matches!(&e, StreamError::Url { url: u, .. } if u == url),
+                "{url}: {e}"
+            );
         }
     }
 
@@ -481,7 +330,7 @@ mod tests {
     fn sparse_output_goes_out_in_partial_datagrams() {
         let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
         rx.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        let ep = Endpoint::Udp(rx.local_addr().unwrap());
+        let ep = Address::Udp(rx.local_addr().unwrap());
         let mut out = Output::open(&ep, 7, false, 500).unwrap();
         let stop = Shutdown::new();
         let at = |ms: u64| OutPacket {

@@ -44,4 +44,4 @@ use headend_engine::stream::{
 
 pub use channel::{run_channel, spawn_channel, ChannelHandle, Shutdown};
 pub use daemon_feed::{spawn_daemon_channel, CaOutputFeed};
-pub use io::{validate, Endpoint};
+pub use io::validate;

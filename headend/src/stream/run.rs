@@ -5,12 +5,13 @@
 use super::channel::{unix_ms_now, Shared, Shutdown};
 use super::clock;
 use super::health::{ChannelHealth, Withheld, INPUT_SILENCE_MS};
-use super::io::{Endpoint, Got, Input, Output};
+use super::io::{Got, Input, Output};
 use super::mux::{Mux, OutPacket};
 use super::{CaFeed, ChannelStreamConfig, Pacing, StreamError, StreamStats};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Mutex;
 use ts::packet::{PacketReader, PACKET_LEN};
+use tsio::Address;
 
 /// What the read loop hands to the output side.
 enum Msg {
@@ -91,10 +92,10 @@ pub(super) fn run<F: CaFeed>(
     shared: Option<&Shared>,
 ) -> Result<StreamStats, StreamError> {
     super::validate(cfg)?;
-    let in_ep = Endpoint::parse(&cfg.input)?;
-    let out_ep = Endpoint::parse(&cfg.output)?;
+    let in_ep = super::io::parse_input(&cfg.input)?;
+    let out_ep = super::io::parse_output(&cfg.output)?;
     let paced = match cfg.pacing {
-        Pacing::Auto => matches!(out_ep, Endpoint::Udp(_)),
+        Pacing::Auto => matches!(out_ep, Address::Udp(_)),
         Pacing::Always => true,
         Pacing::Never => false,
     };
@@ -109,7 +110,7 @@ pub(super) fn run<F: CaFeed>(
     // A paced file is read a few datagrams at a time, so that the reader
     // stays close to the writer; anything else in big reads (a UDP read is
     // one datagram whatever the buffer).
-    let read_size = if paced && !matches!(in_ep, Endpoint::Udp(_)) {
+    let read_size = if paced && !matches!(in_ep, Address::Udp(_)) {
         8 * 7 * PACKET_LEN
     } else {
         1 << 16
@@ -260,7 +261,7 @@ impl InputMeter {
         }
     }
 
-    fn data(&mut self, n: usize, cfg: &ChannelStreamConfig, in_ep: &Endpoint) {
+    fn data(&mut self, n: usize, cfg: &ChannelStreamConfig, in_ep: &Address) {
         let now = unix_ms_now();
         if self.silence_logged {
             self.silence_logged = false;
@@ -272,7 +273,7 @@ impl InputMeter {
     }
 
     /// Rolls the bitrate window and logs a silence that lasts.
-    fn tick(&mut self, cfg: &ChannelStreamConfig, in_ep: &Endpoint) {
+    fn tick(&mut self, cfg: &ChannelStreamConfig, in_ep: &Address) {
         let elapsed = self.window_start.elapsed();
         if elapsed >= std::time::Duration::from_secs(1) {
             self.bitrate = (self.window_bytes as f64 * 8.0 / elapsed.as_secs_f64()) as u64;
@@ -324,7 +325,7 @@ impl InputMeter {
 #[allow(clippy::too_many_arguments)]
 fn read_loop<F: CaFeed>(
     cfg: &ChannelStreamConfig,
-    in_ep: &Endpoint,
+    in_ep: &Address,
     mut input: Input,
     mut mux: Mux<F>,
     shutdown: &Shutdown,
@@ -413,7 +414,7 @@ fn read_loop<F: CaFeed>(
             if packets_this_pass == 0 && bytes_this_pass > 0 {
                 return Err(StreamError::NotTs(in_ep.to_string()));
             }
-            if !cfg.loop_input || packets_this_pass == 0 || !input.rewind()? {
+            if !(cfg.loop_input || input.looped()) || packets_this_pass == 0 || !input.rewind()? {
                 break;
             }
             skipped += reader.stats().skipped_bytes;

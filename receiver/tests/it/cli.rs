@@ -423,6 +423,135 @@ fn help_says_how_to_use_it() {
     assert!(err.contains("unexpected argument '--card-state'"), "{err}");
 }
 
+/// The stream address syntax (tsio's, the headend's too) as the receiver
+/// takes it: `udp://@:PORT` listens, and an address that cannot be is
+/// refused before anything opens, in one line naming the fix, exit 64.
+#[test]
+fn stream_addresses_and_their_refusals() {
+    let dir = tempfile::tempdir().unwrap();
+    let h = String::from_utf8(receiver().arg("--help").output().unwrap().stdout).unwrap();
+    for want in [
+        "PATH?loop",
+        "udp://@:PORT",
+        "udp://HOST:PORT",
+        "file://PATH",
+    ] {
+        assert!(h.contains(want), "--help lacks {want}:\n{h}");
+    }
+    for (input, output, fix) in [
+        ("udp://127.0.0.1:5000?loop", "out.ts", "drop ?loop"),
+        ("-?loop", "out.ts", "drop ?loop"),
+        ("in.ts", "out.ts?loop", "drop it from the output"),
+        (
+            "in.ts",
+            "udp://@:5000",
+            "give the receivers' udp://HOST:PORT",
+        ),
+        ("rtp://127.0.0.1:5000", "out.ts", "give a file"),
+        ("udp://127.0.0.1", "out.ts", "give udp://HOST:PORT"),
+    ] {
+        let o = receiver()
+            .current_dir(dir.path())
+            .arg(format!("--input={input}"))
+            .arg(format!("--output={output}"))
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(
+            o.status.code(),
+            Some(i32::from(exit::USAGE)),
+            "{input} {output}: {err}"
+        );
+        let line = err.lines().next().unwrap_or("");
+        assert!(line.contains(fix), "{input} {output}: {err}");
+        assert_eq!(err.matches("error:").count(), 1, "{err}");
+    }
+    assert!(!dir.path().join("out.ts").exists());
+    // `udp://@:PORT` is taken and bound: the run gets as far as the card.
+    let o = receiver()
+        .current_dir(dir.path())
+        .args([
+            "-i",
+            "udp://@:0",
+            "-o",
+            "out.ts",
+            "--reader",
+            "no such reader",
+        ])
+        .args(["--card-timeout", "0.2", "--identity", "rx.key"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_ne!(o.status.code(), Some(i32::from(exit::USAGE)), "{err}");
+    assert_ne!(o.status.code(), Some(i32::from(exit::IO)), "{err}");
+    assert!(!err.contains("udp://"), "{err}");
+}
+
+/// A file input ending in `?loop` is played again and again: the output
+/// runs past the clear output of one pass, until the receiver is stopped.
+#[test]
+fn a_looped_file_input_keeps_the_output_going() {
+    let clear = synthetic_ts(3_000, 6);
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = engine();
+    let applet = applet(&mut engine, Some(WIDE));
+    let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 1000), START_MS, 0);
+    let Some(card) = CardInReader::insert("a_looped_file_input_keeps_the_output_going", applet)
+    else {
+        return;
+    };
+    // One pass, for its length.
+    let once = run(dir.path(), &scrambled, &card, &[]);
+    assert_eq!(once.code, 0, "{}", once.stderr);
+    assert_es_identical(&clear, &once.out);
+    let input = dir.path().join("in.ts");
+    let output = dir.path().join("looped.ts");
+    let mut child = receiver()
+        .arg("-i")
+        .arg(format!("{}?loop", input.display()))
+        .arg("-o")
+        .arg(&output)
+        .args(["--reader", card.reader()])
+        .arg("--identity")
+        .arg(dir.path().join("rx.key"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let want = 3 * once.out.len() as u64;
+    let mut len = 0;
+    while len <= want && std::time::Instant::now() < deadline && child.try_wait().unwrap().is_none()
+    {
+        std::thread::sleep(Duration::from_millis(50));
+        len = std::fs::metadata(&output).map_or(0, |m| m.len());
+    }
+    Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        len > want,
+        "{len} bytes after 30 s, one pass is {}: {err}",
+        once.out.len()
+    );
+    assert_eq!(o.status.code(), Some(0), "{err}");
+    // Pass after pass, the clear stream again, packet for packet.
+    let out = std::fs::read(&output).unwrap();
+    let (want, got) = (es(&clear, &[VIDEO]), es(&out, &[VIDEO]));
+    let (want, got) = (&want[&VIDEO], &got[&VIDEO]);
+    assert!(
+        got.len() > 2 * want.len(),
+        "{} of {}",
+        got.len(),
+        want.len()
+    );
+    for (i, pass) in got.chunks(want.len()).take(2).enumerate() {
+        assert!(pass == &want[..], "pass {i} differs from the clear stream");
+    }
+}
+
 /// `receiver identity | true` ends quietly (141), no panic.
 #[test]
 fn identity_into_a_closed_pipe() {
