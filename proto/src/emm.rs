@@ -18,9 +18,11 @@
 //! looked at.
 
 use crate::codec::{Codec, InvalidMessage, Reader};
-use crate::crypto::{self, CryptoError, Sealer, SigningKey, SIG_LEN, TAG_LEN};
-use crate::secret::{Kek, ProductKey};
+use crate::crypto::{self, hkdf32, CryptoError, Sealer, SigningKey, KDF_VERSION, SIG_LEN, TAG_LEN};
+use crate::sd::{self, CardAddress, CardLabels, SdAuthority, Subset, SUBSET_ID_LEN};
+use crate::secret::{Kek, ProductKey, SdLabel, SubsetKey};
 use crate::wire_enum;
+use subtle::ConstantTimeEq;
 use thiserror::Error;
 
 pub const EMM_VERSION: u8 = 1;
@@ -51,6 +53,12 @@ wire_enum! {
         UNPAIR = 0x03,
         REMOVE_PRODUCT = 0x04,
         BLOCK_CARDS = 0x05,
+        /// A product key delivered by Subset Difference: its header.
+        SD_KEY = 0x06,
+        /// Up to 6 wraps of the SD_KEY just before.
+        SD_WRAPS = 0x07,
+        /// Part of a card's Subset Difference labels.
+        SD_LABELS = 0x08,
     }
 }
 
@@ -91,6 +99,12 @@ pub enum EmmCommand {
     RemoveProduct { product: u32 },
     /// EMM-G only: the listed cards wipe their entitlements.
     BlockCards(Vec<u32>),
+    /// EMM-G only: a product's period key wrapped under each subset of
+    /// (part of) a Subset Difference cover. One SD_KEY command and as
+    /// many SD_WRAPS commands as its wraps need.
+    SdKey(SdKey),
+    /// EMM-U only: some of the card's Subset Difference labels.
+    SdLabels(SdLabels),
 }
 
 impl EmmCommand {
@@ -101,6 +115,8 @@ impl EmmCommand {
             EmmCommand::Unpair => CommandTag::UNPAIR,
             EmmCommand::RemoveProduct { .. } => CommandTag::REMOVE_PRODUCT,
             EmmCommand::BlockCards(_) => CommandTag::BLOCK_CARDS,
+            EmmCommand::SdKey(_) => CommandTag::SD_KEY,
+            EmmCommand::SdLabels(_) => CommandTag::SD_LABELS,
         }
     }
 }
@@ -120,6 +136,10 @@ impl Codec for EmmCommand {
                 return;
             }
         }
+        if let EmmCommand::SdKey(k) = self {
+            k.encode(out);
+            return;
+        }
         out.push(self.tag().0);
         let len_at = out.len();
         out.push(0);
@@ -137,6 +157,17 @@ impl Codec for EmmCommand {
             EmmCommand::BlockCards(ids) => {
                 for id in ids {
                     out.extend_from_slice(&id.to_be_bytes());
+                }
+            }
+            // Written whole, with its SD_WRAPS, above.
+            EmmCommand::SdKey(_) => {}
+            EmmCommand::SdLabels(l) => {
+                out.push(l.depth);
+                out.extend_from_slice(&l.address.tree.to_be_bytes());
+                out.extend_from_slice(&l.address.leaf.to_be_bytes());
+                out.extend_from_slice(&l.first.to_be_bytes());
+                for label in &l.labels {
+                    out.extend_from_slice(label.expose());
                 }
             }
         }
@@ -172,6 +203,11 @@ impl Codec for EmmCommand {
                 }
                 EmmCommand::BlockCards(ids)
             }
+            CommandTag::SD_KEY => EmmCommand::SdKey(SdKey::read_rest(&mut v, r)?),
+            CommandTag::SD_WRAPS => {
+                return Err(InvalidMessage::InvalidValue("SD_WRAPS not after SD_KEY"))
+            }
+            CommandTag::SD_LABELS => EmmCommand::SdLabels(SdLabels::read(&mut v, len)?),
             other => return Err(InvalidMessage::UnknownCommand(other.0)),
         };
         v.expect_empty()?;
@@ -182,6 +218,345 @@ impl Codec for EmmCommand {
         }
         Ok(cmd)
     }
+}
+
+// ------------------------------------------------------- Subset Difference
+
+/// Bytes of the SD_KEY value: `product:u32 ‖ generation:u32 ‖ issue:u64 ‖
+/// check[8]`.
+pub const SD_KEY_LEN: usize = 24;
+/// Bytes of one wrap: `subset id[8] ‖ wrapped K_P[32]`.
+pub const SD_WRAP_LEN: usize = SUBSET_ID_LEN + 32;
+/// Wraps one SD_WRAPS command carries (its length byte is a u8).
+pub const SD_WRAPS_PER_COMMAND: usize = 6;
+/// Bytes of the SD_LABELS value before the labels:
+/// `depth:u8 ‖ tree:u32 ‖ leaf:u32 ‖ first:u16`.
+pub const SD_LABELS_HEADER_LEN: usize = 11;
+/// Labels one SD_LABELS command carries.
+pub const SD_LABELS_PER_COMMAND: usize = 7;
+/// The largest payload of an EMM-U and of an EMM-G.
+pub const MAX_EMM_U_PAYLOAD: usize = MAX_BODY_LEN - TAG_LEN;
+pub const MAX_EMM_G_PAYLOAD: usize = MAX_BODY_LEN - SIG_LEN;
+/// Salts of the wrap key and of the key-check value.
+pub const SD_WRAP_SALT: &[u8] = b"iodoform/v1/sd-wrap";
+pub const SD_CHECK_SALT: &[u8] = b"iodoform/v1/sd-check";
+
+/// `K_P` wrapped for the cards of one subset.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SdWrap {
+    pub subset: Subset,
+    /// `K_P ⊕ KW`, KW from [`sd_wrap_key`].
+    pub wrapped: [u8; 32],
+}
+
+/// A product's period key delivered by Subset Difference: the cards of
+/// every subset listed can unwrap it, no other card can.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SdKey {
+    pub product: u32,
+    pub generation: u32,
+    /// A number the headend never uses for two different keys of one
+    /// (product, generation): it enters every wrap key, so that a subset
+    /// key, which lives for years, never makes the same pad twice.
+    pub issue: u64,
+    /// [`sd_check_value`] of the key: lets a card know it unwrapped right.
+    pub check: [u8; 8],
+    /// At least one.
+    pub wraps: Vec<SdWrap>,
+}
+
+/// The one-time pad of one wrap:
+/// `KW = HKDF(salt = "iodoform/v1/sd-wrap", IKM = subset key,
+///            info = 01 ‖ issue:u64 ‖ product:u32 ‖ generation:u32 ‖ subset id[8])`.
+pub fn sd_wrap_key(
+    key: &SubsetKey,
+    issue: u64,
+    product: u32,
+    generation: u32,
+    subset: &Subset,
+) -> [u8; 32] {
+    let mut info = [0u8; 25];
+    info[0] = KDF_VERSION;
+    info[1..9].copy_from_slice(&issue.to_be_bytes());
+    info[9..13].copy_from_slice(&product.to_be_bytes());
+    info[13..17].copy_from_slice(&generation.to_be_bytes());
+    info[17..25].copy_from_slice(&subset.to_id());
+    hkdf32(SD_WRAP_SALT, key.expose(), &[&info])
+}
+
+/// The key-check value: the first 8 bytes of
+/// `HKDF(salt = "iodoform/v1/sd-check", IKM = K_P,
+///       info = 01 ‖ issue:u64 ‖ product:u32 ‖ generation:u32)`.
+pub fn sd_check_value(key: &ProductKey, issue: u64, product: u32, generation: u32) -> [u8; 8] {
+    let mut info = [0u8; 17];
+    info[0] = KDF_VERSION;
+    info[1..9].copy_from_slice(&issue.to_be_bytes());
+    info[9..13].copy_from_slice(&product.to_be_bytes());
+    info[13..17].copy_from_slice(&generation.to_be_bytes());
+    let mut full = hkdf32(SD_CHECK_SALT, key.expose(), &[&info]);
+    let mut out = [0u8; 8];
+    out.copy_from_slice(&full[..8]);
+    zeroize::Zeroize::zeroize(&mut full);
+    out
+}
+
+fn xor32(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
+    let mut o = [0u8; 32];
+    for (o, (a, b)) in o.iter_mut().zip(a.iter().zip(b)) {
+        *o = a ^ b;
+    }
+    o
+}
+
+impl SdKey {
+    /// Headend: wraps `key` under every subset of `cover`.
+    pub fn wrap(
+        authority: &SdAuthority,
+        cover: &[Subset],
+        product: u32,
+        generation: u32,
+        issue: u64,
+        key: &ProductKey,
+    ) -> SdKey {
+        let wraps = cover
+            .iter()
+            .map(|s| {
+                let mut kw = sd_wrap_key(&authority.subset_key(s), issue, product, generation, s);
+                let wrapped = xor32(key.expose(), &kw);
+                zeroize::Zeroize::zeroize(&mut kw);
+                SdWrap {
+                    subset: *s,
+                    wrapped,
+                }
+            })
+            .collect();
+        SdKey {
+            product,
+            generation,
+            issue,
+            check: sd_check_value(key, issue, product, generation),
+            wraps,
+        }
+    }
+
+    /// Card: unwraps wrap `index` with its subset's key and checks the
+    /// result against the key-check value.
+    pub fn unwrap(&self, index: usize, key: &SubsetKey) -> Result<ProductKey, CryptoError> {
+        let w = self.wraps.get(index).ok_or(CryptoError::Auth)?;
+        let mut kw = sd_wrap_key(key, self.issue, self.product, self.generation, &w.subset);
+        let k = ProductKey::from_bytes(xor32(&w.wrapped, &kw));
+        zeroize::Zeroize::zeroize(&mut kw);
+        let check = sd_check_value(&k, self.issue, self.product, self.generation);
+        if bool::from(check.ct_eq(&self.check)) {
+            Ok(k)
+        } else {
+            Err(CryptoError::Auth)
+        }
+    }
+
+    /// Card: finds the wrap for the card with these labels and unwraps it.
+    /// `None` if the card is in no subset listed (or lacks the label).
+    pub fn open_with<'l>(
+        &self,
+        forest: sd::Forest,
+        address: CardAddress,
+        entry: impl Fn(usize) -> Option<&'l SdLabel>,
+    ) -> Option<Result<ProductKey, CryptoError>> {
+        let (n, key) =
+            sd::find_and_derive(forest, address, self.wraps.iter().map(|w| &w.subset), entry)?;
+        Some(self.unwrap(n, &key))
+    }
+
+    /// [`SdKey::open_with`] for a [`CardLabels`].
+    pub fn open(&self, labels: &CardLabels) -> Option<Result<ProductKey, CryptoError>> {
+        self.open_with(labels.forest(), labels.address(), |n| {
+            labels.entries().get(n)
+        })
+    }
+
+    /// Bytes of the commands for `wraps` wraps.
+    pub fn encoded_len(wraps: usize) -> usize {
+        2 + SD_KEY_LEN + wraps * SD_WRAP_LEN + 2 * wraps.div_ceil(SD_WRAPS_PER_COMMAND)
+    }
+
+    /// The most wraps whose commands fit in `room` bytes.
+    pub fn wraps_fitting(room: usize) -> usize {
+        let full = 2 + SD_WRAPS_PER_COMMAND * SD_WRAP_LEN;
+        let Some(room) = room.checked_sub(2 + SD_KEY_LEN) else {
+            return 0;
+        };
+        let tail = (room % full).saturating_sub(2) / SD_WRAP_LEN;
+        (room / full) * SD_WRAPS_PER_COMMAND + tail.min(SD_WRAPS_PER_COMMAND - 1)
+    }
+
+    /// The EMM-G payloads (to be signed with [`Emm::sign_global`], one
+    /// sequence number each) that carry this delivery: each holds an
+    /// SD_KEY with as many of the wraps as fit in one EMM-G.
+    pub fn payloads(&self, time: u64) -> Vec<EmmPayload> {
+        let per = Self::wraps_fitting(MAX_EMM_G_PAYLOAD - 8).max(1);
+        self.wraps
+            .chunks(per)
+            .map(|chunk| EmmPayload {
+                time,
+                commands: vec![EmmCommand::SdKey(SdKey {
+                    wraps: chunk.to_vec(),
+                    ..self.clone()
+                })],
+            })
+            .collect()
+    }
+
+    fn encode(&self, out: &mut Vec<u8>) {
+        out.push(CommandTag::SD_KEY.0);
+        out.push(SD_KEY_LEN as u8);
+        out.extend_from_slice(&self.product.to_be_bytes());
+        out.extend_from_slice(&self.generation.to_be_bytes());
+        out.extend_from_slice(&self.issue.to_be_bytes());
+        out.extend_from_slice(&self.check);
+        for chunk in self.wraps.chunks(SD_WRAPS_PER_COMMAND) {
+            out.push(CommandTag::SD_WRAPS.0);
+            out.push((chunk.len() * SD_WRAP_LEN) as u8);
+            for w in chunk {
+                out.extend_from_slice(&w.subset.to_id());
+                out.extend_from_slice(&w.wrapped);
+            }
+        }
+    }
+
+    /// The SD_KEY value in `v`, then the SD_WRAPS commands that follow it
+    /// in `r`: all full (6 wraps) but the last, at least one.
+    fn read_rest(v: &mut Reader<'_>, r: &mut Reader<'_>) -> Result<SdKey, InvalidMessage> {
+        let mut k = SdKey {
+            product: v.u32("product")?,
+            generation: v.u32("generation")?,
+            issue: v.u64("issue")?,
+            check: v.array("key check value")?,
+            wraps: Vec::new(),
+        };
+        loop {
+            let mut peek = r.clone();
+            if peek.left() == 0 || CommandTag(peek.u8("command tag")?) != CommandTag::SD_WRAPS {
+                break;
+            }
+            if k.wraps.len() % SD_WRAPS_PER_COMMAND != 0 {
+                return Err(InvalidMessage::BadLength("SD_WRAPS after a short one"));
+            }
+            r.u8("command tag")?;
+            let len = r.u8("command length")? as usize;
+            let n = len / SD_WRAP_LEN;
+            if len % SD_WRAP_LEN != 0 || !(1..=SD_WRAPS_PER_COMMAND).contains(&n) {
+                return Err(InvalidMessage::BadLength("SD_WRAPS"));
+            }
+            let mut w = r.sub(len, "SD_WRAPS value")?;
+            for _ in 0..n {
+                let subset = Subset::from_id(&w.array("subset id")?)?;
+                k.wraps.push(SdWrap {
+                    subset,
+                    wrapped: w.array("wrapped key")?,
+                });
+            }
+        }
+        if k.wraps.is_empty() {
+            return Err(InvalidMessage::InvalidValue("SD_KEY without SD_WRAPS"));
+        }
+        Ok(k)
+    }
+}
+
+/// Some of one card's Subset Difference entries (labels, then the
+/// whole-tree key, in [`sd::Forest::label_index`] order), from entry
+/// `first` on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SdLabels {
+    pub depth: u8,
+    pub address: CardAddress,
+    pub first: u16,
+    /// 1 to [`SD_LABELS_PER_COMMAND`].
+    pub labels: Vec<SdLabel>,
+}
+
+impl SdLabels {
+    /// The SD_LABELS commands that deliver all of a card's entries.
+    pub fn for_card(labels: &CardLabels) -> Vec<EmmCommand> {
+        labels
+            .entries()
+            .chunks(SD_LABELS_PER_COMMAND)
+            .enumerate()
+            .map(|(n, chunk)| {
+                EmmCommand::SdLabels(SdLabels {
+                    depth: labels.forest().depth(),
+                    address: labels.address(),
+                    first: (n * SD_LABELS_PER_COMMAND) as u16,
+                    labels: chunk.to_vec(),
+                })
+            })
+            .collect()
+    }
+
+    fn read(v: &mut Reader<'_>, len: usize) -> Result<SdLabels, InvalidMessage> {
+        let n = len.saturating_sub(SD_LABELS_HEADER_LEN) / 32;
+        if len < SD_LABELS_HEADER_LEN + 32
+            || (len - SD_LABELS_HEADER_LEN) % 32 != 0
+            || n > SD_LABELS_PER_COMMAND
+        {
+            return Err(InvalidMessage::BadLength("SD_LABELS"));
+        }
+        let depth = v.u8("depth")?;
+        let forest =
+            sd::Forest::new(depth).map_err(|_| InvalidMessage::InvalidValue("SD tree depth"))?;
+        let address = CardAddress {
+            tree: v.u32("tree")?,
+            leaf: v.u32("leaf")?,
+        };
+        forest
+            .check(address)
+            .map_err(|_| InvalidMessage::InvalidValue("SD card address"))?;
+        let first = v.u16("first label")?;
+        if usize::from(first) + n > forest.card_entries() {
+            return Err(InvalidMessage::InvalidValue("SD label index"));
+        }
+        let mut labels = Vec::with_capacity(n);
+        for _ in 0..n {
+            labels.push(SdLabel::from_bytes(v.array("label")?));
+        }
+        Ok(SdLabels {
+            depth,
+            address,
+            first,
+            labels,
+        })
+    }
+}
+
+/// Packs commands, in order, into as few payloads of at most `max` bytes
+/// as a greedy fill gives (`MAX_EMM_U_PAYLOAD`, `MAX_EMM_G_PAYLOAD`).
+/// A command longer than `max` on its own gets a payload of its own.
+pub fn pack_payloads(time: u64, commands: Vec<EmmCommand>, max: usize) -> Vec<EmmPayload> {
+    let mut out = Vec::new();
+    let mut cur = EmmPayload {
+        time,
+        commands: Vec::new(),
+    };
+    let mut used = 8;
+    for c in commands {
+        let len = c.to_bytes().len();
+        if used + len > max && !cur.commands.is_empty() {
+            out.push(std::mem::replace(
+                &mut cur,
+                EmmPayload {
+                    time,
+                    commands: Vec::new(),
+                },
+            ));
+            used = 8;
+        }
+        used += len;
+        cur.commands.push(c);
+    }
+    if !cur.commands.is_empty() {
+        out.push(cur);
+    }
+    out
 }
 
 /// The clear content of an EMM.

@@ -12,6 +12,7 @@ pub mod crypto;
 pub mod ecm;
 pub mod emm;
 pub mod operator;
+pub mod sd;
 pub mod secret;
 
 pub use codec::{Codec, InvalidMessage, Reader};

@@ -136,6 +136,20 @@ secret_type!(
     /// A 32-byte seed for an X25519 or Ed25519 private key.
     Seed, 32
 );
+secret_type!(
+    /// The headend's Subset Difference forest master secret: every node
+    /// label of every tree is derived from it.
+    SdMaster, 32
+);
+secret_type!(
+    /// A Subset Difference label: `LABEL(i)` of a node, or `LABEL(i, j)`
+    /// derived from it, or a tree's "nobody excluded" key as a card holds it.
+    SdLabel, 32
+);
+secret_type!(
+    /// The key of one Subset Difference subset, `G_M(LABEL(i, j))`.
+    SubsetKey, 32
+);
 
 /// The two control words of an ECM, as it carries them and as the card
 /// returns them: each in the slot of its epoch's parity (the slot that
