@@ -4,3 +4,4 @@
 
 mod kat;
 mod proptest_parsers;
+mod sd;
