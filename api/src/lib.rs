@@ -484,6 +484,11 @@ pub struct RenewalStatus {
     pub generation: u32,
     /// `prepared` (not on the air yet) or `delivering`.
     pub state: String,
+    /// `flat` (an EMM-U to every holder) or `sd` (Subset Difference
+    /// EMM-Gs for the cover of everyone else); empty while prepared.
+    pub method: String,
+    /// Subsets of the SD cover (0 for flat).
+    pub subsets: u64,
     /// Why it was made (`revocation`, `scheduled`, ...).
     pub reason: String,
     /// Cards it is delivered to.

@@ -109,7 +109,7 @@ impl KeyEngine {
         commands: Vec<EmmCommand>,
     ) -> Result<Vec<u8>, EngineError> {
         for c in &commands {
-            if matches!(c, EmmCommand::BlockCards(_)) {
+            if matches!(c, EmmCommand::BlockCards(_) | EmmCommand::SdKey(_)) {
                 return Err(EngineError::CommandNotAllowed {
                     kind: "EMM-U",
                     command: command_name(c),
@@ -156,6 +156,46 @@ impl KeyEngine {
     }
 
     // ---- EMM-G -------------------------------------------------------
+
+    /// The signed EMM-Gs that deliver `key` (generation `generation` of
+    /// `product`, which must be the product's pending or active key) to
+    /// every card of `cover`: as many as the wraps need, each under its own
+    /// sequence number. The first sequence number is the delivery's
+    /// `issue`, which enters every wrap key: sequence numbers are never
+    /// used twice, so neither is a wrap key.
+    pub fn emm_g_sd(
+        &mut self,
+        authority: &proto::sd::SdAuthority,
+        cover: &[proto::sd::Subset],
+        product: u32,
+        generation: u32,
+        now: u64,
+    ) -> Result<Vec<Vec<u8>>, EngineError> {
+        let key = self
+            .products
+            .get(&product)
+            .ok_or(EngineError::UnknownProduct(product))?
+            .key(generation)
+            .ok_or(EngineError::UnknownGeneration {
+                product,
+                generation,
+            })?;
+        let issue = self
+            .emm_g_seq
+            .checked_add(1)
+            .ok_or(EngineError::SequenceExhausted)?;
+        let delivery = proto::emm::SdKey::wrap(authority, cover, product, generation, issue, key);
+        let mut out = Vec::new();
+        for payload in delivery.payloads(now) {
+            let seq = self
+                .emm_g_seq
+                .checked_add(1)
+                .ok_or(EngineError::SequenceExhausted)?;
+            out.push(Emm::sign_global(self.operator.signing(), seq, &payload));
+            self.emm_g_seq = seq;
+        }
+        Ok(out)
+    }
 
     /// A signed EMM-G. It is not encrypted, so it may carry no key: only
     /// BLOCK CARDS (what cards accept in an EMM-G), each of at most 63 ids.
@@ -238,6 +278,8 @@ fn command_name(c: &EmmCommand) -> &'static str {
         EmmCommand::Unpair => "UNPAIR",
         EmmCommand::RemoveProduct { .. } => "REMOVE PRODUCT",
         EmmCommand::BlockCards(_) => "BLOCK CARDS",
+        EmmCommand::SdKey(_) => "SD KEY",
+        EmmCommand::SdLabels(_) => "SD LABELS",
         _ => "unknown",
     }
 }

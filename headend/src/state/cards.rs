@@ -56,6 +56,11 @@ impl Headend {
         )?;
         self.engine.insert_card(prepared)?;
         self.engine.raise_emm_u_seq(req.card_id, self.seq_floor)?;
+        self.sd_register(req.card_id)?;
+        // Its Subset Difference labels, at once: a card being registered
+        // is usually on.
+        self.ensure_seq_room(1, now_ms)?;
+        self.send_labels_once(req.card_id, secs(now_ms));
         tracing::info!(card = req.card_id, "card registered");
         self.card(req.card_id)
     }
@@ -168,6 +173,8 @@ impl Headend {
             self.engine.entitle(id, product, start, end)?;
             self.carousel.members.insert(id);
         }
+        // Their places in the forest, as the database gave them.
+        self.load_sd(now_ms)?;
         Ok(n)
     }
 }

@@ -81,6 +81,10 @@ pub(super) struct Carousel {
     fast_credit: f64,
     /// TS bytes the EMM bandwidth allows now.
     pub(super) budget: f64,
+    /// Each product's last SD delivery, sent again once a cycle.
+    pub(super) standing: BTreeMap<u32, Vec<Arc<[u8]>>>,
+    /// When the standing deliveries are next due.
+    standing_due_ms: u64,
 }
 
 impl Carousel {
@@ -190,7 +194,8 @@ impl Headend {
     /// Sends a card's whole state (see [`Headend::card_emm`]) at once, and
     /// puts it in the fast lane.
     pub(super) fn send_now(&mut self, card: u32, unpair: bool, now_ms: u64) -> Result<()> {
-        self.ensure_seq_room(1, now_ms)?;
+        self.ensure_seq_room(3, now_ms)?;
+        self.send_labels_once(card, secs(now_ms));
         let pairing = self.pairings.get(&card).copied();
         match self.card_emm(card, pairing, unpair, secs(now_ms)) {
             Ok(Some(emm)) => self.emit(EMM_U_TABLE, &emm, false),
@@ -236,6 +241,9 @@ impl Headend {
         }
         self.send_emm_us(&ids, now_ms);
         self.deliver_renewals(now_ms, per_s);
+        if self.carousel.budget > 0.0 {
+            self.send_standing(now_ms);
+        }
         // The regular round: one cycle's worth per cycle at most, and what
         // the bandwidth leaves.
         let n = self.carousel.members.len();
@@ -252,15 +260,18 @@ impl Headend {
         Ok(())
     }
 
-    /// Sends the next EMM-Us of each renewal being delivered, within the
-    /// deliveries' share of the budget; a finished pass starts the next,
-    /// and the last one records where it ends in the EMM log.
+    /// Sends the next messages of each renewal being delivered, within
+    /// the deliveries' share of the budget; a finished pass starts the
+    /// next, and the last one records where it ends in the EMM log.
     fn deliver_renewals(&mut self, now_ms: u64, per_s: f64) {
+        use super::products::DELIVERY_PASSES;
+        use super::sd::Delivery;
         use crate::store::products::KeyState;
         let reserve = per_s * (1.0 - DELIVERY_SHARE) / 10.0;
         let products: Vec<u32> = self.renewals.keys().copied().collect();
         for id in products {
-            let mut batch = Vec::new();
+            let mut cards = Vec::new();
+            let mut sections = Vec::new();
             {
                 let Some(r) = self.renewals.get_mut(&id) else {
                     continue;
@@ -268,32 +279,57 @@ impl Headend {
                 if r.state != KeyState::Delivering || r.sent_through.is_some() {
                     continue;
                 }
-                while r.passes < super::products::DELIVERY_PASSES && self.carousel.budget > reserve
-                {
-                    match r.holders.get(r.next) {
-                        Some(&card) => {
-                            batch.push(card);
-                            r.next += 1;
+                let items = r.items();
+                while r.passes < DELIVERY_PASSES && self.carousel.budget > reserve {
+                    if r.next >= items {
+                        r.passes += 1;
+                        r.next = 0;
+                        continue;
+                    }
+                    match &r.delivery {
+                        Delivery::Flat => {
+                            cards.push(r.holders[r.next]);
                             self.carousel.budget -= EMM_U_AIR_BYTES as f64;
                         }
-                        None => {
-                            r.passes += 1;
-                            r.next = 0;
+                        Delivery::Sd { sections: all, .. } => {
+                            let s = all[r.next].clone();
+                            self.carousel.budget -= air_bytes(s.len()) as f64;
+                            sections.push(s);
                         }
                     }
-                }
-                if r.holders.is_empty() {
-                    r.passes = super::products::DELIVERY_PASSES;
+                    r.next += 1;
                 }
             }
-            batch.retain(|&c| self.engine.has_card(c));
-            self.send_emm_us(&batch, now_ms);
+            cards.retain(|&c| self.engine.has_card(c));
+            self.send_emm_us(&cards, now_ms);
+            if !sections.is_empty() {
+                Metrics::add(&self.metrics.emm_g_sent, sections.len() as u64);
+                self.output.publish_emms(sections);
+            }
             if let Some(r) = self.renewals.get_mut(&id) {
-                if r.passes >= super::products::DELIVERY_PASSES && r.sent_through.is_none() {
+                if r.passes >= DELIVERY_PASSES && r.sent_through.is_none() {
                     r.sent_through = Some(self.output.emm_cursor());
                 }
             }
         }
+    }
+
+    /// The standing SD deliveries, once a cycle, from what the budget
+    /// leaves.
+    fn send_standing(&mut self, now_ms: u64) {
+        if self.carousel.standing.is_empty() || now_ms < self.carousel.standing_due_ms {
+            return;
+        }
+        let mut out = Vec::new();
+        for sections in self.carousel.standing.values() {
+            for s in sections {
+                self.carousel.budget -= air_bytes(s.len()) as f64;
+                out.push(s.clone());
+            }
+        }
+        self.carousel.standing_due_ms = now_ms + self.timing.cycle_ms;
+        Metrics::add(&self.metrics.emm_g_sent, out.len() as u64);
+        self.output.publish_emms(out);
     }
 
     /// Seals and publishes the carousel EMM-U of each card.

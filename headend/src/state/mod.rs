@@ -54,6 +54,7 @@ mod error;
 mod fields;
 mod products;
 mod restore;
+mod sd;
 pub mod seq;
 mod status;
 mod subscriptions;
@@ -106,6 +107,8 @@ pub struct Headend {
     carousel: Carousel,
     /// The renewal under way per product, if any.
     renewals: BTreeMap<u32, products::Pending>,
+    /// Subset Difference: the forest and the cards' places in it.
+    sd: Option<sd::SdState>,
     output: CaOutput,
     metrics: Arc<Metrics>,
     last_tick_ms: u64,
@@ -199,6 +202,7 @@ impl Headend {
             cards_revoked: 0,
             carousel: Carousel::default(),
             renewals: BTreeMap::new(),
+            sd: None,
             output,
             metrics,
             last_tick_ms: now_ms,
@@ -214,6 +218,7 @@ impl Headend {
         };
         // One second of EMM bandwidth to start with.
         h.carousel.budget = timing.emm_bitrate as f64 / 8.0;
+        h.load_sd(now_ms)?;
         h.load_products(now_ms)?;
         h.sync_config_channels(config_channels, now_ms)?;
         h.load_channels()?;

@@ -62,7 +62,10 @@ pub(super) struct Pending {
     /// The holders to send it to, in card order, taken when it went on the
     /// air.
     pub(super) holders: Vec<u32>,
-    /// The next holder to send in this pass, and the passes finished.
+    /// Flat EMM-Us to the holders, or SD EMM-Gs (planned on the air).
+    pub(super) delivery: super::sd::Delivery,
+    /// The next holder (or SD section) to send in this pass, and the
+    /// passes finished.
     pub(super) next: usize,
     pub(super) passes: u32,
     pub(super) on_air_ms: Option<u64>,
@@ -81,6 +84,7 @@ impl Pending {
             state: KeyState::Prepared,
             reason: reason.to_string(),
             holders: Vec::new(),
+            delivery: super::sd::Delivery::Flat,
             next: 0,
             passes: 0,
             on_air_ms: None,
@@ -90,13 +94,36 @@ impl Pending {
         }
     }
 
-    /// EMM-Us still to send before the delivery is complete.
+    /// Messages (EMM-Us or SD sections) in one pass.
+    pub(super) fn items(&self) -> usize {
+        match &self.delivery {
+            super::sd::Delivery::Flat => self.holders.len(),
+            super::sd::Delivery::Sd { sections, .. } => sections.len(),
+        }
+    }
+
+    /// Messages still to send before the delivery is complete.
     pub(super) fn emms_left(&self) -> u64 {
-        let n = self.holders.len() as u64;
         match self.state {
             KeyState::Prepared => 0,
-            _ => (u64::from(DELIVERY_PASSES.saturating_sub(self.passes)) * n)
+            _ => (u64::from(DELIVERY_PASSES.saturating_sub(self.passes)) * self.items() as u64)
                 .saturating_sub(self.next as u64),
+        }
+    }
+
+    /// TS bytes still to send before the delivery is complete.
+    pub(super) fn bytes_left(&self) -> u64 {
+        match &self.delivery {
+            super::sd::Delivery::Flat => self.emms_left() * super::carousel::EMM_U_AIR_BYTES,
+            super::sd::Delivery::Sd { sections, .. } => {
+                let pass: u64 = sections
+                    .iter()
+                    .map(|s| super::carousel::air_bytes(s.len()))
+                    .sum();
+                let left = self.emms_left();
+                let n = sections.len().max(1) as u64;
+                pass * (left / n) + pass * (left % n) / n
+            }
         }
     }
 }
@@ -391,14 +418,26 @@ impl Headend {
                     KeyState::Delivering,
                     now_ms,
                 )?;
+                let (delivery, costs) =
+                    self.plan_delivery(id, generation, &holders, secs(now_ms))?;
                 let r = self.renewals.get_mut(&id).expect("listed above");
                 r.state = KeyState::Delivering;
                 r.holders = holders;
                 r.on_air_ms = Some(now_ms);
+                let method = match &delivery {
+                    super::sd::Delivery::Flat => "flat EMM-Us",
+                    super::sd::Delivery::Sd { .. } => "Subset Difference EMM-Gs",
+                };
+                r.delivery = delivery;
                 tracing::info!(
                     product = id,
                     generation,
                     holders = r.holders.len(),
+                    excluded = costs.excluded,
+                    subsets = costs.subsets,
+                    flat_bytes = costs.flat_bytes,
+                    sd_bytes = costs.sd_bytes,
+                    method,
                     passes = DELIVERY_PASSES,
                     "renewal on the air"
                 );
@@ -436,7 +475,7 @@ impl Headend {
             let at = match r.activate_epoch {
                 Some(e) => e * period,
                 None => {
-                    ahead += r.emms_left() * super::carousel::EMM_U_AIR_BYTES;
+                    ahead += r.bytes_left();
                     let t = now_ms + ahead * 1000 / bytes_per_s + ACTIVATION_MARGIN_MS;
                     (t / period + 1) * period
                 }
@@ -466,6 +505,16 @@ impl Headend {
             tx.commit()?;
             self.engine.activate_pending(id)?;
             let r = self.renewals.remove(&id);
+            // An SD delivery stays on the air, once a cycle, for cards that
+            // were off: they recover the key from it alone.
+            match r.as_ref().map(|r| &r.delivery) {
+                Some(super::sd::Delivery::Sd { sections, .. }) => {
+                    self.carousel.standing.insert(id, sections.clone());
+                }
+                _ => {
+                    self.carousel.standing.remove(&id);
+                }
+            }
             if let Some(p) = self.products.get_mut(&id) {
                 p.active_generation = generation;
                 p.activate_at_ms = 0;

@@ -95,6 +95,15 @@ impl Headend {
                 renewal: self.renewals.get(&p.id).map(|r| api::RenewalStatus {
                     generation: r.generation,
                     state: r.state.as_str().to_string(),
+                    method: match (&r.delivery, r.state) {
+                        (_, crate::store::products::KeyState::Prepared) => String::new(),
+                        (super::sd::Delivery::Flat, _) => "flat".into(),
+                        (super::sd::Delivery::Sd { .. }, _) => "sd".into(),
+                    },
+                    subsets: match &r.delivery {
+                        super::sd::Delivery::Sd { subsets, .. } => *subsets as u64,
+                        super::sd::Delivery::Flat => 0,
+                    },
                     reason: r.reason.clone(),
                     holders: r.holders.len() as u64,
                     passes_done: r.passes.min(super::products::DELIVERY_PASSES),

@@ -608,3 +608,119 @@ mod channels {
         assert_eq!(core.channels()[0].origin, ChannelOrigin::Api);
     }
 }
+
+mod subset_difference {
+    use super::*;
+    use proto::emm::{Emm, EmmCommand};
+    use proto::Codec;
+
+    fn open(db: &Path, key: &proto::secret::Key32, now: u64) -> Headend {
+        Headend::open(
+            db,
+            MasterKey::new(key),
+            1,
+            Timing {
+                period_ms: 1000,
+                renewal_ms: 30 * 86_400_000,
+                cycle_ms: 60_000,
+                emm_bitrate: headend_engine::stream::DEFAULT_EMM_BITRATE,
+            },
+            &[],
+            CaOutput::new(),
+            Arc::new(Metrics::default()),
+            now,
+        )
+        .unwrap()
+    }
+
+    /// 400 cards hold the product; one is revoked. The planner takes
+    /// Subset Difference (a few subsets against 399 EMM-Us), and the
+    /// EMM-Gs on the air give every holder the pending key and the
+    /// revoked card nothing.
+    #[test]
+    fn a_revocation_in_a_large_fleet_goes_by_subset_difference() {
+        let dir = tempfile::tempdir().unwrap();
+        let (db, key) = fresh_db(dir.path());
+        let mut core = open(&db, &key, T0);
+        let product = core
+            .add_product(
+                NewProduct {
+                    id: None,
+                    name: "basic".into(),
+                },
+                T0,
+            )
+            .unwrap()
+            .id;
+        let cards: Vec<_> = (1..=400u32)
+            .map(|id| {
+                let mut k = [id as u8; 32];
+                k[31] = 0x40;
+                (id, k, proto::secret::Kek::from_bytes([id as u8; 32]))
+            })
+            .collect();
+        let start = secs(T0) - 10;
+        core.import_cards(cards, product, start, start + 86_400 * 365, T0)
+            .unwrap();
+        let mut cursor = core.output().emm_cursor();
+        core.revoke(77, T0 + 1_000).unwrap();
+        let mut sd_sections = Vec::new();
+        for t in (T0 + 1_000..T0 + 6_000).step_by(50) {
+            core.tick(t).unwrap();
+            let (got, next, _) = core.output().emm_sections_since(cursor, 100_000);
+            cursor = next;
+            sd_sections.extend(
+                got.into_iter()
+                    .filter(|e| e.section[0] == EMM_G_TABLE.0)
+                    .map(|e| e.section[3..].to_vec()),
+            );
+            if let Some(r) = core.status(t).products[0].renewal.clone() {
+                if r.state == "delivering" {
+                    assert_eq!(r.method, "sd", "{r:?}");
+                    assert!(r.subsets >= 1 && r.subsets <= 18 * 2, "{r:?}");
+                }
+            }
+        }
+        let p = &core.products()[0];
+        assert_eq!(p.active_generation, p.generation, "activated by now");
+        let generation = p.generation;
+        let (_, want) = core.engine().product_key(product).unwrap();
+        let want = want.expose().to_vec();
+        let op = core.operator_public();
+        let authority = core.sd.as_ref().unwrap().authority.clone();
+        let forest = authority.forest();
+        let labels_of = |card: u32| {
+            let n = crate::store::sd::number_of(&core.conn, card).unwrap();
+            authority.card_labels(forest.address(n).unwrap()).unwrap()
+        };
+        let open_for = |card: u32| -> Option<Vec<u8>> {
+            let labels = labels_of(card);
+            for s in &sd_sections {
+                let emm = Emm::from_bytes(s).unwrap();
+                let payload = emm.verify_global(&op.ed25519).unwrap();
+                for c in payload.commands {
+                    if let EmmCommand::SdKey(k) = c {
+                        assert_eq!((k.product, k.generation), (product, generation));
+                        if let Some(got) = k.open(&labels) {
+                            return Some(got.unwrap().expose().to_vec());
+                        }
+                    }
+                }
+            }
+            None
+        };
+        assert!(!sd_sections.is_empty(), "no SD EMM-G on the air");
+        for holder in [1u32, 76, 78, 400] {
+            assert_eq!(
+                open_for(holder).as_deref(),
+                Some(&want[..]),
+                "card {holder}"
+            );
+        }
+        assert_eq!(
+            open_for(77),
+            None,
+            "the revoked card opened the SD delivery"
+        );
+    }
+}

@@ -117,7 +117,8 @@ pub fn insert(
 ) -> Result<()> {
     let sealed = mk.seal(kek_row(id), kek.expose());
     conn.execute(
-        "INSERT INTO cards (id, operator_id, public_key, sealed_kek, state, created_ms) VALUES (?1, ?2, ?3, ?4, 'active', ?5)",
+        "INSERT INTO cards (id, operator_id, public_key, sealed_kek, state, created_ms, sd_number)
+         VALUES (?1, ?2, ?3, ?4, 'active', ?5, (SELECT COALESCE(MAX(sd_number) + 1, 0) FROM cards))",
         params![id, operator_id, public.to_vec(), sealed, int(now_ms)],
     )?;
     Ok(())
@@ -137,7 +138,8 @@ pub fn import(
     now_ms: u64,
 ) -> Result<()> {
     let mut card = conn.prepare(
-        "INSERT INTO cards (id, operator_id, public_key, sealed_kek, state, created_ms) VALUES (?1, ?2, ?3, ?4, 'active', ?5)",
+        "INSERT INTO cards (id, operator_id, public_key, sealed_kek, state, created_ms, sd_number)
+         VALUES (?1, ?2, ?3, ?4, 'active', ?5, (SELECT COALESCE(MAX(sd_number) + 1, 0) FROM cards))",
     )?;
     let mut sub = conn.prepare(
         "INSERT INTO subscriptions (card, product, start, end, lapsed, created_ms) VALUES (?1, ?2, ?3, ?4, 0, ?5)",

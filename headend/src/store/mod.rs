@@ -26,6 +26,7 @@
 //! * [`channels`]: the channels.
 //! * [`cards`]: cards and their KEKs.
 //! * [`subscriptions`]: subscriptions and pairings.
+//! * [`sd`]: the Subset Difference forest and the cards' places in it.
 //! * [`control_words`]: control words, sealed ECMs and each service's
 //!   newest epoch.
 
@@ -40,6 +41,7 @@ pub mod operator;
 pub mod products;
 pub mod runs;
 mod schema;
+pub mod sd;
 pub mod subscriptions;
 
 pub use operator::init_database;
