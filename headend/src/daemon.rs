@@ -132,7 +132,7 @@ impl Daemon {
             );
         }
         let metrics = Arc::new(Metrics::default());
-        let output = CaOutput::new();
+        let output = CaOutput::new().with_emm_bitrate(c.emm_bitrate);
         let timing = Timing {
             period_ms: c.crypto_period_ms,
             renewal_ms: c.key_renewal_secs.saturating_mul(1000),

@@ -75,6 +75,7 @@ struct Inner {
     emms: Mutex<EmmLog>,
     push: tokio::sync::broadcast::Sender<Arc<[u8]>>,
     readers: Mutex<Vec<Weak<MarkInner>>>,
+    emm_bitrate: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -119,6 +120,7 @@ impl Default for CaOutput {
             emms: Mutex::new(EmmLog::default()),
             push,
             readers: Mutex::new(Vec::new()),
+            emm_bitrate: AtomicU64::new(headend_engine::stream::DEFAULT_EMM_BITRATE),
         }))
     }
 }
@@ -126,6 +128,17 @@ impl Default for CaOutput {
 impl CaOutput {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// The EMM bandwidth every channel gives the EMM log, bit/s of TS
+    /// (headend.toml's `emm_bitrate`): the carousel is paced to it.
+    pub fn with_emm_bitrate(self, bps: u64) -> Self {
+        self.0.emm_bitrate.store(bps, Ordering::Relaxed);
+        self
+    }
+
+    pub fn emm_bitrate(&self) -> u64 {
+        self.0.emm_bitrate.load(Ordering::Relaxed)
     }
 
     /// The current ECM of a service (DVB service_id), once the scheduler

@@ -187,7 +187,8 @@ pub fn spawn_daemon_channel(
     shutdown: &Shutdown,
 ) -> Result<Option<ChannelHandle>, StreamError> {
     match daemon_stream_config(ch, base)? {
-        Some(cfg) => {
+        Some(mut cfg) => {
+            cfg.emm_bitrate = output.emm_bitrate();
             spawn_channel(cfg, CaOutputFeed::new(output.clone()), shutdown.clone()).map(Some)
         }
         None => Ok(None),
