@@ -242,6 +242,11 @@ pub struct ProductKeyGauge {
     /// Seconds until ECMs use the newest generation; 0 when none is
     /// pending.
     pub key_switch_seconds: f64,
+    /// The pending renewal's delivery: TS bytes still to send, and the
+    /// time that takes at the EMM bandwidth (0 when none is pending or it
+    /// is delivered).
+    pub renewal_bytes_left: u64,
+    pub renewal_delivery_seconds: f64,
 }
 
 /// The EMM backlog (see [`EMM_BACKLOG_HELP`]).
@@ -454,6 +459,16 @@ impl Metrics {
             "iodoform_product_key_switch_seconds",
             "Seconds until ECMs use the product's pending key generation; 0 when none is pending.",
             &|p| p.key_switch_seconds.into(),
+        );
+        per_product(
+            "iodoform_product_renewal_bytes_left",
+            "TS bytes of the pending key renewal's delivery (its passes over the holders, or its Subset Difference EMM-Gs) still to send; 0 when none is pending.",
+            &|p| p.renewal_bytes_left.into(),
+        );
+        per_product(
+            "iodoform_product_renewal_delivery_seconds",
+            "Estimated seconds to send the rest of the pending key renewal's delivery at the EMM bandwidth; ECMs switch to the new key after it.",
+            &|p| p.renewal_delivery_seconds.into(),
         );
     }
 }

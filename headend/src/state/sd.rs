@@ -119,9 +119,12 @@ impl Headend {
         }
         match self.label_emms(card, now) {
             Ok(emms) => {
+                // One-offs: not counted in the mean carousel EMM-U size.
+                let (sections, bytes) = (self.emm_u_sections, self.emm_u_bytes);
                 for emm in emms {
                     self.emit(EMM_U_TABLE, &emm, false);
                 }
+                (self.emm_u_sections, self.emm_u_bytes) = (sections, bytes);
                 if let Some(sd) = self.sd.as_mut() {
                     sd.labelled.insert(card);
                 }

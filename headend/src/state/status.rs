@@ -18,6 +18,7 @@ impl Headend {
     pub fn product_key_gauge(&self, p: &Product, now_ms: u64) -> ProductKeyGauge {
         let secs_between = |from: u64, to: u64| (to as f64 - from as f64) / 1000.0;
         let pending = p.active_generation < p.generation;
+        let left = self.renewals.get(&p.id).map_or(0, |r| r.bytes_left());
         ProductKeyGauge {
             product: p.id,
             name: p.name.clone(),
@@ -29,6 +30,8 @@ impl Headend {
             } else {
                 0.0
             },
+            renewal_bytes_left: left,
+            renewal_delivery_seconds: left as f64 * 8.0 / self.timing.emm_bitrate.max(1) as f64,
         }
     }
 

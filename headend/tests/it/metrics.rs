@@ -209,6 +209,9 @@ const FAMILIES: &[(&str, &str)] = &[
     ("iodoform_product_next_renewal_seconds", "gauge"),
     ("iodoform_product_key_switch_pending", "gauge"),
     ("iodoform_product_key_switch_seconds", "gauge"),
+    ("iodoform_product_renewal_bytes_left", "gauge"),
+    ("iodoform_product_renewal_delivery_seconds", "gauge"),
+    ("iodoform_clock_jump_refused", "gauge"),
     ("iodoform_emm_backlog_bytes", "gauge"),
     ("iodoform_emm_backlog_seconds", "gauge"),
     ("iodoform_ecm_failures_total", "counter"),
@@ -373,6 +376,9 @@ fn daemon_metrics_through_the_scrape_token_parse_with_prometheus_client() {
         .map(|x| hex::decode(x.as_str().unwrap()).unwrap())
         .filter(|x| x[0] == 0x82)
         .map(|x| x.len())
+        // The Subset Difference label EMM-Us (kilobytes, once per card)
+        // are not carousel EMM-Us.
+        .filter(|&n| n < 1000)
         .collect();
     assert_eq!(sizes.len(), 1, "EMM-U sizes {sizes:?}");
     let emm_u = *sizes.iter().next().unwrap() as f64;
