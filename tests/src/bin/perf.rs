@@ -26,6 +26,9 @@ mod vcard;
 #[path = "perf/zap.rs"]
 mod zap_figure;
 
+#[path = "perf/sd.rs"]
+mod sd_figure;
+
 use clap::Parser;
 use headend_engine::{KeyEngine, OperatorKeys, PreparedCard};
 use proto::crypto::X25519Secret;
@@ -98,6 +101,11 @@ const FIGURES: &[(&str, &str, Figure)] = &[
         "carousel_sqlite",
         "a full EMM-U carousel cycle of the daemon over 1 M cards stored in SQLite, against the bare in-memory EMM-U rate",
         headend_figures::carousel_sqlite,
+    ),
+    (
+        "sd_revocation",
+        "one Subset Difference renewal of 10 M cards with r = 1 .. 100,000 random revocations: subsets, EMM-G bytes and air time against the 80 KB budget, headend time, the flat EMM-U cost, the card's worst walk",
+        sd_figure::sd_revocation,
     ),
     (
         "api_writes",
