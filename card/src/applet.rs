@@ -10,7 +10,7 @@
 //! stored state exactly as it was.
 
 use crate::eeprom::{Eeprom, Store};
-use crate::state::{CardState, StoredEntitlement, MAX_ENTITLEMENTS};
+use crate::state::{CardState, SdState, StoredEntitlement, MAX_ENTITLEMENTS};
 use proto::apdu::{Cla, Command, Ins, Response, StatusWord, AID};
 use proto::card::{
     seal_control_words, CardInfo, ControlWords, EntitlementPage, LifeCycle, Personalization,
@@ -19,7 +19,7 @@ use proto::card::{
 use proto::codec::Codec;
 use proto::crypto::{respond_session, SessionInit, X25519Secret};
 use proto::ecm::Ecm;
-use proto::emm::{Emm, EmmCommand, EmmError, EmmKind, EmmPayload, GLOBAL_ADDRESS};
+use proto::emm::{Emm, EmmCommand, EmmError, EmmKind, EmmPayload, SdKey, GLOBAL_ADDRESS};
 use proto::secret::{Kek, SessionKey};
 use subtle::ConstantTimeEq;
 use thiserror::Error;
@@ -259,6 +259,12 @@ impl<E: Eeprom> Applet<E> {
 
     pub fn store(&self) -> &Store<E> {
         &self.store
+    }
+
+    /// EEPROM records written in the card's whole life (each commit writes
+    /// one record; see [`Store::writes`]).
+    pub fn eeprom_writes(&self) -> u64 {
+        self.store.writes()
     }
 
     pub fn into_eeprom(self) -> E {
@@ -579,12 +585,27 @@ impl<E: Eeprom> Applet<E> {
                 (p, self.state.emm_g_seq)
             }
         };
-        if emm.seq <= last_seq {
+        // An EMM-G that only delivers keys by Subset Difference is
+        // idempotent: it is judged by the generations it carries, not by
+        // its seq, so the carousel may repeat its parts in any order. If
+        // it changes nothing, nothing is written.
+        let idempotent = emm.kind == EmmKind::GLOBAL
+            && !payload.commands.is_empty()
+            && payload
+                .commands
+                .iter()
+                .all(|c| matches!(c, EmmCommand::SdKey(_)));
+        if !idempotent && emm.seq <= last_seq {
             return Err(CardError::Replayed);
         }
         let mut next = self.state.clone();
         apply_emm(&mut next, emm.kind, &payload)?;
+        if idempotent && next == self.state {
+            self.ram.clock = self.ram.clock.max(payload.time);
+            return Ok(());
+        }
         match emm.kind {
+            _ if idempotent => {}
             EmmKind::UNIQUE => next.emm_u_seq = emm.seq,
             _ => next.emm_g_seq = emm.seq,
         }
@@ -631,12 +652,13 @@ impl<E: Eeprom> Applet<E> {
         }
         let ecm = Ecm::from_bytes(data).map_err(|_| CardError::Malformed)?;
         let h = ecm.header;
-        let ent = self
+        let index = self
             .state
             .entitlements
             .iter()
-            .find(|e| e.product == h.product)
+            .position(|e| e.product == h.product)
             .ok_or(CardError::NotEntitled)?;
+        let ent = &self.state.entitlements[index];
         let key = ent.key(h.generation).ok_or(CardError::UnknownGeneration)?;
         let payload = ecm
             .open(&key.epoch_key(h.product, h.generation, h.epoch).ecm_key())
@@ -657,9 +679,13 @@ impl<E: Eeprom> Applet<E> {
             .entitlements
             .iter()
             .any(|e| (stored..now).contains(&e.end));
-        if passes_an_end || now >= stored.saturating_add(CLOCK_PERSIST_STEP) {
+        // The generation in use is kept, once per change, so that newer
+        // keys delivered ahead never evict it.
+        let new_active = ent.active != Some(h.generation);
+        if new_active || passes_an_end || now >= stored.saturating_add(CLOCK_PERSIST_STEP) {
             let mut next = self.state.clone();
             next.clock = now;
+            next.entitlements[index].active = Some(h.generation);
             self.commit(next)?;
         }
         let session = self.ram.session.as_mut().ok_or(CardError::NoSession)?;
@@ -688,6 +714,36 @@ impl<E: Eeprom> Applet<E> {
             records,
         }
         .to_bytes())
+    }
+}
+
+/// A product key delivered by Subset Difference: taken only by a card that
+/// holds the product, for a generation newer than every one it holds, and
+/// whose labels put it in one of the subsets listed. Anything else leaves
+/// the state as it is. A wrap that unwraps to a key failing its check
+/// value refuses the EMM.
+fn apply_sd_key(next: &mut CardState, k: &SdKey) -> Result<(), CardError> {
+    let Some(ent) = next
+        .entitlements
+        .iter_mut()
+        .find(|e| e.product == k.product)
+    else {
+        return Ok(());
+    };
+    if ent.newest().is_some_and(|g| g >= k.generation) {
+        return Ok(());
+    }
+    let Some(sd) = &next.sd else { return Ok(()) };
+    let Some(forest) = sd.forest() else {
+        return Ok(());
+    };
+    match k.open_with(forest, sd.address, |n| sd.entry(n)) {
+        None => Ok(()),
+        Some(Ok(key)) => {
+            ent.add_key(k.generation, key);
+            Ok(())
+        }
+        Some(Err(_)) => Err(CardError::BadCommand),
     }
 }
 
@@ -728,6 +784,25 @@ fn apply_emm(next: &mut CardState, kind: EmmKind, p: &EmmPayload) -> Result<(), 
                     next.paired = None;
                 }
             }
+            (EmmKind::UNIQUE, EmmCommand::SdLabels(l)) => {
+                let same = next
+                    .sd
+                    .as_ref()
+                    .is_some_and(|sd| sd.depth == l.depth && sd.address == l.address);
+                if !same {
+                    // A new address: the labels of the old one are useless.
+                    next.sd = Some(SdState::new(l.depth, l.address).ok_or(CardError::BadCommand)?);
+                }
+                let sd = next.sd.as_mut().ok_or(CardError::BadCommand)?;
+                for (n, label) in l.labels.iter().enumerate() {
+                    let slot = sd
+                        .entries
+                        .get_mut(usize::from(l.first) + n)
+                        .ok_or(CardError::BadCommand)?;
+                    *slot = Some(label.clone());
+                }
+            }
+            (EmmKind::GLOBAL, EmmCommand::SdKey(k)) => apply_sd_key(next, k)?,
             _ => return Err(CardError::BadCommand),
         }
     }

@@ -187,6 +187,13 @@ impl<E: Eeprom> Store<E> {
         Ok(())
     }
 
+    /// Records committed in the card's whole life: the generation of the
+    /// current record, which every commit raises by one and which is kept
+    /// in the record's own header, so it needs no write of its own.
+    pub fn writes(&self) -> u64 {
+        self.current.map_or(0, |(g, _)| g)
+    }
+
     pub fn eeprom(&self) -> &E {
         &self.eeprom
     }

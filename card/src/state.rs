@@ -8,16 +8,19 @@
 //! are private to this module.
 
 use proto::card::{EntitlementRecord, LifeCycle};
-use proto::secret::{ProductKey, Seed};
+use proto::sd::{CardAddress, Forest};
+use proto::secret::{ProductKey, SdLabel, Seed};
 use serde::{Deserialize, Serialize};
 
 /// Products a card can hold at once.
 pub const MAX_ENTITLEMENTS: usize = 32;
-/// Period-key generations kept per product: the current one and the one
-/// before, so ECMs of the old generation still open during a renewal.
+/// Period-key generations kept per product: the active one (that of the
+/// last ECM the card opened) and the newest, so that the ECMs in use keep
+/// opening while newer keys are delivered ahead of their activation.
 pub const MAX_GENERATIONS: usize = 2;
-/// Version of this record's layout.
-pub const STATE_VERSION: u8 = 1;
+/// Version of this record's layout. Version 1 records (without the active
+/// generation and the Subset Difference labels) still load.
+pub const STATE_VERSION: u8 = 2;
 
 /// One product the card is entitled to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +30,8 @@ pub struct StoredEntitlement {
     pub end: u64,
     /// (generation, K_P), newest last.
     pub(crate) keys: Vec<(u32, ProductKey)>,
+    /// The generation of the last ECM of this product the card opened.
+    pub active: Option<u32>,
 }
 
 impl StoredEntitlement {
@@ -36,6 +41,7 @@ impl StoredEntitlement {
             start,
             end,
             keys: Vec::with_capacity(MAX_GENERATIONS),
+            active: None,
         }
     }
 
@@ -52,9 +58,22 @@ impl StoredEntitlement {
             None => self.keys.push((generation, key)),
         }
         self.keys.sort_by_key(|(g, _)| *g);
+        // Drop the oldest key that is neither the active nor the newest
+        // (with no active generation yet: the oldest).
         while self.keys.len() > MAX_GENERATIONS {
-            self.keys.remove(0);
+            let newest = self.keys.last().map(|(g, _)| *g);
+            let drop = self
+                .keys
+                .iter()
+                .position(|(g, _)| Some(*g) != self.active && Some(*g) != newest)
+                .unwrap_or(0);
+            self.keys.remove(drop);
         }
+    }
+
+    /// The newest generation held.
+    pub fn newest(&self) -> Option<u32> {
+        self.keys.last().map(|(g, _)| *g)
     }
 
     /// The key generations held, oldest first.
@@ -70,6 +89,53 @@ impl StoredEntitlement {
             start: self.start,
             end: self.end,
         }
+    }
+}
+
+/// The card's Subset Difference address and entries (its labels, then its
+/// tree's whole-tree key, in `proto::sd::Forest::label_index` order), as
+/// received so far.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SdState {
+    pub depth: u8,
+    pub address: CardAddress,
+    pub(crate) entries: Vec<Option<SdLabel>>,
+}
+
+impl std::fmt::Debug for SdState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SdState")
+            .field("depth", &self.depth)
+            .field("address", &self.address)
+            .field("held", &self.held())
+            .field("of", &self.entries.len())
+            .finish()
+    }
+}
+
+impl SdState {
+    /// An address with no entry received yet; `None` for a bad depth.
+    pub(crate) fn new(depth: u8, address: CardAddress) -> Option<SdState> {
+        let f = Forest::new(depth).ok()?;
+        Some(SdState {
+            depth,
+            address,
+            entries: vec![None; f.card_entries()],
+        })
+    }
+    /// Entries received.
+    pub fn held(&self) -> usize {
+        self.entries.iter().filter(|e| e.is_some()).count()
+    }
+    /// Whether every entry has been received.
+    pub fn complete(&self) -> bool {
+        self.entries.iter().all(Option::is_some)
+    }
+    pub fn forest(&self) -> Option<Forest> {
+        Forest::new(self.depth).ok()
+    }
+    pub(crate) fn entry(&self, n: usize) -> Option<&SdLabel> {
+        self.entries.get(n).and_then(Option::as_ref)
     }
 }
 
@@ -90,6 +156,8 @@ pub struct CardState {
     pub emm_g_seq: u64,
     pub paired: Option<[u8; 32]>,
     pub entitlements: Vec<StoredEntitlement>,
+    /// Subset Difference address and labels, from SD_LABELS commands.
+    pub sd: Option<SdState>,
 }
 
 impl CardState {
@@ -107,6 +175,7 @@ impl CardState {
             emm_g_seq: 0,
             paired: None,
             entitlements: Vec::new(),
+            sd: None,
         }
     }
 
@@ -123,21 +192,84 @@ impl CardState {
 
     /// Reads an EEPROM record.
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
-        let r: Record =
-            postcard::from_bytes(bytes).map_err(|e| format!("card state record: {e}"))?;
-        if r.version != STATE_VERSION {
-            return Err(format!(
-                "card state record version {} is not {STATE_VERSION}",
-                r.version
-            ));
+        let bad = |e: postcard::Error| format!("card state record: {e}");
+        match bytes.first() {
+            Some(1) => {
+                let r: RecordV1 = postcard::from_bytes(bytes).map_err(bad)?;
+                Ok(r.into())
+            }
+            Some(&STATE_VERSION) => {
+                let r: Record = postcard::from_bytes(bytes).map_err(bad)?;
+                Ok(r.into())
+            }
+            Some(v) => Err(format!(
+                "card state record version {v} is neither 1 nor {STATE_VERSION}; \
+                 the card image was written by another applet version"
+            )),
+            None => Err("card state record: empty".into()),
         }
-        Ok(r.into())
     }
 }
 
-/// The record as stored, field for field in [`CardState`]'s order (the
-/// layout of state files written before this type was split out is
-/// unchanged, see the test `record_layout_is_stable`).
+/// Version 1 of the record, as earlier applets wrote it (see the test
+/// `record_layout_is_stable`): read, never written.
+#[derive(Deserialize)]
+struct RecordV1 {
+    _version: u8,
+    lifecycle: u8,
+    card_id: u32,
+    operator_id: u32,
+    secret: Option<Seed>,
+    operator_kex: [u8; 32],
+    operator_sig: [u8; 32],
+    clock: u64,
+    emm_u_seq: u64,
+    emm_g_seq: u64,
+    paired: Option<[u8; 32]>,
+    entitlements: Vec<RecordEntitlementV1>,
+}
+
+#[derive(Deserialize)]
+struct RecordEntitlementV1 {
+    product: u32,
+    start: u64,
+    end: u64,
+    keys: Vec<(u32, ProductKey)>,
+}
+
+impl From<RecordV1> for CardState {
+    fn from(r: RecordV1) -> CardState {
+        CardState {
+            version: STATE_VERSION,
+            lifecycle: LifeCycle(r.lifecycle),
+            card_id: r.card_id,
+            operator_id: r.operator_id,
+            secret: r.secret,
+            operator_kex: r.operator_kex,
+            operator_sig: r.operator_sig,
+            clock: r.clock,
+            emm_u_seq: r.emm_u_seq,
+            emm_g_seq: r.emm_g_seq,
+            paired: r.paired,
+            entitlements: r
+                .entitlements
+                .into_iter()
+                .map(|e| StoredEntitlement {
+                    product: e.product,
+                    start: e.start,
+                    end: e.end,
+                    keys: e.keys,
+                    active: None,
+                })
+                .collect(),
+            sd: None,
+        }
+    }
+}
+
+/// The record as stored (version 2), field for field in [`CardState`]'s
+/// order: version 1's fields, each entitlement's active generation after
+/// its keys, and the Subset Difference state at the end.
 #[derive(Serialize, Deserialize)]
 struct Record {
     version: u8,
@@ -152,6 +284,7 @@ struct Record {
     emm_g_seq: u64,
     paired: Option<[u8; 32]>,
     entitlements: Vec<RecordEntitlement>,
+    sd: Option<RecordSd>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -160,6 +293,15 @@ struct RecordEntitlement {
     start: u64,
     end: u64,
     keys: Vec<(u32, ProductKey)>,
+    active: Option<u32>,
+}
+
+#[derive(Serialize, Deserialize)]
+struct RecordSd {
+    depth: u8,
+    tree: u32,
+    leaf: u32,
+    entries: Vec<Option<SdLabel>>,
 }
 
 impl From<&CardState> for Record {
@@ -184,8 +326,15 @@ impl From<&CardState> for Record {
                     start: e.start,
                     end: e.end,
                     keys: e.keys.clone(),
+                    active: e.active,
                 })
                 .collect(),
+            sd: s.sd.as_ref().map(|sd| RecordSd {
+                depth: sd.depth,
+                tree: sd.address.tree,
+                leaf: sd.address.leaf,
+                entries: sd.entries.clone(),
+            }),
         }
     }
 }
@@ -212,8 +361,24 @@ impl From<Record> for CardState {
                     start: e.start,
                     end: e.end,
                     keys: e.keys,
+                    active: e.active,
                 })
                 .collect(),
+            // A record whose entry count does not fit its depth loses its
+            // labels (they are re-sent in EMM-Us) rather than the card.
+            sd: r.sd.and_then(|sd| {
+                let mut st = SdState::new(
+                    sd.depth,
+                    CardAddress {
+                        tree: sd.tree,
+                        leaf: sd.leaf,
+                    },
+                )?;
+                (st.entries.len() == sd.entries.len()).then(|| {
+                    st.entries = sd.entries;
+                    st
+                })
+            }),
         }
     }
 }
@@ -239,11 +404,12 @@ mod tests {
             emm_g_seq: 300,
             paired: Some([0x70; 32]),
             entitlements: vec![e],
+            sd: None,
         }
     }
 
-    /// Card state files written by earlier versions still load: the
-    /// record's bytes are pinned (postcard: varints, a length before the
+    /// Card state files written by earlier versions still load, and this
+    /// version's record is pinned: postcard (varints, a length before the
     /// seed and each key, none before fixed arrays).
     #[test]
     fn record_layout_is_stable() {
@@ -272,10 +438,27 @@ mod tests {
             .step_by(2)
             .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
             .collect();
-        assert_eq!(sample().encode(), bytes);
+        // Version 1: read as it was written, with no active generation and
+        // no Subset Difference state.
         assert_eq!(CardState::decode(&bytes).unwrap(), sample());
+        // Version 2: the version byte, version 1's fields, `00` (no active
+        // generation) after the entitlement's keys, `00` (no SD state).
+        let mut v2 = bytes.clone();
+        v2[0] = 2;
+        v2.extend_from_slice(&[0, 0]);
+        assert_eq!(sample().encode(), v2);
+        assert_eq!(CardState::decode(&v2).unwrap(), sample());
+        let mut with_sd = sample();
+        with_sd.entitlements[0].active = Some(1);
+        let mut sd = SdState::new(2, CardAddress { tree: 1, leaf: 3 }).unwrap();
+        sd.entries[1] = Some(SdLabel::from_bytes([0x33; 32]));
+        with_sd.sd = Some(sd);
+        let enc = with_sd.encode();
+        assert_eq!(enc[v2.len() - 2..v2.len()], [1, 1], "active Some(1)");
+        assert_eq!(enc[v2.len()..v2.len() + 6], [1, 2, 1, 3, 4, 0], "sd header");
+        assert_eq!(CardState::decode(&enc).unwrap(), with_sd);
         let blank = CardState::blank().encode();
-        assert_eq!(blank.len(), 74);
+        assert_eq!(blank.len(), 75);
         assert_eq!(blank[0], STATE_VERSION);
         assert!(blank[1..].iter().all(|b| *b == 0));
     }
@@ -283,10 +466,11 @@ mod tests {
     #[test]
     fn a_record_of_another_version_is_refused() {
         let mut bytes = sample().encode();
-        bytes[0] = 2;
+        bytes[0] = 3;
         assert_eq!(
             CardState::decode(&bytes).unwrap_err(),
-            "card state record version 2 is not 1"
+            "card state record version 3 is neither 1 nor 2; \
+             the card image was written by another applet version"
         );
         assert!(CardState::decode(&bytes[..10]).is_err());
     }
@@ -299,6 +483,21 @@ mod tests {
         assert_eq!(e.generations(), [2, 3]);
         assert_eq!(e.record().generation, 3);
         assert!(e.key(1).is_none());
+        // With an active generation, a newer key evicts neither it nor the
+        // newest: the one in between goes.
+        e.active = Some(2);
+        e.add_key(4, ProductKey::from_bytes([0x54; 32]));
+        assert_eq!(e.generations(), [2, 4]);
+        e.add_key(5, ProductKey::from_bytes([0x55; 32]));
+        assert_eq!(e.generations(), [2, 5]);
+        e.active = Some(5);
+        e.add_key(6, ProductKey::from_bytes([0x56; 32]));
+        assert_eq!(e.generations(), [5, 6]);
+        e.add_key(6, ProductKey::from_bytes([0x57; 32]));
+        assert_eq!(e.generations(), [5, 6]);
+        // An older key than both is the one dropped.
+        e.add_key(1, ProductKey::from_bytes([0x58; 32]));
+        assert_eq!(e.generations(), [5, 6]);
         assert!(s.has_key());
         let debug = format!("{s:?}");
         assert!(debug.contains("REDACTED"), "{debug}");
