@@ -600,9 +600,17 @@ impl<E: Eeprom> Applet<E> {
         }
         let mut next = self.state.clone();
         apply_emm(&mut next, emm.kind, &payload)?;
-        if idempotent && next == self.state {
-            self.ram.clock = self.ram.clock.max(payload.time);
-            return Ok(());
+        // A carousel repeat (the same entitlements, keys and pairing under
+        // a newer seq) costs no EEPROM write: nothing is stored, not even
+        // the seq, unless the clock has moved a checkpoint step. Not
+        // storing the seq is safe: the stored seq stays that of the last
+        // EMM that changed something, so no older change can be replayed.
+        if next == self.state {
+            let clock = self.ram.clock.max(payload.time);
+            if idempotent || clock < self.state.clock.saturating_add(CLOCK_PERSIST_STEP) {
+                self.ram.clock = clock;
+                return Ok(());
+            }
         }
         match emm.kind {
             _ if idempotent => {}

@@ -14,10 +14,13 @@ use serde::{Deserialize, Serialize};
 
 /// Products a card can hold at once.
 pub const MAX_ENTITLEMENTS: usize = 32;
-/// Period-key generations kept per product: the active one (that of the
-/// last ECM the card opened) and the newest, so that the ECMs in use keep
-/// opening while newer keys are delivered ahead of their activation.
-pub const MAX_GENERATIONS: usize = 2;
+/// Period-key generations kept per product. When a fourth comes, the
+/// oldest that is neither the active one (that of the last ECM the card
+/// opened) nor the newest goes: the ECMs in use keep opening while newer
+/// keys are delivered ahead of their activation, and a headend restored
+/// from an older backup (whose EMM-Us give an older active generation and
+/// a newer pending one) is followed without a gap.
+pub const MAX_GENERATIONS: usize = 3;
 /// Version of this record's layout. Version 1 records (without the active
 /// generation and the Subset Difference labels) still load.
 pub const STATE_VERSION: u8 = 2;
@@ -58,14 +61,17 @@ impl StoredEntitlement {
             None => self.keys.push((generation, key)),
         }
         self.keys.sort_by_key(|(g, _)| *g);
-        // Drop the oldest key that is neither the active nor the newest
-        // (with no active generation yet: the oldest).
+        // Drop the oldest key that is neither the active one, nor the
+        // newest, nor the one just given (with no active generation yet:
+        // the oldest other than the one just given).
         while self.keys.len() > MAX_GENERATIONS {
             let newest = self.keys.last().map(|(g, _)| *g);
             let drop = self
                 .keys
                 .iter()
-                .position(|(g, _)| Some(*g) != self.active && Some(*g) != newest)
+                .position(|(g, _)| {
+                    Some(*g) != self.active && Some(*g) != newest && *g != generation
+                })
                 .unwrap_or(0);
             self.keys.remove(drop);
         }
@@ -476,28 +482,34 @@ mod tests {
     }
 
     #[test]
-    fn product_keys_keep_two_generations_and_debug_hides_secrets() {
+    fn product_keys_keep_three_generations_and_debug_hides_secrets() {
         let mut s = sample();
         let e = &mut s.entitlements[0];
         e.add_key(3, ProductKey::from_bytes([0x52; 32]));
-        assert_eq!(e.generations(), [2, 3]);
-        assert_eq!(e.record().generation, 3);
+        e.add_key(4, ProductKey::from_bytes([0x53; 32]));
+        // No active generation yet: the oldest goes.
+        assert_eq!(e.generations(), [2, 3, 4]);
+        assert_eq!(e.record().generation, 4);
         assert!(e.key(1).is_none());
         // With an active generation, a newer key evicts neither it nor the
-        // newest: the one in between goes.
+        // newest: the oldest of the others goes.
         e.active = Some(2);
-        e.add_key(4, ProductKey::from_bytes([0x54; 32]));
-        assert_eq!(e.generations(), [2, 4]);
-        e.add_key(5, ProductKey::from_bytes([0x55; 32]));
-        assert_eq!(e.generations(), [2, 5]);
-        e.active = Some(5);
-        e.add_key(6, ProductKey::from_bytes([0x56; 32]));
-        assert_eq!(e.generations(), [5, 6]);
-        e.add_key(6, ProductKey::from_bytes([0x57; 32]));
-        assert_eq!(e.generations(), [5, 6]);
-        // An older key than both is the one dropped.
+        e.add_key(5, ProductKey::from_bytes([0x54; 32]));
+        assert_eq!(e.generations(), [2, 4, 5]);
+        e.add_key(6, ProductKey::from_bytes([0x55; 32]));
+        assert_eq!(e.generations(), [2, 5, 6]);
+        e.active = Some(6);
+        e.add_key(7, ProductKey::from_bytes([0x56; 32]));
+        assert_eq!(e.generations(), [5, 6, 7]);
+        e.add_key(7, ProductKey::from_bytes([0x57; 32]));
+        assert_eq!(e.generations(), [5, 6, 7]);
+        // An older key (a headend restored from an older backup names its
+        // active generation) is kept beside the active and the newest.
         e.add_key(1, ProductKey::from_bytes([0x58; 32]));
-        assert_eq!(e.generations(), [5, 6]);
+        assert_eq!(e.generations(), [1, 6, 7]);
+        e.active = Some(1);
+        e.add_key(8, ProductKey::from_bytes([0x59; 32]));
+        assert_eq!(e.generations(), [1, 7, 8]);
         assert!(s.has_key());
         let debug = format!("{s:?}");
         assert!(debug.contains("REDACTED"), "{debug}");

@@ -118,9 +118,54 @@ fn replayed_or_older_emm() {
     c.process_emm(&second).unwrap();
     rejects(&mut c, StatusWord::EMM_REPLAYED, |c| c.process_emm(&second));
     rejects(&mut c, StatusWord::EMM_REPLAYED, |c| c.process_emm(&first));
-    let g1 = op.emm_g(T0 + 3, vec![EmmCommand::BlockCards(vec![1])]);
+    let g1 = op.emm_g(T0 + 3, vec![EmmCommand::BlockCards(vec![CARD])]);
     c.process_emm(&g1).unwrap();
     rejects(&mut c, StatusWord::EMM_REPLAYED, |c| c.process_emm(&g1));
+}
+
+/// A carousel repeat (the same entitlement under a newer seq) and an EMM-G
+/// that names other cards change nothing: accepted, and not a byte of
+/// EEPROM written, until the clock has moved a checkpoint step (3600 s).
+/// An older change still cannot be replayed after a newer one.
+#[test]
+fn an_emm_that_changes_nothing_writes_nothing() {
+    let mut op = Operator::new();
+    let (mut c, _) = entitled_card(&mut op);
+    let public = c.info().unwrap().public_key;
+    let change = op.emm_u(CARD, &public, T0 + 1, vec![op.entitle(T0, T0 + 40 * DAY)]);
+    c.process_emm(&change).unwrap();
+    let before = applet(&mut c).store().eeprom().0.clone();
+    let writes = applet(&mut c).eeprom_writes();
+    for t in [T0 + 60, T0 + 120, T0 + 3000] {
+        let repeat = op.emm_u(CARD, &public, t, vec![op.entitle(T0, T0 + 40 * DAY)]);
+        c.process_emm(&repeat).unwrap();
+        let others = op.emm_g(t, vec![EmmCommand::BlockCards(vec![CARD + 1])]);
+        c.process_emm(&others).unwrap();
+    }
+    assert_eq!(applet(&mut c).eeprom_writes(), writes, "a repeat wrote");
+    assert!(
+        applet(&mut c).store().eeprom().0 == before,
+        "EEPROM changed"
+    );
+    // The clock checkpoint: one write, an hour on.
+    let later = op.emm_u(
+        CARD,
+        &public,
+        T0 + 3700,
+        vec![op.entitle(T0, T0 + 40 * DAY)],
+    );
+    c.process_emm(&later).unwrap();
+    assert!(applet(&mut c).eeprom_writes() > writes);
+    // A real change is stored, and the change before it is refused.
+    let shorter = op.emm_u(
+        CARD,
+        &public,
+        T0 + 3800,
+        vec![op.entitle(T0, T0 + 30 * DAY)],
+    );
+    c.process_emm(&shorter).unwrap();
+    rejects(&mut c, StatusWord::EMM_REPLAYED, |c| c.process_emm(&later));
+    rejects(&mut c, StatusWord::EMM_REPLAYED, |c| c.process_emm(&change));
 }
 
 #[test]
