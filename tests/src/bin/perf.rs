@@ -29,6 +29,9 @@ mod zap_figure;
 #[path = "perf/sd.rs"]
 mod sd_figure;
 
+#[path = "perf/eeprom.rs"]
+mod eeprom_figure;
+
 use clap::Parser;
 use headend_engine::{KeyEngine, OperatorKeys, PreparedCard};
 use proto::crypto::X25519Secret;
@@ -106,6 +109,11 @@ const FIGURES: &[(&str, &str, Figure)] = &[
         "sd_revocation",
         "one Subset Difference renewal of 10 M cards with r = 1 .. 100,000 random revocations: subsets, EMM-G bytes and air time against the 80 KB budget, headend time, the flat EMM-U cost, the card's worst walk",
         sd_figure::sd_revocation,
+    ),
+    (
+        "eeprom_wear",
+        "a card's EEPROM writes in one simulated day of steady state (1 M cards, 100 kbit/s of EMM, 60 s cycle, 10 s crypto periods), against one write per message it accepts",
+        eeprom_figure::eeprom_wear,
     ),
     (
         "api_writes",
