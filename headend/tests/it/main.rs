@@ -1,7 +1,8 @@
 //! The headend's integration tests, in one binary.
 //!
 //! - The daemon and its CLI as an operator runs them (`api`, `cli`,
-//!   `channels`, `expiry`, `crash`, `metrics`, `restore`, `clock`), each on
+//!   `channels`, `expiry`, `crash`, `renewal_crash`, `metrics`, `restore`,
+//!   `clock`), each on
 //!   a real `headend` process with its folder in a temporary directory (see `common`).
 //! - The stream engine on real TS from ffmpeg and on synthetic TS
 //!   (`stream_engine`, `stream_psi`, `stream_garbage`), over UDP
@@ -16,6 +17,7 @@ mod common;
 mod crash;
 mod expiry;
 mod metrics;
+mod renewal_crash;
 mod restore;
 mod stream_daemon;
 mod stream_engine;
