@@ -17,8 +17,6 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 use testkit::vpcd::CardInReader;
 
-const WIDE: (u64, u64) = (DAY0 - 30 * DAY, DAY0 + 30 * DAY);
-
 fn receiver() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_receiver"));
     c.env_remove("RUST_LOG");
@@ -86,12 +84,30 @@ fn applet(engine: &mut headend_engine::KeyEngine, dates: Option<(u64, u64)>) -> 
     mem_card(engine, CARD, dates).0
 }
 
+/// Runs the receiver on 3 s of ffmpeg's stream scrambled from `start_ms`
+/// with 1 s crypto periods, card 42 (entitled from `dates` if given) in a
+/// reader: the clear and the scrambled stream and the run. `None` when
+/// ffmpeg or pcscd is missing (the test is skipped).
+fn run_on_ffmpeg_stream(
+    test: &str,
+    dates: Option<(u64, u64)>,
+    start_ms: u64,
+) -> Option<(Vec<u8>, Vec<u8>, Ran)> {
+    let clear = ffmpeg_ts(3)?;
+    let dir = tempfile::tempdir().unwrap();
+    let mut engine = engine();
+    let applet = applet(&mut engine, dates);
+    let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 1000), start_ms, 0);
+    let card = CardInReader::insert(test, applet)?;
+    let r = run(dir.path(), &scrambled, &card, &[]);
+    Some((clear, scrambled, r))
+}
+
 #[test]
 fn file_to_file_clear_output_stats_and_ffprobe() {
     let Some(clear) = ffmpeg_ts(3) else { return };
     let dir = tempfile::tempdir().unwrap();
-    let mut engine = engine();
-    let applet = applet(&mut engine, Some(WIDE));
+    let (mut engine, applet) = entitled_card();
     let other = engine.emm_u_for(CARD, START_MS / 1000).unwrap();
     let mut feed = TestFeed::new(engine, 1000);
     feed.carousel_emm(&other);
@@ -144,8 +160,7 @@ fn file_to_file_clear_output_stats_and_ffprobe() {
 fn stdin_to_stdout() {
     let clear = synthetic_ts(3_000, 6);
     let dir = tempfile::tempdir().unwrap();
-    let mut engine = engine();
-    let applet = applet(&mut engine, Some(WIDE));
+    let (engine, applet) = entitled_card();
     let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 1000), START_MS, 0);
     let Some(card) = CardInReader::insert("stdin_to_stdout", applet) else {
         return;
@@ -174,18 +189,13 @@ fn stdin_to_stdout() {
 
 #[test]
 fn a_card_without_the_product_gets_no_clear_output_and_exit_3() {
-    let Some(clear) = ffmpeg_ts(3) else { return };
-    let dir = tempfile::tempdir().unwrap();
-    let mut engine = engine();
-    let applet = applet(&mut engine, None);
-    let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 1000), START_MS, 0);
-    let Some(card) = CardInReader::insert(
+    let Some((_, _, r)) = run_on_ffmpeg_stream(
         "a_card_without_the_product_gets_no_clear_output_and_exit_3",
-        applet,
+        None,
+        START_MS,
     ) else {
         return;
     };
-    let r = run(dir.path(), &scrambled, &card, &[]);
     assert_eq!(r.code, i32::from(exit::NOT_ENTITLED));
     assert_eq!(
         r.reason(),
@@ -201,22 +211,16 @@ fn a_card_without_the_product_gets_no_clear_output_and_exit_3() {
 
 #[test]
 fn an_entitlement_ending_mid_run_stops_at_the_next_crypto_period_with_exit_3() {
-    let Some(clear) = ffmpeg_ts(3) else { return };
     // Ends 2026-11-30T23:59:59Z; the stream starts a second before, with
     // 1 s crypto periods: the third period's ECM is refused.
     let end = DAY0 + DAY - 1;
-    let start_ms = (end - 1) * 1000;
-    let dir = tempfile::tempdir().unwrap();
-    let mut engine = engine();
-    let applet = applet(&mut engine, Some((DAY0 - DAY, end)));
-    let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 1000), start_ms, 0);
-    let Some(card) = CardInReader::insert(
+    let Some((clear, scrambled, r)) = run_on_ffmpeg_stream(
         "an_entitlement_ending_mid_run_stops_at_the_next_crypto_period_with_exit_3",
-        applet,
+        Some((DAY0 - DAY, end)),
+        (end - 1) * 1000,
     ) else {
         return;
     };
-    let r = run(dir.path(), &scrambled, &card, &[]);
     assert_eq!(r.code, i32::from(exit::NOT_ENTITLED));
     assert_eq!(
         r.reason(),
@@ -236,8 +240,7 @@ fn an_entitlement_ending_mid_run_stops_at_the_next_crypto_period_with_exit_3() {
 #[test]
 fn input_that_is_not_ts_is_refused_with_exit_7() {
     let dir = tempfile::tempdir().unwrap();
-    let mut engine = engine();
-    let applet = applet(&mut engine, Some(WIDE));
+    let (_, applet) = entitled_card();
     let Some(card) = CardInReader::insert("input_that_is_not_ts_is_refused_with_exit_7", applet)
     else {
         return;
@@ -286,8 +289,7 @@ fn input_that_is_not_ts_is_refused_with_exit_7() {
 fn an_unknown_service_a_missing_card_and_a_paired_card_are_clear_errors() {
     let clear = synthetic_ts(2_000, 6);
     let dir = tempfile::tempdir().unwrap();
-    let mut engine = engine();
-    let applet = applet(&mut engine, Some(WIDE));
+    let (mut engine, applet) = entitled_card();
     // Pair the card with another receiver's key.
     let theirs = proto::crypto::X25519Secret::random();
     let pair = engine
@@ -375,8 +377,7 @@ fn the_paired_receiver_works_and_identity_prints_its_key() {
     assert!(a.status.success());
     assert!(state.join("iodoform/receiver.key").is_file());
 
-    let mut engine = engine();
-    let applet = applet(&mut engine, Some(WIDE));
+    let (mut engine, applet) = entitled_card();
     let public: [u8; 32] = hex::decode(&hex_key).unwrap().try_into().unwrap();
     let pair = engine.emm_u_pair(CARD, public, START_MS / 1000).unwrap();
     let mut feed = TestFeed::new(engine, 1000);
@@ -493,8 +494,7 @@ fn stream_addresses_and_their_refusals() {
 fn a_looped_file_input_keeps_the_output_going() {
     let clear = synthetic_ts(3_000, 6);
     let dir = tempfile::tempdir().unwrap();
-    let mut engine = engine();
-    let applet = applet(&mut engine, Some(WIDE));
+    let (engine, applet) = entitled_card();
     let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 1000), START_MS, 0);
     let Some(card) = CardInReader::insert("a_looped_file_input_keeps_the_output_going", applet)
     else {
@@ -571,8 +571,7 @@ fn identity_into_a_closed_pipe() {
 fn udp_in_udp_out_live() {
     let clear = synthetic_ts(3_000, 20);
     let dir = tempfile::tempdir().unwrap();
-    let mut engine = engine();
-    let applet = applet(&mut engine, Some(WIDE));
+    let (engine, applet) = entitled_card();
     let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 500), START_MS, 0);
     let Some(card) = CardInReader::insert("udp_in_udp_out_live", applet) else {
         return;

@@ -226,6 +226,17 @@ pub fn provision<E: Eeprom>(engine: &mut KeyEngine, card_id: u32, eeprom: E) -> 
     c.into_transport().applet
 }
 
+/// An entitlement from a month before [`DAY0`] to a month after.
+pub const WIDE: (u64, u64) = (DAY0 - 30 * DAY, DAY0 + 30 * DAY);
+
+/// The key engine and card 42 in RAM, entitled to the product for
+/// [`WIDE`].
+pub fn entitled_card() -> (KeyEngine, Applet<MemEeprom>) {
+    let mut engine = engine();
+    let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
+    (engine, applet)
+}
+
 /// Provisions a card in RAM, entitled to the product from `start` to `end`
 /// (Unix seconds) if given; returns it with the EMM-U it was given.
 pub fn mem_card(

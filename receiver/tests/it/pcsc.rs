@@ -10,6 +10,7 @@
 //! pcscd only once they hold theirs.
 
 use crate::common::*;
+use card::MemEeprom;
 use proto::crypto::X25519Secret;
 use receiver::card::{CardLink, LinkOptions, PcscCard};
 use receiver::{Pipeline, PipelineOptions};
@@ -19,8 +20,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use testkit::vpcd::*;
 
-const WIDE: (u64, u64) = (DAY0 - 30 * DAY, DAY0 + 30 * DAY);
-
 #[test]
 fn the_receiver_binary_uses_a_card_in_a_named_reader() {
     let slot = slot();
@@ -28,8 +27,7 @@ fn the_receiver_binary_uses_a_card_in_a_named_reader() {
         return;
     }
     let clear = synthetic_ts(4_000, 6);
-    let mut engine = engine();
-    let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
+    let (engine, applet) = entitled_card();
     let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 500), START_MS, 0);
     let card = insert(&slot, applet);
     let dir = tempfile::tempdir().unwrap();
@@ -72,17 +70,16 @@ fn the_receiver_binary_uses_a_card_in_a_named_reader() {
     );
 }
 
-#[test]
-fn the_card_pulled_out_and_put_back_while_the_receiver_runs() {
-    let slot = slot();
-    if !pcscd_or_skip("the_card_pulled_out_and_put_back_while_the_receiver_runs") {
-        return;
-    }
-    let clear = synthetic_ts(20_000, 6);
-    let mut engine = engine();
-    let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
-    let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 500), START_MS, 0);
-    let card = insert(&slot, applet);
+/// `clear` scrambled with 0.5 s crypto periods, card 42 entitled to it
+/// inserted in `slot`, and a pipeline whose card link waits up to 20 s for
+/// the card to come back.
+fn entitled_card_and_pipeline(
+    clear: &[u8],
+    slot: &Slot,
+) -> (Vec<u8>, Inserted<MemEeprom>, Pipeline) {
+    let (engine, applet) = entitled_card();
+    let (scrambled, _) = scramble(clear, TestFeed::new(engine, 500), START_MS, 0);
+    let card = insert(slot, applet);
     logs();
     let link = CardLink::open(
         Box::new(PcscCard {
@@ -95,7 +92,21 @@ fn the_card_pulled_out_and_put_back_while_the_receiver_runs() {
         },
     )
     .unwrap();
-    let mut pipeline = Pipeline::new(link, PipelineOptions::default());
+    (
+        scrambled,
+        card,
+        Pipeline::new(link, PipelineOptions::default()),
+    )
+}
+
+#[test]
+fn the_card_pulled_out_and_put_back_while_the_receiver_runs() {
+    let slot = slot();
+    if !pcscd_or_skip("the_card_pulled_out_and_put_back_while_the_receiver_runs") {
+        return;
+    }
+    let clear = synthetic_ts(20_000, 6);
+    let (scrambled, card, mut pipeline) = entitled_card_and_pipeline(&clear, &slot);
     let mut out = Vec::new();
     let half = scrambled.len() / 2 / 188 * 188;
     pipeline.push(&scrambled[..half], &mut out).unwrap();
@@ -155,23 +166,7 @@ fn the_receiver_follows_a_pcscd_restart() {
     // 10 s of stream, 0.5 s crypto periods, fed in 100 ms chunks at twice
     // the live rate.
     let clear = synthetic_ts(10_000, 6);
-    let mut engine = engine();
-    let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
-    let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 500), START_MS, 0);
-    let card = insert(slot, applet);
-    logs();
-    let link = CardLink::open(
-        Box::new(PcscCard {
-            reader: Some(slot.reader.to_string()),
-        }),
-        X25519Secret::random(),
-        LinkOptions {
-            connect_timeout: Duration::from_secs(5),
-            reconnect_timeout: Some(Duration::from_secs(20)),
-        },
-    )
-    .unwrap();
-    let mut pipeline = Pipeline::new(link, PipelineOptions::default());
+    let (scrambled, card, mut pipeline) = entitled_card_and_pipeline(&clear, slot);
     let mut out = Vec::new();
     let chunk = scrambled.len() / 100 / 188 * 188;
     let chunks: Vec<&[u8]> = scrambled.chunks(chunk).collect();

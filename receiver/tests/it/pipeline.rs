@@ -4,11 +4,9 @@
 use crate::common::*;
 use proto::apdu::{Ins, StatusWord};
 use proto::crypto::X25519Secret;
-use receiver::{exit, Failure, LinkError, PipelineOptions};
+use receiver::{exit, Failure, LinkError, PipelineOptions, Stats};
 use ts::packet::{Packet, Packets, PACKET_LEN};
 use ts::psi::{Pmt, SectionAssembler, CA_SYSTEM_ID};
-
-const WIDE: (u64, u64) = (DAY0 - 30 * DAY, DAY0 + 30 * DAY);
 
 fn opts() -> PipelineOptions {
     PipelineOptions::default()
@@ -133,8 +131,7 @@ fn a_thousand_cw_changes_and_three_key_renewals_lose_no_packet() {
     // product key is renewed three times; the card gets each new key by
     // EMM, and the ECMs switch to it 300 ms later.
     let clear = synthetic_ts(100_200, 6);
-    let mut engine = engine();
-    let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
+    let (engine, applet) = entitled_card();
     let mut feed = TestFeed::new(engine, 100);
     feed.renew_for = vec![CARD];
     feed.renewals = [25_000, 50_000, 75_000]
@@ -164,8 +161,7 @@ fn a_thousand_cw_changes_and_three_key_renewals_lose_no_packet() {
 #[test]
 fn no_control_word_crosses_the_card_link_in_clear() {
     let clear = synthetic_ts(20_000, 6);
-    let mut engine = engine();
-    let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
+    let (engine, applet) = entitled_card();
     let feed = TestFeed::new(engine, 100);
     let (scrambled, feed) = scramble(&clear, feed, START_MS, 0);
     let card = SharedCard::new(applet);
@@ -207,8 +203,7 @@ fn no_control_word_crosses_the_card_link_in_clear() {
 #[test]
 fn the_card_pulled_out_and_reset_mid_stream_loses_no_packet() {
     let clear = synthetic_ts(30_000, 6);
-    let mut engine = engine();
-    let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
+    let (engine, applet) = entitled_card();
     let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 100), START_MS, 0);
     let card = SharedCard::new(applet);
     {
@@ -274,6 +269,30 @@ fn a_card_entitled_by_an_emm_on_the_air_starts_descrambling() {
     }
 }
 
+/// What [`receive`] gives: the output, the result and the counters.
+type Received = (Vec<u8>, Result<(), Failure>, Stats);
+
+/// `clear` scrambled from `start_ms` with 1 s crypto periods, and
+/// received with card 42 in process (entitled from `dates` if given): the
+/// scrambled stream and what [`receive`] gives.
+fn scramble_and_receive(
+    clear: &[u8],
+    dates: Option<(u64, u64)>,
+    start_ms: u64,
+) -> (Vec<u8>, Received) {
+    let mut engine = engine();
+    let (applet, _) = mem_card(&mut engine, CARD, dates);
+    let (scrambled, _) = scramble(clear, TestFeed::new(engine, 1000), start_ms, 0);
+    let ran = receive(
+        SharedCard::new(applet),
+        &X25519Secret::random(),
+        &scrambled,
+        opts(),
+        1316,
+    );
+    (scrambled, ran)
+}
+
 #[test]
 fn an_entitlement_that_ends_stops_the_output_at_the_next_crypto_period() {
     // The entitlement ends at 2026-11-30T23:59:59Z (inclusive); the stream
@@ -282,16 +301,8 @@ fn an_entitlement_that_ends_stops_the_output_at_the_next_crypto_period() {
     let end = DAY0 + DAY - 1;
     let start_ms = (end - 2) * 1000;
     let clear = synthetic_ts(8_000, 6);
-    let mut engine = engine();
-    let (applet, _) = mem_card(&mut engine, CARD, Some((DAY0 - DAY, end)));
-    let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 1000), start_ms, 0);
-    let (out, result, stats) = receive(
-        SharedCard::new(applet),
-        &X25519Secret::random(),
-        &scrambled,
-        opts(),
-        1316,
-    );
+    let (scrambled, (out, result, stats)) =
+        scramble_and_receive(&clear, Some((DAY0 - DAY, end)), start_ms);
     let err = result.unwrap_err();
     assert_eq!(
         err.to_string(),
@@ -313,16 +324,7 @@ fn an_entitlement_that_ends_stops_the_output_at_the_next_crypto_period() {
 #[test]
 fn a_card_without_the_product_gives_no_clear_output_and_says_why() {
     let clear = synthetic_ts(5_000, 6);
-    let mut engine = engine();
-    let (applet, _) = mem_card(&mut engine, CARD, None);
-    let (scrambled, _) = scramble(&clear, TestFeed::new(engine, 1000), START_MS, 0);
-    let (out, result, stats) = receive(
-        SharedCard::new(applet),
-        &X25519Secret::random(),
-        &scrambled,
-        opts(),
-        1316,
-    );
+    let (_, (out, result, stats)) = scramble_and_receive(&clear, None, START_MS);
     let err = result.unwrap_err();
     assert_eq!(err.to_string(), "card 42 has no entitlement for product 7");
     assert_eq!(err.exit_code(), exit::NOT_ENTITLED);
@@ -341,8 +343,7 @@ fn first_clear_index(clear: &[u8], out: &[u8], pid: u16) -> Option<usize> {
 
 #[test]
 fn a_card_paired_with_another_receiver_keeps_its_emms_and_waits_for_the_operator() {
-    let mut engine = engine();
-    let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
+    let (mut engine, applet) = entitled_card();
     let mine = X25519Secret::random();
     let theirs = X25519Secret::random();
     let pair = engine
@@ -417,8 +418,7 @@ fn unpair_or_pair_on_the_air_ends_the_wait_and_the_picture_starts() {
     let mine = X25519Secret::random();
     let theirs = X25519Secret::random();
     for fix in ["unpair", "pair"] {
-        let mut engine = engine();
-        let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
+        let (mut engine, applet) = entitled_card();
         // Paired with the wrong receiver before the receiver starts.
         let wrong = engine
             .emm_u_pair(CARD, theirs.public(), START_MS / 1000)
@@ -467,8 +467,7 @@ fn unpair_or_pair_on_the_air_ends_the_wait_and_the_picture_starts() {
 
 #[test]
 fn not_ts_and_unknown_services_are_clear_errors() {
-    let mut engine = engine();
-    let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
+    let (_, applet) = entitled_card();
     let card = SharedCard::new(applet);
     let rx = X25519Secret::random();
     let text = b"This is not a transport stream. ".repeat(4096);
@@ -526,8 +525,7 @@ fn want_pcrs(ts: &[u8]) -> usize {
 #[test]
 fn one_service_of_two_comes_out_alone() {
     let clear = synthetic_multi(4_000, 8, 2);
-    let mut engine = engine();
-    let (applet, _) = mem_card(&mut engine, CARD, Some(WIDE));
+    let (engine, applet) = entitled_card();
     let mut feed = TestFeed::new(engine, 1000);
     feed.add_service(2);
     let (scrambled, _) = scramble_services(

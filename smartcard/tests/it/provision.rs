@@ -254,54 +254,34 @@ fn bad_command_lines_exit_64() {
     let junk = dir.path().join("junk.json");
     std::fs::write(&junk, "{\"operator_id\": 1}").unwrap();
 
-    let out = run(&[
-        "provision",
-        "--operator",
+    // `provision --operator OPERATOR --card-id ID` and more, refused
+    // with exit 64 and the message given.
+    let provision = |operator: &str, card_id: &str, more: &[&str], why: &str| {
+        let mut args = vec!["provision", "--operator", operator, "--card-id", card_id];
+        args.extend_from_slice(more);
+        assert_fails(&run(&args), 64, why);
+    };
+    provision(
         missing.to_str().unwrap(),
-        "--card-id",
         "1",
-    ]);
-    assert_fails(&out, 64, "cannot read operator file");
-    let out = run(&[
-        "provision",
-        "--operator",
+        &[],
+        "cannot read operator file",
+    );
+    provision(
         junk.to_str().unwrap(),
-        "--card-id",
         "1",
-    ]);
-    assert_fails(&out, 64, "is not the operator's public info");
-    let out = run(&["provision", "--operator", opfile, "--card-id", "0"]);
-    assert_fails(&out, 64, "0 is not a card id");
-    let out = run(&[
-        "provision",
-        "--operator",
+        &[],
+        "is not the operator's public info",
+    );
+    provision(opfile, "0", &[], "0 is not a card id");
+    provision(opfile, "4294967294", &["--count", "2"], "address of EMM-Gs");
+    provision(
         opfile,
-        "--card-id",
-        "4294967294",
-        "--count",
-        "2",
-    ]);
-    assert_fails(&out, 64, "address of EMM-Gs");
-    let out = run(&[
-        "provision",
-        "--operator",
-        opfile,
-        "--card-id",
         "1",
-        "--register",
-        "http://127.0.0.1:9",
-    ]);
-    assert_fails(&out, 64, "needs the admin token");
-    let out = run(&[
-        "provision",
-        "--operator",
-        opfile,
-        "--card-id",
-        "1",
-        "--out",
-        opfile,
-    ]);
-    assert_fails(&out, 64, "the file exists");
+        &["--register", "http://127.0.0.1:9"],
+        "needs the admin token",
+    );
+    provision(opfile, "1", &["--out", opfile], "the file exists");
     // clap's own refusals exit 64 as well.
     let out = run(&[
         "provision",
