@@ -5,9 +5,10 @@
 #
 #   1. installs pcscd, libpcsclite-dev and vsmartcard-vpcd if missing
 #      (apt-get update first, only then);
-#   2. with --extra-slots, adds two more vpcd readers ("Iodoform VPCD 00 00"
-#      on port 35965, "Iodoform VPCD 00 01" on 35966) to the stock two
-#      ("Virtual PCD 00 00" on 35963, "Virtual PCD 00 01" on 35964);
+#   2. adds two more vpcd readers ("Iodoform VPCD 00 00" on port 35965,
+#      "Iodoform VPCD 00 01" on 35966) to the stock two ("Virtual PCD 00 00"
+#      on 35963, "Virtual PCD 00 01" on 35964): the tests take a slot each
+#      and some need three cards at once;
 #   3. starts pcscd if it is not running. There is no systemd in CI or in
 #      containers, so it runs `pcscd --foreground` detached with setsid,
 #      logging to $PCSCD_LOG (default /var/log/pcscd-iodoform.log);
@@ -24,11 +25,9 @@ WAIT_SECONDS="${PCSCD_WAIT_SECONDS:-15}"
 EXTRA_CONF=/etc/reader.conf.d/iodoform-vpcd
 VPCD_LIB=/usr/lib/pcsc/drivers/serial/libifdvpcd.so
 PIDFILE=/run/pcscd/pcscd.pid
-EXTRA=0
 
 for arg in "$@"; do
     case "$arg" in
-        --extra-slots) EXTRA=1 ;;
         -h | --help)
             sed -n '2,18p' "$0" | sed 's/^# \{0,1\}//'
             exit 0
@@ -94,27 +93,29 @@ fi
 [ -e /etc/reader.conf.d/vpcd ] ||
     die "/etc/reader.conf.d/vpcd is missing: reinstall vsmartcard-vpcd (apt-get install --reinstall -o Dpkg::Options::=--force-confmiss vsmartcard-vpcd)"
 
-# 2. Extra slots.
-ports=(35963 35964)
+# 2. Two more slots.
+ports=(35963 35964 35965 35966)
 config_changed=0
-if [ "$EXTRA" = 1 ]; then
-    ports+=(35965 35966)
-    want="$(
-        cat << EOF
-# Added by Iodoform's scripts/ensure-pcscd.sh --extra-slots: two more
-# virtual readers, "Iodoform VPCD 00 00" on port 35965 and
-# "Iodoform VPCD 00 01" on 35966.
+want="$(
+    cat << EOF
+# Added by Iodoform's scripts/ensure-pcscd.sh: two more virtual readers,
+# "Iodoform VPCD 00 00" on port 35965 and "Iodoform VPCD 00 01" on 35966.
 FRIENDLYNAME "Iodoform VPCD"
 DEVICENAME   /dev/null:0x8C7D
 LIBPATH      $VPCD_LIB
 CHANNELID    0x8C7D
 EOF
-    )"
-    if [ "$(cat "$EXTRA_CONF" 2> /dev/null || true)" != "$want" ]; then
-        say "adding vpcd slots on ports 35965 and 35966 ($EXTRA_CONF)"
-        printf '%s\n' "$want" | as_root tee "$EXTRA_CONF" > /dev/null
-        config_changed=1
-    fi
+)"
+# Compared without comments, so that a file an older version wrote (same
+# readers, other comments) does not restart pcscd.
+settings() { grep -v '^#' || true; }
+installed_settings() {
+    if [ -r "$EXTRA_CONF" ]; then settings < "$EXTRA_CONF"; fi
+}
+if [ "$(installed_settings)" != "$(settings <<< "$want")" ]; then
+    say "adding vpcd slots on ports 35965 and 35966 ($EXTRA_CONF)"
+    printf '%s\n' "$want" | as_root tee "$EXTRA_CONF" > /dev/null
+    config_changed=1
 fi
 
 all_listening() {

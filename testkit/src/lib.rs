@@ -12,8 +12,9 @@
 //! - [`operator`]: an operator written on `proto` alone, which writes the
 //!   EMMs and ECMs a headend would; with the `in-process` feature, cards
 //!   of the applet in this process.
-//! - [`vpcd`] (feature `pcsc`): the system's pcscd with vpcd's two
-//!   stock readers, the file lock that gives a test a slot of its own
+//! - [`vpcd`] (feature `pcsc`): the system's pcscd with four vpcd
+//!   readers (the stock two and two that `scripts/ensure-pcscd.sh` adds),
+//!   the file lock that gives a test a slot of its own
 //!   among every test binary, and the applet served into a slot from a
 //!   thread.
 //! - [`emulator`] (feature `pcsc`): `smartcard emulate` as a child

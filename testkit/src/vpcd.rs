@@ -1,4 +1,5 @@
-//! Cards behind the system's real pcscd, through vpcd's two stock slots.
+//! Cards behind the system's real pcscd, through four vpcd slots: the
+//! two stock ones and the two that `scripts/ensure-pcscd.sh` adds.
 //!
 //! Tests run in parallel within a binary, and test binaries (and `perf`)
 //! may run at the same time, so a test takes a slot with a file lock
@@ -26,14 +27,20 @@ use std::process::Command;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-/// Debian's stock vpcd slots: port and reader name.
-pub const SLOTS: [(u16, &str); 2] = [(35963, "Virtual PCD 00 00"), (35964, "Virtual PCD 00 01")];
+/// The vpcd slots, port and reader name: Debian's stock two, and the two
+/// that `scripts/ensure-pcscd.sh` adds.
+pub const SLOTS: [(u16, &str); 4] = [
+    (35963, "Virtual PCD 00 00"),
+    (35964, "Virtual PCD 00 01"),
+    (35965, "Iodoform VPCD 00 00"),
+    (35966, "Iodoform VPCD 00 01"),
+];
 
 /// How long pcscd gets to notice a card coming or going (it polls vpcd
 /// every 400 ms).
 pub const SETTLE: Duration = Duration::from_secs(10);
 
-/// Why pcscd with both vpcd readers cannot be used, or `None` when it
+/// Why pcscd with every vpcd reader cannot be used, or `None` when it
 /// can.
 pub fn missing() -> Option<String> {
     match list_readers() {
@@ -52,7 +59,7 @@ pub fn missing() -> Option<String> {
     }
 }
 
-/// Whether pcscd answers with both vpcd readers; if not, the test fails
+/// Whether pcscd answers with every vpcd reader; if not, the test fails
 /// under `CI=true` and is skipped otherwise (see [`env`](mod@crate::env)). Under
 /// `CI=true` it first gives a sibling test that restarts pcscd (holding
 /// every slot meanwhile) 15 s to bring it back.
@@ -134,6 +141,37 @@ pub fn slot() -> Slot {
             }
         }
         std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Takes `n` free slots at once, waiting as long as it takes, for a test
+/// with several cards. It holds none while it waits, so two such tests
+/// never deadlock.
+pub fn slots(n: usize) -> Vec<Slot> {
+    assert!(
+        n <= SLOTS.len(),
+        "there are only {} vpcd slots",
+        SLOTS.len()
+    );
+    loop {
+        let mut free = Vec::new();
+        for (port, reader) in SLOTS {
+            if free.len() == n {
+                break;
+            }
+            let f = lock_file(port).unwrap_or_else(|e| panic!("{e}"));
+            if f.try_lock_exclusive().is_ok() {
+                free.push((port, reader, f));
+            }
+        }
+        if free.len() == n {
+            return free
+                .into_iter()
+                .map(|(port, reader, f)| claimed(port, reader, f))
+                .collect();
+        }
+        drop(free);
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
