@@ -37,18 +37,21 @@ use ts::packet::{Packet, Packets, PACKET_LEN};
 /// ffmpeg's elementary streams (program 1, PMT on 0x1000).
 const VIDEO: u16 = 0x100;
 const AUDIO: u16 = 0x101;
-const ES: [u16; 2] = [VIDEO, AUDIO];
+pub(crate) const ES: [u16; 2] = [VIDEO, AUDIO];
 const PMT_PID: u16 = 0x1000;
-const CARD: &str = "1000";
+/// Channel 1's ECM and EMM PIDs.
+pub(crate) const ECM_PID: u16 = 0x1F0;
+pub(crate) const EMM_PID: u16 = 0x1F1;
+pub(crate) const CARD: &str = "1000";
 /// Short crypto periods, so that "within one crypto period" is quick.
-const PERIOD_MS: u64 = 1000;
+pub(crate) const PERIOD_MS: u64 = 1000;
 const EMM_CYCLE_MS: u64 = 1000;
 
 // ------------------------------------------------------------ environment
 
-/// Whether pcscd with both vpcd readers, ffmpeg and ffprobe are here.
+/// Whether pcscd with its vpcd readers, ffmpeg and ffprobe are here.
 /// Under `CI=true` a missing one fails the test; otherwise it is skipped.
-fn prerequisites(test: &str) -> bool {
+pub(crate) fn prerequisites(test: &str) -> bool {
     let mut missing: Vec<String> = vpcd::missing().into_iter().collect();
     missing.extend(ffmpeg::missing());
     env::available(test, &missing)
@@ -56,7 +59,7 @@ fn prerequisites(test: &str) -> bool {
 
 // --------------------------------------------------------------- streams
 
-fn pid_of(p: &[u8; PACKET_LEN]) -> u16 {
+pub(crate) fn pid_of(p: &[u8; PACKET_LEN]) -> u16 {
     u16::from_be_bytes([p[1] & 0x1F, p[2]])
 }
 
@@ -76,17 +79,17 @@ fn es_packets(ts: &[u8]) -> BTreeMap<u16, Vec<[u8; PACKET_LEN]>> {
 /// The set-up every test starts with: a headend with product "basic" and
 /// channel 1 (input `udp://input`, output `udp://output`), a card
 /// provisioned, registered and subscribed, and the daemon streaming.
-struct System {
+pub(crate) struct System {
     dir: tempfile::TempDir,
-    headend: Headend,
-    card: Emulator,
+    pub(crate) headend: Headend,
+    pub(crate) card: Emulator,
     reader: &'static str,
     /// Where the headend reads its clear input.
-    input: SocketAddr,
+    pub(crate) input: SocketAddr,
 }
 
 impl System {
-    fn set_up(slot: &Slot, output: SocketAddr) -> System {
+    pub(crate) fn set_up(slot: &Slot, output: SocketAddr) -> System {
         Self::set_up_with(slot, output, Some(EMM_CYCLE_MS), true)
     }
 
@@ -98,62 +101,27 @@ impl System {
         emm_cycle_ms: Option<u64>,
         subscribe: bool,
     ) -> System {
+        Self::set_up_config(slot, output, emm_cycle_ms, subscribe, &[])
+    }
+
+    /// [`System::set_up_with`], with these `key = value` lines of
+    /// `headend.toml` replaced before the daemon starts.
+    pub(crate) fn set_up_config(
+        slot: &Slot,
+        output: SocketAddr,
+        emm_cycle_ms: Option<u64>,
+        subscribe: bool,
+        config: &[(&str, &str)],
+    ) -> System {
         let dir = tempfile::tempdir().unwrap();
-        let mut headend = Headend::init(workspace_bin("headend"), PERIOD_MS, emm_cycle_ms);
-        headend.start();
-        let input = free_udp_addr();
-        headend.cli(&["product", "add", "basic"]);
-        headend.cli(&[
-            "channel",
-            "add",
-            "--name",
-            "one",
-            "--service-id",
-            "1",
-            "--product",
-            "basic",
-            "--ecm-pid",
-            "0x1F0",
-            "--emm-pid",
-            "0x1F1",
-            "--input",
-            &format!("udp://{input}"),
-            "--output",
-            &format!("udp://{output}"),
-        ]);
-
-        let card = Emulator::start(
-            workspace_bin("smartcard"),
+        let (headend, input) = on_air(output, emm_cycle_ms, config);
+        let card = provision(
+            &headend,
             slot,
+            CARD,
             &dir.path().join("card.img"),
+            subscribe,
         );
-        let o = Command::new(workspace_bin("smartcard"))
-            .args(["provision", "--operator"])
-            .arg(headend.home().join("operator.json"))
-            .args(["--card-id", CARD, "--reader", slot.reader])
-            .args(["--register", &headend.api_url(), "--token-file"])
-            .arg(headend.home().join("admin.token"))
-            .env_remove("IODOFORM_TOKEN")
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
-        assert!(
-            o.status.success(),
-            "smartcard provision: {}\n{}",
-            String::from_utf8_lossy(&o.stderr),
-            card.log_tail(20)
-        );
-        if subscribe {
-            headend.cli(&["subscribe", CARD, "basic", "--until", "2099-12-31"]);
-            let shown = headend.cli(&["card", "show", CARD, "--json"]);
-            assert!(
-                String::from_utf8_lossy(&shown.stdout).contains("basic"),
-                "{shown:?}"
-            );
-        }
-
-        // The channel is on the air already: the daemon's supervisor
-        // started its stream when it was added.
         System {
             dir,
             headend,
@@ -163,12 +131,12 @@ impl System {
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
     /// The logs of every part, for a failure message.
-    fn logs(&self, receiver: &Path) -> String {
+    pub(crate) fn logs(&self, receiver: &Path) -> String {
         format!(
             "--- headend ---\n{}\n--- card ---\n{}\n--- receiver ---\n{}",
             self.headend.log_tail(25),
@@ -179,7 +147,7 @@ impl System {
 
     /// The receiver on `input`, writing to `output`; returns once its
     /// card session is up (its input socket is bound before that).
-    fn receiver(&self, input: SocketAddr, output: &str, log: &Path) -> Process {
+    pub(crate) fn receiver(&self, input: SocketAddr, output: &str, log: &Path) -> Process {
         self.receiver_with(input, output, log, &["--entitlement-wait", "30"])
     }
 
@@ -187,15 +155,29 @@ impl System {
     /// returns once it has its card (with a session, or paired with
     /// another receiver).
     fn receiver_with(&self, input: SocketAddr, output: &str, log: &Path, args: &[&str]) -> Process {
+        self.receiver_in(self.reader, "", input, output, log, args)
+    }
+
+    /// [`System::receiver_with`] on the card in `reader`, with its own
+    /// files: `<files>stats.json` and the key `<files>receiver.key`.
+    pub(crate) fn receiver_in(
+        &self,
+        reader: &str,
+        files: &str,
+        input: SocketAddr,
+        output: &str,
+        log: &Path,
+        args: &[&str],
+    ) -> Process {
         let mut p = Process::spawn(
             Command::new(workspace_bin("receiver"))
                 .args(["-i", &format!("udp://{input}"), "-o", output])
-                .args(["--reader", self.reader])
+                .args(["--reader", reader])
                 .args(args)
                 .arg("--stats-json")
-                .arg(self.path("stats.json"))
+                .arg(self.path(&format!("{files}stats.json")))
                 .arg("--identity")
-                .arg(self.path("receiver.key"))
+                .arg(self.path(&format!("{files}receiver.key")))
                 .env("RUST_LOG", "receiver=info"),
             log,
         );
@@ -217,16 +199,117 @@ impl System {
     }
 
     /// Stops the receiver with SIGTERM; its `--stats-json` report.
-    fn stop_receiver(&self, mut p: Process, log: &Path) -> serde_json::Value {
+    pub(crate) fn stop_receiver(&self, p: Process, log: &Path) -> serde_json::Value {
+        self.stop_receiver_in(p, log, "")
+    }
+
+    /// [`System::stop_receiver`] for a receiver of [`System::receiver_in`].
+    pub(crate) fn stop_receiver_in(
+        &self,
+        mut p: Process,
+        log: &Path,
+        files: &str,
+    ) -> serde_json::Value {
         let st = p.terminate(Duration::from_secs(10));
         assert!(
             st.is_some_and(|s| s.success()),
             "receiver: {st:?}\n{}",
             self.logs(log)
         );
-        let text = std::fs::read_to_string(self.path("stats.json")).expect("stats.json");
+        self.receiver_stats(files)
+    }
+
+    /// The `--stats-json` report of a receiver that has exited.
+    pub(crate) fn receiver_stats(&self, files: &str) -> serde_json::Value {
+        let path = self.path(&format!("{files}stats.json"));
+        let text =
+            std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         serde_json::from_str(&text).unwrap()
     }
+}
+
+/// A headend with product "basic" and channel 1 (scrambled under it, its
+/// output to `output`), the daemon streaming, with the given EMM cycle
+/// (`None`: the default) and these `key = value` lines of `headend.toml`
+/// replaced before it starts; and where it reads its clear input.
+pub(crate) fn on_air(
+    output: SocketAddr,
+    emm_cycle_ms: Option<u64>,
+    config: &[(&str, &str)],
+) -> (Headend, SocketAddr) {
+    let mut headend = Headend::init(workspace_bin("headend"), PERIOD_MS, emm_cycle_ms);
+    let mut toml = std::fs::read_to_string(headend.config()).unwrap();
+    for (key, value) in config {
+        let line = toml
+            .lines()
+            .find(|l| l.starts_with(&format!("{key} =")))
+            .unwrap_or_else(|| panic!("no {key} in headend.toml"))
+            .to_string();
+        toml = toml.replace(&line, &format!("{key} = {value}"));
+    }
+    std::fs::write(headend.config(), toml).unwrap();
+    headend.start();
+    let input = free_udp_addr();
+    headend.cli(&["product", "add", "basic"]);
+    headend.cli(&[
+        "channel",
+        "add",
+        "--name",
+        "one",
+        "--service-id",
+        "1",
+        "--product",
+        "basic",
+        "--ecm-pid",
+        &ECM_PID.to_string(),
+        "--emm-pid",
+        &EMM_PID.to_string(),
+        "--input",
+        &format!("udp://{input}"),
+        "--output",
+        &format!("udp://{output}"),
+    ]);
+    // The channel is on the air already: the daemon's supervisor started
+    // its stream when it was added.
+    (headend, input)
+}
+
+/// A virtual card (`smartcard emulate` on `state`) in `slot`, provisioned
+/// as `card_id` for `headend` and registered with `smartcard provision
+/// --register`, and subscribed to "basic" if `subscribe`.
+pub(crate) fn provision(
+    headend: &Headend,
+    slot: &Slot,
+    card_id: &str,
+    state: &Path,
+    subscribe: bool,
+) -> Emulator {
+    let card = Emulator::start(workspace_bin("smartcard"), slot, state);
+    let o = Command::new(workspace_bin("smartcard"))
+        .args(["provision", "--operator"])
+        .arg(headend.home().join("operator.json"))
+        .args(["--card-id", card_id, "--reader", slot.reader])
+        .args(["--register", &headend.api_url(), "--token-file"])
+        .arg(headend.home().join("admin.token"))
+        .env_remove("IODOFORM_TOKEN")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "smartcard provision: {}\n{}",
+        String::from_utf8_lossy(&o.stderr),
+        card.log_tail(20)
+    );
+    if subscribe {
+        headend.cli(&["subscribe", card_id, "basic", "--until", "2099-12-31"]);
+        let shown = headend.cli(&["card", "show", card_id, "--json"]);
+        assert!(
+            String::from_utf8_lossy(&shown.stdout).contains("basic"),
+            "{shown:?}"
+        );
+    }
+    card
 }
 
 // ------------------------------------------------------------- UDP plumbing
@@ -235,13 +318,13 @@ impl System {
 /// paced by the PCR of the video PID as an encoder would. `next` gives
 /// each next segment to send (`None` ends); a segment's PCRs start again
 /// (a loop), and its first packet follows the previous segment's last.
-struct Feeder {
+pub(crate) struct Feeder {
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<Vec<u8>>>,
 }
 
 impl Feeder {
-    fn start(
+    pub(crate) fn start(
         to: SocketAddr,
         mut next: impl FnMut() -> Option<Arc<Vec<u8>>> + Send + 'static,
     ) -> Feeder {
@@ -302,7 +385,7 @@ impl Feeder {
 
     /// Waits for the feeder to run out of segments (or stops it); what it
     /// sent.
-    fn finish(mut self, stop: bool) -> Vec<u8> {
+    pub(crate) fn finish(mut self, stop: bool) -> Vec<u8> {
         if stop {
             self.stop.store(true, Ordering::Relaxed);
         }
@@ -317,20 +400,26 @@ impl Drop for Feeder {
 }
 
 /// Datagrams with their arrival times.
-type Datagrams = Vec<(Instant, Vec<u8>)>;
+pub(crate) type Datagrams = Vec<(Instant, Vec<u8>)>;
 
 /// Datagrams received on a UDP socket, with their arrival times; with
 /// `forward`, each is passed on (the tee between the headend and the
 /// receiver, which keeps a capture of the scrambled air).
-struct Tap {
-    addr: SocketAddr,
+pub(crate) struct Tap {
+    pub(crate) addr: SocketAddr,
     got: Arc<Mutex<Datagrams>>,
     stop: Arc<AtomicBool>,
     thread: Option<JoinHandle<()>>,
 }
 
 impl Tap {
-    fn start(forward: Option<SocketAddr>) -> Tap {
+    pub(crate) fn start(forward: Option<SocketAddr>) -> Tap {
+        Tap::start_to(forward.into_iter().collect())
+    }
+
+    /// [`Tap::start`] passing each datagram on to every address of
+    /// `forward` (a tee to several receivers).
+    pub(crate) fn start_to(forward: Vec<SocketAddr>) -> Tap {
         let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .unwrap();
@@ -343,7 +432,7 @@ impl Tap {
             let mut buf = vec![0u8; 65536];
             while !s.load(Ordering::Relaxed) {
                 let Ok(n) = sock.recv(&mut buf) else { continue };
-                if let Some(to) = forward {
+                for to in &forward {
                     let _ = out.send_to(&buf[..n], to);
                 }
                 g.lock().unwrap().push((Instant::now(), buf[..n].to_vec()));
@@ -362,8 +451,14 @@ impl Tap {
         g.iter().flat_map(|(_, d)| d.iter().copied()).collect()
     }
 
+    /// The datagrams received so far from the `from`th on.
+    pub(crate) fn datagrams_from(&self, from: usize) -> Datagrams {
+        let g = self.got.lock().unwrap();
+        g.get(from..).unwrap_or_default().to_vec()
+    }
+
     /// Arrival times of the datagrams that carry an ES packet.
-    fn es_times(&self) -> Vec<Instant> {
+    pub(crate) fn es_times(&self) -> Vec<Instant> {
         let g = self.got.lock().unwrap();
         g.iter()
             .filter(|(_, d)| Packets::new(d).any(|p| ES.contains(&pid_of(p))))
@@ -386,7 +481,7 @@ impl Drop for Tap {
 }
 
 /// Waits until the receiver's clear output (to `tap`) carries ES packets.
-fn wait_clear(tap: &Tap, sys: &System, log: &Path) {
+pub(crate) fn wait_clear(tap: &Tap, sys: &System, log: &Path) {
     let deadline = Instant::now() + Duration::from_secs(15);
     while tap.es_times().len() < 10 {
         assert!(
@@ -399,7 +494,7 @@ fn wait_clear(tap: &Tap, sys: &System, log: &Path) {
 }
 
 /// A single free UDP port for the receiver's input: the tee sends there.
-fn receiver_input() -> SocketAddr {
+pub(crate) fn receiver_input() -> SocketAddr {
     free_udp_addr()
 }
 

@@ -1,7 +1,9 @@
 //! The whole-system tests, in one binary: the CA core in process
 //! (`card_lifecycle`), and the real `headend`, `smartcard` and `receiver`
 //! binaries with a card behind pcscd and streams made by ffmpeg
-//! (`e2e_stream`).
+//! (`e2e_stream`), and revocation and key renewal through them
+//! (`revocation`).
 
 mod card_lifecycle;
 mod e2e_stream;
+mod revocation;
