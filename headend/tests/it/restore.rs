@@ -206,3 +206,133 @@ fn a_restore_inside_the_crypto_period_never_seals_an_ecm_header_twice() {
     );
     assert!(log.contains("no ECM is sealed fresh before epoch"));
 }
+
+const CARD: u32 = 1001;
+
+/// Feeds the in-process card what the air carries for `dur`. Returns the
+/// control words it got, and the ECMs it refused after it had accepted an
+/// EMM of this run of the daemon (generation, error).
+fn watch(
+    h: &Headend,
+    card: &mut Card,
+    s: &mut Sections,
+    dur: Duration,
+    had_emm: &mut bool,
+) -> (usize, Vec<(u32, String)>) {
+    let end = Instant::now() + dur;
+    let (mut cws, mut refused) = (0, Vec::new());
+    while Instant::now() < end {
+        if let Some((ecms, emms)) = s.poll(h) {
+            if feed_emms(card, CARD, &emms) > 0 {
+                *had_emm = true;
+            }
+            for e in &ecms {
+                let (header, ecm) = ecm_of(e);
+                match card.process_ecm(ecm) {
+                    Ok(_) => cws += 1,
+                    Err(err) if *had_emm => refused.push((header.generation, err.to_string())),
+                    Err(_) => {}
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(40));
+    }
+    (cws, refused)
+}
+
+/// Waits until the product's newest generation is the one ECMs use,
+/// feeding the card meanwhile; returns that generation.
+fn until_active(
+    h: &Headend,
+    card: &mut Card,
+    s: &mut Sections,
+    had_emm: &mut bool,
+) -> (u64, Vec<(u32, String)>) {
+    let mut all = Vec::new();
+    for _ in 0..60 {
+        let (_, refused) = watch(h, card, s, Duration::from_millis(500), had_emm);
+        all.extend(refused);
+        let p = &h.get("/api/v1/status")["products"][0];
+        if p["renewal"].is_null() && p["generation"] == p["active_generation"] {
+            return (p["generation"].as_u64().unwrap(), all);
+        }
+    }
+    panic!("the renewal never activated: {}", h.get("/api/v1/status"));
+}
+
+/// A backup two generations old put back: the restored database knows an
+/// older active generation than the card's, and renews every product at
+/// start. The card is given the restored active key in its next EMM-U
+/// and keeps it beside its own, so it keeps getting control words: from
+/// the restored generation, then from the renewed one, with no refusal
+/// once it has had an EMM-U of the restored run.
+#[test]
+fn a_backup_two_generations_old_restored_keeps_the_cards_getting_cws() {
+    const PERIOD: u64 = 1000;
+    let mut h = Headend::init(BIN, PERIOD, Some(1000));
+    h.start();
+    let op = operator(&h);
+    h.post(
+        "/api/v1/products",
+        serde_json::json!({"name": "sports", "id": 1}),
+    );
+    h.post(
+        "/api/v1/channels",
+        serde_json::json!({"name": "sport1", "service_id": 0x101, "product": 1, "ecm_pid": 0x201, "emm_pid": 0x202}),
+    );
+    let (mut card, public) = new_card(&op, CARD);
+    register(&h, CARD, &public);
+    h.post(
+        "/api/v1/subscriptions",
+        plan_subscription(CARD, 1, "2099-12-31"),
+    );
+    let mut s = Sections::default();
+    let mut had_emm = false;
+    let (cws, _) = watch(&h, &mut card, &mut s, Duration::from_secs(4), &mut had_emm);
+    assert!(cws > 0, "no control word before the backup");
+
+    let backup = h.home().join("b.db");
+    let b = backup.to_str().unwrap();
+    let out = h.cli(&["backup", b]);
+    assert!(out.status.success(), "{out:?}");
+    let g_backup = h.get("/api/v1/status")["products"][0]["active_generation"]
+        .as_u64()
+        .unwrap();
+    let mut refused = Vec::new();
+    let mut generations = vec![g_backup];
+    for _ in 0..2 {
+        h.post("/api/v1/rotate", serde_json::json!({"product": 1}));
+        let (g, r) = until_active(&h, &mut card, &mut s, &mut had_emm);
+        generations.push(g);
+        refused.extend(r);
+    }
+    assert!(
+        refused.is_empty(),
+        "refused before the restore: {refused:?}"
+    );
+    assert!(
+        generations.windows(2).all(|w| w[0] < w[1]),
+        "{generations:?}"
+    );
+
+    h.stop();
+    let out = h.cli(&["restore", b]);
+    assert!(out.status.success(), "{out:?}");
+    h.start();
+    had_emm = false;
+    let (cws, refused) = watch(&h, &mut card, &mut s, Duration::from_secs(6), &mut had_emm);
+    let status = h.get("/api/v1/status");
+    assert!(had_emm, "no EMM-U from the restored headend: {status}");
+    assert!(
+        refused.is_empty(),
+        "refused after the restore: {refused:?}\n{status}"
+    );
+    assert!(cws > 0, "no control word after the restore: {status}");
+    // The renewal the restore started activates, numbered above every
+    // generation the card ever had, and the card follows it.
+    let (g, refused) = until_active(&h, &mut card, &mut s, &mut had_emm);
+    assert!(refused.is_empty(), "refused after the renewal: {refused:?}");
+    assert!(g > generations[2], "generation {g} after {generations:?}");
+    let (cws, refused) = watch(&h, &mut card, &mut s, Duration::from_secs(2), &mut had_emm);
+    assert!(cws > 0 && refused.is_empty(), "{cws} {refused:?}");
+}
