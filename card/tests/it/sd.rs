@@ -140,8 +140,9 @@ fn a_repeated_sd_emm_g_costs_no_write_and_needs_no_fresh_seq() {
     let image = applet(&mut c).store().eeprom().0.clone();
     let state: CardState = applet(&mut c).state().clone();
     let w = writes(&mut c);
-    // A newer EMM-G (BLOCK_CARDS of someone else) raises the EMM-G seq.
-    let block = op.emm_g(T0 + 3, vec![EmmCommand::BlockCards(vec![CARD + 1])]);
+    // A newer EMM-G (BLOCK_CARDS of someone else, a day later so that the
+    // clock checkpoint is written with it) raises the EMM-G seq.
+    let block = op.emm_g(T0 + DAY, vec![EmmCommand::BlockCards(vec![CARD + 1])]);
     c.process_emm(&block).unwrap();
     assert_eq!(writes(&mut c), w + 1);
     let after_block = applet(&mut c).store().eeprom().0.clone();
@@ -194,28 +195,33 @@ fn retention_keeps_the_active_generation_and_the_newest() {
     // Still generation 1: no further write.
     c.process_ecm(&ecm(&k1, 1, 501)).unwrap();
     assert_eq!(writes(&mut c), w + 1);
-    // Two renewals are delivered before the ECMs switch: 2, then 3. The
-    // card keeps 1 (in use) and 3 (newest); "the two highest numbers"
+    // Three renewals are delivered before the ECMs switch: 2, 3, then 4.
+    // The card keeps 1 (in use) and the newest; "the highest numbers"
     // would have dropped 1 and refused every ECM on the air.
-    let k2 = ProductKey::random();
-    let k3 = ProductKey::random();
-    for (g, k) in [(2, &k2), (3, &k3)] {
-        for e in sd_emm_gs(&mut op, &auth, 16, &[], g, k) {
+    let keys: Vec<ProductKey> = (0..6).map(|_| ProductKey::random()).collect();
+    let deliver = |c: &mut MemCard, op: &mut Operator, g: u32| {
+        for e in sd_emm_gs(op, &auth, 16, &[], g, &keys[g as usize - 1]) {
             c.process_emm(&e).unwrap();
         }
+    };
+    for g in 2..=4 {
+        deliver(&mut c, &mut op, g);
     }
-    assert_eq!(generations(&mut c), [1, 3]);
+    let held = generations(&mut c);
+    assert!(held.contains(&1) && held.contains(&4), "{held:?}");
     c.process_ecm(&ecm(&k1, 1, 502)).unwrap();
-    // The ECMs move to 3; then 4 arrives: 3 and 4 are kept.
-    c.process_ecm(&ecm(&k3, 3, 503)).unwrap();
-    assert_eq!(applet(&mut c).state().entitlements[0].active, Some(3));
-    let k4 = ProductKey::random();
-    for e in sd_emm_gs(&mut op, &auth, 16, &[], 4, &k4) {
-        c.process_emm(&e).unwrap();
-    }
-    assert_eq!(generations(&mut c), [3, 4]);
-    c.process_ecm(&ecm(&k3, 3, 504)).unwrap();
-    c.process_ecm(&ecm(&k4, 4, 505)).unwrap();
+    // The ECMs move to 4; then 5 and 6 arrive: 4 and 6 are kept, 1 goes.
+    c.process_ecm(&ecm(&keys[3], 4, 503)).unwrap();
+    assert_eq!(applet(&mut c).state().entitlements[0].active, Some(4));
+    deliver(&mut c, &mut op, 5);
+    deliver(&mut c, &mut op, 6);
+    let held = generations(&mut c);
+    assert!(
+        held.contains(&4) && held.contains(&6) && !held.contains(&1),
+        "{held:?}"
+    );
+    c.process_ecm(&ecm(&keys[3], 4, 504)).unwrap();
+    c.process_ecm(&ecm(&keys[5], 6, 505)).unwrap();
     assert_eq!(
         c.process_ecm(&ecm(&k1, 1, 506)).unwrap_err().status(),
         Some(StatusWord::ECM_UNKNOWN_GENERATION)
@@ -223,7 +229,7 @@ fn retention_keeps_the_active_generation_and_the_newest() {
     // The active generation survives a power cut.
     let image = c.into_transport().applet.into_eeprom();
     let a = card::Applet::power_on(image).unwrap();
-    assert_eq!(a.state().entitlements[0].active, Some(4));
+    assert_eq!(a.state().entitlements[0].active, Some(6));
 }
 
 #[test]
