@@ -4,4 +4,5 @@
 //! write of every state-changing command (`tearing`).
 
 mod rejections;
+mod sd;
 mod tearing;

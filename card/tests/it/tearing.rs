@@ -180,3 +180,46 @@ fn ecm_clock_update_survives_power_cuts() {
         |s| s.clock == t,
     );
 }
+
+#[test]
+fn sd_labels_and_sd_keys_survive_power_cuts() {
+    use proto::emm::{SdKey, SdLabels};
+    use proto::sd::{cover, CardAddress, Forest, SdAuthority};
+    use proto::secret::{ProductKey, SdMaster};
+    let mut op = Operator::new();
+    let auth = SdAuthority::new(Forest::new(4).unwrap(), SdMaster::random());
+    let (mut c, _) = entitled_card(&mut op);
+    let public = c.info().unwrap().public_key;
+    let image = card_image(c);
+    let a = CardAddress { tree: 0, leaf: 6 };
+    let labels = op.emm_u(
+        CARD,
+        &public,
+        T0 + 1,
+        SdLabels::for_card(&auth.card_labels(a).unwrap()),
+    );
+    cut_everywhere(
+        "SD_LABELS",
+        image.clone(),
+        None,
+        |c| c.process_emm(&labels),
+        |s| {
+            s.sd.as_ref()
+                .is_some_and(|sd| sd.complete() && sd.address == a)
+        },
+    );
+    let mut c = MemCard::new(InProcessCard::new(Applet::power_on(image).unwrap()));
+    c.select().unwrap();
+    c.process_emm(&labels).unwrap();
+    let with_labels = card_image(c);
+    let cov = cover(auth.forest(), 16, &[3]);
+    let k = SdKey::wrap(&auth, &cov, PRODUCT, 2, 1, &ProductKey::random());
+    let g = op.emm_g(T0 + 2, k.payloads(T0 + 2).remove(0).commands);
+    cut_everywhere(
+        "SD_KEY",
+        with_labels,
+        None,
+        |c| c.process_emm(&g),
+        |s| s.entitlements[0].generations() == [1, 2] && s.clock == T0 + 2,
+    );
+}

@@ -266,6 +266,28 @@ proptest! {
         check_forest(4, assigned, &excluded)?;
     }
 
+    /// Arbitrary bytes never make the SD parsers panic; what parses is
+    /// canonical, and a card with labels can look into any SD_KEY that
+    /// parses.
+    #[test]
+    fn sd_parsers_take_any_bytes(id in any::<[u8; 8]>(), data in vec(any::<u8>(), 0..600)) {
+        if let Ok(s) = Subset::from_id(&id) {
+            prop_assert_eq!(s.to_id(), id);
+        }
+        let auth = authority(6, 0x55);
+        let card = auth.card_labels(CardAddress { tree: 0, leaf: 21 }).unwrap();
+        for prefix in [&[0x06u8, 24][..], &[0x07][..], &[0x08][..], &[][..]] {
+            let mut bytes = prefix.to_vec();
+            bytes.extend_from_slice(&data);
+            if let Ok(c) = EmmCommand::from_bytes(&bytes) {
+                prop_assert_eq!(c.to_bytes(), bytes);
+                if let EmmCommand::SdKey(k) = &c {
+                    let _ = k.open(&card);
+                }
+            }
+        }
+    }
+
     /// The SD commands survive encode → decode, and an SD_KEY's wraps are
     /// split over SD_WRAPS commands of 6.
     #[test]
