@@ -43,8 +43,8 @@
 # Everything it starts is stopped when it exits, on failure or Ctrl-C too.
 # WORK_DIR is created; if it exists, it must be empty or a previous demo's
 # (it is then wiped). Nothing outside it is written, apart from what apt
-# installs, pcscd's log, cargo's target folder and the vpcd slot's lock
-# file in /tmp (the one the tests take).
+# installs, pcscd's log, cargo's target folder and the vpcd slots' lock
+# files in /tmp (the ones the tests take).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
