@@ -93,16 +93,27 @@ fi
 [ -e /etc/reader.conf.d/vpcd ] ||
     die "/etc/reader.conf.d/vpcd is missing: reinstall vsmartcard-vpcd (apt-get install --reinstall -o Dpkg::Options::=--force-confmiss vsmartcard-vpcd)"
 
-# 2. Two more slots.
+# 2. Two more slots. The vpcd driver keeps its connections in one table
+# indexed by slot number, shared by every reader entry that loads the same
+# library: a second entry on the stock library would take over the stock
+# readers' slots. So the extra entry loads its own copy of the driver
+# (another path is another instance for the dynamic loader).
 ports=(35963 35964 35965 35966)
 config_changed=0
+EXTRA_LIB="$(dirname "$VPCD_LIB")/libifdvpcd-iodoform.so"
+if ! cmp -s "$(readlink -f "$VPCD_LIB")" "$EXTRA_LIB"; then
+    say "copying the vpcd driver for the extra slots ($EXTRA_LIB)"
+    as_root cp "$(readlink -f "$VPCD_LIB")" "$EXTRA_LIB"
+    config_changed=1
+fi
 want="$(
     cat << EOF
 # Added by Iodoform's scripts/ensure-pcscd.sh: two more virtual readers,
-# "Iodoform VPCD 00 00" on port 35965 and "Iodoform VPCD 00 01" on 35966.
+# "Iodoform VPCD 00 00" on port 35965 and "Iodoform VPCD 00 01" on 35966,
+# served by their own copy of the vpcd driver.
 FRIENDLYNAME "Iodoform VPCD"
 DEVICENAME   /dev/null:0x8C7D
-LIBPATH      $VPCD_LIB
+LIBPATH      $EXTRA_LIB
 CHANNELID    0x8C7D
 EOF
 )"

@@ -161,7 +161,9 @@ fn waiting_for_a_card() {
             .arg(&state),
         &dir.path().join("card.log"),
     );
-    let suffix = &slot.reader[slot.reader.len() - 5..];
+    // A part of its name that no other reader's has (the slot numbers
+    // alone, "00 01", are in two readers' names).
+    let suffix = &slot.reader[2..];
     let waited = PcscTransport::wait_for_card(
         ReaderChoice::Named(suffix.to_string()),
         Duration::from_secs(10),
