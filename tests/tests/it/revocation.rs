@@ -324,8 +324,8 @@ fn fifty_revocations_20_ms_apart_refuse_no_paying_card_and_cut_off_every_revoked
     if !prerequisites(test) {
         return;
     }
-    let t0 = Instant::now();
     let slot = vpcd::slot();
+    let t0 = Instant::now();
     let rx_in = receiver_input();
     let tee = Tap::start(Some(rx_in));
     // The 50 cards' Subset Difference labels (a few kilobytes each, sent
@@ -529,8 +529,8 @@ fn one_of_three_watching_cards_revoked_stops_only_its_receiver() {
     if !prerequisites(test) {
         return;
     }
-    let t0 = Instant::now();
     let slots = vpcd::slots(3);
+    let t0 = Instant::now();
     let inputs: Vec<_> = (0..3).map(|_| receiver_input()).collect();
     let tee = Tap::start_to(inputs.clone());
     let sys = System::set_up(&slots[0], tee.addr);
