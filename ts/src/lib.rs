@@ -13,6 +13,7 @@
 pub mod bench;
 pub mod cissa;
 pub mod clock;
+pub mod demux;
 pub mod packet;
 pub mod psi;
 
