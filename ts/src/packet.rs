@@ -107,6 +107,11 @@ pub enum PacketError {
     PidOutOfRange(u16),
     #[error("{0}")]
     Build(&'static str),
+    #[error(
+        "no adaptation field flags byte to carry the discontinuity_indicator; \
+         build the packet with one (PacketBuilder::discontinuity)"
+    )]
+    NoAdaptationFlags,
 }
 
 /// A Program Clock Reference: 33 bits at 90 kHz and 9 bits at 27 MHz.
@@ -387,6 +392,18 @@ impl<'buf> PacketMut<'buf> {
 
     pub fn set_continuity_counter(&mut self, cc: u8) {
         self.buf[3] = (self.buf[3] & 0xF0) | (cc & 0x0F);
+    }
+
+    /// Sets or clears the discontinuity_indicator, which lives in the
+    /// adaptation field's flags byte: a packet without an adaptation
+    /// field, or with a one-byte (length only) field, has nowhere to carry
+    /// it, and is left as it was.
+    pub fn set_discontinuity(&mut self, on: bool) -> Result<(), PacketError> {
+        if self.buf[3] & 0x20 == 0 || self.buf[4] == 0 {
+            return Err(PacketError::NoAdaptationFlags);
+        }
+        self.buf[5] = (self.buf[5] & !0x80) | if on { 0x80 } else { 0 };
+        Ok(())
     }
 
     pub fn set_pusi(&mut self, on: bool) {
@@ -770,6 +787,43 @@ mod tests {
         assert_eq!(v.scrambling(), ScramblingControl::ODD);
         assert_eq!(v.payload(), &[1, 2, 3]);
         assert!(v.has_adaptation_field());
+    }
+
+    #[test]
+    fn setters_touch_only_their_bits() {
+        let mut b = PacketBuilder::new(0x123);
+        b.continuity_counter = 5;
+        b.pcr = Some(Pcr::from_27mhz(42));
+        let (mut p, _) = b.build(&[7; 20]).unwrap();
+        let before = p;
+        let mut m = PacketMut::from_array(&mut p).unwrap();
+        m.set_discontinuity(true).unwrap();
+        m.set_continuity_counter(0x1E);
+        m.set_scrambling(ScramblingControl::ODD);
+        let v = m.view();
+        let af = v.adaptation_field().unwrap();
+        assert!(af.discontinuity());
+        assert_eq!((af.pcr(), v.pid()), (Some(Pcr::from_27mhz(42)), 0x123));
+        assert_eq!(
+            (v.continuity_counter(), v.scrambling()),
+            (0xE, ScramblingControl::ODD)
+        );
+        m.set_discontinuity(false).unwrap();
+        m.set_continuity_counter(5);
+        m.set_scrambling(ScramblingControl::CLEAR);
+        assert_eq!(p, before);
+
+        // No flags byte: nowhere to put it, and nothing changes.
+        for payload in [&[1u8; 184][..], &[1; 183]] {
+            let (mut p, _) = PacketBuilder::new(0x10).build(payload).unwrap();
+            let before = p;
+            let mut m = PacketMut::from_array(&mut p).unwrap();
+            assert_eq!(
+                m.set_discontinuity(true),
+                Err(PacketError::NoAdaptationFlags)
+            );
+            assert_eq!(p, before);
+        }
     }
 
     #[test]

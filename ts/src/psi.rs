@@ -22,7 +22,9 @@
 //! [`EMM_SECTION_ADDRESS_OFFSET`] = 3 + `proto::emm::ADDRESS_OFFSET`, where a
 //! receiver filters before anything reaches the card.
 
-use crate::packet::{Packet, PacketError, Parity, MAX_PAYLOAD_LEN, MAX_PID, PACKET_LEN, SYNC_BYTE};
+use crate::packet::{
+    Packet, PacketError, PacketMut, Parity, MAX_PAYLOAD_LEN, MAX_PID, PACKET_LEN, SYNC_BYTE,
+};
 use proto::codec::{InvalidMessage, Reader};
 use thiserror::Error;
 
@@ -929,6 +931,101 @@ pub fn packetize_continuing(
     Ok(out.len() - before)
 }
 
+/// A table re-emitted on demand on one PID: its sections are cut into
+/// packets once, when they change, and every emission gives those packets
+/// the PID's next continuity counters, so that a table repeated or
+/// changed comes out as one continuous stream.
+///
+/// The counter is the repeater's own ([`emit`](Self::emit)) on a PID that
+/// carries nothing else; where other packets share the PID (two programs'
+/// PMTs on one PID, a PID that was passed through before), the caller
+/// keeps the PID's counter and emits with
+/// [`emit_continuing`](Self::emit_continuing).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Repeater {
+    pid: u16,
+    packets: Vec<[u8; PACKET_LEN]>,
+    counter: Continuity,
+}
+
+impl Repeater {
+    /// A repeater on `pid` with no table yet.
+    pub fn new(pid: u16) -> Result<Self, PsiError> {
+        check_pid(pid)?;
+        Ok(Repeater {
+            pid,
+            packets: Vec::new(),
+            counter: Continuity::default(),
+        })
+    }
+
+    pub fn pid(&self) -> u16 {
+        self.pid
+    }
+
+    /// Moves the table to another PID (a PMT the PAT has moved); the
+    /// packets are cut again, and the counter goes on.
+    pub fn set_pid(&mut self, pid: u16) -> Result<(), PsiError> {
+        check_pid(pid)?;
+        if pid != self.pid {
+            self.pid = pid;
+            for p in &mut self.packets {
+                // Made by `packetize`: always a valid packet.
+                PacketMut::from_array(p)?.set_pid(pid)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Replaces the table. On an error the repeater keeps the table it
+    /// had.
+    pub fn set_sections(&mut self, sections: &[&[u8]]) -> Result<(), PsiError> {
+        let mut packets = Vec::with_capacity(self.packets.len().max(1));
+        packetize(sections, self.pid, &mut 0, &mut packets)?;
+        self.packets = packets;
+        Ok(())
+    }
+
+    /// Forgets the table: nothing is emitted until the next one.
+    pub fn clear(&mut self) {
+        self.packets.clear();
+    }
+
+    /// Whether there is no table to emit.
+    pub fn is_empty(&self) -> bool {
+        self.packets.is_empty()
+    }
+
+    /// The counter of the last packet emitted with the repeater's own.
+    pub fn continuity(&self) -> Continuity {
+        self.counter
+    }
+
+    /// Appends the table's packets to `out`, continuing the repeater's own
+    /// counter; returns how many.
+    pub fn emit(&mut self, out: &mut Vec<[u8; PACKET_LEN]>) -> usize {
+        let mut counter = self.counter;
+        let n = self.emit_continuing(&mut counter, out);
+        self.counter = counter;
+        n
+    }
+
+    /// Appends the table's packets to `out`, continuing `counter` (the
+    /// PID's, kept by the caller); returns how many.
+    pub fn emit_continuing(
+        &self,
+        counter: &mut Continuity,
+        out: &mut Vec<[u8; PACKET_LEN]>,
+    ) -> usize {
+        for p in &self.packets {
+            let mut p = *p;
+            counter.stamp(&mut p);
+            out.push(p);
+        }
+        self.packets.len()
+    }
+}
+
 /// Cuts sections into TS packets on `pid`, packed back to back: a packet
 /// where a section starts has PUSI set and a pointer_field to the first
 /// such start; the last packet is filled with 0xFF. `cc` is the continuity
@@ -1077,5 +1174,58 @@ mod tests {
         let mut p = out[0];
         c.stamp(&mut p);
         assert_eq!((p[3] & 0x0F, c.last()), (1, Some(1)));
+    }
+
+    #[test]
+    fn a_repeater_cuts_once_and_counts_on_across_a_change_and_a_move() {
+        let pat = |v: u8| {
+            Pat {
+                transport_stream_id: 1,
+                version: v,
+                current_next: true,
+                programs: vec![PatEntry {
+                    program_number: 1,
+                    pid: 0x100,
+                }],
+            }
+            .to_section()
+            .unwrap()
+        };
+        let mut r = Repeater::new(0).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(r.emit(&mut out), 0);
+        assert!(r.is_empty());
+        r.set_sections(&[&pat(0)]).unwrap();
+        for _ in 0..16 {
+            assert_eq!(r.emit(&mut out), 1);
+        }
+        r.set_sections(&[&pat(1)]).unwrap();
+        // A bad table leaves the last good one in place.
+        assert!(r.set_sections(&[&[0xFF, 0, 0]]).is_err());
+        assert_eq!(r.emit(&mut out), 1);
+        let ccs: Vec<u8> = out.iter().map(|p| p[3] & 0x0F).collect();
+        assert_eq!(ccs, (0..17).map(|i| i & 0x0F).collect::<Vec<u8>>());
+        assert_eq!(r.continuity().last(), Some(0));
+        let mut asm = SectionAssembler::new();
+        let versions: Vec<u8> = out
+            .iter()
+            .flat_map(|p| asm.push(&Packet::from_array(p).unwrap()))
+            .map(|s| Pat::from_section(&s.unwrap()).unwrap().version)
+            .collect();
+        assert_eq!(versions.len(), 17);
+        assert_eq!(versions[15..], [0, 1]);
+
+        // Moved, and emitted on a counter kept elsewhere.
+        r.set_pid(0x20).unwrap();
+        assert!(r.set_pid(0x2000).is_err());
+        let mut shared = Continuity::default();
+        shared.set_last(6);
+        out.clear();
+        assert_eq!(r.emit_continuing(&mut shared, &mut out), 1);
+        let v = Packet::from_array(&out[0]).unwrap();
+        assert_eq!((v.pid(), v.continuity_counter()), (0x20, 7));
+        assert_eq!((shared.last(), r.continuity().last()), (Some(7), Some(0)));
+        r.clear();
+        assert_eq!(r.emit(&mut out), 0);
     }
 }

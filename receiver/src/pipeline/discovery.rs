@@ -1,12 +1,12 @@
 //! Which PID carries what: the service, its components, its ECM and EMM
 //! PIDs, learnt from the PAT, the PMT and the CAT.
 //!
-//! [`ServiceMap`] holds the role of every PID and the section assembler
-//! of each table PID, and follows the tables as they change mid-stream (a
-//! new PMT moves the components and the ECM PID; a new CAT moves the EMM
-//! PID). [`Search`] is the start of a run: it holds the packets until the
-//! PAT and the service's PMT have been seen, so that they can be replayed
-//! once the roles are known.
+//! [`ServiceMap`] holds the role of every PID in a [`Demux`], which
+//! assembles the sections of each table PID, and follows the tables as
+//! they change mid-stream (a new PMT moves the components and the ECM PID;
+//! a new CAT moves the EMM PID). [`Search`] is the start of a run: it
+//! holds the packets until the PAT and the service's PMT have been seen,
+//! so that they can be replayed once the roles are known.
 //!
 //! What it must never do: write a packet, look into a payload other than
 //! PSI, or talk to the CA module. It refuses a service the receiver
@@ -15,8 +15,9 @@
 
 use crate::error::Failure;
 use std::collections::VecDeque;
-use ts::packet::{CAT_PID, MAX_PID, NULL_PID, PAT_PID};
-use ts::psi::{Cat, Descriptor, Pat, Pmt, SectionAssembler, CA_SYSTEM_ID};
+use ts::demux::{Demux, Demuxed, PidRole};
+use ts::packet::{CAT_PID, NULL_PID, PAT_PID};
+use ts::psi::{Cat, Descriptor, Pat, Pmt, CA_SYSTEM_ID};
 use ts::{Packet, PACKET_LEN};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,6 +39,15 @@ pub(super) enum Role {
     PcrOnly,
 }
 
+impl PidRole for Role {
+    fn carries_sections(&self) -> bool {
+        matches!(
+            self,
+            Role::Pat | Role::Pmt | Role::Cat | Role::Ecm | Role::Emm
+        )
+    }
+}
+
 /// The role of a PID that no table has claimed.
 fn default_role(pid: u16) -> Role {
     match pid {
@@ -49,12 +59,12 @@ fn default_role(pid: u16) -> Role {
     }
 }
 
-/// The role of every PID, the PIDs the service's tables named, and the
-/// section assembly of the table PIDs.
+/// The role of every PID, with the section assembly of the table PIDs,
+/// and the PIDs the service's tables named.
 #[derive(Debug)]
 pub(super) struct ServiceMap {
-    /// Indexed by PID.
-    roles: Vec<Role>,
+    /// A PID with no role in it is dropped ([`Role::Drop`]).
+    demux: Demux<Role>,
     program: Option<u16>,
     pmt_pid: Option<u16>,
     es_pids: Vec<u16>,
@@ -66,17 +76,21 @@ pub(super) struct ServiceMap {
     /// The service left the PAT after it had been found (see
     /// [`ServiceMap::learn_pat`]).
     off_air: bool,
-    pub(super) pat_asm: SectionAssembler,
-    pub(super) pmt_asm: SectionAssembler,
-    pub(super) cat_asm: SectionAssembler,
-    pub(super) ecm_asm: SectionAssembler,
-    pub(super) emm_asm: SectionAssembler,
 }
 
 impl ServiceMap {
     pub(super) fn new() -> Self {
+        let mut demux = Demux::new();
+        for pid in [PAT_PID, CAT_PID]
+            .into_iter()
+            .chain(0x10..=0x1F)
+            .chain([NULL_PID])
+        {
+            // All in range.
+            let _ = demux.set(pid, default_role(pid));
+        }
         ServiceMap {
-            roles: (0..=MAX_PID).map(default_role).collect(),
+            demux,
             program: None,
             pmt_pid: None,
             es_pids: Vec::new(),
@@ -85,11 +99,6 @@ impl ServiceMap {
             emm_pid: None,
             dropped_ca_pids: Vec::new(),
             off_air: false,
-            pat_asm: SectionAssembler::new(),
-            pmt_asm: SectionAssembler::new(),
-            cat_asm: SectionAssembler::new(),
-            ecm_asm: SectionAssembler::new(),
-            emm_asm: SectionAssembler::new(),
         }
     }
 
@@ -117,15 +126,28 @@ impl ServiceMap {
 
     #[inline]
     pub(super) fn role(&self, pid: u16) -> Role {
-        self.roles
-            .get(usize::from(pid))
-            .copied()
-            .unwrap_or(Role::Drop)
+        self.demux.role(pid).unwrap_or(Role::Drop)
     }
 
+    /// One packet: its PID's role, and the sections it completed on a
+    /// table PID.
+    #[inline]
+    pub(super) fn push(&mut self, view: &Packet<'_>) -> Demuxed<Role> {
+        self.demux.push(view).unwrap_or(Demuxed {
+            pid: view.pid(),
+            role: Role::Drop,
+            sections: Vec::new(),
+        })
+    }
+
+    /// Gives `pid` its role; a PID that changes role starts its sections
+    /// afresh.
     fn set_role(&mut self, pid: u16, role: Role) {
-        if let Some(r) = self.roles.get_mut(usize::from(pid)) {
-            *r = role;
+        if role == Role::Drop {
+            self.demux.clear(pid);
+        } else {
+            // A PID out of range has no packets, and so no role to keep.
+            let _ = self.demux.set(pid, role);
         }
     }
 
@@ -165,7 +187,6 @@ impl ServiceMap {
             }
             self.set_role(pid, Role::Pmt);
             self.pmt_pid = Some(pid);
-            self.pmt_asm.reset();
         }
         self.program = Some(program);
         Ok(())
@@ -223,24 +244,24 @@ impl ServiceMap {
                 self.dropped_ca_pids.push(pid);
             }
         }
-        Ok(self.switch_ca_pid(ours, Role::Ecm, |m| (&mut m.ecm_pid, &mut m.ecm_asm)))
+        Ok(self.switch_ca_pid(ours, Role::Ecm, |m| &mut m.ecm_pid))
     }
 
     /// A CAT: the EMM PID of Iodoform's CA system, if it names one.
     pub(super) fn learn_cat(&mut self, cat: &Cat) {
         let pid = cat.emm_pid(CA_SYSTEM_ID);
-        self.switch_ca_pid(pid, Role::Emm, |m| (&mut m.emm_pid, &mut m.emm_asm));
+        self.switch_ca_pid(pid, Role::Emm, |m| &mut m.emm_pid);
     }
 
     /// Moves `role` (ECM or EMM) to the PID `new` from the one `slot`
-    /// holds, and starts its sections afresh; whether the PID changed.
+    /// holds (its sections start afresh there); whether the PID changed.
     fn switch_ca_pid(
         &mut self,
         new: Option<u16>,
         role: Role,
-        slot: fn(&mut Self) -> (&mut Option<u16>, &mut SectionAssembler),
+        slot: fn(&mut Self) -> &mut Option<u16>,
     ) -> bool {
-        let old = *slot(self).0;
+        let old = *slot(self);
         if old == new {
             return false;
         }
@@ -250,25 +271,39 @@ impl ServiceMap {
         if let Some(pid) = new {
             self.set_role(pid, role);
         }
-        let (pid, asm) = slot(self);
-        *pid = new;
-        asm.reset();
+        *slot(self) = new;
         true
     }
 }
 
 /// The start of a run: the packets held while the PAT, the CAT and the
 /// service's PMT are looked for.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(super) struct Search {
     hold: VecDeque<[u8; PACKET_LEN]>,
-    pat_asm: SectionAssembler,
-    cat_asm: SectionAssembler,
-    pmt_asm: SectionAssembler,
+    /// The PAT, the CAT and, once the PAT has named it, the PMT PID.
+    demux: Demux<Role>,
     pat: Option<Pat>,
     cat: Option<Cat>,
     /// (program_number, PMT PID)
     target: Option<(u16, u16)>,
+}
+
+impl Default for Search {
+    fn default() -> Self {
+        let mut demux = Demux::new();
+        for (pid, role) in [(PAT_PID, Role::Pat), (CAT_PID, Role::Cat)] {
+            // In range.
+            let _ = demux.set(pid, role);
+        }
+        Search {
+            hold: VecDeque::new(),
+            demux,
+            pat: None,
+            cat: None,
+            target: None,
+        }
+    }
 }
 
 /// What the search found: the tables to learn, then the packets to replay
@@ -298,29 +333,26 @@ impl Search {
             return Err(self.missing(packets_in));
         }
         let mut found = None;
-        match view.pid() {
-            PAT_PID => {
-                for s in self.pat_asm.push(view).into_iter().flatten() {
+        let Some(Demuxed { role, sections, .. }) = self.demux.push(view) else {
+            return Ok(None);
+        };
+        for s in sections.into_iter().flatten() {
+            match role {
+                Role::Pat => {
                     if let Ok(pat) = Pat::from_section(&s) {
                         let (program, pid) = choose(&pat, wanted)?;
-                        if self.target.map(|t| t.1) != Some(pid) {
-                            self.pmt_asm.reset();
-                        }
+                        self.retarget(pid);
                         self.target = Some((program, pid));
                         self.pat = Some(pat);
                     }
                 }
-            }
-            CAT_PID => {
-                for s in self.cat_asm.push(view).into_iter().flatten() {
+                Role::Cat => {
                     if let Ok(cat) = Cat::from_section(&s) {
                         self.cat = Some(cat);
                     }
                 }
-            }
-            pid if self.target.is_some_and(|t| t.1 == pid) => {
-                let program = self.target.map_or(0, |t| t.0);
-                for s in self.pmt_asm.push(view).into_iter().flatten() {
+                _ => {
+                    let program = self.target.map_or(0, |t| t.0);
                     if let Ok(pmt) = Pmt::from_section(&s) {
                         if pmt.program_number == program {
                             found = Some(pmt);
@@ -328,9 +360,25 @@ impl Search {
                     }
                 }
             }
-            _ => {}
         }
         Ok(found)
+    }
+
+    /// Looks for the PMT on `pid` (where its sections start afresh when
+    /// it moved) instead of the last PMT PID. The PAT and CAT PIDs stay
+    /// what they are.
+    fn retarget(&mut self, pid: u16) {
+        let old = self.target.map(|t| t.1);
+        if old == Some(pid) {
+            return;
+        }
+        if let Some(old) = old.filter(|&p| p != PAT_PID && p != CAT_PID) {
+            self.demux.clear(old);
+        }
+        if pid != PAT_PID && pid != CAT_PID {
+            // 13 bits: in range.
+            let _ = self.demux.set(pid, Role::Pmt);
+        }
     }
 
     /// Ends the search with the PMT that [`Search::look`] found.

@@ -66,8 +66,9 @@ use discovery::{Role, Search, ServiceMap};
 use rewrite::Rewritten;
 use std::io;
 use std::time::{Duration, Instant};
+use ts::demux::Demuxed;
 use ts::packet::PAT_PID;
-use ts::psi::{Cat, Pat, Pmt, SectionAssembler};
+use ts::psi::{Cat, Pat, Pmt, PsiError};
 use ts::{Packet, PacketReader, PACKET_LEN};
 
 /// Where clear packets go.
@@ -364,15 +365,14 @@ impl<C: CaModule> Stages<C> {
         Ok(())
     }
 
-    /// Each section `view` completes on the assembler `asm` picks, to
-    /// `on_section` in order; a broken one counted as a section error.
+    /// Each section a packet completed, to `on_section` in order; a
+    /// broken one counted as a section error.
     fn each_section(
         &mut self,
-        asm: fn(&mut ServiceMap) -> &mut SectionAssembler,
-        view: &Packet<'_>,
+        sections: Vec<Result<Vec<u8>, PsiError>>,
         mut on_section: impl FnMut(&mut Self, &[u8]) -> Result<(), Failure>,
     ) -> Result<(), Failure> {
-        for r in asm(&mut self.map).push(view) {
+        for r in sections {
             match r {
                 Ok(s) => on_section(self, &s)?,
                 Err(_) => self.stats.section_errors += 1,
@@ -397,7 +397,8 @@ impl<C: CaModule> Stages<C> {
                 self.clock.pcr(pcr);
             }
         }
-        match self.map.role(pid) {
+        let Demuxed { role, sections, .. } = self.map.push(&view);
+        match role {
             Role::Drop => Ok(()),
             Role::Pass => {
                 if view.scrambling().0 != 0 {
@@ -406,29 +407,21 @@ impl<C: CaModule> Stages<C> {
                 }
                 self.emit(p, sink)
             }
-            Role::Pat => self.each_section(|m| &mut m.pat_asm, &view, |me, s| me.on_pat(s, sink)),
-            Role::Pmt => self.each_section(|m| &mut m.pmt_asm, &view, |me, s| me.on_pmt(s, sink)),
-            Role::Cat => self.each_section(
-                |m| &mut m.cat_asm,
-                &view,
-                |me, s| {
-                    match Cat::from_section(s) {
-                        Ok(cat) => me.map.learn_cat(&cat),
-                        Err(_) => me.stats.section_errors += 1,
-                    }
-                    Ok(())
-                },
-            ),
-            Role::Ecm => self.each_section(
-                |m| &mut m.ecm_asm,
-                &view,
-                |me, s| me.access.on_ecm(s, &me.clock, &mut me.stats),
-            ),
-            Role::Emm => self.each_section(
-                |m| &mut m.emm_asm,
-                &view,
-                |me, s| me.access.on_emm(s, &me.clock, &mut me.stats),
-            ),
+            Role::Pat => self.each_section(sections, |me, s| me.on_pat(s, sink)),
+            Role::Pmt => self.each_section(sections, |me, s| me.on_pmt(s, sink)),
+            Role::Cat => self.each_section(sections, |me, s| {
+                match Cat::from_section(s) {
+                    Ok(cat) => me.map.learn_cat(&cat),
+                    Err(_) => me.stats.section_errors += 1,
+                }
+                Ok(())
+            }),
+            Role::Ecm => self.each_section(sections, |me, s| {
+                me.access.on_ecm(s, &me.clock, &mut me.stats)
+            }),
+            Role::Emm => self.each_section(sections, |me, s| {
+                me.access.on_emm(s, &me.clock, &mut me.stats)
+            }),
             Role::Es => self.on_es(p, sink),
             Role::PcrOnly => {
                 if view.scrambling().0 == 0 {

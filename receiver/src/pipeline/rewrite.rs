@@ -4,9 +4,9 @@
 //! with the CW slots, [`crate::keys`].)
 //!
 //! A rewritten table is made once per new input section and re-emitted at
-//! the input's own rhythm, with continuity counters of its own, so that a
-//! repeated table costs a copy and a PMT version change comes out as a
-//! continuous stream.
+//! the input's own rhythm by a [`Repeater`], with continuity counters of
+//! its own, so that a repeated table costs a copy and a PMT version change
+//! comes out as a continuous stream.
 //!
 //! What it must never do: write a scrambled packet or a CA_descriptor,
 //! decide which PID is which ([`super::discovery`] does), or talk to the
@@ -15,15 +15,16 @@
 use super::PacketSink;
 use crate::stats::Stats;
 use std::io;
-use ts::psi::{descriptor_tag, packetize, Continuity, Descriptor, Pat, Pmt};
-use ts::{Packet, PACKET_LEN};
+use ts::psi::{descriptor_tag, Descriptor, Pat, Pmt, Repeater};
+use ts::{Packet, PacketMut, PACKET_LEN};
 
 /// A rewritten table, cached by the input section it came from.
 #[derive(Debug, Default)]
 pub(super) struct Rewritten {
     input: Vec<u8>,
-    output: Vec<[u8; PACKET_LEN]>,
-    cc: Continuity,
+    output: Repeater,
+    /// The packets of one emission, on their way to the sink.
+    scratch: Vec<[u8; PACKET_LEN]>,
 }
 
 impl Rewritten {
@@ -42,14 +43,13 @@ impl Rewritten {
                 return Ok(());
             };
             self.input = input.to_vec();
-            self.output.clear();
-            let mut cc = 0;
-            if packetize(&[&section], pid, &mut cc, &mut self.output).is_err() {
+            if self.output.set_pid(pid).is_err() || self.output.set_sections(&[&section]).is_err() {
                 self.output.clear();
             }
         }
-        for p in &mut self.output {
-            self.cc.stamp(p);
+        self.scratch.clear();
+        self.output.emit(&mut self.scratch);
+        for p in &self.scratch {
             sink.packet(p)?;
             stats.packets_out += 1;
         }
@@ -86,9 +86,13 @@ pub(super) fn adaptation_only(view: &Packet<'_>) -> Option<[u8; PACKET_LEN]> {
     let af = view.adaptation_field().map_or(&[][..], |a| a.bytes());
     let mut out = [0xFFu8; PACKET_LEN];
     out[..3].copy_from_slice(&p[..3]);
-    out[3] = 0x20 | (p[3] & 0x0F);
+    // adaptation_field_control 10 (no payload), clear.
+    out[3] = 0x20;
     out[4] = 183;
     out[5..5 + af.len()].copy_from_slice(af);
+    PacketMut::from_array(&mut out)
+        .ok()?
+        .set_continuity_counter(view.continuity_counter());
     Some(out)
 }
 

@@ -470,7 +470,9 @@ fn a_pcr_pid_shared_with_another_service_gives_its_pcr_alone() {
         // that `by_pid` takes them.
         let mut v = air.ts.clone();
         for p in v.chunks_mut(PACKET_LEN) {
-            p[3] &= 0x3F;
+            if let Ok(mut p) = ts::PacketMut::new(p) {
+                p.set_scrambling(ts::ScramblingControl::CLEAR);
+            }
         }
         v
     })

@@ -27,9 +27,9 @@ impl<F: CaFeed> Mux<F> {
         }
         next = next.min(self.next_psi);
         if now >= self.next_cat {
-            let s = std::mem::take(&mut self.cat_out.1);
-            self.emit_sections(1, &[&s], now);
-            self.cat_out.1 = s;
+            self.scratch.clear();
+            self.cat_repeater.emit(&mut self.scratch);
+            self.emit_scratch(now);
             self.stats.cat_sections += 1;
             self.next_cat = now.saturating_add(self.cat_interval);
         }
@@ -114,6 +114,10 @@ impl<F: CaFeed> Mux<F> {
         let previous = svc.active.as_ref().map(|a| (a.epoch, a.parity));
         svc.scrambler.set_even(&p.cws.even);
         svc.scrambler.set_odd(&p.cws.odd);
+        if svc.ecm_repeater.set_sections(&[&p.ecm_section]).is_err() {
+            // Not sent, as a section that cannot be cut into packets.
+            svc.ecm_repeater.clear();
+        }
         svc.active = Some(Active {
             epoch: p.epoch,
             parity,
@@ -145,12 +149,13 @@ impl<F: CaFeed> Mux<F> {
     }
 
     pub(super) fn emit_ecm(&mut self, i: usize, now: u64) {
-        let Some(a) = &self.services[i].active else {
+        let svc = &mut self.services[i];
+        if svc.active.is_none() {
             return;
-        };
-        let section = a.section.clone();
-        let pid = self.services[i].ecm_pid;
-        self.emit_sections(pid, &[&section], now);
+        }
+        self.scratch.clear();
+        svc.ecm_repeater.emit(&mut self.scratch);
+        self.emit_scratch(now);
         self.stats.ecm_sections += 1;
     }
 
@@ -189,10 +194,9 @@ impl<F: CaFeed> Mux<F> {
             return Vec::new();
         }
         let refs: Vec<&[u8]> = sections.iter().map(|s| &**s).collect();
-        let pid = self.emm.pid;
-        let c = &mut self.cc[usize::from(pid)];
         let mut made = Vec::new();
-        if packetize_continuing(&refs, pid, &mut c.last, &mut made).is_err() || made.is_empty() {
+        if self.emm.repeater.set_sections(&refs).is_err() || self.emm.repeater.emit(&mut made) == 0
+        {
             return Vec::new();
         }
         self.emm.bucket -= (made.len() * PACKET_LEN) as f64;

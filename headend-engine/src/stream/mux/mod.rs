@@ -59,10 +59,16 @@
 //! for subscribers while hiding nothing that the residue of every other
 //! packet does not already show.
 //!
+//! PIDs: a [`Demux`] holds each input PID's role and assembles the
+//! sections of the PAT, CAT and PMT PIDs.
+//!
 //! Continuity counters: PIDs that pass through keep theirs. When the input
 //! loops, each PID's counter is re-linked with an offset so that it
-//! continues where the output left it; generated PIDs (PMT, CAT, ECM, EMM)
-//! count on their own.
+//! continues where the output left it. The tables we send go out through
+//! [`Repeater`]s: our PAT, CAT, ECMs and EMMs, each on a PID of its own,
+//! count in their repeater; a PMT we send continues its PID's counter,
+//! which it shares with whatever else goes out on that PID (another
+//! program's PMT, the input's PMT before a PAT change).
 
 mod ca;
 mod output;
@@ -78,10 +84,11 @@ use super::{ChannelStreamConfig, EmmInsertion, StreamError, StreamStats};
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use ts::cissa::{Outcome, Scrambler};
-use ts::packet::{null_packet, Packet, PacketReader, MAX_PID, NULL_PID, PACKET_LEN};
+use ts::demux::{Demux, Demuxed, PidRole};
+use ts::packet::{null_packet, Packet, PacketMut, PacketReader, MAX_PID, NULL_PID, PACKET_LEN};
 use ts::psi::{
-    packetize_continuing, Cat, Descriptor, Pat, Pmt, PrivateSection, SectionAssembler,
-    CA_SYSTEM_ID, MAX_SECTION_LEN,
+    packetize_continuing, Cat, Descriptor, Pat, Pmt, PrivateSection, Repeater, CA_SYSTEM_ID,
+    MAX_SECTION_LEN,
 };
 
 /// How often, in stream time, a feed is asked again for a service's
@@ -148,6 +155,15 @@ enum Role {
     Null,
 }
 
+impl PidRole for Role {
+    fn carries_sections(&self) -> bool {
+        matches!(
+            self,
+            Role::Pat | Role::CatIn | Role::PmtOurs | Role::PmtPass
+        )
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Cc {
     last: ts::psi::Continuity,
@@ -169,7 +185,11 @@ struct Service {
     ecm_pid: u16,
     /// The PMT as it came, and as we send it.
     pmt_in: Option<Pmt>,
-    pmt_out: Option<(Pmt, Vec<u8>)>,
+    pmt_out: Option<Pmt>,
+    /// Our PMT's packets, on `pmt_pid`.
+    pmt_repeater: Repeater,
+    /// The period's ECM, on `ecm_pid`.
+    ecm_repeater: Repeater,
     /// Where the PAT says the PMT is.
     pmt_pid: u16,
     scrambler: Scrambler,
@@ -212,6 +232,8 @@ struct Emm {
     mode: EmmInsertion,
     /// Packets made and waiting for null packets to replace.
     queue: VecDeque<[u8; PACKET_LEN]>,
+    /// Each batch of sections cut into packets, on the EMM PID's counter.
+    repeater: Repeater,
 }
 
 /// The multiplexer (see the module docs).
@@ -224,25 +246,28 @@ pub struct Mux<F: CaFeed> {
     start_unix_ms: u64,
     ecm_interval: u64,
     cat_interval: u64,
-    roles: Vec<Role>,
+    /// The role of each input PID ([`Role::Drop`] where it has none), and
+    /// the sections of the PSI PIDs.
+    demux: Demux<Role>,
     /// PIDs on which a clear packet with a payload may leave (the
     /// last-line check in `emit`).
     clear_ok: Vec<bool>,
     cc: Vec<Cc>,
     services: Vec<Service>,
-    assemblers: HashMap<u16, SectionAssembler>,
     /// The input's PAT.
     pat: Option<Pat>,
     /// The PAT we send (the services on the air and the clear ones), and
-    /// its section.
-    pat_out: Option<(Pat, Vec<u8>)>,
+    /// its packets.
+    pat_out: Option<Pat>,
+    pat_repeater: Repeater,
     /// Air time of the first input PAT.
     pat_seen_at: Option<u64>,
     next_psi: u64,
     /// PMTs of the clear services, by program number.
     other_pmts: HashMap<u16, Pmt>,
     cat_in: Vec<Descriptor>,
-    cat_out: (Cat, Vec<u8>),
+    cat_out: Cat,
+    cat_repeater: Repeater,
     next_cat: u64,
     emm: Emm,
     clock: AirClock,
@@ -292,6 +317,9 @@ impl<F: CaFeed> Mux<F> {
                 ecm_pid: s.ecm_pid,
                 pmt_in: None,
                 pmt_out: None,
+                pmt_repeater: Repeater::default(),
+                // Checked by `validate`.
+                ecm_repeater: Repeater::new(s.ecm_pid).unwrap_or_default(),
                 pmt_pid: NULL_PID,
                 scrambler: Scrambler::new(),
                 active: None,
@@ -321,25 +349,24 @@ impl<F: CaFeed> Mux<F> {
             start_unix_ms,
             ecm_interval: cfg.ecm_interval_ms * TICKS_PER_MS,
             cat_interval: cfg.cat_interval_ms * TICKS_PER_MS,
-            roles: vec![Role::Drop; PIDS],
+            demux: Demux::new(),
             clear_ok: vec![false; PIDS],
             cc: vec![Cc::default(); PIDS],
             services,
-            assemblers: HashMap::new(),
             pat: None,
             pat_out: None,
+            pat_repeater: Repeater::default(),
             pat_seen_at: None,
             next_psi: 0,
             other_pmts: HashMap::new(),
             cat_in: Vec::new(),
-            cat_out: (
-                Cat {
-                    version: 0,
-                    current_next: true,
-                    descriptors: Vec::new(),
-                },
-                Vec::new(),
-            ),
+            cat_out: Cat {
+                version: 0,
+                current_next: true,
+                descriptors: Vec::new(),
+            },
+            // PID 1: always in range.
+            cat_repeater: Repeater::new(ts::packet::CAT_PID).unwrap_or_default(),
             next_cat: 0,
             emm: Emm {
                 pid: cfg.emm_pid,
@@ -351,6 +378,7 @@ impl<F: CaFeed> Mux<F> {
                 next_tick: 0,
                 mode: cfg.emm_insertion,
                 queue: VecDeque::new(),
+                repeater: Repeater::new(cfg.emm_pid).unwrap_or_default(),
             },
             clock: AirClock::new(cfg.fallback_bitrate),
             pending: Vec::with_capacity(512),
@@ -471,9 +499,7 @@ impl<F: CaFeed> Mux<F> {
     pub fn input_restarted(&mut self) {
         self.flush();
         self.stats.loops += 1;
-        for a in self.assemblers.values_mut() {
-            a.reset();
-        }
+        self.demux.discontinuity();
         self.clock.discontinuity();
         for c in &mut self.cc {
             c.relink = true;
@@ -549,13 +575,30 @@ impl<F: CaFeed> Mux<F> {
         self.pending = pending;
     }
 
+    /// The role of `pid`.
+    #[inline]
+    fn role(&self, pid: u16) -> Role {
+        self.demux.role(pid).unwrap_or(Role::Drop)
+    }
+
     fn process(&mut self, pkt: &mut [u8; PACKET_LEN], now: u64) {
-        // Validated in `push`.
-        let pid = u16::from_be_bytes([pkt[1] & 0x1F, pkt[2]]);
         if now >= self.next_event {
             self.timers(now);
         }
-        match self.roles[usize::from(pid)] {
+        // Validated in `push`.
+        let Ok(view) = Packet::from_array(pkt) else {
+            return;
+        };
+        let has_payload = view.has_payload();
+        let (pid, role, sections) = match self.demux.push(&view) {
+            Some(Demuxed {
+                pid,
+                role,
+                sections,
+            }) => (pid, role, sections),
+            None => (view.pid(), Role::Drop, Vec::new()),
+        };
+        match role {
             Role::Drop => {
                 self.stats.dropped_unreferenced += 1;
                 if self.orphan_withheld {
@@ -572,10 +615,10 @@ impl<F: CaFeed> Mux<F> {
             Role::Null => self.null_packet(pkt, now),
             Role::Pass => self.emit_input(pid, pkt, now),
             Role::PmtPass => {
-                self.sections(pid, pkt, now);
+                self.sections(pid, sections, now);
                 self.emit_input(pid, pkt, now);
             }
-            Role::Pat | Role::CatIn | Role::PmtOurs => self.sections(pid, pkt, now),
+            Role::Pat | Role::CatIn | Role::PmtOurs => self.sections(pid, sections, now),
             Role::Es(i) => self.scramble(usize::from(i), pid, pkt, now),
             Role::Side(i) => {
                 if self.services[usize::from(i)].on_air {
@@ -585,14 +628,14 @@ impl<F: CaFeed> Mux<F> {
                 }
             }
             Role::PcrClear => {
-                if pkt[3] & 0x10 != 0 {
+                if has_payload {
                     self.stats.dropped_unreferenced += 1;
                 } else {
                     self.emit_input(pid, pkt, now);
                 }
             }
             Role::Pcr(i) => {
-                if pkt[3] & 0x10 != 0 {
+                if has_payload {
                     // A payload on a PID that the PMT names for its PCR
                     // only: nothing says what it is.
                     self.stats.dropped_unreferenced += 1;

@@ -39,7 +39,7 @@ impl<F: CaFeed> Mux<F> {
 
     pub(super) fn caught_clear(&mut self, pid: usize) {
         self.stats.clear_packets += 1;
-        let svc = match self.roles[pid] {
+        let svc = match self.role(pid as u16) {
             Role::Es(i) | Role::Side(i) | Role::Pcr(i) => {
                 let svc = &mut self.services[usize::from(i)];
                 svc.clear_packets += 1;
@@ -61,9 +61,13 @@ impl<F: CaFeed> Mux<F> {
     /// Continuity re-linking and the post-loop PCR discontinuity flag, for
     /// packets that pass through (scrambled or not).
     pub(super) fn relink(&mut self, pid: u16, pkt: &mut [u8; PACKET_LEN]) {
+        // Validated in `push`.
+        let Ok(mut pkt) = PacketMut::from_array(pkt) else {
+            return;
+        };
         let c = &mut self.cc[usize::from(pid)];
-        let has_payload = pkt[3] & 0x10 != 0;
-        let cc_in = pkt[3] & 0x0F;
+        let has_payload = pkt.view().has_payload();
+        let cc_in = pkt.view().continuity_counter();
         if c.relink {
             if let Some(last) = c.last.last() {
                 let want = if has_payload {
@@ -78,11 +82,11 @@ impl<F: CaFeed> Mux<F> {
             }
         }
         let out = (cc_in + c.offset) & 0x0F;
-        pkt[3] = (pkt[3] & 0xF0) | out;
+        pkt.set_continuity_counter(out);
         c.last.set_last(out);
-        // The adaptation field was validated: a PCR flag means 7+ bytes.
-        if c.pcr_discontinuity && pkt[3] & 0x20 != 0 && pkt[4] >= 7 && pkt[5] & 0x10 != 0 {
-            pkt[5] |= 0x80;
+        // A packet with a PCR has the flags byte for the indicator.
+        if c.pcr_discontinuity && pkt.view().pcr().is_some() && pkt.set_discontinuity(true).is_ok()
+        {
             c.pcr_discontinuity = false;
         }
     }
@@ -92,7 +96,17 @@ impl<F: CaFeed> Mux<F> {
         self.emit(pkt, now);
     }
 
-    /// Cuts sections into packets on `pid` with its own counter.
+    /// Sends the packets in `scratch`.
+    pub(super) fn emit_scratch(&mut self, now: u64) {
+        let scratch = std::mem::take(&mut self.scratch);
+        for p in &scratch {
+            self.emit(p, now);
+        }
+        self.scratch = scratch;
+    }
+
+    /// Cuts sections into packets on `pid`, continuing its counter (a
+    /// table sent once: a clear service's PMT on one of our PMT PIDs).
     pub(super) fn emit_sections(&mut self, pid: u16, sections: &[&[u8]], now: u64) -> usize {
         let c = &mut self.cc[usize::from(pid)];
         self.scratch.clear();

@@ -5,11 +5,13 @@
 use super::*;
 
 impl<F: CaFeed> Mux<F> {
-    pub(super) fn sections(&mut self, pid: u16, pkt: &[u8; PACKET_LEN], now: u64) {
-        let Ok(view) = Packet::from_array(pkt) else {
-            return;
-        };
-        let results = self.assemblers.entry(pid).or_default().push(&view);
+    /// The sections an input packet on PSI PID `pid` completed.
+    pub(super) fn sections(
+        &mut self,
+        pid: u16,
+        results: Vec<Result<Vec<u8>, ts::psi::PsiError>>,
+        now: u64,
+    ) {
         for r in results {
             match r {
                 Ok(section) => self.section(pid, &section, now),
@@ -34,7 +36,7 @@ impl<F: CaFeed> Mux<F> {
     }
 
     pub(super) fn section(&mut self, pid: u16, section: &[u8], now: u64) {
-        let role = self.roles[usize::from(pid)];
+        let role = self.role(pid);
         match (role, section.first().copied()) {
             (Role::Pat, Some(0x00)) => match Pat::from_section(section) {
                 Ok(pat) if pat.current_next => {
@@ -109,24 +111,26 @@ impl<F: CaFeed> Mux<F> {
                 self.other_pmts.insert(pmt.program_number, pmt);
                 self.reclassify();
             }
-            if self.roles[usize::from(pid)] == Role::PmtOurs {
+            if self.role(pid) == Role::PmtOurs {
                 // A clear service's PMT on the PID of one of ours.
                 self.emit_sections(pid, &[section], now);
             }
             return;
         };
         if self.services[i].pmt_in.as_ref() != Some(&pmt) {
-            match rewrite_pmt(
-                &pmt,
-                self.services[i].ecm_pid,
-                self.services[i].pmt_out.as_ref(),
-            ) {
-                Ok(out) => {
-                    if self.services[i].pmt_out.as_ref().map(|o| o.0.version) != Some(out.0.version)
-                    {
+            let svc = &mut self.services[i];
+            let made = rewrite_pmt(&pmt, svc.ecm_pid, svc.pmt_out.as_ref()).and_then(|(out, s)| {
+                let mut repeater = Repeater::new(pid)?;
+                repeater.set_sections(&[&s])?;
+                Ok((out, repeater))
+            });
+            match made {
+                Ok((out, repeater)) => {
+                    if svc.pmt_out.as_ref().map(|o| o.version) != Some(out.version) {
                         self.stats.pmt_versions += 1;
                     }
-                    self.services[i].pmt_out = Some(out);
+                    svc.pmt_out = Some(out);
+                    svc.pmt_repeater = repeater;
                 }
                 Err(e) => {
                     self.stats.psi_errors += 1;
@@ -176,16 +180,19 @@ impl<F: CaFeed> Mux<F> {
             current_next: true,
             programs,
         };
-        if let Some((prev, _)) = &self.pat_out {
+        if let Some(prev) = &self.pat_out {
             out.version = prev.version;
             if &out == prev {
                 return false;
             }
             out.version = (prev.version + 1) & 0x1F;
         }
-        match out.to_section() {
-            Ok(s) => {
-                self.pat_out = Some((out, s));
+        match out
+            .to_section()
+            .and_then(|s| self.pat_repeater.set_sections(&[&s]))
+        {
+            Ok(()) => {
+                self.pat_out = Some(out);
                 self.health_generation += 1;
                 true
             }
@@ -209,36 +216,30 @@ impl<F: CaFeed> Mux<F> {
             .pat_seen_at
             .is_some_and(|t| now < t.saturating_add(REPORT_AFTER_MS * TICKS_PER_MS))
             && self.services.iter().any(|s| !s.on_air);
-        let Some((pat, s)) = self.pat_out.as_mut() else {
+        let Some(pat) = &self.pat_out else {
             return;
         };
         if starting || pat.programs.iter().all(|e| e.program_number == 0) {
             return;
         }
-        let s = std::mem::take(s);
-        self.emit_sections(0, &[&s], now);
-        if let Some(o) = self.pat_out.as_mut() {
-            o.1 = s;
-        }
+        self.scratch.clear();
+        self.pat_repeater.emit(&mut self.scratch);
+        self.emit_scratch(now);
         self.stats.pat_sections += 1;
     }
 
     pub(super) fn emit_pmt(&mut self, i: usize, now: u64) {
-        let pid = self.services[i].pmt_pid;
-        if !self.services[i].on_air {
+        let svc = &self.services[i];
+        let pid = svc.pmt_pid;
+        if !svc.on_air || svc.pmt_out.is_none() || self.role(pid) != Role::PmtOurs {
             return;
         }
-        let Some(o) = self.services[i].pmt_out.as_mut() else {
-            return;
-        };
-        let s = std::mem::take(&mut o.1);
-        if self.roles[usize::from(pid)] == Role::PmtOurs {
-            self.emit_sections(pid, &[&s], now);
-            self.stats.pmt_sections += 1;
-        }
-        if let Some(o) = self.services[i].pmt_out.as_mut() {
-            o.1 = s;
-        }
+        // The PID's counter: another program's PMT may share the PID.
+        self.scratch.clear();
+        svc.pmt_repeater
+            .emit_continuing(&mut self.cc[usize::from(pid)].last, &mut self.scratch);
+        self.emit_scratch(now);
+        self.stats.pmt_sections += 1;
     }
 
     /// PAT, then each live service's PMT and ECM, back to back: a
@@ -260,16 +261,19 @@ impl<F: CaFeed> Mux<F> {
         let version = if first {
             0
         } else {
-            (self.cat_out.0.version + 1) & 0x1F
+            (self.cat_out.version + 1) & 0x1F
         };
         let cat = Cat {
             version,
             current_next: true,
             descriptors,
         };
-        match cat.to_section() {
-            Ok(s) => {
-                self.cat_out = (cat, s);
+        match cat
+            .to_section()
+            .and_then(|s| self.cat_repeater.set_sections(&[&s]))
+        {
+            Ok(()) => {
+                self.cat_out = cat;
                 // Send the new table at once.
                 self.next_cat = 0;
                 self.next_event = 0;
@@ -303,7 +307,7 @@ fn is_ours(d: &Descriptor) -> bool {
 fn rewrite_pmt(
     pmt: &Pmt,
     ecm_pid: u16,
-    last: Option<&(Pmt, Vec<u8>)>,
+    last: Option<&Pmt>,
 ) -> Result<(Pmt, Vec<u8>), ts::psi::PsiError> {
     let mut out = pmt.clone();
     out.descriptors.retain(|d| !is_ours(d));
@@ -315,7 +319,7 @@ fn rewrite_pmt(
     out.current_next = true;
     out.version = match last {
         None => pmt.version & 0x1F,
-        Some((prev, _)) => {
+        Some(prev) => {
             let mut same = out.clone();
             same.version = prev.version;
             if &same == prev {

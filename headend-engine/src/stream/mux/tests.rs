@@ -6,7 +6,7 @@ use super::*;
 use crate::stream::feed::{EngineFeed, FeedError};
 use crate::{ControlWordSchedule, KeyEngine, OperatorKeys};
 use ts::packet::{PacketBuilder, Pcr, ScramblingControl};
-use ts::psi::{packetize, PatEntry, PmtStream};
+use ts::psi::{packetize, PatEntry, PmtStream, SectionAssembler};
 
 const ECM: u16 = 0x1F0;
 const EMM: u16 = 0x1F1;

@@ -17,7 +17,7 @@ impl<F: CaFeed> Mux<F> {
         let Some(pmt_pid) = pat.pmt_pid(svc.id) else {
             return Some(Withheld::ServiceMissing);
         };
-        if svc.pmt_in.is_none() || self.roles[usize::from(pmt_pid)] != Role::PmtOurs {
+        if svc.pmt_in.is_none() || self.role(pmt_pid) != Role::PmtOurs {
             return Some(Withheld::PmtUnparsable);
         }
         let hold = SCRAMBLED_HOLD_MS * TICKS_PER_MS;
@@ -65,7 +65,7 @@ impl<F: CaFeed> Mux<F> {
                 (None, Some(p)) if !usable(p) => {
                     format!("the input's PAT puts its PMT on reserved PID {p:#06x}")
                 }
-                (None, Some(p)) if self.roles[usize::from(p)] == Role::Generated => {
+                (None, Some(p)) if self.role(p) == Role::Generated => {
                     format!("its PMT is on PID {p:#06x}, the channel's ECM or EMM PID")
                 }
                 (None, Some(p)) => format!("no PMT on PID {p:#06x} yet"),
@@ -273,16 +273,18 @@ impl<F: CaFeed> Mux<F> {
                 self.detail_dirty = true;
             }
         }
-        self.assemblers.retain(|pid, _| {
-            matches!(
-                roles[usize::from(*pid)],
-                Role::Pat | Role::CatIn | Role::PmtOurs | Role::PmtPass
-            )
-        });
         for (ok, r) in self.clear_ok.iter_mut().zip(&roles) {
             *ok = !matches!(r, Role::Drop | Role::Es(_) | Role::Pcr(_) | Role::PcrClear);
         }
-        self.roles = roles;
+        // A PID whose role changed starts its sections afresh.
+        for (pid, &role) in (0..=MAX_PID).zip(&roles) {
+            if role == Role::Drop {
+                self.demux.clear(pid);
+            } else {
+                // Every PID of the table is in range.
+                let _ = self.demux.set(pid, role);
+            }
+        }
         if let Some(pid) = clock_pid {
             self.clock.set_pid(pid);
         }
