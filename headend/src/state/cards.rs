@@ -56,11 +56,10 @@ impl Headend {
         )?;
         self.engine.insert_card(prepared)?;
         self.engine.raise_emm_u_seq(req.card_id, self.seq_floor)?;
+        // Its Subset Difference labels go out with its first change
+        // (`send_now`): a card is registered at the factory, where it is
+        // not on the air.
         self.sd_register(req.card_id)?;
-        // Its Subset Difference labels, at once: a card being registered
-        // is usually on.
-        self.ensure_seq_room(1, now_ms)?;
-        self.send_labels_once(req.card_id, secs(now_ms));
         tracing::info!(card = req.card_id, "card registered");
         self.card(req.card_id)
     }

@@ -195,13 +195,15 @@ impl Headend {
     /// puts it in the fast lane.
     pub(super) fn send_now(&mut self, card: u32, unpair: bool, now_ms: u64) -> Result<()> {
         self.ensure_seq_room(3, now_ms)?;
-        self.send_labels_once(card, secs(now_ms));
         let pairing = self.pairings.get(&card).copied();
         match self.card_emm(card, pairing, unpair, secs(now_ms)) {
             Ok(Some(emm)) => self.emit(EMM_U_TABLE, &emm, false),
             Ok(None) => {}
             Err(e) => self.internal_error(&format!("EMM-U for card {card}: {e}")),
         }
+        // Then, the first time in this run, its Subset Difference labels
+        // (kilobytes): after the change, which must not wait for them.
+        self.send_labels_once(card, secs(now_ms));
         self.carousel.fast_lane(card, unpair, now_ms);
         Ok(())
     }
