@@ -44,15 +44,7 @@ impl KeyEngine {
             epoch,
             service,
         } = header;
-        let key = self
-            .products
-            .get(&product)
-            .ok_or(EngineError::UnknownProduct(product))?
-            .key(generation)
-            .ok_or(EngineError::UnknownGeneration {
-                product,
-                generation,
-            })?;
+        let key = self.key_of(product, generation)?;
         let payload = EcmPayload {
             cws: cws.clone(),
             time,

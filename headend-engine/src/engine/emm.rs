@@ -171,15 +171,7 @@ impl KeyEngine {
         generation: u32,
         now: u64,
     ) -> Result<Vec<Vec<u8>>, EngineError> {
-        let key = self
-            .products
-            .get(&product)
-            .ok_or(EngineError::UnknownProduct(product))?
-            .key(generation)
-            .ok_or(EngineError::UnknownGeneration {
-                product,
-                generation,
-            })?;
+        let key = self.key_of(product, generation)?;
         let issue = self
             .emm_g_seq
             .checked_add(1)

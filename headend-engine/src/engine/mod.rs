@@ -418,6 +418,19 @@ impl KeyEngine {
         Ok(Some(number))
     }
 
+    /// A generation of the product's key that the engine still holds
+    /// (active, pending or previous).
+    fn key_of(&self, product: u32, generation: u32) -> Result<&ProductKey, EngineError> {
+        self.products
+            .get(&product)
+            .ok_or(EngineError::UnknownProduct(product))?
+            .key(generation)
+            .ok_or(EngineError::UnknownGeneration {
+                product,
+                generation,
+            })
+    }
+
     /// The generation ECMs use.
     pub fn product_generation(&self, product: u32) -> Result<u32, EngineError> {
         self.products

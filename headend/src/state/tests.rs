@@ -82,7 +82,7 @@ mod pairing {
         (core, card)
     }
 
-    fn open(db: &Path, key: &proto::secret::Key32, now: u64) -> Headend {
+    pub(super) fn open(db: &Path, key: &proto::secret::Key32, now: u64) -> Headend {
         Headend::open(
             db,
             MasterKey::new(key),
@@ -610,28 +610,10 @@ mod channels {
 }
 
 mod subset_difference {
+    use super::pairing::open;
     use super::*;
     use proto::emm::{Emm, EmmCommand};
     use proto::Codec;
-
-    fn open(db: &Path, key: &proto::secret::Key32, now: u64) -> Headend {
-        Headend::open(
-            db,
-            MasterKey::new(key),
-            1,
-            Timing {
-                period_ms: 1000,
-                renewal_ms: 30 * 86_400_000,
-                cycle_ms: 60_000,
-                emm_bitrate: headend_engine::stream::DEFAULT_EMM_BITRATE,
-            },
-            &[],
-            CaOutput::new(),
-            Arc::new(Metrics::default()),
-            now,
-        )
-        .unwrap()
-    }
 
     /// 400 cards hold the product; one is revoked. The planner takes
     /// Subset Difference (a few subsets against 399 EMM-Us), and the
@@ -665,7 +647,7 @@ mod subset_difference {
         let mut cursor = core.output().emm_cursor();
         core.revoke(77, T0 + 1_000).unwrap();
         let mut sd_sections = Vec::new();
-        for t in (T0 + 1_000..T0 + 6_000).step_by(50) {
+        for t in (T0 + 1_000..T0 + 25_000).step_by(50) {
             core.tick(t).unwrap();
             let (got, next, _) = core.output().emm_sections_since(cursor, 100_000);
             cursor = next;
