@@ -208,10 +208,7 @@ fn ten_thousand_random_and_mutated_apdus_through_pcscd() {
     // An EMM-G an hour on: it blocks no one, but moves the clock a
     // checkpoint step, so the card stores its seq and the templates' are
     // replays.
-    let g = op.emm_g(
-        T0 + 3600,
-        vec![proto::emm::EmmCommand::BlockCards(vec![1])],
-    );
+    let g = op.emm_g(T0 + 3600, vec![proto::emm::EmmCommand::BlockCards(vec![1])]);
     c.process_emm(&g).unwrap();
     let before = (c.info().unwrap(), c.list_entitlements().unwrap());
     let stored_before = stored_state(&state);
@@ -274,10 +271,7 @@ fn ten_thousand_random_and_mutated_apdus_in_process() {
     // An EMM-G an hour on: it blocks no one, but moves the clock a
     // checkpoint step, so the card stores its seq and the templates' are
     // replays.
-    let g = op.emm_g(
-        T0 + 3600,
-        vec![proto::emm::EmmCommand::BlockCards(vec![1])],
-    );
+    let g = op.emm_g(T0 + 3600, vec![proto::emm::EmmCommand::BlockCards(vec![1])]);
     c.process_emm(&g).unwrap();
     let before = operator::applet(&mut c).state().clone();
     let templates = templates(&mut op, &info.public_key);
