@@ -76,6 +76,10 @@ pub struct Session {
 pub struct CardClient<T> {
     transport: T,
     session: Option<Session>,
+    /// Short APDUs only, whatever the transport says: set by
+    /// [`CardClient::set_short_apdus`], or learnt from a card that
+    /// refused an extended command with `6700` and took it chained.
+    short_apdus: bool,
 }
 
 /// Largest data field in one short APDU when chaining.
@@ -86,7 +90,20 @@ impl<T: CardTransport> CardClient<T> {
         CardClient {
             transport,
             session: None,
+            short_apdus: false,
         }
+    }
+
+    /// Sends short APDUs only (long commands chained, long responses by
+    /// GET RESPONSE), as a T=0 card or reader needs. Without this the
+    /// client still falls back to it when a card refuses extended length.
+    pub fn set_short_apdus(&mut self, on: bool) {
+        self.short_apdus = on;
+    }
+
+    /// Whether the client sends short APDUs only.
+    pub fn short_apdus(&self) -> bool {
+        self.short_apdus || !self.transport.supports_extended()
     }
 
     pub fn transport(&mut self) -> &mut T {
@@ -102,34 +119,62 @@ impl<T: CardTransport> CardClient<T> {
         Response::parse(&raw).map_err(|_| ClientError::BadResponse { ins: cmd.ins })
     }
 
+    /// Sends `cmd` in short APDUs: long data chained (CLA bit 0x10) in
+    /// parts of at most 255 bytes, Le at most 256.
+    fn send_chained(&mut self, cmd: &Command) -> Result<Response, ClientError> {
+        let ins = cmd.ins;
+        let le = cmd.le.map(|l| l.min(256));
+        if cmd.data.len() <= CHAIN_CHUNK {
+            return self.exchange(&Command { le, ..cmd.clone() });
+        }
+        let chunks: Vec<&[u8]> = cmd.data.chunks(CHAIN_CHUNK).collect();
+        let mut last = None;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let more = i + 1 < chunks.len();
+            let part = Command {
+                cla: Cla(cmd.cla.0 | if more { 0x10 } else { 0 }),
+                data: chunk.to_vec(),
+                le: if more { None } else { le },
+                ..cmd.clone()
+            };
+            let r = self.exchange(&part)?;
+            if more && r.sw != StatusWord::OK {
+                return Err(ClientError::Status { ins, sw: r.sw });
+            }
+            last = Some(r);
+        }
+        last.ok_or(ClientError::BadResponse { ins })
+    }
+
     /// Sends a command and returns its data, following 61xx and 6Cxx and
-    /// chaining long data when the transport lacks extended APDUs.
+    /// chaining long data when the transport or the card lacks extended
+    /// APDUs. A card that refuses an extended command with `6700` gets it
+    /// again chained, and short APDUs from then on.
     pub fn command(&mut self, cmd: Command) -> Result<Vec<u8>, ClientError> {
         let ins = cmd.ins;
-        let mut resp = if cmd.data.len() > CHAIN_CHUNK && !self.transport.supports_extended() {
-            let chunks: Vec<&[u8]> = cmd.data.chunks(CHAIN_CHUNK).collect();
-            let mut last = None;
-            for (i, chunk) in chunks.iter().enumerate() {
-                let more = i + 1 < chunks.len();
-                let part = Command {
-                    cla: Cla(cmd.cla.0 | if more { 0x10 } else { 0 }),
-                    data: chunk.to_vec(),
-                    le: if more {
-                        None
-                    } else {
-                        cmd.le.map(|l| l.min(256))
-                    },
-                    ..cmd.clone()
-                };
-                let r = self.exchange(&part)?;
-                if more && r.sw != StatusWord::OK {
-                    return Err(ClientError::Status { ins, sw: r.sw });
-                }
-                last = Some(r);
-            }
-            last.ok_or(ClientError::BadResponse { ins })?
+        let mut resp = if self.short_apdus() {
+            self.send_chained(&cmd)?
         } else {
-            self.exchange(&cmd)?
+            let r = self.exchange(&cmd)?;
+            if r.sw == StatusWord::WRONG_LENGTH && cmd.is_extended() {
+                let again = self.send_chained(&cmd);
+                // A card that takes the same command chained takes short
+                // APDUs only; one that refuses both meant the length.
+                let took_it = match &again {
+                    Ok(r) => r.sw != StatusWord::WRONG_LENGTH,
+                    Err(e) => e.status().is_some_and(|sw| sw != StatusWord::WRONG_LENGTH),
+                };
+                if took_it {
+                    tracing::debug!(
+                        ?ins,
+                        "extended APDU refused with 6700; chaining from now on"
+                    );
+                    self.short_apdus = true;
+                }
+                again?
+            } else {
+                r
+            }
         };
         if resp.sw.sw1() == 0x6C {
             let le = if resp.sw.sw2() == 0 {
@@ -137,10 +182,15 @@ impl<T: CardTransport> CardClient<T> {
             } else {
                 resp.sw.sw2() as usize
             };
-            resp = self.exchange(&Command {
+            let again = Command {
                 le: Some(le),
                 ..cmd.clone()
-            })?;
+            };
+            resp = if self.short_apdus() {
+                self.send_chained(&again)?
+            } else {
+                self.exchange(&again)?
+            };
         }
         let mut data = std::mem::take(&mut resp.data);
         while resp.sw.sw1() == 0x61 {

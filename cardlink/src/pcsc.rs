@@ -167,7 +167,8 @@ pub fn list_readers() -> Result<Vec<ReaderInfo>, TransportError> {
 pub const MIN_APDU: usize = 2;
 
 /// The extended-length probe: a NOP carrying 1000 bytes. Any status word
-/// back means the stack passed it whole.
+/// back but `6700` means the stack and the card took it whole; `6700` is
+/// a short-APDU-only card.
 fn extended_probe() -> Vec<u8> {
     let mut apdu = vec![0x80, 0x70, 0x00, 0x00, 0x00, 0x03, 0xE8];
     apdu.resize(7 + 1000, 0x5A);
@@ -248,7 +249,8 @@ impl PcscTransport {
             return false;
         };
         match card.transmit(&extended_probe(), &mut self.buf) {
-            Ok(r) if r.len() >= 2 => true,
+            // 6700: the card itself takes short APDUs only.
+            Ok(r) if r.len() >= 2 => r[r.len() - 2..] != [0x67, 0x00],
             Ok(_) => false,
             Err(e) => {
                 tracing::debug!(error = %e, "extended APDUs do not pass; chaining instead");

@@ -238,6 +238,18 @@ impl Command {
     }
 }
 
+/// Whether raw command bytes use extended length fields (ISO 7816-4
+/// 5.1: a zero byte where a short Lc or Le would be, followed by at least
+/// two more bytes). Decided from the encoding alone, without parsing the
+/// rest, so that a short-APDU-only card can refuse such a command with
+/// `6700` as a T=0 card does, however the rest of it looks.
+pub fn is_extended_encoding(b: &[u8]) -> bool {
+    b.len() >= 7 && b[4] == 0
+}
+
+/// Largest short command APDU: header, Lc, 255 data bytes, Le.
+pub const MAX_SHORT_COMMAND: usize = 4 + 1 + 255 + 1;
+
 /// A response APDU: data and status word.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Response {
@@ -317,6 +329,19 @@ mod tests {
             Err(ApduError::ZeroLc)
         );
         assert_eq!(format!("{:?}", Ins(0x99)), "Ins(0x99)");
+        // The encoding alone says short or extended.
+        for (data, le) in [
+            (vec![], None),
+            (vec![], Some(256)),
+            (vec![9; 255], Some(256)),
+            (vec![9; 256], None),
+            (vec![], Some(257)),
+        ] {
+            let c = Command::new(Cla::PROPRIETARY, Ins::NOP, 0, 0, data, le);
+            let b = c.to_bytes();
+            assert_eq!(is_extended_encoding(&b), c.is_extended(), "{c:?}");
+            assert!(c.is_extended() || b.len() <= MAX_SHORT_COMMAND);
+        }
         assert_eq!(format!("{:?}", StatusWord::EMM_REPLAYED), "EMM_REPLAYED");
     }
 }

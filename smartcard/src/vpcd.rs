@@ -18,12 +18,17 @@
 //! socket has TCP_NODELAY and TCP_QUICKACK is re-armed before every read
 //! (Linux clears it by itself).
 //!
+//! A [`Timing`] makes the virtual card as slow as a real one, and
+//! [`VirtualCard::with_short_apdus`] makes it refuse extended-length
+//! commands as a T=0 card does: long commands then come by chaining and
+//! long responses by GET RESPONSE, which the applet handles in any mode.
+//!
 //! This module must never panic on what the reader sends: every malformed
 //! message is answered or ignored, and a broken connection is a removal,
 //! followed by a reconnection with backoff.
 
 use card::{Applet, Eeprom, ATR};
-use proto::apdu::{Response, StatusWord};
+use proto::apdu::{is_extended_encoding, Response, StatusWord};
 use socket2::SockRef;
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, TcpStream};
@@ -40,11 +45,52 @@ pub const CTRL_ON: u8 = 1;
 pub const CTRL_RESET: u8 = 2;
 pub const CTRL_ATR: u8 = 4;
 
+/// How long the card takes over an APDU, counted from the command's
+/// arrival to the response's departure; the parts add up. The default
+/// answers at once.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Timing {
+    /// A fixed time per APDU.
+    pub per_apdu: Duration,
+    /// A T=0 character-time model: every byte of the command and of the
+    /// response is 10 bits (start, 8 data, parity; the guard time is in
+    /// the stop bit) at this many bits per second.
+    pub baud: Option<u32>,
+    /// The card's own work per APDU, on top of the character time.
+    pub processing: Duration,
+}
+
+/// What a command the short-APDU-only card refuses costs on the line:
+/// the 5-byte header it reads before it knows, and the status word.
+const REFUSED_BYTES: usize = 5 + 2;
+
+impl Timing {
+    /// The card's time for one APDU of `bytes_in` bytes answered with
+    /// `bytes_out` bytes.
+    pub fn apdu_time(&self, bytes_in: usize, bytes_out: usize) -> Duration {
+        let chars = match self.baud {
+            Some(baud) if baud > 0 => {
+                let bits = (bytes_in + bytes_out) as u64 * 10;
+                Duration::from_nanos(bits.saturating_mul(1_000_000_000) / u64::from(baud))
+            }
+            _ => Duration::ZERO,
+        };
+        self.per_apdu + chars + self.processing
+    }
+
+    /// Whether the card answers at once.
+    pub fn is_instant(&self) -> bool {
+        self.baud.is_none() && self.apdu_time(0, 0).is_zero()
+    }
+}
+
 /// The applet as vpcd sees it: power, reset and APDUs.
 #[derive(Debug)]
 pub struct VirtualCard<E> {
     applet: Applet<E>,
     powered: bool,
+    timing: Timing,
+    short_apdus: bool,
 }
 
 impl<E: Eeprom> VirtualCard<E> {
@@ -52,7 +98,39 @@ impl<E: Eeprom> VirtualCard<E> {
         VirtualCard {
             applet,
             powered: false,
+            timing: Timing::default(),
+            short_apdus: false,
         }
+    }
+
+    /// Answers each APDU only after the time `timing` gives it.
+    pub fn with_timing(mut self, timing: Timing) -> Self {
+        self.timing = timing;
+        self
+    }
+
+    /// Refuses extended-length commands with `6700`, as most real cards
+    /// and readers do.
+    pub fn with_short_apdus(mut self) -> Self {
+        self.short_apdus = true;
+        self
+    }
+
+    /// How long the card takes to answer `msg` with `reply` (zero for
+    /// control codes, which the reader's driver answers itself).
+    pub fn answer_time(&self, msg: &[u8], reply: &[u8]) -> Duration {
+        if msg.len() < 2 {
+            return Duration::ZERO;
+        }
+        if self.short_apdus && is_extended_encoding(msg) {
+            // Refused after the header: no data moved, no work done.
+            return Timing {
+                processing: Duration::ZERO,
+                ..self.timing
+            }
+            .apdu_time(REFUSED_BYTES, 0);
+        }
+        self.timing.apdu_time(msg.len(), reply.len())
     }
 
     pub fn applet(&self) -> &Applet<E> {
@@ -102,6 +180,10 @@ impl<E: Eeprom> VirtualCard<E> {
             [code] => {
                 tracing::warn!(code, "unknown vpcd control code ignored");
                 None
+            }
+            _ if self.short_apdus && is_extended_encoding(msg) => {
+                tracing::debug!(len = msg.len(), "extended APDU refused: short APDUs only");
+                Some(Response::status(StatusWord::WRONG_LENGTH).to_bytes())
             }
             _ => {
                 // pcscd powers the card before any APDU; an APDU to an
@@ -157,7 +239,11 @@ impl StopHandle {
 
     /// Sleeps for `d`, or less if stopped meanwhile.
     fn sleep(&self, d: Duration) {
-        let deadline = Instant::now() + d;
+        self.sleep_until(Instant::now() + d);
+    }
+
+    /// Sleeps until `deadline`, or less if stopped meanwhile.
+    fn sleep_until(&self, deadline: Instant) {
         let mut guard = self.0.conn.lock().unwrap_or_else(|p| p.into_inner());
         while !self.is_stopped() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -263,7 +349,12 @@ pub fn serve_connection<E: Eeprom>(
         if read_message(&mut s, &mut buf)?.is_none() {
             return Ok(());
         }
+        let arrived = Instant::now();
         if let Some(reply) = card.handle(&buf) {
+            let d = card.answer_time(&buf, &reply);
+            if !d.is_zero() {
+                stop.sleep_until(arrived + d);
+            }
             write_message(&mut s, &reply)?;
         }
     }
@@ -393,6 +484,43 @@ mod tests {
         }
         stop.stop();
         t.join().unwrap();
+    }
+
+    #[test]
+    fn timing_model() {
+        let t = Timing {
+            per_apdu: Duration::from_millis(3),
+            baud: Some(9600),
+            processing: Duration::from_millis(10),
+        };
+        // 96 bytes are 960 bits: 100 ms at 9600 baud.
+        assert_eq!(t.apdu_time(90, 6), Duration::from_millis(113));
+        assert!(Timing::default().is_instant());
+        assert!(Timing::default().apdu_time(1000, 1000).is_zero());
+        assert!(!t.is_instant());
+
+        let mut c = card().with_timing(t).with_short_apdus();
+        assert!(c.answer_time(&[CTRL_ON], &[]).is_zero());
+        let mut nop = vec![0x80, 0x70, 0, 0, 0, 0x03, 0xE8];
+        nop.extend_from_slice(&[0xAA; 1000]);
+        // Refused after the header, with no processing.
+        assert_eq!(c.handle(&nop).unwrap(), [0x67, 0x00]);
+        let refused = c.answer_time(&nop, &[0x67, 0x00]);
+        assert_eq!(
+            refused,
+            Duration::from_millis(3) + Duration::from_nanos(70 * 1_000_000_000 / 9600)
+        );
+        // Short commands go through.
+        let select = proto::apdu::Command::select().to_bytes();
+        assert_eq!(c.handle(&select).unwrap(), [0x90, 0x00]);
+        assert_eq!(
+            c.handle(&[0x80, 0x70, 0, 0, 3, 1, 2, 3]).unwrap(),
+            [0x90, 0x00]
+        );
+        // Without the short mode the same extended APDU passes.
+        let mut c = card();
+        c.handle(&select).unwrap();
+        assert_eq!(c.handle(&nop).unwrap(), [0x90, 0x00]);
     }
 
     #[test]
