@@ -14,6 +14,59 @@ use std::time::Duration;
 /// A client on a card behind pcscd.
 pub type PcscCard = CardClient<PcscTransport>;
 
+/// How fast the emulated card is and which APDUs it takes: the
+/// `smartcard emulate` options of the same names. The default is the
+/// instant card with extended length.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CardModel {
+    /// `--apdu-delay-ms`.
+    pub apdu_delay_ms: Option<u64>,
+    /// `--baud`.
+    pub baud: Option<u32>,
+    /// `--processing-ms`.
+    pub processing_ms: Option<u64>,
+    /// `--short-apdus`.
+    pub short_apdus: bool,
+}
+
+impl CardModel {
+    /// A T=0 card at `baud` with the default processing time, short APDUs.
+    pub fn t0(baud: u32) -> Self {
+        CardModel {
+            baud: Some(baud),
+            short_apdus: true,
+            ..Self::default()
+        }
+    }
+
+    /// A fixed `ms` per APDU, short APDUs.
+    pub fn fixed(ms: u64) -> Self {
+        CardModel {
+            apdu_delay_ms: Some(ms),
+            short_apdus: true,
+            ..Self::default()
+        }
+    }
+
+    /// The options for `smartcard emulate`.
+    pub fn args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        if let Some(ms) = self.apdu_delay_ms {
+            a.extend(["--apdu-delay-ms".to_string(), ms.to_string()]);
+        }
+        if let Some(b) = self.baud {
+            a.extend(["--baud".to_string(), b.to_string()]);
+        }
+        if let Some(ms) = self.processing_ms {
+            a.extend(["--processing-ms".to_string(), ms.to_string()]);
+        }
+        if self.short_apdus {
+            a.push("--short-apdus".to_string());
+        }
+        a
+    }
+}
+
 /// `smartcard emulate` in a slot; killed when dropped.
 #[derive(Debug)]
 pub struct Emulator {
@@ -24,6 +77,8 @@ pub struct Emulator {
     pub reader: &'static str,
     /// vpcd's address for the slot.
     pub addr: String,
+    /// Its speed and APDU lengths.
+    pub model: CardModel,
     log: PathBuf,
 }
 
@@ -34,12 +89,24 @@ impl Emulator {
     /// `slot`, logging to `state` with the extension `log`, and waits
     /// until pcscd sees the card.
     pub fn start(program: impl AsRef<Path>, slot: &Slot, state: &Path) -> Emulator {
+        Self::start_with(program, slot, state, CardModel::default())
+    }
+
+    /// [`Emulator::start`] with a card of the given speed and APDU
+    /// lengths (kept across [`Emulator::restart`]).
+    pub fn start_with(
+        program: impl AsRef<Path>,
+        slot: &Slot,
+        state: &Path,
+        model: CardModel,
+    ) -> Emulator {
         let mut e = Emulator {
             program: program.as_ref().to_path_buf(),
             proc: None,
             state: state.to_path_buf(),
             reader: slot.reader,
             addr: slot.addr(),
+            model,
             log: state.with_extension("log"),
         };
         e.spawn();
@@ -52,6 +119,7 @@ impl Emulator {
                 .args(["emulate", "--state"])
                 .arg(&self.state)
                 .args(["--vpcd", &self.addr])
+                .args(self.model.args())
                 .env("RUST_LOG", "info"),
             &self.log,
         );
