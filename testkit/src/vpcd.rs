@@ -21,7 +21,9 @@ use card::{Applet, Eeprom, MemEeprom};
 use cardlink::pcsc::list_readers;
 use cardlink::TransportError;
 use fs2::FileExt;
-use smartcard::vpcd::{self, StopHandle, VirtualCard};
+use smartcard::vpcd::{self, StopHandle};
+/// The virtual card and its timing model, for callers that set one up.
+pub use smartcard::vpcd::{Timing, VirtualCard};
 use std::fs::File;
 use std::process::Command;
 use std::thread::JoinHandle;
@@ -249,6 +251,16 @@ pub fn serve_at<E: Eeprom + Send + 'static>(
     reader: &'static str,
     applet: Applet<E>,
 ) -> Inserted<E> {
+    serve_card_at(port, reader, VirtualCard::new(applet))
+}
+
+/// [`serve_at`] for a virtual card already set up (a timing model,
+/// short APDUs only).
+pub fn serve_card_at<E: Eeprom + Send + 'static>(
+    port: u16,
+    reader: &'static str,
+    card: VirtualCard<E>,
+) -> Inserted<E> {
     let stop = StopHandle::new();
     let config = vpcd::Config {
         addr: format!("127.0.0.1:{port}"),
@@ -258,7 +270,7 @@ pub fn serve_at<E: Eeprom + Send + 'static>(
     let thread = std::thread::Builder::new()
         .name("vpcd-card".into())
         .spawn(move || {
-            let mut card = VirtualCard::new(applet);
+            let mut card = card;
             vpcd::run(&mut card, &config, &on_thread);
             card.into_applet()
         })

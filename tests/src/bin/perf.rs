@@ -26,6 +26,9 @@ mod vcard;
 #[path = "perf/zap.rs"]
 mod zap_figure;
 
+#[path = "perf/slow_card.rs"]
+mod slow_card_figure;
+
 #[path = "perf/sd.rs"]
 mod sd_figure;
 
@@ -97,6 +100,11 @@ const FIGURES: &[(&str, &str, Figure)] = &[
         "zap",
         "receiver start to first clear packet on a live-paced stream, card through the real pcscd (median ms, with p90/max), against the ECM repetition interval",
         zap_figure::zap,
+    ),
+    (
+        "slow_card",
+        "the largest added gap in the receiver's clear output (ms) with a 300 ms-per-APDU card, short APDUs only, through the real pcscd on a live stream, against the same with an instant card; also 9600 baud and 1,000 ms",
+        slow_card_figure::slow_card,
     ),
     (
         "ecm_cw_pcsc",

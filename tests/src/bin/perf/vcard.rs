@@ -13,6 +13,7 @@ use card::Applet;
 use std::path::Path;
 use std::time::Duration;
 use testkit::vpcd::{self, Inserted};
+use testkit::vpcd::{Timing, VirtualCard};
 
 pub(crate) use testkit::vpcd::Slot;
 
@@ -33,6 +34,17 @@ pub(crate) struct Emulator {
 
 impl Emulator {
     pub(crate) fn start(slot: &Slot) -> Result<Emulator, String> {
+        Self::start_with(slot, Timing::default(), false)
+    }
+
+    /// [`Emulator::start`] with a card as slow as `timing` says, taking
+    /// short APDUs only if `short_apdus` (`smartcard emulate --baud ...
+    /// --short-apdus`).
+    pub(crate) fn start_with(
+        slot: &Slot,
+        timing: Timing,
+        short_apdus: bool,
+    ) -> Result<Emulator, String> {
         let dir = tempfile::Builder::new()
             .prefix("iodoform-perf-")
             .tempdir()
@@ -40,8 +52,12 @@ impl Emulator {
         let state = dir.path().join("card.img");
         let eeprom = FileEeprom::open(&state).map_err(|e| format!("{}: {e}", state.display()))?;
         let applet = Applet::power_on(eeprom).map_err(|e| format!("card state: {e}"))?;
+        let mut card = VirtualCard::new(applet).with_timing(timing);
+        if short_apdus {
+            card = card.with_short_apdus();
+        }
         Ok(Emulator {
-            _card: vpcd::serve(slot, applet),
+            _card: vpcd::serve_card_at(slot.port, slot.reader, card),
             dir,
         })
     }

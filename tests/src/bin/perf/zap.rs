@@ -41,17 +41,17 @@ use std::time::{Duration, Instant};
 use ts::packet::{PacketBuilder, Pcr, PACKET_LEN};
 use ts::psi::{packetize, stream_type, Pat, PatEntry, Pmt, PmtStream, TableId};
 
-const CARD: u32 = 1;
-const PRODUCT: u32 = 1;
-const SERVICE: u16 = 1;
+pub(crate) const CARD: u32 = 1;
+pub(crate) const PRODUCT: u32 = 1;
+pub(crate) const SERVICE: u16 = 1;
 const PMT_PID: u16 = 0x1000;
-const VIDEO: u16 = 0x100;
-const AUDIO: u16 = 0x101;
-const ECM_PID: u16 = 0x1F0;
-const EMM_PID: u16 = 0x1F1;
+pub(crate) const VIDEO: u16 = 0x100;
+pub(crate) const AUDIO: u16 = 0x101;
+pub(crate) const ECM_PID: u16 = 0x1F0;
+pub(crate) const EMM_PID: u16 = 0x1F1;
 /// The stream starts at 2025-12-01T12:00:00Z.
-const START_S: u64 = 1_764_547_200 + 43_200;
-const DAY: u64 = 86_400;
+pub(crate) const START_S: u64 = 1_764_547_200 + 43_200;
+pub(crate) const DAY: u64 = 86_400;
 /// The clear stream: packets per 10 ms (3 Mbit/s of TS), of which video.
 const PER_10MS: u64 = 20;
 const VIDEO_PER_10MS: u64 = 17;
@@ -69,7 +69,7 @@ pub(crate) fn zap(s: &Settings) -> Vec<Value> {
 /// A clear TS `ms` long: PAT and PMT every 500 ms (the headend repeats
 /// them every ECM interval whatever the input does), video with a PCR
 /// every 40 ms and a PES start every 40 ms, audio with one every 20 ms.
-fn clear_ts(ms: u64) -> Result<Vec<u8>, String> {
+pub(crate) fn clear_ts(ms: u64) -> Result<Vec<u8>, String> {
     let pat = Pat {
         transport_stream_id: 1,
         version: 0,

@@ -1,0 +1,292 @@
+//! `slow_card`: what a card as slow as a real one does to the receiver's
+//! output, on a live-paced stream, with the card behind the real pcscd.
+//!
+//! Card models: the instant card, a T=0 card at 9600 baud (character time
+//! plus 10 ms processing per APDU), 300 ms and 1,000 ms per APDU; all but
+//! the instant one take short APDUs only, so ECMs and EMMs longer than
+//! 255 bytes go chained. Each is the applet served into a vpcd slot
+//! ([`super::vcard`]) with the timing model of `smartcard emulate`.
+//!
+//! The stream is `zap`'s clear TS scrambled by the headend's stream engine
+//! with 2 s crypto periods (1 s with `--quick`), long enough for a fixed
+//! number of control-word changes, played over loopback UDP paced by its
+//! PCR. The receiver is the real one: its UDP input (its own thread and
+//! bounded queue) and its pipeline with a PC/SC card link, started before
+//! the stream. Every output packet of the service is timed as it leaves
+//! the pipeline and matched with its input packet, which went out at its
+//! datagram's time. Per model:
+//!
+//! - `undecryptable`: the receiver's count (a control word too late);
+//! - `dropped`: service packets neither output nor counted otherwise, and
+//!   `datagrams_dropped` by the input queue;
+//! - `max_added_gap_ms`: the largest gap between consecutive output
+//!   packets minus the input's own gap there (the freeze a viewer sees);
+//! - `lag_end_ms`: how far behind live the last output packet left.
+//!
+//! `ours` is `max_added_gap_ms` with the 300 ms card, `limit` the same
+//! with the instant card in the same run.
+
+use super::vcard::{take_slot, Emulator};
+use super::zap_figure::{
+    clear_ts, AUDIO, CARD, DAY, ECM_PID, EMM_PID, PRODUCT, SERVICE, START_S, VIDEO,
+};
+use super::{round3, Settings};
+use cardlink::pcsc::{PcscTransport, ReaderChoice};
+use cardlink::CardClient;
+use headend_engine::stream::{process_buffer, ChannelStreamConfig, EngineFeed};
+use headend_engine::{ControlWordSchedule, KeyEngine, OperatorKeys};
+use proto::crypto::X25519Secret;
+use receiver::io::{Chunk, Input, PACKETS_PER_DATAGRAM};
+use receiver::pipeline::{PacketSink, Pipeline, PipelineOptions};
+use receiver::{CardLink, LinkOptions, PcscCard};
+use serde_json::{json, Value};
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use testkit::vpcd::Timing;
+use ts::packet::Packets;
+use ts::PACKET_LEN;
+
+/// How long the receiver may take, after the stream ends, to empty its
+/// queue before the run is cut off.
+const DRAIN: Duration = Duration::from_secs(60);
+
+fn models() -> Vec<(&'static str, Timing, bool)> {
+    let ms = Duration::from_millis;
+    vec![
+        ("0ms", Timing::default(), false),
+        (
+            "9600baud",
+            Timing {
+                baud: Some(9600),
+                processing: ms(10),
+                ..Timing::default()
+            },
+            true,
+        ),
+        (
+            "300ms",
+            Timing {
+                per_apdu: ms(300),
+                ..Timing::default()
+            },
+            true,
+        ),
+        (
+            "1000ms",
+            Timing {
+                per_apdu: ms(1000),
+                ..Timing::default()
+            },
+            true,
+        ),
+    ]
+}
+
+pub(crate) fn slow_card(s: &Settings) -> Vec<Value> {
+    let (period_s, changes) = if s.quick { (1, 5) } else { (2, 30) };
+    let mut lines = Vec::new();
+    for (name, timing, short) in models() {
+        match measure(name, timing, short, period_s, changes) {
+            Ok(v) => lines.push(v),
+            Err(e) => {
+                eprintln!("perf: slow_card {name}: {e}");
+                return vec![json!({"figure": "slow_card", "card": name, "error": e})];
+            }
+        }
+    }
+    let gap = |card: &str| {
+        lines
+            .iter()
+            .find(|l| l["card"] == card)
+            .and_then(|l| l["max_added_gap_ms"].as_f64())
+            .unwrap_or(f64::NAN)
+    };
+    let (ours, limit) = (gap("300ms"), gap("0ms"));
+    for l in &mut lines {
+        if let Value::Object(o) = l {
+            o.insert("ours".into(), json!(ours));
+            o.insert("limit".into(), json!(limit));
+            o.insert("ratio".into(), json!(round3(ours / limit)));
+            o.insert("unit".into(), json!("ms"));
+            o.insert("quick".into(), json!(s.quick));
+        }
+    }
+    lines
+}
+
+/// Times each output packet of the service.
+struct Timed(Vec<Instant>);
+
+impl PacketSink for Timed {
+    fn packet(&mut self, p: &[u8; PACKET_LEN]) -> io::Result<()> {
+        if is_service(p) {
+            self.0.push(Instant::now());
+        }
+        Ok(())
+    }
+}
+
+fn is_service(p: &[u8]) -> bool {
+    let pid = u16::from_be_bytes([p[1] & 0x1F, p[2]]);
+    pid == VIDEO || pid == AUDIO
+}
+
+fn measure(
+    name: &str,
+    timing: Timing,
+    short: bool,
+    period_s: u64,
+    changes: u64,
+) -> Result<Value, String> {
+    let slot = take_slot()?;
+    let setup = Instant::now();
+    let _emu = Emulator::start_with(&slot, timing, short)?;
+    let transport = PcscTransport::wait_for_card(
+        ReaderChoice::Named(slot.reader.into()),
+        Duration::from_secs(15),
+    )
+    .map_err(|e| format!("the emulated card did not appear in {}: {e}", slot.reader))?;
+
+    let mut engine = KeyEngine::new(OperatorKeys::generate(1));
+    engine
+        .add_product(PRODUCT)
+        .map_err(|e| format!("product: {e}"))?;
+    let fail = |what: &str| {
+        let what = what.to_string();
+        move |e: cardlink::ClientError| format!("{what}: {e}")
+    };
+    let mut c = CardClient::new(transport);
+    c.select().map_err(fail("SELECT"))?;
+    let public = c
+        .personalize(&engine.operator().public().personalization(CARD))
+        .map_err(fail("PERSONALIZE"))?;
+    c.lock().map_err(fail("LOCK"))?;
+    engine
+        .add_card(CARD, public)
+        .map_err(|e| format!("card: {e}"))?;
+    engine
+        .entitle(CARD, PRODUCT, START_S - DAY, START_S + 30 * DAY)
+        .map_err(|e| format!("entitle: {e}"))?;
+    let emm = engine
+        .emm_u_for(CARD, START_S)
+        .map_err(|e| format!("EMM-U: {e}"))?;
+    c.process_emm(&emm).map_err(fail("EMM-U"))?;
+    drop(c);
+
+    let mut feed = EngineFeed::new(
+        engine,
+        ControlWordSchedule::new(period_s).map_err(|e| format!("schedule: {e}"))?,
+        period_s * 1000,
+    )
+    .map_err(|e| format!("feed: {e}"))?;
+    feed.add_service(SERVICE, PRODUCT, 0);
+    feed.push_emm(ts::psi::TableId(0x82), &emm)
+        .map_err(|e| format!("EMM carousel: {e}"))?;
+    let mut cfg = ChannelStreamConfig::new("perf", "-", "-", EMM_PID).service(SERVICE, ECM_PID);
+    cfg.start_unix_ms = Some(START_S * 1000);
+    let clear = clear_ts((changes + 1) * period_s * 1000 + 500)?;
+    let (scrambled, stats, _) = process_buffer(&cfg, feed, &clear, START_S * 1000)
+        .map_err(|e| format!("headend stream engine: {e}"))?;
+    if stats.dropped_no_cw != 0 {
+        return Err(format!("the headend dropped packets: {stats:?}"));
+    }
+    // When each service packet went out: its datagram's time.
+    let times = receiver::bench::air_times(&scrambled);
+    let sent: Vec<f64> = Packets::new(&scrambled)
+        .enumerate()
+        .filter(|(_, p)| is_service(&p[..]))
+        .map(|(i, _)| times[i / PACKETS_PER_DATAGRAM * PACKETS_PER_DATAGRAM])
+        .collect();
+    let setup_seconds = setup.elapsed().as_secs_f64();
+
+    // The receiver, then the stream.
+    let input = Input::open(
+        &receiver::io::Address::parse("udp://127.0.0.1:0").map_err(|e| format!("address: {e}"))?,
+    )
+    .map_err(|e| format!("receiver input: {e}"))?;
+    let addr = input.local_addr.ok_or("the UDP input has no address")?;
+    let link = CardLink::open(
+        Box::new(PcscCard {
+            reader: Some(slot.reader.to_string()),
+        }),
+        X25519Secret::random(),
+        LinkOptions::default(),
+    )
+    .map_err(|e| format!("card link: {e}"))?;
+    let mut pipeline = Pipeline::new(link, PipelineOptions::default());
+    let mut out = Timed(Vec::with_capacity(sent.len()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let t0 = Instant::now();
+    let sender = {
+        let stream = scrambled.clone();
+        let stop = stop.clone();
+        std::thread::spawn(move || receiver::bench::pace_udp(&stream, addr, &stop))
+    };
+    let mut ended: Option<Instant> = None;
+    let mut drained = false;
+    loop {
+        if ended.is_none() && sender.is_finished() {
+            ended = Some(Instant::now());
+        }
+        if ended.is_some_and(|e| e.elapsed() > DRAIN) {
+            break;
+        }
+        match input.next(Duration::from_millis(200)) {
+            Some(Chunk::Data(d)) => pipeline
+                .push(&d, &mut out)
+                .map_err(|e| format!("receiver: {e}"))?,
+            Some(Chunk::End) => break,
+            Some(Chunk::Failed(e)) => return Err(format!("receiver input: {e}")),
+            None if ended.is_some() => {
+                drained = true;
+                break;
+            }
+            None => {}
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let _ = sender.join();
+    let st = pipeline.stats();
+
+    // Output packet k is input packet `before_first_key + k`.
+    let skip = st.before_first_key as usize;
+    let lag: Vec<f64> = out
+        .0
+        .iter()
+        .zip(sent.iter().skip(skip))
+        .map(|(t, &s)| t.duration_since(t0).as_secs_f64() - s)
+        .collect();
+    let max_added_gap = lag.windows(2).map(|w| w[1] - w[0]).fold(0.0f64, f64::max);
+    let lag_end = lag.last().copied().unwrap_or(f64::NAN);
+    let dropped = sent.len() as i64
+        - out.0.len() as i64
+        - st.before_first_key as i64
+        - st.undecryptable as i64;
+    Ok(json!({
+        "figure": "slow_card",
+        "card": name,
+        "apdu_delay_ms": timing.per_apdu.as_millis() as u64,
+        "baud": timing.baud,
+        "processing_ms": timing.processing.as_millis() as u64,
+        "short_apdus": short,
+        "undecryptable": st.undecryptable,
+        "dropped": dropped,
+        "datagrams_dropped": input.dropped(),
+        "max_added_gap_ms": round3(max_added_gap * 1e3),
+        "lag_end_ms": round3(lag_end * 1e3),
+        "drained": drained,
+        "before_first_key": st.before_first_key,
+        "cw_changes": st.cw_changes,
+        "ecms_to_card": st.ecms_to_card,
+        "service_packets_in": sent.len(),
+        "service_packets_out": out.0.len(),
+        "crypto_period_s": period_s,
+        "stream_s": round3(times.last().copied().unwrap_or(0.0)),
+        "reader": slot.reader,
+        "setup_seconds": round3(setup_seconds),
+        "seconds": round3(t0.elapsed().as_secs_f64()),
+        "what": "largest gap between consecutive clear output packets minus the input's own gap, the real receiver (UDP input, pipeline, PC/SC card link) on a live-paced stream, card behind the real pcscd with a timing model",
+    }))
+}
