@@ -248,6 +248,10 @@ fn measure(
     }
     stop.store(true, Ordering::Relaxed);
     let _ = sender.join();
+    // What the pipeline still holds (the input's last partial packets).
+    pipeline
+        .stop(&mut out)
+        .map_err(|e| format!("receiver: {e}"))?;
     let st = pipeline.stats();
 
     // Output packet k is input packet `before_first_key + k`.
