@@ -248,7 +248,9 @@ fn measure(
     }
     stop.store(true, Ordering::Relaxed);
     let _ = sender.join();
-    // What the pipeline still holds (the input's last partial packets).
+    // What the pipeline still holds at the end is counted, not timed:
+    // it leaves only when the run is cut off.
+    let timed = out.0.len();
     pipeline
         .stop(&mut out)
         .map_err(|e| format!("receiver: {e}"))?;
@@ -256,8 +258,7 @@ fn measure(
 
     // Output packet k is input packet `before_first_key + k`.
     let skip = st.before_first_key as usize;
-    let lag: Vec<f64> = out
-        .0
+    let lag: Vec<f64> = out.0[..timed]
         .iter()
         .zip(sent.iter().skip(skip))
         .map(|(t, &s)| t.duration_since(t0).as_secs_f64() - s)
