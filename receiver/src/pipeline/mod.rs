@@ -53,6 +53,7 @@ mod rewrite;
 mod script;
 #[cfg(test)]
 mod tests;
+mod worker;
 
 pub use ca::{CaModule, EcmOutcome, EmmOutcome};
 
@@ -124,6 +125,14 @@ pub struct PipelineOptions {
     pub sync_limit: u64,
     /// Distinct EMM sections remembered for deduplication.
     pub emm_memory: usize,
+    /// Call the CA module from a thread of its own (the default), so that
+    /// packets keep flowing while the card works; `false` calls it in
+    /// stream order, each answer before the next packet.
+    pub card_thread: bool,
+    /// The input is live (UDP): what the card cannot keep up with is
+    /// dropped and counted (a stale ECM, the oldest EMMs) rather than
+    /// waited for. A file or a pipe waits for the card and loses nothing.
+    pub live: bool,
 }
 
 /// The default [`PipelineOptions::entitlement_wait`]: the headend's
@@ -142,6 +151,8 @@ impl Default for PipelineOptions {
             hold_limit: 50_000,
             sync_limit: 64 * 1024,
             emm_memory: 4096,
+            card_thread: true,
+            live: false,
         }
     }
 }
@@ -176,12 +187,12 @@ impl<C: CaModule> std::fmt::Debug for Pipeline<C> {
     }
 }
 
-impl<C: CaModule> Pipeline<C> {
+impl<C: CaModule + Send + 'static> Pipeline<C> {
     /// A pipeline over a CA module that is ready (a card link already
     /// open).
     pub fn new(card: C, opts: PipelineOptions) -> Self {
         let clock = StreamClock::new();
-        let access = Access::new(card, opts.emm_memory, &clock);
+        let access = Access::new(card, &opts, &clock);
         Pipeline {
             reader: PacketReader::new(),
             stages: Stages {
@@ -197,7 +208,9 @@ impl<C: CaModule> Pipeline<C> {
             },
         }
     }
+}
 
+impl<C: CaModule> Pipeline<C> {
     /// Feeds bytes of the input; clear packets go to `sink`.
     pub fn push(&mut self, bytes: &[u8], sink: &mut dyn PacketSink) -> Result<(), Failure> {
         self.reader.push(bytes);
@@ -217,6 +230,8 @@ impl<C: CaModule> Pipeline<C> {
     pub fn finish(&mut self, sink: &mut dyn PacketSink) -> Result<(), Failure> {
         self.reader.finish();
         self.drain(sink)?;
+        let st = &mut self.stages;
+        st.access.settle(&st.clock, &mut st.stats)?;
         let st = &self.stages;
         if st.stats.packets_in == 0 {
             return Err(Failure::NotTs(if self.reader.stats().skipped_bytes == 0 {
@@ -259,8 +274,7 @@ impl<C: CaModule> Pipeline<C> {
     /// The counters so far.
     pub fn stats(&self) -> Stats {
         let mut s = self.stages.stats.clone();
-        s.card_reconnects = self.stages.access.card().reconnects();
-        s.cw_changes = self.stages.access.keys().changes();
+        self.stages.access.fill_stats(&mut s);
         s
     }
 
@@ -270,7 +284,7 @@ impl<C: CaModule> Pipeline<C> {
     }
 
     pub fn card_id(&self) -> u32 {
-        self.stages.access.card().card_id()
+        self.stages.access.card_id()
     }
 
     /// When the first descrambled packet was written (for the zap time).
@@ -278,12 +292,8 @@ impl<C: CaModule> Pipeline<C> {
         self.stages.first_clear
     }
 
-    /// The CA module (tests look at the card link's transport).
-    pub fn card_mut(&mut self) -> &mut C {
-        self.stages.access.card_mut()
-    }
-
-    /// Hands the CA module back.
+    /// Hands the CA module back, once it has done the command in its
+    /// hands.
     pub fn into_card(self) -> C {
         self.stages.access.into_card()
     }
@@ -391,6 +401,9 @@ impl<C: CaModule> Stages<C> {
             self.stats.bad_packets += 1;
             return Ok(());
         };
+        if self.access.busy() {
+            self.access.poll(&self.clock, &mut self.stats)?;
+        }
         let pid = view.pid();
         if Some(pid) == self.map.pcr_pid() {
             if let Some(pcr) = view.pcr() {
@@ -444,7 +457,15 @@ impl<C: CaModule> Stages<C> {
         p: &mut [u8; PACKET_LEN],
         sink: &mut dyn PacketSink,
     ) -> Result<(), Failure> {
-        match self.access.descramble(p) {
+        let mut d = self.access.descramble(p);
+        if matches!(d, Descrambled::NoKey(_)) && self.access.key_may_come() {
+            // The key may come from what the card is working on: the one
+            // packet that needs it waits for it. With the headend's
+            // one-period lead this happens at the start of a run only.
+            self.access.wait_for_key(&self.clock, &mut self.stats)?;
+            d = self.access.descramble(p);
+        }
+        match d {
             Descrambled::Clear => self.emit(p, sink),
             Descrambled::Done(_) => {
                 self.stats.descrambled += 1;

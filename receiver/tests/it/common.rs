@@ -493,7 +493,10 @@ impl CardTransport for SharedCard {
 }
 
 impl CardConnector for SharedCard {
-    fn connect(&mut self, _wait: Duration) -> Result<Box<dyn CardTransport>, TransportError> {
+    fn connect(
+        &mut self,
+        _wait: Duration,
+    ) -> Result<Box<dyn CardTransport + Send>, TransportError> {
         let mut f = self.faults.lock().unwrap();
         if f.absent > 0 {
             f.absent -= 1;
