@@ -69,6 +69,9 @@ pub struct KeySlots {
     current: Option<u64>,
     /// The epoch of the newest ECM.
     ecm_epoch: Option<u64>,
+    /// The epoch of the newest ECM whose keys were installed (ECMs are
+    /// noted on arrival, before the card answers them).
+    installed: Option<u64>,
     /// Keys loaded that were new (not a repetition of one held).
     changes: u64,
 }
@@ -103,7 +106,7 @@ impl KeySlots {
     /// Loads the control words of the ECM of `epoch`: `CW_epoch` and
     /// `CW_{epoch+1}`.
     pub fn install(&mut self, epoch: u64, cws: &ControlWords) {
-        if self.ecm_epoch.is_some_and(|e| epoch.saturating_add(1) < e) {
+        if self.installed.is_some_and(|e| epoch.saturating_add(1) < e) {
             // Epochs went back by more than a repetition across a change
             // can explain: a headend started again from scratch. Start
             // over with it rather than wait for its epochs to catch up.
@@ -115,6 +118,7 @@ impl KeySlots {
             };
         }
         self.note_ecm(epoch);
+        self.installed = Some(self.installed.map_or(epoch, |e| e.max(epoch)));
         for e in [epoch, epoch.saturating_add(1)] {
             self.set(e, cws.cws.for_epoch(e));
         }
@@ -122,7 +126,9 @@ impl KeySlots {
 
     /// An ECM of `epoch` is on the air: the packets are of that epoch or
     /// the one before. If the inferred epoch disagrees, infer it again.
-    fn note_ecm(&mut self, epoch: u64) {
+    /// Told when the ECM arrives, before the card has answered it, so that
+    /// a key of an older period is never taken for the current one.
+    pub fn note_ecm(&mut self, epoch: u64) {
         if self.ecm_epoch.is_some_and(|e| epoch < e) {
             return;
         }

@@ -138,7 +138,8 @@ fn micros(t: Duration) -> u64 {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum InHand {
     Ecm,
-    Emm,
+    /// An EMM, by its hash.
+    Emm(u64),
 }
 
 /// An ECM waiting for the card.
@@ -321,7 +322,7 @@ impl<C: CaModule> Access<C> {
             });
         } else if let Some((hash, body)) = self.emm_queue.pop_front() {
             stats.emms_to_card += 1;
-            self.in_hand = Some(InHand::Emm);
+            self.in_hand = Some(InHand::Emm(hash));
             self.port.send(Job::Emm { hash, body });
         }
     }
@@ -358,7 +359,7 @@ impl<C: CaModule> Access<C> {
     pub(super) fn key_may_come(&self) -> bool {
         self.ecm_pending()
             || (!self.live
-                && self.in_hand == Some(InHand::Emm)
+                && matches!(self.in_hand, Some(InHand::Emm(_)))
                 && (self.denial.is_some() || self.paired_elsewhere.is_some()))
     }
 
@@ -452,6 +453,7 @@ impl<C: CaModule> Access<C> {
         };
         self.last_ecm = Some(section.to_vec());
         self.last_ecm_header = Some(header);
+        self.keys.note_ecm(header.epoch);
         self.queue_ecm(header, section[PRIVATE_HEADER_LEN..].to_vec(), clock, stats)
     }
 
@@ -638,7 +640,10 @@ impl<C: CaModule> Access<C> {
         }
         stats.emms_for_card += 1;
         let hash = self.emms.hash(section);
-        if self.emms.contains(hash) || self.emm_queue.iter().any(|(h, _)| *h == hash) {
+        if self.emms.contains(hash)
+            || self.in_hand == Some(InHand::Emm(hash))
+            || self.emm_queue.iter().any(|(h, _)| *h == hash)
+        {
             stats.emm_duplicates += 1;
             return Ok(());
         }
