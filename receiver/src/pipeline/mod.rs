@@ -4,7 +4,7 @@
 //! bytes ─► PacketReader (sync, resync) ─► per-PID role ─┬─ PAT ─► rewritten: this service only
 //!                                                       ├─ PMT ─► rewritten: no CA or scrambling descriptors
 //!                                                       ├─ CAT ─► learns the EMM PID; dropped
-//!                                                       ├─ ECM ─► new ECMs to the card ─► CW slots
+//!                                                       ├─ ECM ─► new ECMs to the card thread ─► CW slots
 //!                                                       ├─ EMM ─► address filter, dedup ─► card
 //!                                                       ├─ ES  ─► descrambled with the slot its bits name
 //!                                                       └─ other PIDs: SI (0x10..0x1F) and null pass, the rest is dropped
@@ -29,15 +29,29 @@
 //!   [`CardLink`] is the card-backed module, and the unit tests (`tests`)
 //!   use a scripted one (`script`) that needs no card.
 //! * `clock`: stream time from the PCR, for the waits.
+//! * `worker`: where the CA module runs, on a thread of its own (the
+//!   default) or inline. It never runs two commands on the card at once.
 //!
 //! This module reads the packets, sends each to its stage by the role of
 //! its PID, and descrambles the service's packets.
 //!
-//! The card is called synchronously, in stream order: an ECM is answered
-//! before the packet after it is looked at. That keeps the pipeline
-//! deterministic (a test gets the same output every time) and costs
-//! nothing on PC/SC, where an ECM takes well under a millisecond and a
-//! new one comes once per crypto period.
+//! The card works on its own thread ([`PipelineOptions::card_thread`]): a
+//! real card takes 100 to 300 ms per command, and the packets keep
+//! flowing meanwhile, descrambled with the keys already held. The ECM of
+//! period n carries the key of period n+1, so the card has a whole crypto
+//! period to answer before that key is needed. One command is at the card
+//! at a time; the queue towards it holds the newest ECM, which always
+//! goes first, and up to 64 EMMs. A packet whose key is missing while an
+//! ECM is queued or at the card waits for the card (at the start of a run,
+//! or after a zap); otherwise nothing waits for it. What happens when the
+//! card cannot keep up depends on the input ([`PipelineOptions::live`]): a
+//! live input drops a stale ECM (a newer one came before the card was
+//! free) and the oldest EMMs, counts them and says once that the card is
+//! too slow; a file or a pipe waits for the card and loses nothing.
+//!
+//! A refusal takes effect when the card's answer arrives: packets of the
+//! refused period that came before it went out with the key the card
+//! released one ECM earlier.
 //!
 //! What it must never do: write a packet it could not descramble (the
 //! output is clear or absent), descramble with a key of another crypto
