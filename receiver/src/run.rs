@@ -111,6 +111,10 @@ pub fn run(cfg: &RunConfig, connector: Box<dyn CardConnector>, identity: X25519S
     report
 }
 
+/// What a run opens: the input, the output, what the input began with
+/// (read to check it is TS) and the card.
+type Opened = (Input, Box<dyn PacketSink>, VecDeque<Chunk>, CardLink);
+
 /// The run's input, output, the first chunks of the input and the card,
 /// in that order, or the first of them that cannot be opened. An input
 /// that is not TS is refused before the card is waited for.
@@ -118,7 +122,7 @@ fn open_all(
     cfg: &RunConfig,
     connector: Box<dyn CardConnector>,
     identity: X25519Secret,
-) -> Result<(Input, Box<dyn PacketSink>, VecDeque<Chunk>, CardLink), Failure> {
+) -> Result<Opened, Failure> {
     let input = Input::open(&cfg.input).map_err(|e| Failure::Input {
         what: cfg.input.to_string(),
         source: e.source,
