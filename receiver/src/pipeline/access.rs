@@ -137,7 +137,8 @@ fn micros(t: Duration) -> u64 {
 /// What the card is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum InHand {
-    Ecm,
+    /// An ECM, by its epoch.
+    Ecm(u64),
     /// An EMM, by its hash.
     Emm(u64),
 }
@@ -297,7 +298,7 @@ impl<C: CaModule> Access<C> {
 
     /// Whether an ECM is queued for the card or in its hands.
     pub(super) fn ecm_pending(&self) -> bool {
-        self.next_ecm.is_some() || self.in_hand == Some(InHand::Ecm)
+        self.next_ecm.is_some() || matches!(self.in_hand, Some(InHand::Ecm(_)))
     }
 
     /// Whether the card has anything in hand (the per-packet check).
@@ -314,7 +315,7 @@ impl<C: CaModule> Access<C> {
         }
         if let Some(q) = self.next_ecm.take() {
             stats.ecms_to_card += 1;
-            self.in_hand = Some(InHand::Ecm);
+            self.in_hand = Some(InHand::Ecm(q.header.epoch));
             self.ecm_queued_at = Some(q.since);
             self.port.send(Job::Ecm {
                 header: q.header,
@@ -350,6 +351,26 @@ impl<C: CaModule> Access<C> {
         let done = self.port.wait_next();
         self.answered(done, clock, stats)?;
         self.poll(clock, stats)
+    }
+
+    /// Whether a packet must wait for the card before it is descrambled:
+    /// on a file (which has time), one of the period of an ECM still
+    /// queued or at the card, or later, so that a refusal stops the output
+    /// exactly at its period. A live input does not wait: the packet goes
+    /// out with the key the card released one ECM earlier.
+    pub(super) fn must_wait(&self, p: &[u8; PACKET_LEN]) -> bool {
+        if self.live {
+            return false;
+        }
+        let pending = match (&self.next_ecm, self.in_hand) {
+            (Some(q), _) => Some(q.header.epoch),
+            (None, Some(InHand::Ecm(e))) => Some(e),
+            _ => None,
+        };
+        match (pending, self.keys.epoch_of(p)) {
+            (Some(e), Some(packet)) => packet >= e,
+            _ => false,
+        }
     }
 
     /// Whether a packet without its key should wait for the card: an ECM
@@ -409,7 +430,7 @@ impl<C: CaModule> Access<C> {
     ) -> Result<(), Failure> {
         let in_hand = self.in_hand.take();
         self.timing.card(done.card_time);
-        if in_hand == Some(InHand::Ecm) {
+        if matches!(in_hand, Some(InHand::Ecm(_))) {
             if let Some(q) = self.ecm_queued_at.take() {
                 self.timing
                     .ecm_wait(done.started.saturating_duration_since(q));
@@ -453,7 +474,7 @@ impl<C: CaModule> Access<C> {
         };
         self.last_ecm = Some(section.to_vec());
         self.last_ecm_header = Some(header);
-        self.keys.note_ecm(header.epoch);
+        self.keys.ecm_arrived(header.epoch);
         self.queue_ecm(header, section[PRIVATE_HEADER_LEN..].to_vec(), clock, stats)
     }
 

@@ -43,15 +43,19 @@
 //! at a time; the queue towards it holds the newest ECM, which always
 //! goes first, and up to 64 EMMs. A packet whose key is missing while an
 //! ECM is queued or at the card waits for the card (at the start of a run,
-//! or after a zap); otherwise nothing waits for it. What happens when the
-//! card cannot keep up depends on the input ([`PipelineOptions::live`]): a
-//! live input drops a stale ECM (a newer one came before the card was
-//! free) and the oldest EMMs, counts them and says once that the card is
-//! too slow; a file or a pipe waits for the card and loses nothing.
+//! or after a zap). Beyond that, the input decides
+//! ([`PipelineOptions::live`]):
 //!
-//! A refusal takes effect when the card's answer arrives: packets of the
-//! refused period that came before it went out with the key the card
-//! released one ECM earlier.
+//! * live (UDP): nothing else waits for the card. A packet goes out with
+//!   the key the card released one ECM earlier, so a refusal takes effect
+//!   when the card's answer arrives, a card-time into its period. What the
+//!   card cannot keep up with is dropped and counted (a stale ECM, when a
+//!   newer one came before the card was free; the oldest EMMs), and the
+//!   receiver says once that the card is too slow.
+//! * a file or a pipe: a packet of the period of an ECM not yet answered
+//!   waits for the answer, so that a refusal stops the output exactly at
+//!   its period, and a full queue waits for the card: the card sets the
+//!   pace and nothing is lost.
 //!
 //! What it must never do: write a packet it could not descramble (the
 //! output is clear or absent), descramble with a key of another crypto
@@ -471,6 +475,9 @@ impl<C: CaModule> Stages<C> {
         p: &mut [u8; PACKET_LEN],
         sink: &mut dyn PacketSink,
     ) -> Result<(), Failure> {
+        if self.access.must_wait(p) {
+            self.access.wait_for_key(&self.clock, &mut self.stats)?;
+        }
         let mut d = self.access.descramble(p);
         if matches!(d, Descrambled::NoKey(_)) && self.access.key_may_come() {
             // The key may come from what the card is working on: the one
