@@ -22,6 +22,14 @@ pub enum ClientError {
     Status { ins: Ins, sw: StatusWord },
     #[error("card answered {ins:?} with a malformed response")]
     BadResponse { ins: Ins },
+    /// The card (or the reader) kept answering 61xx, "more data", beyond
+    /// any response the protocol has: it is cut off rather than read for
+    /// ever.
+    #[error(
+        "card answered {ins:?} with more than {limit} bytes (61xx without end): \
+         the card or the reader is faulty; try another reader, or replace the card"
+    )]
+    ResponseTooLong { ins: Ins, limit: usize },
 }
 
 impl ClientError {
@@ -84,6 +92,10 @@ pub struct CardClient<T> {
 
 /// Largest data field in one short APDU when chaining.
 const CHAIN_CHUNK: usize = 255;
+
+/// Largest response gathered through GET RESPONSE: far above any answer
+/// of the applet (a few hundred bytes), far below a worry for memory.
+pub const MAX_RESPONSE: usize = 64 * 1024;
 
 impl<T: CardTransport> CardClient<T> {
     pub fn new(transport: T) -> Self {
@@ -207,6 +219,12 @@ impl<T: CardTransport> CardClient<T> {
                 Vec::new(),
                 Some(le),
             ))?;
+            if data.len() + resp.data.len() > MAX_RESPONSE {
+                return Err(ClientError::ResponseTooLong {
+                    ins,
+                    limit: MAX_RESPONSE,
+                });
+            }
             data.extend_from_slice(&resp.data);
         }
         if resp.sw != StatusWord::OK {
@@ -337,5 +355,49 @@ impl<T: CardTransport> CardClient<T> {
         }
         session.next_counter = counter + 1;
         Ok(cws)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that answers every command with 255 bytes and 61FF, "more
+    /// to come", for ever.
+    #[derive(Debug, Default)]
+    struct Endless {
+        commands: usize,
+    }
+
+    impl CardTransport for Endless {
+        fn transmit(&mut self, _apdu: &[u8]) -> Result<Vec<u8>, TransportError> {
+            self.commands += 1;
+            let mut r = vec![0xA5; 255];
+            r.extend_from_slice(&[0x61, 0xFF]);
+            Ok(r)
+        }
+        fn reconnect(&mut self) -> Result<(), TransportError> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_card_that_answers_61xx_for_ever_is_cut_off() {
+        let mut c = CardClient::new(Endless::default());
+        let e = c.info().unwrap_err();
+        assert!(
+            matches!(
+                e,
+                ClientError::ResponseTooLong {
+                    ins: Ins::GET_INFO,
+                    limit: MAX_RESPONSE
+                }
+            ),
+            "{e:?}"
+        );
+        assert!(e.to_string().contains("try another reader"), "{e}");
+        // Cut off at the limit: one command, then GET RESPONSEs up to it.
+        let commands = c.into_transport().commands;
+        assert_eq!(commands, MAX_RESPONSE / 255 + 1);
     }
 }

@@ -35,9 +35,9 @@ use std::time::{Duration, Instant};
 use thiserror::Error;
 
 /// Opens transports to a card.
-pub trait CardConnector {
+pub trait CardConnector: Send {
     /// Connects to a card, waiting at most `wait` for one to be present.
-    fn connect(&mut self, wait: Duration) -> Result<Box<dyn CardTransport>, TransportError>;
+    fn connect(&mut self, wait: Duration) -> Result<Box<dyn CardTransport + Send>, TransportError>;
 
     /// Where the card is, for messages: "reader 'X'".
     fn describe(&self) -> String;
@@ -51,7 +51,7 @@ pub struct PcscCard {
 }
 
 impl CardConnector for PcscCard {
-    fn connect(&mut self, wait: Duration) -> Result<Box<dyn CardTransport>, TransportError> {
+    fn connect(&mut self, wait: Duration) -> Result<Box<dyn CardTransport + Send>, TransportError> {
         let choice = ReaderChoice::from_option(self.reader.as_deref());
         Ok(Box::new(PcscTransport::wait_for_card(choice, wait)?))
     }
@@ -148,7 +148,7 @@ pub struct LinkStats {
 /// A card with an open protected session.
 pub struct CardLink {
     connector: Box<dyn CardConnector>,
-    client: Option<CardClient<Box<dyn CardTransport>>>,
+    client: Option<CardClient<Box<dyn CardTransport + Send>>>,
     identity: X25519Secret,
     info: CardInfo,
     options: LinkOptions,
@@ -236,7 +236,7 @@ impl CardLink {
     }
 
     /// The card, for tests that look at the transport.
-    pub fn client_mut(&mut self) -> Option<&mut CardClient<Box<dyn CardTransport>>> {
+    pub fn client_mut(&mut self) -> Option<&mut CardClient<Box<dyn CardTransport + Send>>> {
         self.client.as_mut()
     }
 
@@ -289,7 +289,7 @@ impl CardLink {
     /// `Err(StatusWord)`.
     fn with_session<T>(
         &mut self,
-        mut op: impl FnMut(&mut CardClient<Box<dyn CardTransport>>) -> Result<T, ClientError>,
+        mut op: impl FnMut(&mut CardClient<Box<dyn CardTransport + Send>>) -> Result<T, ClientError>,
     ) -> Result<Result<T, StatusWord>, LinkError> {
         let mut session_losses = 0;
         loop {
@@ -439,7 +439,7 @@ fn wait_for_card(
     connector: &mut dyn CardConnector,
     deadline: Instant,
     timeout: Duration,
-) -> Result<CardClient<Box<dyn CardTransport>>, LinkError> {
+) -> Result<CardClient<Box<dyn CardTransport + Send>>, LinkError> {
     loop {
         match connector.connect(deadline.saturating_duration_since(Instant::now())) {
             Ok(t) => return Ok(CardClient::new(t)),
@@ -468,7 +468,7 @@ fn wait_for_card(
 /// SELECT, GET INFO, ESTABLISH SESSION. The card's info, and whether it
 /// gave a session (`false`: it is paired with another receiver).
 fn open_session(
-    client: &mut CardClient<Box<dyn CardTransport>>,
+    client: &mut CardClient<Box<dyn CardTransport + Send>>,
     identity: &X25519Secret,
     what: &str,
 ) -> Result<(CardInfo, bool), LinkError> {

@@ -69,6 +69,11 @@ pub struct KeySlots {
     current: Option<u64>,
     /// The epoch of the newest ECM.
     ecm_epoch: Option<u64>,
+    /// The epoch of the newest ECM whose keys were installed (ECMs are
+    /// noted on arrival, before the card answers them).
+    installed: Option<u64>,
+    /// ECMs are noted on arrival ([`KeySlots::ecm_arrived`]).
+    arrivals: bool,
     /// Keys loaded that were new (not a repetition of one held).
     changes: u64,
 }
@@ -103,21 +108,64 @@ impl KeySlots {
     /// Loads the control words of the ECM of `epoch`: `CW_epoch` and
     /// `CW_{epoch+1}`.
     pub fn install(&mut self, epoch: u64, cws: &ControlWords) {
-        if self.ecm_epoch.is_some_and(|e| epoch.saturating_add(1) < e) {
-            // Epochs went back by more than a repetition across a change
-            // can explain: a headend started again from scratch. Start
-            // over with it rather than wait for its epochs to catch up.
-            tracing::warn!(epoch, "ECM epochs went back; control words reset");
-            let changes = self.changes;
-            *self = KeySlots {
-                changes,
-                ..KeySlots::default()
-            };
+        if self.arrivals && self.ecm_epoch.is_some_and(|e| epoch > e.saturating_add(1)) {
+            // The answer to an ECM from before the headend started over:
+            // none of its keys belongs to the stream now on the air.
+            return;
+        }
+        if self.installed.is_some_and(|e| epoch.saturating_add(1) < e) {
+            self.start_over(epoch);
         }
         self.note_ecm(epoch);
+        self.installed = Some(self.installed.map_or(epoch, |e| e.max(epoch)));
         for e in [epoch, epoch.saturating_add(1)] {
             self.set(e, cws.cws.for_epoch(e));
         }
+    }
+
+    /// The epoch a scrambled packet belongs to, as [`KeySlots::descramble`]
+    /// would infer it (without changing anything); `None` for a clear
+    /// packet or before any ECM.
+    pub fn epoch_of(&self, packet: &[u8; PACKET_LEN]) -> Option<u64> {
+        let parity = match packet[3] >> 6 {
+            0b10 => Parity::Even,
+            0b11 => Parity::Odd,
+            _ => return None,
+        };
+        let (base, step_back) = match (self.current, self.ecm_epoch) {
+            (Some(c), _) => (c, false),
+            (None, Some(n)) => (n, true),
+            (None, None) => return None,
+        };
+        Some(match (parity_of(base) == parity, step_back) {
+            (true, _) => base,
+            (false, false) => base.saturating_add(1),
+            (false, true) => base.saturating_sub(1),
+        })
+    }
+
+    /// An ECM of `epoch` has arrived, before the card has answered it:
+    /// the packets are of that epoch or the one before, and a key of an
+    /// older period is never taken for the current one.
+    pub fn ecm_arrived(&mut self, epoch: u64) {
+        if self.ecm_epoch.is_some_and(|e| epoch.saturating_add(1) < e) {
+            self.start_over(epoch);
+        }
+        self.arrivals = true;
+        self.note_ecm(epoch);
+    }
+
+    /// Epochs went back by more than a repetition across a change can
+    /// explain: a headend started again from scratch. Start over with it
+    /// rather than wait for its epochs to catch up, and keep no key of
+    /// the old count.
+    fn start_over(&mut self, epoch: u64) {
+        tracing::warn!(epoch, "ECM epochs went back; control words reset");
+        let changes = self.changes;
+        *self = KeySlots {
+            changes,
+            ..KeySlots::default()
+        };
     }
 
     /// An ECM of `epoch` is on the air: the packets are of that epoch or
@@ -310,6 +358,26 @@ mod tests {
         k.install(n, &ecm(n));
         assert_eq!(epoch_of(&mut k, n), Some(n));
         k
+    }
+
+    #[test]
+    fn ecms_noted_on_arrival_before_the_card_answers() {
+        let mut k = running_at(10);
+        // ECM 11 on the air, not answered yet: a packet of 11 is known to
+        // be of 11, and goes out with the key ECM 10 released.
+        k.ecm_arrived(11);
+        assert_eq!(k.epoch_of(&packet(11)), Some(11));
+        descrambles(&mut k, [11]);
+        // The headend started over at epoch 3: no key of the old count is
+        // kept, even before the card answers the new ECM...
+        k.ecm_arrived(3);
+        assert_eq!(k.epoch_of(&packet(3)), Some(3));
+        assert_eq!(epoch_of(&mut k, 3), None);
+        // ...nor taken from a late answer to an ECM of the old count.
+        k.install(12, &ecm(12));
+        assert_eq!(epoch_of(&mut k, 3), None);
+        k.install(3, &ecm(3));
+        descrambles(&mut k, [3, 4]);
     }
 
     #[test]

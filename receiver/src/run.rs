@@ -8,10 +8,12 @@ use crate::pipeline::{PacketSink, Pipeline, PipelineOptions};
 use crate::stats::{Stats, StatusLine};
 use proto::crypto::X25519Secret;
 use serde_json::json;
+use std::collections::VecDeque;
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use ts::PacketReader;
 
 /// What to run.
 #[derive(Debug, Clone)]
@@ -68,7 +70,7 @@ pub fn run(cfg: &RunConfig, connector: Box<dyn CardConnector>, identity: X25519S
         card_id: None,
         failure: None,
     };
-    let (input, mut sink, card) = match open_all(cfg, connector, identity) {
+    let (input, mut sink, first, card) = match open_all(cfg, connector, identity) {
         Ok(opened) => opened,
         Err(failure) => {
             report.failure = Some(failure);
@@ -76,9 +78,20 @@ pub fn run(cfg: &RunConfig, connector: Box<dyn CardConnector>, identity: X25519S
         }
     };
     report.card_id = Some(card.card_id());
-    let mut pipeline = Pipeline::new(card, cfg.pipeline.clone());
+    let opts = PipelineOptions {
+        live: cfg.input.is_udp(),
+        ..cfg.pipeline.clone()
+    };
+    let mut pipeline = Pipeline::new(card, opts);
     let mut status = StatusLine::new(cfg.status_line);
-    let result = pump(cfg, &input, sink.as_mut(), &mut pipeline, &mut status);
+    let result = pump(
+        cfg,
+        &input,
+        first,
+        sink.as_mut(),
+        &mut pipeline,
+        &mut status,
+    );
     status.clear();
     report.stats = pipeline.stats();
     report.stats.datagrams_dropped = input.dropped();
@@ -98,13 +111,18 @@ pub fn run(cfg: &RunConfig, connector: Box<dyn CardConnector>, identity: X25519S
     report
 }
 
-/// The run's input, output and card, in that order, or the first of them
-/// that cannot be opened.
+/// What a run opens: the input, the output, what the input began with
+/// (read to check it is TS) and the card.
+type Opened = (Input, Box<dyn PacketSink>, VecDeque<Chunk>, CardLink);
+
+/// The run's input, output, the first chunks of the input and the card,
+/// in that order, or the first of them that cannot be opened. An input
+/// that is not TS is refused before the card is waited for.
 fn open_all(
     cfg: &RunConfig,
     connector: Box<dyn CardConnector>,
     identity: X25519Secret,
-) -> Result<(Input, Box<dyn PacketSink>, CardLink), Failure> {
+) -> Result<Opened, Failure> {
     let input = Input::open(&cfg.input).map_err(|e| Failure::Input {
         what: cfg.input.to_string(),
         source: e.source,
@@ -113,13 +131,69 @@ fn open_all(
         what: cfg.output.to_string(),
         source: e.source,
     })?;
+    let first = probe(cfg, &input)?;
     let card = CardLink::open(connector, identity, cfg.link)?;
-    Ok((input, sink, card))
+    Ok((input, sink, first, card))
+}
+
+/// How long the probe waits for the input to start before it leaves the
+/// check to the pipeline (a live stream may not have started yet).
+const PROBE_WAIT: Duration = Duration::from_secs(1);
+
+/// Reads the start of the input until it shows packet sync, and returns
+/// what it read (for the pipeline). An input without sync in its first
+/// [`PipelineOptions::sync_limit`] bytes, or that ends without a packet,
+/// is not TS: that is said at once, not after a wait for the card.
+fn probe(cfg: &RunConfig, input: &Input) -> Result<VecDeque<Chunk>, Failure> {
+    let mut reader = PacketReader::new();
+    let mut read = VecDeque::new();
+    let started = Instant::now();
+    while started.elapsed() < PROBE_WAIT {
+        if cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
+            break;
+        }
+        let Some(chunk) = input.next(TICK) else {
+            continue;
+        };
+        let end = match &chunk {
+            Chunk::Data(d) => {
+                reader.push(d);
+                false
+            }
+            Chunk::End => {
+                reader.finish();
+                true
+            }
+            Chunk::Failed(_) => {
+                read.push_back(chunk);
+                return Ok(read);
+            }
+        };
+        read.push_back(chunk);
+        if reader.next_packet().is_some() {
+            return Ok(read);
+        }
+        let skipped = reader.stats().skipped_bytes;
+        if skipped >= cfg.pipeline.sync_limit {
+            return Err(Failure::NotTs(format!(
+                "no packet sync in the first {skipped} bytes"
+            )));
+        }
+        if end {
+            return Err(Failure::NotTs(if skipped == 0 {
+                "the input is empty".into()
+            } else {
+                format!("no packet sync in its {skipped} bytes")
+            }));
+        }
+    }
+    Ok(read)
 }
 
 fn pump(
     cfg: &RunConfig,
     input: &Input,
+    mut first: VecDeque<Chunk>,
     sink: &mut dyn PacketSink,
     pipeline: &mut Pipeline,
     status: &mut StatusLine,
@@ -129,7 +203,11 @@ fn pump(
         if cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
             return pipeline.stop(sink);
         }
-        match input.next(TICK) {
+        let next = match first.pop_front() {
+            Some(c) => Some(c),
+            None => input.next(TICK),
+        };
+        match next {
             Some(Chunk::Data(d)) => {
                 last_data = Instant::now();
                 pipeline.push(&d, sink)?;

@@ -58,6 +58,20 @@ pub struct Stats {
 
     /// Times the card link was re-established.
     pub card_reconnects: u64,
+
+    /// The card's time per command (ECM or EMM, every APDU of it), in
+    /// microseconds: median of the last 1024, and the longest.
+    pub card_us_p50: u64,
+    pub card_us_max: u64,
+    /// How long an ECM waited for the card (behind the command in its
+    /// hands), in microseconds: median of the last 1024, and the longest.
+    pub ecm_wait_us_p50: u64,
+    pub ecm_wait_us_max: u64,
+    /// ECMs not sent because a newer one came before the card was free
+    /// (live input only): the card is slower than the crypto period.
+    pub ecms_stale: u64,
+    /// EMMs dropped from a full queue to the card (live input only).
+    pub emms_dropped: u64,
 }
 
 impl Stats {
@@ -65,7 +79,8 @@ impl Stats {
     pub fn summary(&self) -> String {
         format!(
             "receiver: {} packets in, {} out ({} descrambled); {} ECMs to the card ({} refused), {} CW changes; \
-             {} EMMs for this card ({} accepted, {} replayed, {} rejected); {} undecryptable, {} before the first key",
+             {} EMMs for this card ({} accepted, {} replayed, {} rejected); {} undecryptable, {} before the first key; \
+             card {:.1} ms per command (max {:.1}), ECMs waited up to {:.1} ms, {} stale, {} EMMs dropped",
             self.packets_in,
             self.packets_out,
             self.descrambled,
@@ -78,6 +93,11 @@ impl Stats {
             self.emms_rejected,
             self.undecryptable,
             self.before_first_key,
+            ms(self.card_us_p50),
+            ms(self.card_us_max),
+            ms(self.ecm_wait_us_max),
+            self.ecms_stale,
+            self.emms_dropped,
         )
     }
 
@@ -95,6 +115,10 @@ impl Stats {
             self.undecryptable,
         )
     }
+}
+
+fn ms(us: u64) -> f64 {
+    us as f64 / 1000.0
 }
 
 /// Redraws a one-line status on stderr about once a second, and only when

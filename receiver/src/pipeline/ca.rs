@@ -42,8 +42,9 @@ pub enum EcmOutcome {
 
 /// A conditional-access module: the card, as the pipeline sees it.
 ///
-/// Calls are synchronous and in stream order (see the pipeline's module
-/// docs). An `Err` ends the run: it is for a module that cannot go on (no
+/// Calls are blocking, one at a time, in the order the pipeline chooses
+/// (ECMs first; see the pipeline's module docs), from the pipeline's card
+/// thread: an implementation must be [`Send`]. An `Err` ends the run: it is for a module that cannot go on (no
 /// card any more), not for a refusal, which is an `Ok` outcome.
 pub trait CaModule {
     /// The card's address: the EMM filter passes EMMs addressed to it

@@ -4,7 +4,7 @@
 //! bytes ─► PacketReader (sync, resync) ─► per-PID role ─┬─ PAT ─► rewritten: this service only
 //!                                                       ├─ PMT ─► rewritten: no CA or scrambling descriptors
 //!                                                       ├─ CAT ─► learns the EMM PID; dropped
-//!                                                       ├─ ECM ─► new ECMs to the card ─► CW slots
+//!                                                       ├─ ECM ─► new ECMs to the card thread ─► CW slots
 //!                                                       ├─ EMM ─► address filter, dedup ─► card
 //!                                                       ├─ ES  ─► descrambled with the slot its bits name
 //!                                                       └─ other PIDs: SI (0x10..0x1F) and null pass, the rest is dropped
@@ -29,15 +29,33 @@
 //!   [`CardLink`] is the card-backed module, and the unit tests (`tests`)
 //!   use a scripted one (`script`) that needs no card.
 //! * `clock`: stream time from the PCR, for the waits.
+//! * `worker`: where the CA module runs, on a thread of its own (the
+//!   default) or inline. It never runs two commands on the card at once.
 //!
 //! This module reads the packets, sends each to its stage by the role of
 //! its PID, and descrambles the service's packets.
 //!
-//! The card is called synchronously, in stream order: an ECM is answered
-//! before the packet after it is looked at. That keeps the pipeline
-//! deterministic (a test gets the same output every time) and costs
-//! nothing on PC/SC, where an ECM takes well under a millisecond and a
-//! new one comes once per crypto period.
+//! The card works on its own thread ([`PipelineOptions::card_thread`]): a
+//! real card takes 100 to 300 ms per command, and the packets keep
+//! flowing meanwhile, descrambled with the keys already held. The ECM of
+//! period n carries the key of period n+1, so the card has a whole crypto
+//! period to answer before that key is needed. One command is at the card
+//! at a time; the queue towards it holds the newest ECM, which always
+//! goes first, and up to 64 EMMs. A packet whose key is missing while an
+//! ECM is queued or at the card waits for the card (at the start of a run,
+//! or after a zap). Beyond that, the input decides
+//! ([`PipelineOptions::live`]):
+//!
+//! * live (UDP): nothing else waits for the card. A packet goes out with
+//!   the key the card released one ECM earlier, so a refusal takes effect
+//!   when the card's answer arrives, a card-time into its period. What the
+//!   card cannot keep up with is dropped and counted (a stale ECM, when a
+//!   newer one came before the card was free; the oldest EMMs), and the
+//!   receiver says once that the card is too slow.
+//! * a file or a pipe: a packet of the period of an ECM not yet answered
+//!   waits for the answer, so that a refusal stops the output exactly at
+//!   its period, and a full queue waits for the card: the card sets the
+//!   pace and nothing is lost.
 //!
 //! What it must never do: write a packet it could not descramble (the
 //! output is clear or absent), descramble with a key of another crypto
@@ -53,6 +71,7 @@ mod rewrite;
 mod script;
 #[cfg(test)]
 mod tests;
+mod worker;
 
 pub use ca::{CaModule, EcmOutcome, EmmOutcome};
 
@@ -124,6 +143,14 @@ pub struct PipelineOptions {
     pub sync_limit: u64,
     /// Distinct EMM sections remembered for deduplication.
     pub emm_memory: usize,
+    /// Call the CA module from a thread of its own (the default), so that
+    /// packets keep flowing while the card works; `false` calls it in
+    /// stream order, each answer before the next packet.
+    pub card_thread: bool,
+    /// The input is live (UDP): what the card cannot keep up with is
+    /// dropped and counted (a stale ECM, the oldest EMMs) rather than
+    /// waited for. A file or a pipe waits for the card and loses nothing.
+    pub live: bool,
 }
 
 /// The default [`PipelineOptions::entitlement_wait`]: the headend's
@@ -142,6 +169,8 @@ impl Default for PipelineOptions {
             hold_limit: 50_000,
             sync_limit: 64 * 1024,
             emm_memory: 4096,
+            card_thread: true,
+            live: false,
         }
     }
 }
@@ -176,12 +205,12 @@ impl<C: CaModule> std::fmt::Debug for Pipeline<C> {
     }
 }
 
-impl<C: CaModule> Pipeline<C> {
+impl<C: CaModule + Send + 'static> Pipeline<C> {
     /// A pipeline over a CA module that is ready (a card link already
     /// open).
     pub fn new(card: C, opts: PipelineOptions) -> Self {
         let clock = StreamClock::new();
-        let access = Access::new(card, opts.emm_memory, &clock);
+        let access = Access::new(card, &opts, &clock);
         Pipeline {
             reader: PacketReader::new(),
             stages: Stages {
@@ -197,7 +226,9 @@ impl<C: CaModule> Pipeline<C> {
             },
         }
     }
+}
 
+impl<C: CaModule> Pipeline<C> {
     /// Feeds bytes of the input; clear packets go to `sink`.
     pub fn push(&mut self, bytes: &[u8], sink: &mut dyn PacketSink) -> Result<(), Failure> {
         self.reader.push(bytes);
@@ -217,6 +248,8 @@ impl<C: CaModule> Pipeline<C> {
     pub fn finish(&mut self, sink: &mut dyn PacketSink) -> Result<(), Failure> {
         self.reader.finish();
         self.drain(sink)?;
+        let st = &mut self.stages;
+        st.access.settle(&st.clock, &mut st.stats)?;
         let st = &self.stages;
         if st.stats.packets_in == 0 {
             return Err(Failure::NotTs(if self.reader.stats().skipped_bytes == 0 {
@@ -259,8 +292,7 @@ impl<C: CaModule> Pipeline<C> {
     /// The counters so far.
     pub fn stats(&self) -> Stats {
         let mut s = self.stages.stats.clone();
-        s.card_reconnects = self.stages.access.card().reconnects();
-        s.cw_changes = self.stages.access.keys().changes();
+        self.stages.access.fill_stats(&mut s);
         s
     }
 
@@ -270,7 +302,7 @@ impl<C: CaModule> Pipeline<C> {
     }
 
     pub fn card_id(&self) -> u32 {
-        self.stages.access.card().card_id()
+        self.stages.access.card_id()
     }
 
     /// When the first descrambled packet was written (for the zap time).
@@ -278,12 +310,8 @@ impl<C: CaModule> Pipeline<C> {
         self.stages.first_clear
     }
 
-    /// The CA module (tests look at the card link's transport).
-    pub fn card_mut(&mut self) -> &mut C {
-        self.stages.access.card_mut()
-    }
-
-    /// Hands the CA module back.
+    /// Hands the CA module back, once it has done the command in its
+    /// hands.
     pub fn into_card(self) -> C {
         self.stages.access.into_card()
     }
@@ -391,6 +419,9 @@ impl<C: CaModule> Stages<C> {
             self.stats.bad_packets += 1;
             return Ok(());
         };
+        if self.access.busy() {
+            self.access.poll(&self.clock, &mut self.stats)?;
+        }
         let pid = view.pid();
         if Some(pid) == self.map.pcr_pid() {
             if let Some(pcr) = view.pcr() {
@@ -444,7 +475,18 @@ impl<C: CaModule> Stages<C> {
         p: &mut [u8; PACKET_LEN],
         sink: &mut dyn PacketSink,
     ) -> Result<(), Failure> {
-        match self.access.descramble(p) {
+        if self.access.must_wait(p) {
+            self.access.wait_for_key(&self.clock, &mut self.stats)?;
+        }
+        let mut d = self.access.descramble(p);
+        if matches!(d, Descrambled::NoKey(_)) && self.access.key_may_come() {
+            // The key may come from what the card is working on: the one
+            // packet that needs it waits for it. With the headend's
+            // one-period lead this happens at the start of a run only.
+            self.access.wait_for_key(&self.clock, &mut self.stats)?;
+            d = self.access.descramble(p);
+        }
+        match d {
             Descrambled::Clear => self.emit(p, sink),
             Descrambled::Done(_) => {
                 self.stats.descrambled += 1;

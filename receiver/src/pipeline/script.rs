@@ -57,6 +57,8 @@ pub struct ScriptedCa {
     pub ecms: Vec<u64>,
     /// The address and command of each EMM it was given, in order.
     pub emms: Vec<(u32, u8)>,
+    /// How long it takes per command, as a real card does.
+    pub delay: std::time::Duration,
 }
 
 impl ScriptedCa {
@@ -68,6 +70,7 @@ impl ScriptedCa {
             paired_elsewhere: false,
             ecms: Vec::new(),
             emms: Vec::new(),
+            delay: std::time::Duration::ZERO,
         }
     }
 
@@ -92,6 +95,7 @@ impl CaModule for ScriptedCa {
     }
 
     fn process_ecm(&mut self, ecm: &[u8]) -> Result<EcmOutcome, Failure> {
+        std::thread::sleep(self.delay);
         let h = EcmHeader::read(&mut Reader::new(ecm)).expect("the pipeline sent a whole ECM");
         assert_eq!(ecm.len(), proto::ecm::ECM_LEN);
         self.ecms.push(h.epoch);
@@ -105,6 +109,7 @@ impl CaModule for ScriptedCa {
     }
 
     fn process_emm(&mut self, emm: &[u8]) -> Result<EmmOutcome, Failure> {
+        std::thread::sleep(self.delay);
         let at = ADDRESS_OFFSET;
         let address = u32::from_be_bytes(emm[at..at + 4].try_into().unwrap());
         let cmd = emm[EMM_HEADER_LEN];

@@ -547,3 +547,178 @@ fn a_service_that_leaves_the_pat_mid_stream_is_waited_for_not_an_error() {
         })
     ));
 }
+
+// ---- a slow card --------------------------------------------------------
+
+/// A card as slow as a real one behind a T=0 reader.
+const SLOW: Duration = Duration::from_millis(300);
+
+fn slow_card(delay: Duration) -> ScriptedCa {
+    ScriptedCa {
+        delay,
+        ..ScriptedCa::new()
+    }
+}
+
+/// Pushes `air` one packet at a time, `pace` apart as a live input
+/// brings them; the longest push from packet `from` on, and the run.
+fn paced(
+    air: &Air,
+    card: ScriptedCa,
+    o: PipelineOptions,
+    pace: Duration,
+    from: usize,
+) -> (Duration, Run) {
+    let mut p = Pipeline::new(card, o);
+    let mut out = Vec::new();
+    let mut longest = Duration::ZERO;
+    let start = Instant::now();
+    for (i, chunk) in air.ts.chunks(PACKET_LEN).enumerate() {
+        // On the schedule of the input, not after the previous push.
+        let due = start + pace * u32::try_from(i).unwrap();
+        std::thread::sleep(due.saturating_duration_since(Instant::now()));
+        let t = Instant::now();
+        p.push(chunk, &mut out).unwrap();
+        if i >= from {
+            longest = longest.max(t.elapsed());
+        }
+    }
+    let result = p.finish(&mut out);
+    (longest, Run { out, result, p })
+}
+
+#[test]
+fn a_slow_card_does_not_stop_the_packets() {
+    // Four crypto periods of 16 packets, 45 ms apart (720 ms a period,
+    // more than an EMM and an ECM at 300 ms each). An EMM comes just
+    // before each ECM, so that the ECM finds the card busy.
+    let mut air = Air::new();
+    air.tables();
+    let mut seq = 0;
+    for epoch in 10..14u64 {
+        air.emm(CARD, NOTHING, epoch as u8);
+        air.ecm(ECM_PID, epoch);
+        for _ in 0..16 {
+            air.es(VIDEO, Some(epoch), seq, None);
+            seq += 1;
+        }
+    }
+    let first_es = air.ts.len() / PACKET_LEN - 4 * 18 + 2;
+    let o = PipelineOptions {
+        live: true,
+        ..opts()
+    };
+    let (longest, r) = paced(
+        &air,
+        slow_card(SLOW),
+        o,
+        Duration::from_millis(45),
+        first_es + 16,
+    );
+    r.result.unwrap();
+    // Every packet out, in order, and none waited for the card after the
+    // first key: the next period's key was always already held.
+    assert_eq!(seqs(&r.out, VIDEO), (0..seq).collect::<Vec<_>>());
+    assert!(longest < SLOW / 3, "a push took {longest:?}");
+    let stats = r.p.stats();
+    assert_eq!(
+        (stats.undecryptable, stats.ecms_stale, stats.emms_dropped),
+        (0, 0, 0)
+    );
+    assert!(
+        stats.card_us_p50 >= 300_000 && stats.card_us_max >= 300_000,
+        "{stats:?}"
+    );
+    // The ECM after an EMM waited for it.
+    assert!(stats.ecm_wait_us_max >= 200_000, "{stats:?}");
+    let card = r.p.into_card();
+    assert_eq!(card.ecms, [10, 11, 12, 13]);
+    assert_eq!(card.emms.len(), 4);
+
+    // The same card in stream order stops the packets for its time.
+    let o = PipelineOptions {
+        card_thread: false,
+        ..opts()
+    };
+    let (longest, r) = paced(&air, slow_card(SLOW), o, Duration::ZERO, first_es + 16);
+    r.result.unwrap();
+    assert!(longest >= SLOW, "{longest:?}");
+}
+
+#[test]
+fn a_card_slower_than_the_stream_drops_stale_ecms_and_old_emms_live_and_waits_on_a_file() {
+    let mut air = Air::new();
+    air.tables();
+    // 100 distinct EMMs for the card, then three ECMs at once.
+    for n in 0..100u8 {
+        air.emm(CARD, NOTHING, n);
+    }
+    for epoch in 10..13u64 {
+        air.ecm(ECM_PID, epoch);
+    }
+    air.es(VIDEO, Some(12), 0, None);
+    let delay = Duration::from_millis(5);
+    let live = PipelineOptions {
+        live: true,
+        ..opts()
+    };
+    let r = run(&air.ts, slow_card(delay), live);
+    r.result.unwrap();
+    let stats = r.p.stats();
+    // At most EMM_QUEUE wait, the rest are dropped (the carousel brings
+    // them again); of the ECMs only the newest is sent, and the packet
+    // waits for its key.
+    assert!(
+        stats.emms_dropped >= 100 - access::EMM_QUEUE as u64 - 5,
+        "{stats:?}"
+    );
+    assert_eq!(stats.emms_to_card + stats.emms_dropped, 100, "{stats:?}");
+    assert!(stats.ecms_stale >= 1, "{stats:?}");
+    assert_eq!(seqs(&r.out, VIDEO), [0]);
+    assert_eq!(r.p.into_card().ecms.last(), Some(&12));
+
+    // A file waits for the card: nothing is dropped.
+    let r = run(&air.ts, slow_card(delay), opts());
+    r.result.unwrap();
+    let stats = r.p.stats();
+    assert_eq!((stats.emms_dropped, stats.ecms_stale), (0, 0));
+    assert_eq!(stats.emms_to_card, 100);
+    assert_eq!(seqs(&r.out, VIDEO), [0]);
+    assert_eq!(r.p.into_card().ecms, [10, 11, 12]);
+}
+
+#[test]
+fn ecms_go_before_the_emms_queued_ahead_of_them() {
+    let mut air = Air::new();
+    air.tables();
+    for n in 0..5u8 {
+        air.emm(CARD, NOTHING, n);
+    }
+    air.ecm(ECM_PID, 10);
+    air.es(VIDEO, Some(10), 0, None);
+    let r = run(&air.ts, slow_card(Duration::from_millis(20)), opts());
+    r.result.unwrap();
+    assert_eq!(seqs(&r.out, VIDEO), [0]);
+    let stats = r.p.stats();
+    // The first EMM was in the card's hands when the ECM came; the ECM
+    // went next, before the four others.
+    assert!(stats.ecm_wait_us_max < 60_000, "{stats:?}");
+    assert_eq!(r.p.into_card().emms.len(), 5);
+}
+
+#[test]
+fn emms_the_card_refused_as_replayed_are_not_sent_again() {
+    // The scripted card accepts everything; a repetition after it
+    // accepted is held back, whether queued or done.
+    let mut air = Air::new();
+    air.tables();
+    air.ecm(ECM_PID, 10);
+    for _ in 0..3 {
+        air.emm(CARD, NOTHING, 1);
+        air.emm(CARD, NOTHING, 2);
+    }
+    let r = run(&air.ts, slow_card(Duration::from_millis(2)), opts());
+    r.result.unwrap();
+    let stats = r.p.stats();
+    assert_eq!((stats.emms_to_card, stats.emm_duplicates), (2, 4));
+}

@@ -286,6 +286,46 @@ fn input_that_is_not_ts_is_refused_with_exit_7() {
 }
 
 #[test]
+fn input_that_is_not_ts_is_refused_at_once_without_waiting_for_a_card() {
+    // No card and no reader: a receiver that waited for one would take
+    // the whole card timeout before it looked at the input.
+    let dir = tempfile::tempdir().unwrap();
+    let mut garbage = vec![0u8; 100_000];
+    Rng(11).fill(&mut garbage);
+    for b in garbage.iter_mut() {
+        if *b == 0x47 {
+            *b = 0x46;
+        }
+    }
+    for (input, reason) in [
+        (
+            &garbage[..],
+            "receiver: input is not an MPEG transport stream: no packet sync in the first",
+        ),
+        (
+            &b""[..],
+            "receiver: input is not an MPEG transport stream: the input is empty",
+        ),
+        // Shorter than the sync limit, but the whole of it.
+        (
+            &garbage[..5000],
+            "receiver: input is not an MPEG transport stream: no packet sync in its 5000 bytes",
+        ),
+    ] {
+        let t = std::time::Instant::now();
+        let r = run_in(
+            dir.path(),
+            input,
+            "No Such Reader",
+            &["--card-timeout", "30"],
+        );
+        assert_eq!(r.code, i32::from(exit::NOT_TS));
+        assert!(r.reason().starts_with(reason), "{}", r.reason());
+        assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    }
+}
+
+#[test]
 fn an_unknown_service_a_missing_card_and_a_paired_card_are_clear_errors() {
     let clear = synthetic_ts(2_000, 6);
     let dir = tempfile::tempdir().unwrap();

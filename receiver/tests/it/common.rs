@@ -431,6 +431,9 @@ pub struct Faults {
     /// Connection attempts that fail after a removal before the card is
     /// back in.
     pub absent_for: usize,
+    /// How long each command takes, as on a real card behind a slow
+    /// reader.
+    pub delay: Duration,
     absent: usize,
     transmits: usize,
     pub removals: usize,
@@ -478,7 +481,9 @@ impl CardTransport for SharedCard {
             self.card.lock().unwrap().applet.reset();
             return Err(TransportError::CardReset);
         }
+        let delay = f.delay;
         drop(f);
+        std::thread::sleep(delay);
         self.card.lock().unwrap().transmit(apdu)
     }
 
@@ -493,7 +498,10 @@ impl CardTransport for SharedCard {
 }
 
 impl CardConnector for SharedCard {
-    fn connect(&mut self, _wait: Duration) -> Result<Box<dyn CardTransport>, TransportError> {
+    fn connect(
+        &mut self,
+        _wait: Duration,
+    ) -> Result<Box<dyn CardTransport + Send>, TransportError> {
         let mut f = self.faults.lock().unwrap();
         if f.absent > 0 {
             f.absent -= 1;
