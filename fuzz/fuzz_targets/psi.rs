@@ -6,8 +6,8 @@
 use libfuzzer_sys::fuzz_target;
 use ts::packet::{Packet, SYNC_BYTE};
 use ts::psi::{
-    crc32_mpeg2, emm_section_address, packetize, Cat, Pat, Pmt, PrivateSection, SectionAssembler,
-    SectionHeader, MAX_SECTION_LEN,
+    crc32_mpeg2, emm_section_address, packetize, Cat, Pat, Pmt, PrivateSection, Sdt,
+    SectionAssembler, SectionHeader, MAX_SECTION_LEN,
 };
 use ts::PACKET_LEN;
 
@@ -23,6 +23,9 @@ fn parse(section: &[u8]) {
     }
     if let Ok(t) = Cat::from_section(section) {
         assert_eq!(Cat::from_section(&t.to_section().unwrap()).unwrap(), t);
+    }
+    if let Ok(t) = Sdt::from_section(section) {
+        assert_eq!(Sdt::from_section(&t.to_section().unwrap()).unwrap(), t);
     }
     if let Ok(p) = PrivateSection::parse(section) {
         if let Ok(again) = PrivateSection::build(p.table_id, p.payload) {
