@@ -26,6 +26,7 @@
 //! |---|---|---|
 //! | 0 (PAT) | learnt | ours: the input's transport_stream_id, its NIT entry, the services on the air and the clear services present, under our own version number; at once when it changes, then with every ECM repetition. None while it would list no service (a receiver that sees its service leave the PAT gives up, one that sees no PMT waits), nor in the first second after the input's first PAT while a service is still coming on the air |
 //! | 1 (CAT) | its descriptors are kept | replaced by ours, with our CA_descriptor for the EMM PID |
+//! | 0x11 (SDT, BAT) | sections assembled | the SDT of this TS (table 0x42) rewritten: the entries of the programs we never send removed, each configured service's marked `free_CA_mode = 1` with a CA_identifier_descriptor for our CA system, under the input's version number (the rewrite depends on the input section alone); one that does not parse or cannot be rewritten is dropped, never sent as it came. Other sections (another TS's SDT, the BAT) as they came. Re-cut into packets on the PID's own counter |
 //! | 2..=0x1F (SI) | | as it came, unless a configured service's PMT names it as a PES component: dropped |
 //! | PMT of a configured service | learnt | rewritten (CA_descriptor for the ECM PID and scrambling_descriptor in the program loop, our own version number), while on the air: at once when it changes, then with every ECM repetition |
 //! | its PES components | | scrambled with the period's CW while on the air, else dropped |
@@ -87,8 +88,8 @@ use ts::cissa::{Outcome, Scrambler};
 use ts::demux::{Demux, Demuxed, PidRole};
 use ts::packet::{null_packet, Packet, PacketMut, PacketReader, MAX_PID, NULL_PID, PACKET_LEN};
 use ts::psi::{
-    packetize_continuing, Cat, Descriptor, Pat, Pmt, PrivateSection, Repeater, CA_SYSTEM_ID,
-    MAX_SECTION_LEN,
+    packetize_continuing, Cat, Descriptor, Pat, Pmt, PrivateSection, Repeater, Sdt, CA_SYSTEM_ID,
+    MAX_SECTION_LEN, SDT_PID,
 };
 
 /// How often, in stream time, a feed is asked again for a service's
@@ -150,6 +151,8 @@ enum Role {
     /// The PCR PID of a clear service that is no component of it: its
     /// packets without a payload.
     PcrClear,
+    /// PID 0x11: its sections assembled, the SDT rewritten.
+    Sdt,
     /// An ECM or EMM PID of ours.
     Generated,
     Null,
@@ -159,7 +162,7 @@ impl PidRole for Role {
     fn carries_sections(&self) -> bool {
         matches!(
             self,
-            Role::Pat | Role::CatIn | Role::PmtOurs | Role::PmtPass
+            Role::Pat | Role::CatIn | Role::PmtOurs | Role::PmtPass | Role::Sdt
         )
     }
 }
@@ -618,7 +621,9 @@ impl<F: CaFeed> Mux<F> {
                 self.sections(pid, sections, now);
                 self.emit_input(pid, pkt, now);
             }
-            Role::Pat | Role::CatIn | Role::PmtOurs => self.sections(pid, sections, now),
+            Role::Pat | Role::CatIn | Role::PmtOurs | Role::Sdt => {
+                self.sections(pid, sections, now)
+            }
             Role::Es(i) => self.scramble(usize::from(i), pid, pkt, now),
             Role::Side(i) => {
                 if self.services[usize::from(i)].on_air {

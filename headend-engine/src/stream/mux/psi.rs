@@ -74,6 +74,10 @@ impl<F: CaFeed> Mux<F> {
                 Err(_) => self.stats.psi_errors += 1,
             },
             (Role::PmtPass | Role::PmtOurs, Some(0x02)) => self.pmt_section(pid, section, now),
+            (Role::Sdt, Some(0x42)) => self.sdt_section(pid, section, now),
+            (Role::Sdt, Some(_)) => {
+                self.emit_sections(pid, &[section], now);
+            }
             // Anything else on a PMT PID that we regenerate is not sent.
             _ => {}
         }
@@ -152,6 +156,47 @@ impl<F: CaFeed> Mux<F> {
             // A new or changed PMT goes out at once (if the service is on
             // the air); then with the bundle.
             self.emit_pmt(i, now);
+        }
+    }
+
+    /// The input's SDT (actual TS) rewritten and sent at once: the
+    /// programs we never send left out, each configured service marked
+    /// scrambled (`free_CA_mode`, and a CA_identifier_descriptor for our
+    /// CA system). One we cannot read or rewrite is dropped: sent as it
+    /// came it would call a scrambled service free-to-air.
+    pub(super) fn sdt_section(&mut self, pid: u16, section: &[u8], now: u64) {
+        let made = Sdt::from_section(section).and_then(|mut sdt| {
+            sdt.services.retain(|e| {
+                self.clear_services.contains(&e.service_id)
+                    || self.services.iter().any(|s| s.id == e.service_id)
+            });
+            for e in &mut sdt.services {
+                if self.services.iter().any(|s| s.id == e.service_id) {
+                    e.free_ca_mode = true;
+                    e.descriptors
+                        .retain(|d| d.tag() != ts::psi::descriptor_tag::CA_IDENTIFIER);
+                    e.descriptors.push(ts::psi::iodoform_ca_identifier());
+                }
+            }
+            sdt.to_section()
+        });
+        match made {
+            Ok(out) => {
+                self.emit_sections(pid, &[&out], now);
+            }
+            Err(e) => {
+                self.stats.psi_errors += 1;
+                let name = self.name.clone();
+                self.warn_once(
+                    "sdt",
+                    format_args!(
+                        "channel {:?}: the input's SDT is dropped, as it cannot be rewritten \
+                         ({e}); receivers still find the services through the PAT: have the \
+                         encoder send a valid SDT, at most 1,024 bytes a section",
+                        name
+                    ),
+                );
+            }
         }
     }
 
