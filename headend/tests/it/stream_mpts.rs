@@ -117,6 +117,11 @@ pub fn payload_packets(ts: &[u8], pid: u16) -> Vec<[u8; PACKET_LEN]> {
         .collect()
 }
 
+/// A packet's payload bytes.
+pub fn payload_of(p: &[u8; PACKET_LEN]) -> Vec<u8> {
+    Packet::from_array(p).unwrap().payload().to_vec()
+}
+
 /// Every SDT (actual TS) section on PID 0x11 of `ts`, parsed.
 pub fn sdts(ts: &[u8]) -> Vec<Sdt> {
     let mut asm = SectionAssembler::new();
@@ -236,4 +241,201 @@ fn an_mpts_has_two_services_scrambled_under_two_products_and_one_clear() {
         .map(|(n, name, ..)| (*n, Some((*name).to_owned())))
         .collect();
     assert_eq!(programs, want);
+}
+
+/// What a receiver with `card`, tuned to `service`, gets from the air
+/// `air`, in stream order: (packets descrambled to what ffmpeg made, those
+/// not, ECMs the card answered, ECMs it refused).
+fn receive(
+    air: &[u8],
+    service: u16,
+    card: &mut crate::common::Card,
+    card_id: u32,
+    clear: &std::collections::HashSet<Vec<u8>>,
+) -> (usize, usize, usize, usize) {
+    use ts::psi::{emm_section_address, Cat};
+    let mut asm: HashMap<u16, SectionAssembler> = HashMap::new();
+    let (mut pmt_pid, mut ecm_pid, mut emm_pid) = (None, None, None);
+    let mut es_pids: Vec<u16> = Vec::new();
+    let mut d = Descrambler::new();
+    let (mut have_cw, mut last_ecm) = (false, None::<Vec<u8>>);
+    let (mut good, mut bad, mut answered, mut refused) = (0, 0, 0, 0);
+    for raw in Packets::new(air) {
+        let v = Packet::from_array(raw).unwrap();
+        let pid = v.pid();
+        if es_pids.contains(&pid) {
+            if !v.has_payload() || !have_cw {
+                continue;
+            }
+            assert_ne!(v.scrambling().0, 0, "clear packet of service {service}");
+            let mut b = *raw;
+            match d.descramble(&mut b) {
+                Ok(Outcome::Done(_)) if clear.contains(&payload_of(&b)) => good += 1,
+                _ => bad += 1,
+            }
+            continue;
+        }
+        if !(pid <= 1 || Some(pid) == pmt_pid || Some(pid) == ecm_pid || Some(pid) == emm_pid) {
+            continue;
+        }
+        for s in asm.entry(pid).or_default().push(&v).into_iter().flatten() {
+            match s[0] {
+                0x00 => pmt_pid = Pat::from_section(&s).unwrap().pmt_pid(service),
+                0x01 => emm_pid = Cat::from_section(&s).unwrap().emm_pid(CA_SYSTEM_ID),
+                0x02 => {
+                    let pmt = Pmt::from_section(&s).unwrap();
+                    if pmt.program_number == service {
+                        ecm_pid = pmt.ca_descriptors(CA_SYSTEM_ID).first().map(|c| c.ca_pid);
+                        es_pids = pmt.streams.iter().map(|s| s.pid).collect();
+                    }
+                }
+                0x80 | 0x81 if Some(pid) == ecm_pid => {
+                    if last_ecm.as_ref() == Some(&s) {
+                        continue;
+                    }
+                    match card.process_ecm(&s[3..]) {
+                        Ok(cws) => {
+                            d.set_even(&cws.cws.even);
+                            d.set_odd(&cws.cws.odd);
+                            have_cw = true;
+                            answered += 1;
+                            last_ecm = Some(s);
+                        }
+                        Err(_) => refused += 1,
+                    }
+                }
+                0x82..=0x8F => {
+                    let addr = emm_section_address(&s);
+                    if addr == Some(card_id) || addr == Some(proto::emm::GLOBAL_ADDRESS) {
+                        let _ = card.process_emm(&s[3..]);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    (good, bad, answered, refused)
+}
+
+#[test]
+fn headend_run_scrambles_two_channels_of_one_mpts_and_passes_the_third_clear() {
+    use crate::common::*;
+    let Some(clear) = mpts(3) else { return };
+    let mut h = Headend::init(BIN, 300, Some(500));
+    std::fs::write(h.home().join("mpts.ts"), &clear).unwrap();
+    let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    rx.set_read_timeout(Some(std::time::Duration::from_millis(200)))
+        .unwrap();
+    let output = format!("udp://{}", rx.local_addr().unwrap());
+    // Two channels on one input and one output: one multiplex.
+    let mut cfg = std::fs::read_to_string(h.config()).unwrap();
+    for ((service, _, ecm_pid), product) in SCRAMBLED.iter().zip(["basic", "premium"]) {
+        cfg.push_str(&format!(
+            "\n[[channels]]\nname = \"ch{service}\"\nservice_id = {service}\nproduct = \"{product}\"\n\
+             ecm_pid = {ecm_pid}\nemm_pid = {EMM_PID}\ninput = \"mpts.ts?loop\"\n\
+             output = \"{output}\"\n{}",
+            if *service == 1 { format!("clear_services = [{CLEAR}]\n") } else { String::new() }
+        ));
+    }
+    std::fs::write(h.config(), cfg).unwrap();
+    h.start();
+    let op = operator(&h);
+    let mut cards = Vec::new();
+    for (id, product) in [(51u32, "basic"), (52, "premium")] {
+        let (card, public) = new_card(&op, id);
+        register(&h, id, &public);
+        h.post(
+            "/api/v1/subscriptions",
+            plan_subscription(id, product, "2099-12-31"),
+        );
+        cards.push((id, card));
+    }
+
+    let mut air = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let started = std::time::Instant::now();
+    while started.elapsed() < std::time::Duration::from_secs(7) {
+        if let Ok(n) = rx.recv(&mut buf) {
+            air.extend_from_slice(&buf[..n]);
+        }
+    }
+    // Each channel reports its own service of the one stream on the air.
+    let status = h.get("/api/v1/status");
+    for (service, ..) in SCRAMBLED {
+        let c = status["channels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|c| c["service_id"] == service)
+            .unwrap_or_else(|| panic!("service {service}: {status:#}"));
+        assert_eq!(c["state"], "on_air", "{c:#}");
+        let services = c["health"]["services"].as_array().unwrap();
+        assert_eq!(services.len(), 1, "{c:#}");
+        assert_eq!(services[0]["service_id"], service);
+    }
+    assert!(h.terminate().success(), "log:\n{}", h.log());
+    assert!(
+        air.len() > 100_000,
+        "{} bytes on the air; log:\n{}",
+        air.len(),
+        h.log()
+    );
+
+    for (i, (service, ..)) in SCRAMBLED.into_iter().enumerate() {
+        let (_, _, _, video, audio) = MPTS_PROGRAMS[usize::from(service) - 1];
+        let payloads: std::collections::HashSet<Vec<u8>> = [video, audio]
+            .into_iter()
+            .flat_map(|pid| payload_packets(&clear, pid))
+            .map(|p| payload_of(&p))
+            .collect();
+        let (id, card) = &mut cards[i];
+        let (good, bad, answered, refused) = receive(&air, service, card, *id, &payloads);
+        assert!(
+            good >= 200 && answered >= 5,
+            "service {service}: {good} good, {bad} bad, {answered} ECMs answered, {refused} refused; log:\n{}",
+            h.log_tail(40)
+        );
+        assert_eq!(bad, 0, "service {service}");
+        // The other card is not entitled: the card refuses every ECM.
+        let (id, card) = &mut cards[1 - i];
+        let (good, _, answered, refused) = receive(&air, service, card, *id, &payloads);
+        assert_eq!((good, answered), (0, 0), "service {service} with card {id}");
+        assert!(refused >= 5);
+    }
+
+    // The clear service: its packets' payloads as ffmpeg made them (the
+    // continuity counter and the PCR's discontinuity_indicator aside, set
+    // at each loop).
+    let (_, _, _, video, audio) = MPTS_PROGRAMS[usize::from(CLEAR) - 1];
+    for pid in [video, audio] {
+        let want: std::collections::HashSet<Vec<u8>> = payload_packets(&clear, pid)
+            .iter()
+            .map(|p| payload_of(p))
+            .collect();
+        let got = payload_packets(&air, pid);
+        assert!(
+            got.len() >= want.len(),
+            "PID {pid:#06x}: {} packets",
+            got.len()
+        );
+        for p in &got {
+            assert_eq!(p[3] & 0xC0, 0, "sent clear");
+            assert!(
+                want.contains(&payload_of(p)),
+                "PID {pid:#06x} passes untouched"
+            );
+        }
+    }
+
+    check_sdt(&air, &clear);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("air.ts");
+    std::fs::write(&path, &air).unwrap();
+    if let Some(programs) = ffprobe_programs(&path) {
+        let want: Vec<(u16, Option<String>)> = MPTS_PROGRAMS
+            .iter()
+            .map(|(n, name, ..)| (*n, Some((*name).to_owned())))
+            .collect();
+        assert_eq!(programs, want);
+    }
 }
