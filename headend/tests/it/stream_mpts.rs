@@ -410,7 +410,7 @@ fn headend_run_scrambles_two_channels_of_one_mpts_and_passes_the_third_clear() {
     for pid in [video, audio] {
         let want: std::collections::HashSet<Vec<u8>> = payload_packets(&clear, pid)
             .iter()
-            .map(|p| payload_of(p))
+            .map(payload_of)
             .collect();
         let got = payload_packets(&air, pid);
         assert!(
