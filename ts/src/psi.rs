@@ -503,6 +503,89 @@ pub fn ca_descriptors(
     })
 }
 
+// ------------------------------------------------- multi-section tables
+
+/// Gathers the sections of a table that may span several (the PAT, the
+/// CAT): once every section `0..=last_section_number` of one version is
+/// in, it hands them all out, in order, and starts again. A section of
+/// another version, table_id_extension, table or section count starts a
+/// new collection; a repeat of one already held replaces it.
+#[derive(Debug, Clone, Default)]
+pub struct TableSections {
+    /// (table_id, table_id_extension, version, current_next, last).
+    key: Option<(u8, u16, u8, bool, u8)>,
+    got: Vec<Option<Vec<u8>>>,
+}
+
+impl TableSections {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a long-syntax section (checked: CRC, lengths, numbers); the
+    /// whole table when it completes it.
+    pub fn push(&mut self, section: &[u8]) -> Result<Option<Vec<Vec<u8>>>, PsiError> {
+        let table = TableId(
+            *section
+                .first()
+                .ok_or(InvalidMessage::BadLength("section"))?,
+        );
+        let (s, number, last) = parse_long_numbered(section, table)?;
+        let key = (
+            table.0,
+            s.table_id_extension,
+            s.version,
+            s.current_next,
+            last,
+        );
+        if self.key != Some(key) {
+            self.key = Some(key);
+            self.got = vec![None; usize::from(last) + 1];
+        }
+        self.got[usize::from(number)] = Some(section.to_vec());
+        if self.got.iter().all(Option::is_some) {
+            let all = self.got.iter_mut().filter_map(Option::take).collect();
+            self.key = None;
+            self.got.clear();
+            return Ok(Some(all));
+        }
+        Ok(None)
+    }
+
+    /// Forgets what was gathered.
+    pub fn clear(&mut self) {
+        self.key = None;
+        self.got.clear();
+    }
+}
+
+/// Splits the sections of one table: each checked, all of the same
+/// table_id, table_id_extension, version and section count, numbered
+/// 0, 1, ... in order. The first's fields and every body.
+fn split_table<'a>(
+    sections: &[&'a [u8]],
+    expected: TableId,
+) -> Result<(LongSection<'a>, Vec<&'a [u8]>), PsiError> {
+    let mut first = None;
+    let mut bodies = Vec::with_capacity(sections.len());
+    for (i, sec) in sections.iter().enumerate() {
+        let (s, number, last) = parse_long_numbered(sec, expected)?;
+        if usize::from(number) != i || usize::from(last) + 1 != sections.len() {
+            return Err(PsiError::OutOfRange("section_number"));
+        }
+        match first {
+            None => first = Some(s),
+            Some(f)
+                if (f.table_id_extension, f.version, f.current_next)
+                    == (s.table_id_extension, s.version, s.current_next) => {}
+            Some(_) => return Err(PsiError::OutOfRange("version_number")),
+        }
+        bodies.push(s.body);
+    }
+    let first = first.ok_or(InvalidMessage::BadLength("table with no section"))?;
+    Ok((first, bodies))
+}
+
 // ---------------------------------------------------------------- PAT
 
 /// One PAT entry. Program number 0 points at the network PID (NIT).
@@ -522,18 +605,33 @@ pub struct Pat {
 }
 
 impl Pat {
+    /// A PAT of one section; one of several is refused
+    /// ([`PsiError::MultiSection`]): see [`Pat::from_sections`].
     pub fn from_section(section: &[u8]) -> Result<Pat, PsiError> {
         let s = parse_long(section, TableId::PAT)?;
-        if s.body.len() % 4 != 0 {
-            return Err(InvalidMessage::BadLength("PAT program loop").into());
-        }
-        let mut r = Reader::new(s.body);
-        let mut programs = Vec::with_capacity(s.body.len() / 4);
-        while r.left() > 0 {
-            programs.push(PatEntry {
-                program_number: r.u16("program_number")?,
-                pid: r.u16("program PID")? & 0x1FFF,
-            });
+        Self::from_bodies(s, &[s.body])
+    }
+
+    /// A PAT from all of its sections, in order (as [`TableSections`]
+    /// gives them): their programs, one after the other.
+    pub fn from_sections(sections: &[&[u8]]) -> Result<Pat, PsiError> {
+        let (s, bodies) = split_table(sections, TableId::PAT)?;
+        Self::from_bodies(s, &bodies)
+    }
+
+    fn from_bodies(s: LongSection<'_>, bodies: &[&[u8]]) -> Result<Pat, PsiError> {
+        let mut programs = Vec::new();
+        for body in bodies {
+            if body.len() % 4 != 0 {
+                return Err(InvalidMessage::BadLength("PAT program loop").into());
+            }
+            let mut r = Reader::new(body);
+            while r.left() > 0 {
+                programs.push(PatEntry {
+                    program_number: r.u16("program_number")?,
+                    pid: r.u16("program PID")? & 0x1FFF,
+                });
+            }
         }
         Ok(Pat {
             transport_stream_id: s.table_id_extension,
@@ -557,6 +655,37 @@ impl Pat {
             self.current_next,
             &body,
         )
+    }
+
+    /// The PAT in sections of at most `per_section` programs each (at
+    /// least one section, at most 256).
+    pub fn to_sections(&self, per_section: usize) -> Result<Vec<Vec<u8>>, PsiError> {
+        let chunks: Vec<&[PatEntry]> = if self.programs.is_empty() {
+            vec![&[]]
+        } else {
+            self.programs.chunks(per_section.max(1)).collect()
+        };
+        let last = u8::try_from(chunks.len() - 1)
+            .map_err(|_| PsiError::OutOfRange("last_section_number"))?;
+        let mut out = Vec::with_capacity(chunks.len());
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut body = Vec::with_capacity(chunk.len() * 4);
+            for e in *chunk {
+                check_pid(e.pid)?;
+                body.extend_from_slice(&e.program_number.to_be_bytes());
+                body.extend_from_slice(&(0xE000 | e.pid).to_be_bytes());
+            }
+            out.push(build_long_numbered(
+                TableId::PAT,
+                0xB000,
+                self.transport_stream_id,
+                self.version,
+                self.current_next,
+                (i as u8, last),
+                &body,
+            )?);
+        }
+        Ok(out)
     }
 
     /// The PMT PID of a program.
@@ -663,12 +792,29 @@ pub struct Cat {
 }
 
 impl Cat {
+    /// A CAT of one section; one of several is refused
+    /// ([`PsiError::MultiSection`]): see [`Cat::from_sections`].
     pub fn from_section(section: &[u8]) -> Result<Cat, PsiError> {
         let s = parse_long(section, TableId::CAT)?;
         Ok(Cat {
             version: s.version,
             current_next: s.current_next,
             descriptors: read_descriptors(Reader::new(s.body))?,
+        })
+    }
+
+    /// A CAT from all of its sections, in order: their descriptors, one
+    /// after the other.
+    pub fn from_sections(sections: &[&[u8]]) -> Result<Cat, PsiError> {
+        let (s, bodies) = split_table(sections, TableId::CAT)?;
+        let mut descriptors = Vec::new();
+        for body in bodies {
+            descriptors.extend(read_descriptors(Reader::new(body))?);
+        }
+        Ok(Cat {
+            version: s.version,
+            current_next: s.current_next,
+            descriptors,
         })
     }
 
@@ -679,6 +825,35 @@ impl Cat {
         }
         // table_id_extension is reserved in the CAT: all ones.
         build_long(TableId::CAT, 0xFFFF, self.version, self.current_next, &body)
+    }
+
+    /// The CAT in sections of at most `per_section` descriptors each (at
+    /// least one section, at most 256).
+    pub fn to_sections(&self, per_section: usize) -> Result<Vec<Vec<u8>>, PsiError> {
+        let chunks: Vec<&[Descriptor]> = if self.descriptors.is_empty() {
+            vec![&[]]
+        } else {
+            self.descriptors.chunks(per_section.max(1)).collect()
+        };
+        let last = u8::try_from(chunks.len() - 1)
+            .map_err(|_| PsiError::OutOfRange("last_section_number"))?;
+        let mut out = Vec::with_capacity(chunks.len());
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut body = Vec::with_capacity(16);
+            for d in *chunk {
+                d.encode(&mut body)?;
+            }
+            out.push(build_long_numbered(
+                TableId::CAT,
+                0xB000,
+                0xFFFF,
+                self.version,
+                self.current_next,
+                (i as u8, last),
+                &body,
+            )?);
+        }
+        Ok(out)
     }
 
     /// The EMM PID for `ca_system_id`.

@@ -8,7 +8,7 @@ use ts::cissa::Outcome;
 use ts::packet::{Packet, PacketBuilder, PacketReader, Packets, Pcr, NULL_PID, SYNC_BYTE};
 use ts::psi::{
     emm_section_address, packetize, CaDescriptor, Cat, Descriptor, Pat, PatEntry, Pmt, PmtStream,
-    PrivateSection, Sdt, SdtService, SectionAssembler, SectionHeader, TableId,
+    PrivateSection, Sdt, SdtService, SectionAssembler, SectionHeader, TableId, TableSections,
 };
 use ts::{Descrambler, Parity, Scrambler, PACKET_LEN};
 
@@ -329,6 +329,51 @@ proptest! {
         prop_assert_eq!(Pat::from_section(&p.to_section().unwrap()).unwrap(), p);
         prop_assert_eq!(Pmt::from_section(&m.to_section().unwrap()).unwrap(), m);
         prop_assert_eq!(Cat::from_section(&c.to_section().unwrap()).unwrap(), c);
+    }
+
+    #[test]
+    fn multi_section_tables_gather_whole_and_in_any_order(
+        p in pat(),
+        c in cat(),
+        per in 1usize..10,
+        rotate in any::<prop::sample::Index>(),
+    ) {
+        for (sections, whole) in [
+            (p.to_sections(per).unwrap(), p.to_section().unwrap()),
+            (c.to_sections(per).unwrap(), c.to_section().unwrap()),
+        ] {
+            let refs: Vec<&[u8]> = sections.iter().map(Vec::as_slice).collect();
+            if whole[0] == 0 {
+                prop_assert_eq!(Pat::from_sections(&refs).unwrap(), p.clone());
+            } else {
+                prop_assert_eq!(Cat::from_sections(&refs).unwrap(), c.clone());
+            }
+            // One section alone is refused when there are several.
+            prop_assert_eq!(
+                Pat::from_section(&sections[0]).is_ok() || Cat::from_section(&sections[0]).is_ok(),
+                sections.len() == 1
+            );
+            // Gathered in any order (repeats allowed), the table comes out
+            // once every section is in, in order.
+            let mut t = TableSections::new();
+            let n = sections.len();
+            let start = rotate.index(n);
+            let mut got = None;
+            for k in 0..n {
+                let s = &sections[(start + k) % n];
+                let r = t.push(s).unwrap();
+                prop_assert_eq!(r.is_some(), k + 1 == n);
+                got = r;
+            }
+            prop_assert_eq!(got.unwrap(), sections.clone());
+            // Out of order or missing, from_sections refuses.
+            if n > 1 {
+                let mut swapped = refs.clone();
+                swapped.swap(0, 1);
+                prop_assert!(Pat::from_sections(&swapped).is_err() && Cat::from_sections(&swapped).is_err());
+                prop_assert!(Pat::from_sections(&refs[1..]).is_err() && Cat::from_sections(&refs[1..]).is_err());
+            }
+        }
     }
 
     #[test]
