@@ -38,41 +38,45 @@ impl<F: CaFeed> Mux<F> {
     pub(super) fn section(&mut self, pid: u16, section: &[u8], now: u64) {
         let role = self.role(pid);
         match (role, section.first().copied()) {
-            (Role::Pat, Some(0x00)) => match Pat::from_section(section) {
-                Ok(pat) if pat.current_next => {
-                    if self.pat.as_ref() != Some(&pat) {
-                        // A service whose PMT moved waits for the PMT on
-                        // its new PID.
-                        for svc in &mut self.services {
-                            if pat.pmt_pid(svc.id) != Some(svc.pmt_pid) {
-                                svc.pmt_in = None;
-                                svc.pmt_error = None;
+            (Role::Pat, Some(0x00)) => {
+                match gather(&mut self.pat_sections, section, Pat::from_sections) {
+                    Ok(Some(pat)) if pat.current_next => {
+                        if self.pat.as_ref() != Some(&pat) {
+                            // A service whose PMT moved waits for the PMT on
+                            // its new PID.
+                            for svc in &mut self.services {
+                                if pat.pmt_pid(svc.id) != Some(svc.pmt_pid) {
+                                    svc.pmt_in = None;
+                                    svc.pmt_error = None;
+                                }
                             }
+                            self.pat = Some(pat);
+                            self.pat_seen_at.get_or_insert(now);
+                            self.reclassify();
+                            // Our PAT goes out at once if it changed; then
+                            // with the bundle.
+                            self.detail_dirty = true;
+                            self.refresh(now);
                         }
-                        self.pat = Some(pat);
-                        self.pat_seen_at.get_or_insert(now);
-                        self.reclassify();
-                        // Our PAT goes out at once if it changed; then
-                        // with the bundle.
-                        self.detail_dirty = true;
-                        self.refresh(now);
                     }
+                    Ok(_) => {}
+                    Err(_) => self.stats.psi_errors += 1,
                 }
-                Ok(_) => {}
-                Err(_) => self.stats.psi_errors += 1,
-            },
-            (Role::CatIn, Some(0x01)) => match Cat::from_section(section) {
-                Ok(cat) if cat.current_next => {
-                    let mut d = cat.descriptors;
-                    d.retain(|d| !is_ours(d));
-                    if d != self.cat_in {
-                        self.cat_in = d;
-                        self.rebuild_cat(false);
+            }
+            (Role::CatIn, Some(0x01)) => {
+                match gather(&mut self.cat_sections, section, Cat::from_sections) {
+                    Ok(Some(cat)) if cat.current_next => {
+                        let mut d = cat.descriptors;
+                        d.retain(|d| !is_ours(d));
+                        if d != self.cat_in {
+                            self.cat_in = d;
+                            self.rebuild_cat(false);
+                        }
                     }
+                    Ok(_) => {}
+                    Err(_) => self.stats.psi_errors += 1,
                 }
-                Ok(_) => {}
-                Err(_) => self.stats.psi_errors += 1,
-            },
+            }
             (Role::PmtPass | Role::PmtOurs, Some(0x02)) => self.pmt_section(pid, section, now),
             (Role::Sdt, Some(0x42)) => self.sdt_section(pid, section, now),
             (Role::Sdt, Some(_)) => {
@@ -335,6 +339,24 @@ impl<F: CaFeed> Mux<F> {
             }
         }
     }
+}
+
+/// Adds a section of a table that may span several; the table, parsed,
+/// once all of its sections are in.
+fn gather<T>(
+    sections: &mut TableSections,
+    section: &[u8],
+    parse: fn(&[&[u8]]) -> Result<T, ts::psi::PsiError>,
+) -> Result<Option<T>, ts::psi::PsiError> {
+    if section.get(5).is_some_and(|b| b & 1 == 0) {
+        // A table not yet in force: not gathered with the current one.
+        return Ok(None);
+    }
+    let Some(all) = sections.push(section)? else {
+        return Ok(None);
+    };
+    let refs: Vec<&[u8]> = all.iter().map(Vec::as_slice).collect();
+    parse(&refs).map(Some)
 }
 
 fn is_ours(d: &Descriptor) -> bool {
