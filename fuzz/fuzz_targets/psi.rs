@@ -6,8 +6,8 @@
 use libfuzzer_sys::fuzz_target;
 use ts::packet::{Packet, SYNC_BYTE};
 use ts::psi::{
-    crc32_mpeg2, emm_section_address, packetize, Cat, Pat, Pmt, PrivateSection, SectionAssembler,
-    SectionHeader, MAX_SECTION_LEN,
+    crc32_mpeg2, emm_section_address, packetize, Cat, Pat, Pmt, PrivateSection, Sdt,
+    SectionAssembler, SectionHeader, TableSections, MAX_SECTION_LEN,
 };
 use ts::PACKET_LEN;
 
@@ -24,6 +24,9 @@ fn parse(section: &[u8]) {
     if let Ok(t) = Cat::from_section(section) {
         assert_eq!(Cat::from_section(&t.to_section().unwrap()).unwrap(), t);
     }
+    if let Ok(t) = Sdt::from_section(section) {
+        assert_eq!(Sdt::from_section(&t.to_section().unwrap()).unwrap(), t);
+    }
     if let Ok(p) = PrivateSection::parse(section) {
         if let Ok(again) = PrivateSection::build(p.table_id, p.payload) {
             assert_eq!(PrivateSection::parse(&again).unwrap(), p);
@@ -31,6 +34,8 @@ fn parse(section: &[u8]) {
         }
     }
     let _ = emm_section_address(section);
+    let _ = Pat::from_sections(&[section]);
+    let _ = Cat::from_sections(&[section]);
 }
 
 fuzz_target!(|data: &[u8]| {
@@ -48,6 +53,7 @@ fuzz_target!(|data: &[u8]| {
     // The input as packets: sync byte forced, PIDs folded onto a few
     // assemblers so that sections build up across packets.
     let mut assemblers: Vec<SectionAssembler> = (0..4).map(|_| SectionAssembler::new()).collect();
+    let mut tables = TableSections::new();
     for chunk in data.chunks(PACKET_LEN - 1) {
         let mut p = [0xFFu8; PACKET_LEN];
         p[0] = SYNC_BYTE;
@@ -62,6 +68,12 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(crc32_mpeg2(&section), 0, "long section with a bad CRC");
             }
             parse(&section);
+            // Gathered into whole tables, which parse or give an error.
+            if let Ok(Some(all)) = tables.push(&section) {
+                let refs: Vec<&[u8]> = all.iter().map(Vec::as_slice).collect();
+                let _ = Pat::from_sections(&refs);
+                let _ = Cat::from_sections(&refs);
+            }
         }
     }
 

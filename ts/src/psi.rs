@@ -60,6 +60,11 @@ proto::wire_enum! {
         PAT = 0x00,
         CAT = 0x01,
         PMT = 0x02,
+        /// service_description_section, actual transport stream (DVB SI,
+        /// PID 0x11).
+        SDT_ACTUAL = 0x42,
+        /// service_description_section, other transport stream.
+        SDT_OTHER = 0x46,
         /// ECM for a crypto period whose packets use the even CW.
         ECM_EVEN = 0x80,
         /// ECM for a crypto period whose packets use the odd CW.
@@ -104,7 +109,14 @@ pub mod stream_type {
 pub mod descriptor_tag {
     pub const CA: u8 = 0x09;
     pub const SCRAMBLING: u8 = 0x65;
+    /// service_descriptor (SDT): service type, provider and name.
+    pub const SERVICE: u8 = 0x48;
+    /// CA_identifier_descriptor (SDT): the CA systems of a service.
+    pub const CA_IDENTIFIER: u8 = 0x53;
 }
+
+/// The PID of the SDT (and BAT, ST) in DVB SI.
+pub const SDT_PID: u16 = 0x11;
 
 /// Why bytes are not a usable section or table.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -220,6 +232,21 @@ struct LongSection<'a> {
 
 /// Checks and splits a long-syntax, single-section table.
 fn parse_long(bytes: &[u8], expected: TableId) -> Result<LongSection<'_>, PsiError> {
+    let (s, section_number, last) = parse_long_numbered(bytes, expected)?;
+    if section_number != 0 || last != 0 {
+        return Err(PsiError::MultiSection(
+            last.max(section_number).saturating_add(1),
+        ));
+    }
+    Ok(s)
+}
+
+/// Checks and splits one long-syntax section of a table that may span
+/// several: the section, its section_number and last_section_number.
+fn parse_long_numbered(
+    bytes: &[u8],
+    expected: TableId,
+) -> Result<(LongSection<'_>, u8, u8), PsiError> {
     let h = SectionHeader::parse(bytes)?;
     if h.table_id != expected {
         return Err(PsiError::WrongTable {
@@ -248,17 +275,19 @@ fn parse_long(bytes: &[u8], expected: TableId) -> Result<LongSection<'_>, PsiErr
     let v = r.u8("version")?;
     let section_number = r.u8("section_number")?;
     let last = r.u8("last_section_number")?;
-    if section_number != 0 || last != 0 {
-        return Err(PsiError::MultiSection(
-            last.max(section_number).saturating_add(1),
-        ));
+    if section_number > last {
+        return Err(PsiError::OutOfRange("section_number"));
     }
-    Ok(LongSection {
-        table_id_extension,
-        version: (v >> 1) & 0x1F,
-        current_next: v & 1 != 0,
-        body: r.rest(),
-    })
+    Ok((
+        LongSection {
+            table_id_extension,
+            version: (v >> 1) & 0x1F,
+            current_next: v & 1 != 0,
+            body: r.rest(),
+        },
+        section_number,
+        last,
+    ))
 }
 
 fn check_crc(section: &[u8]) -> Result<(), PsiError> {
@@ -297,19 +326,38 @@ fn build_long(
     current_next: bool,
     body: &[u8],
 ) -> Result<Vec<u8>, PsiError> {
+    build_long_numbered(table_id, 0xB000, ext, version, current_next, (0, 0), body)
+}
+
+/// Writes one long-syntax section with its CRC: `flags` holds the top
+/// four bits of the second and third bytes (0xB000 for MPEG's tables,
+/// 0xF000 for DVB's SI, whose reserved_future_use bit is set), `numbers`
+/// the section_number and last_section_number.
+fn build_long_numbered(
+    table_id: TableId,
+    flags: u16,
+    ext: u16,
+    version: u8,
+    current_next: bool,
+    numbers: (u8, u8),
+    body: &[u8],
+) -> Result<Vec<u8>, PsiError> {
     check_version(version)?;
+    if numbers.0 > numbers.1 {
+        return Err(PsiError::OutOfRange("section_number"));
+    }
     let section_length = 5 + body.len() + CRC_LEN;
     if section_length + 3 > MAX_PSI_SECTION_LEN {
         return Err(PsiError::TooLong(section_length + 3));
     }
     let mut s = Vec::with_capacity(section_length + 3);
     s.push(table_id.0);
-    // section_syntax_indicator 1, '0', reserved 11.
-    s.extend_from_slice(&(0xB000 | section_length as u16).to_be_bytes());
+    // section_syntax_indicator 1, then '0' (MPEG) or '1' (DVB), reserved 11.
+    s.extend_from_slice(&((flags & 0xF000) | section_length as u16).to_be_bytes());
     s.extend_from_slice(&ext.to_be_bytes());
     s.push(0xC0 | (version << 1) | u8::from(current_next));
-    s.push(0); // section_number
-    s.push(0); // last_section_number
+    s.push(numbers.0);
+    s.push(numbers.1);
     s.extend_from_slice(body);
     let crc = crc32_mpeg2(&s);
     s.extend_from_slice(&crc.to_be_bytes());
@@ -455,6 +503,89 @@ pub fn ca_descriptors(
     })
 }
 
+// ------------------------------------------------- multi-section tables
+
+/// Gathers the sections of a table that may span several (the PAT, the
+/// CAT): once every section `0..=last_section_number` of one version is
+/// in, it hands them all out, in order, and starts again. A section of
+/// another version, table_id_extension, table or section count starts a
+/// new collection; a repeat of one already held replaces it.
+#[derive(Debug, Clone, Default)]
+pub struct TableSections {
+    /// (table_id, table_id_extension, version, current_next, last).
+    key: Option<(u8, u16, u8, bool, u8)>,
+    got: Vec<Option<Vec<u8>>>,
+}
+
+impl TableSections {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a long-syntax section (checked: CRC, lengths, numbers); the
+    /// whole table when it completes it.
+    pub fn push(&mut self, section: &[u8]) -> Result<Option<Vec<Vec<u8>>>, PsiError> {
+        let table = TableId(
+            *section
+                .first()
+                .ok_or(InvalidMessage::BadLength("section"))?,
+        );
+        let (s, number, last) = parse_long_numbered(section, table)?;
+        let key = (
+            table.0,
+            s.table_id_extension,
+            s.version,
+            s.current_next,
+            last,
+        );
+        if self.key != Some(key) {
+            self.key = Some(key);
+            self.got = vec![None; usize::from(last) + 1];
+        }
+        self.got[usize::from(number)] = Some(section.to_vec());
+        if self.got.iter().all(Option::is_some) {
+            let all = self.got.iter_mut().filter_map(Option::take).collect();
+            self.key = None;
+            self.got.clear();
+            return Ok(Some(all));
+        }
+        Ok(None)
+    }
+
+    /// Forgets what was gathered.
+    pub fn clear(&mut self) {
+        self.key = None;
+        self.got.clear();
+    }
+}
+
+/// Splits the sections of one table: each checked, all of the same
+/// table_id, table_id_extension, version and section count, numbered
+/// 0, 1, ... in order. The first's fields and every body.
+fn split_table<'a>(
+    sections: &[&'a [u8]],
+    expected: TableId,
+) -> Result<(LongSection<'a>, Vec<&'a [u8]>), PsiError> {
+    let mut first = None;
+    let mut bodies = Vec::with_capacity(sections.len());
+    for (i, sec) in sections.iter().enumerate() {
+        let (s, number, last) = parse_long_numbered(sec, expected)?;
+        if usize::from(number) != i || usize::from(last) + 1 != sections.len() {
+            return Err(PsiError::OutOfRange("section_number"));
+        }
+        match first {
+            None => first = Some(s),
+            Some(f)
+                if (f.table_id_extension, f.version, f.current_next)
+                    == (s.table_id_extension, s.version, s.current_next) => {}
+            Some(_) => return Err(PsiError::OutOfRange("version_number")),
+        }
+        bodies.push(s.body);
+    }
+    let first = first.ok_or(InvalidMessage::BadLength("table with no section"))?;
+    Ok((first, bodies))
+}
+
 // ---------------------------------------------------------------- PAT
 
 /// One PAT entry. Program number 0 points at the network PID (NIT).
@@ -474,18 +605,33 @@ pub struct Pat {
 }
 
 impl Pat {
+    /// A PAT of one section; one of several is refused
+    /// ([`PsiError::MultiSection`]): see [`Pat::from_sections`].
     pub fn from_section(section: &[u8]) -> Result<Pat, PsiError> {
         let s = parse_long(section, TableId::PAT)?;
-        if s.body.len() % 4 != 0 {
-            return Err(InvalidMessage::BadLength("PAT program loop").into());
-        }
-        let mut r = Reader::new(s.body);
-        let mut programs = Vec::with_capacity(s.body.len() / 4);
-        while r.left() > 0 {
-            programs.push(PatEntry {
-                program_number: r.u16("program_number")?,
-                pid: r.u16("program PID")? & 0x1FFF,
-            });
+        Self::from_bodies(s, &[s.body])
+    }
+
+    /// A PAT from all of its sections, in order (as [`TableSections`]
+    /// gives them): their programs, one after the other.
+    pub fn from_sections(sections: &[&[u8]]) -> Result<Pat, PsiError> {
+        let (s, bodies) = split_table(sections, TableId::PAT)?;
+        Self::from_bodies(s, &bodies)
+    }
+
+    fn from_bodies(s: LongSection<'_>, bodies: &[&[u8]]) -> Result<Pat, PsiError> {
+        let mut programs = Vec::new();
+        for body in bodies {
+            if body.len() % 4 != 0 {
+                return Err(InvalidMessage::BadLength("PAT program loop").into());
+            }
+            let mut r = Reader::new(body);
+            while r.left() > 0 {
+                programs.push(PatEntry {
+                    program_number: r.u16("program_number")?,
+                    pid: r.u16("program PID")? & 0x1FFF,
+                });
+            }
         }
         Ok(Pat {
             transport_stream_id: s.table_id_extension,
@@ -509,6 +655,37 @@ impl Pat {
             self.current_next,
             &body,
         )
+    }
+
+    /// The PAT in sections of at most `per_section` programs each (at
+    /// least one section, at most 256).
+    pub fn to_sections(&self, per_section: usize) -> Result<Vec<Vec<u8>>, PsiError> {
+        let chunks: Vec<&[PatEntry]> = if self.programs.is_empty() {
+            vec![&[]]
+        } else {
+            self.programs.chunks(per_section.max(1)).collect()
+        };
+        let last = u8::try_from(chunks.len() - 1)
+            .map_err(|_| PsiError::OutOfRange("last_section_number"))?;
+        let mut out = Vec::with_capacity(chunks.len());
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut body = Vec::with_capacity(chunk.len() * 4);
+            for e in *chunk {
+                check_pid(e.pid)?;
+                body.extend_from_slice(&e.program_number.to_be_bytes());
+                body.extend_from_slice(&(0xE000 | e.pid).to_be_bytes());
+            }
+            out.push(build_long_numbered(
+                TableId::PAT,
+                0xB000,
+                self.transport_stream_id,
+                self.version,
+                self.current_next,
+                (i as u8, last),
+                &body,
+            )?);
+        }
+        Ok(out)
     }
 
     /// The PMT PID of a program.
@@ -615,12 +792,29 @@ pub struct Cat {
 }
 
 impl Cat {
+    /// A CAT of one section; one of several is refused
+    /// ([`PsiError::MultiSection`]): see [`Cat::from_sections`].
     pub fn from_section(section: &[u8]) -> Result<Cat, PsiError> {
         let s = parse_long(section, TableId::CAT)?;
         Ok(Cat {
             version: s.version,
             current_next: s.current_next,
             descriptors: read_descriptors(Reader::new(s.body))?,
+        })
+    }
+
+    /// A CAT from all of its sections, in order: their descriptors, one
+    /// after the other.
+    pub fn from_sections(sections: &[&[u8]]) -> Result<Cat, PsiError> {
+        let (s, bodies) = split_table(sections, TableId::CAT)?;
+        let mut descriptors = Vec::new();
+        for body in bodies {
+            descriptors.extend(read_descriptors(Reader::new(body))?);
+        }
+        Ok(Cat {
+            version: s.version,
+            current_next: s.current_next,
+            descriptors,
         })
     }
 
@@ -633,11 +827,205 @@ impl Cat {
         build_long(TableId::CAT, 0xFFFF, self.version, self.current_next, &body)
     }
 
+    /// The CAT in sections of at most `per_section` descriptors each (at
+    /// least one section, at most 256).
+    pub fn to_sections(&self, per_section: usize) -> Result<Vec<Vec<u8>>, PsiError> {
+        let chunks: Vec<&[Descriptor]> = if self.descriptors.is_empty() {
+            vec![&[]]
+        } else {
+            self.descriptors.chunks(per_section.max(1)).collect()
+        };
+        let last = u8::try_from(chunks.len() - 1)
+            .map_err(|_| PsiError::OutOfRange("last_section_number"))?;
+        let mut out = Vec::with_capacity(chunks.len());
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut body = Vec::with_capacity(16);
+            for d in *chunk {
+                d.encode(&mut body)?;
+            }
+            out.push(build_long_numbered(
+                TableId::CAT,
+                0xB000,
+                0xFFFF,
+                self.version,
+                self.current_next,
+                (i as u8, last),
+                &body,
+            )?);
+        }
+        Ok(out)
+    }
+
     /// The EMM PID for `ca_system_id`.
     pub fn emm_pid(&self, ca_system_id: u16) -> Option<u16> {
         ca_descriptors(&self.descriptors, ca_system_id)
             .next()
             .map(|ca| ca.ca_pid)
+    }
+}
+
+// ---------------------------------------------------------------- SDT
+
+/// running_status of an SDT entry (EN 300 468 table 6).
+pub mod running_status {
+    pub const UNDEFINED: u8 = 0;
+    pub const NOT_RUNNING: u8 = 1;
+    pub const RUNNING: u8 = 4;
+}
+
+/// One service of an SDT.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct SdtService {
+    pub service_id: u16,
+    pub eit_schedule: bool,
+    pub eit_present_following: bool,
+    /// 3 bits (see [`running_status`]).
+    pub running_status: u8,
+    /// Set: one or more of the service's components are scrambled (a
+    /// receiver without a CA module lists it as pay TV).
+    pub free_ca_mode: bool,
+    pub descriptors: Vec<Descriptor>,
+}
+
+impl SdtService {
+    /// The CA_identifier_descriptor's CA_system_ids, if it has one.
+    pub fn ca_identifiers(&self) -> Vec<u16> {
+        self.descriptors
+            .iter()
+            .filter_map(|d| match d {
+                Descriptor::Other { tag, data } if *tag == descriptor_tag::CA_IDENTIFIER => Some(
+                    data.chunks_exact(2)
+                        .map(|c| u16::from_be_bytes([c[0], c[1]])),
+                ),
+                _ => None,
+            })
+            .flatten()
+            .collect()
+    }
+
+    /// The service_descriptor's provider and service names (their bytes,
+    /// in the DVB character table they came in), if it has one.
+    pub fn names(&self) -> Option<(&[u8], &[u8])> {
+        self.descriptors.iter().find_map(|d| match d {
+            Descriptor::Other { tag, data } if *tag == descriptor_tag::SERVICE => {
+                let pl = usize::from(*data.get(1)?);
+                let provider = data.get(2..2 + pl)?;
+                let nl = usize::from(*data.get(2 + pl)?);
+                let name = data.get(3 + pl..3 + pl + nl)?;
+                Some((provider, name))
+            }
+            _ => None,
+        })
+    }
+}
+
+/// One section of a Service Description Table (DVB SI, PID 0x11,
+/// table_id 0x42 for the actual transport stream, 0x46 for another). A
+/// table may span several sections, each carrying some of the services;
+/// each section is read and written on its own.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Sdt {
+    /// [`TableId::SDT_ACTUAL`] or [`TableId::SDT_OTHER`].
+    pub table_id: TableId,
+    pub transport_stream_id: u16,
+    pub version: u8,
+    pub current_next: bool,
+    pub section_number: u8,
+    pub last_section_number: u8,
+    pub original_network_id: u16,
+    pub services: Vec<SdtService>,
+}
+
+impl Sdt {
+    pub fn from_section(section: &[u8]) -> Result<Sdt, PsiError> {
+        let table_id = match section.first().copied().map(TableId) {
+            Some(t @ (TableId::SDT_ACTUAL | TableId::SDT_OTHER)) => t,
+            _ => TableId::SDT_ACTUAL,
+        };
+        let (s, section_number, last_section_number) = parse_long_numbered(section, table_id)?;
+        let mut r = Reader::new(s.body);
+        let original_network_id = r.u16("original_network_id")?;
+        r.u8("reserved_future_use")?;
+        let mut services = Vec::new();
+        while r.left() > 0 {
+            let service_id = r.u16("service_id")?;
+            let eit = r.u8("EIT flags")?;
+            let flags = r.u16("running_status")?;
+            let len = usize::from(flags & 0x0FFF);
+            let descriptors = read_descriptors(r.sub(len, "service descriptor loop")?)?;
+            services.push(SdtService {
+                service_id,
+                eit_schedule: eit & 0x02 != 0,
+                eit_present_following: eit & 0x01 != 0,
+                running_status: (flags >> 13) as u8,
+                free_ca_mode: flags & 0x1000 != 0,
+                descriptors,
+            });
+        }
+        Ok(Sdt {
+            table_id,
+            transport_stream_id: s.table_id_extension,
+            version: s.version,
+            current_next: s.current_next,
+            section_number,
+            last_section_number,
+            original_network_id,
+            services,
+        })
+    }
+
+    pub fn to_section(&self) -> Result<Vec<u8>, PsiError> {
+        if !matches!(self.table_id, TableId::SDT_ACTUAL | TableId::SDT_OTHER) {
+            return Err(PsiError::OutOfRange("SDT table_id"));
+        }
+        let mut body = Vec::with_capacity(64);
+        body.extend_from_slice(&self.original_network_id.to_be_bytes());
+        body.push(0xFF);
+        for svc in &self.services {
+            if svc.running_status > 7 {
+                return Err(PsiError::OutOfRange("running_status"));
+            }
+            body.extend_from_slice(&svc.service_id.to_be_bytes());
+            body.push(
+                0xFC | (u8::from(svc.eit_schedule) << 1) | u8::from(svc.eit_present_following),
+            );
+            let len_at = body.len();
+            body.extend_from_slice(&[0, 0]);
+            for d in &svc.descriptors {
+                d.encode(&mut body)?;
+            }
+            let len = body.len() - len_at - 2;
+            if len > 0x0FFF {
+                return Err(PsiError::OutOfRange("service descriptor loop length"));
+            }
+            let flags = (u16::from(svc.running_status) << 13)
+                | (u16::from(svc.free_ca_mode) << 12)
+                | len as u16;
+            body[len_at..len_at + 2].copy_from_slice(&flags.to_be_bytes());
+        }
+        build_long_numbered(
+            self.table_id,
+            0xF000,
+            self.transport_stream_id,
+            self.version,
+            self.current_next,
+            (self.section_number, self.last_section_number),
+            &body,
+        )
+    }
+
+    /// The entry of `service_id`.
+    pub fn service(&self, service_id: u16) -> Option<&SdtService> {
+        self.services.iter().find(|s| s.service_id == service_id)
+    }
+}
+
+/// The CA_identifier_descriptor (tag 0x53) naming Iodoform's CA system,
+/// for an SDT entry.
+pub fn iodoform_ca_identifier() -> Descriptor {
+    Descriptor::Other {
+        tag: descriptor_tag::CA_IDENTIFIER,
+        data: CA_SYSTEM_ID.to_be_bytes().to_vec(),
     }
 }
 

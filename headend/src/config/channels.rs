@@ -277,7 +277,10 @@ fn writable_dir(dir: &Path) -> std::io::Result<()> {
 ///   must not be PIDs it carries.
 /// * A file output's folder must exist and be writable, and not be a
 ///   system folder; `/dev/null` is allowed.
-/// * No two channels write one output, or read one UDP port.
+/// * No two channels write one output, or read one UDP port, unless they
+///   have the same input and the same output (written alike): then they
+///   are one multiplex, scrambled in one stream, and must have the same
+///   EMM PID and not list each other's service in `clear_services`.
 /// * A channel's ECM PID is its own: no other channel's ECM or EMM PID
 ///   (channels share their EMM PID freely).
 pub fn check_channel(
@@ -394,6 +397,28 @@ pub fn check_channel(
     }
     for o in others {
         let who = format!("channel {:?} (service {})", o.name, o.service_id);
+        let multiplex =
+            c.input.is_some() && c.output.is_some() && c.input == o.input && c.output == o.output;
+        if multiplex {
+            if c.emm_pid != o.emm_pid {
+                return Err(clash(
+                    "emm_pid",
+                    format!(
+                        "{:#06x} differs from the EMM PID {:#06x} of {who}, which has the same input and output (one multiplex, one EMM PID): give {:#06x}",
+                        c.emm_pid, o.emm_pid, o.emm_pid
+                    ),
+                ));
+            }
+            if o.clear_services.contains(&c.service_id) || c.clear_services.contains(&o.service_id)
+            {
+                return Err(clash(
+                    "clear_services",
+                    format!(
+                        "{who} has the same input and output (one multiplex), and one of the two lists the other's service as clear: a service is either scrambled or clear; remove it from clear_services"
+                    ),
+                ));
+            }
+        }
         if c.ecm_pid == o.ecm_pid || c.ecm_pid == o.emm_pid {
             let what = if c.ecm_pid == o.ecm_pid { "ECM" } else { "EMM" };
             let used: std::collections::BTreeSet<u16> = others
@@ -418,6 +443,9 @@ pub fn check_channel(
                     c.emm_pid, o.emm_pid
                 ),
             ));
+        }
+        if multiplex {
+            continue;
         }
         let o_output = o.output.and_then(|u| parse_output(u).ok());
         match (&output, &o_output) {
@@ -607,6 +635,37 @@ mod tests {
         let null_a = spec("a", 1, 0x1F0, "in.ts", "/dev/null");
         let null_b = spec("b", 2, 0x1E0, "in.ts", "/dev/null");
         check_channel(&null_a, &[null_b], base).unwrap();
+        // The same input and output: one multiplex, which needs one EMM
+        // PID and no service both scrambled and clear.
+        let mux_b = spec("b", 2, 0x1E0, "udp://@:5000", "udp://127.0.0.1:6000");
+        let mux_a = spec("a", 1, 0x1F0, "udp://@:5000", "udp://127.0.0.1:6000");
+        check_channel(&mux_a, &[mux_b], base).unwrap();
+        let two = [2u16];
+        for (c, field) in [
+            (
+                ChannelSpec {
+                    emm_pid: 0x1F2,
+                    ..mux_a
+                },
+                "emm_pid",
+            ),
+            (
+                ChannelSpec {
+                    clear_services: &two,
+                    ..mux_a
+                },
+                "clear_services",
+            ),
+            (
+                ChannelSpec {
+                    ecm_pid: 0x1E0,
+                    ..mux_a
+                },
+                "ecm_pid",
+            ),
+        ] {
+            assert_eq!(field_of(check_channel(&c, &[mux_b], base)), (field, true));
+        }
         let same_file = spec("b", 2, 0x1E0, "in.ts", "./out.ts");
         assert_eq!(
             field_of(check_channel(&ok, &[same_file], base)),

@@ -109,10 +109,14 @@ impl CaFeed for CaOutputFeed {
 
 /// The stream of a channel as the daemon holds it (from the config or
 /// added through the API), `None` if it has no `input` or no `output`.
+/// `members` are the other channels of its multiplex (same input and
+/// output): their services are scrambled in the same stream, each on its
+/// own ECM PID, and their clear services are sent clear too.
 /// Relative file paths are taken from `base` (the config file's
 /// folder). A file input ending in `?loop` is played again and again.
 pub fn daemon_stream_config(
     ch: &Channel,
+    members: &[Channel],
     base: &Path,
 ) -> Result<Option<ChannelStreamConfig>, StreamError> {
     let c = from_fields(
@@ -127,6 +131,14 @@ pub fn daemon_stream_config(
     Ok(match c {
         Some(mut c) => {
             c.clear_services = ch.clear_services.clone();
+            for m in members {
+                c = c.service(m.service_id, m.ecm_pid);
+                for &s in &m.clear_services {
+                    if !c.clear_services.contains(&s) {
+                        c.clear_services.push(s);
+                    }
+                }
+            }
             super::validate(&c)?;
             Some(c)
         }
@@ -182,11 +194,12 @@ fn file_text(base: &Path, path: std::path::PathBuf) -> String {
 /// Relative file paths are taken from `base`.
 pub fn spawn_daemon_channel(
     ch: &Channel,
+    members: &[Channel],
     base: &Path,
     output: &CaOutput,
     shutdown: &Shutdown,
 ) -> Result<Option<ChannelHandle>, StreamError> {
-    match daemon_stream_config(ch, base)? {
+    match daemon_stream_config(ch, members, base)? {
         Some(mut cfg) => {
             cfg.emm_bitrate = output.emm_bitrate();
             spawn_channel(cfg, CaOutputFeed::new(output.clone()), shutdown.clone()).map(Some)
@@ -324,16 +337,16 @@ mod tests {
             origin: api::ChannelOrigin::Api,
         };
         let base = Path::new("/etc/iodoform");
-        assert!(daemon_stream_config(&ch, base).unwrap().is_none());
+        assert!(daemon_stream_config(&ch, &[], base).unwrap().is_none());
         ch.output = Some("udp://127.0.0.1:5002".into());
-        let c = daemon_stream_config(&ch, base).unwrap().unwrap();
+        let c = daemon_stream_config(&ch, &[], base).unwrap().unwrap();
         assert_eq!(c.input, "/etc/iodoform/clip.ts");
         assert!(c.loop_input);
         assert_eq!(c.services[0].service_id, 5);
         ch.input = Some("udp://127.0.0.1:5000".into());
-        let c = daemon_stream_config(&ch, base).unwrap().unwrap();
+        let c = daemon_stream_config(&ch, &[], base).unwrap().unwrap();
         assert!(!c.loop_input);
         ch.output = Some("udp://nowhere".into());
-        assert!(daemon_stream_config(&ch, base).is_err());
+        assert!(daemon_stream_config(&ch, &[], base).is_err());
     }
 }

@@ -3,7 +3,12 @@
 //!
 //! It keeps one stream thread per channel that has an input and an
 //! output, and reconciles them with the channel table after every channel
-//! add, update or remove ([`Supervisor::kick_and_wait`]) and every second:
+//! add, update or remove ([`Supervisor::kick_and_wait`]) and every second.
+//! Channels with the same input and the same output (written alike) are
+//! one multiplex: one stream thread, run by the channel of the lowest
+//! service id, scrambles all their services, each with its own product and
+//! ECM PID; a change to any of them, or to who is in the multiplex, starts
+//! that stream again.
 //!
 //! * a removed channel's stream is stopped at once; a channel whose stream
 //!   settings changed (input, output, PIDs, clear services, name) is
@@ -55,6 +60,8 @@ enum Run {
     /// To be started at the next reconcile.
     Pending,
     Running(ChannelHandle),
+    /// In the multiplex whose stream the channel of this service id runs.
+    Member(u16),
     Failed {
         error: String,
         retry_at: Instant,
@@ -65,6 +72,8 @@ enum Run {
 #[derive(Debug)]
 struct Slot {
     channel: Channel,
+    /// The other channels of its multiplex, when it runs the stream.
+    members: Vec<Channel>,
     run: Run,
     /// The health as the last stream stopped: its counters stay visible.
     last_health: Option<ChannelHealth>,
@@ -108,6 +117,47 @@ fn stream_differs(a: &Channel, b: &Channel) -> bool {
 
 fn has_stream(c: &Channel) -> bool {
     c.input.is_some() && c.output.is_some()
+}
+
+/// The multiplex of each channel with a stream: service id → the service
+/// id of the channel that runs it (the lowest of those with the same
+/// input and output), and the other channels of each multiplex by the
+/// one that runs it.
+fn multiplexes(want: &BTreeMap<u16, Channel>) -> (BTreeMap<u16, u16>, BTreeMap<u16, Vec<Channel>>) {
+    let mut by_url: BTreeMap<(&str, &str), Vec<&Channel>> = BTreeMap::new();
+    for c in want.values() {
+        if let (Some(i), Some(o)) = (c.input.as_deref(), c.output.as_deref()) {
+            by_url.entry((i, o)).or_default().push(c);
+        }
+    }
+    let (mut leader_of, mut members) = (BTreeMap::new(), BTreeMap::new());
+    for group in by_url.values() {
+        // `want` is in service id order.
+        let leader = group[0].service_id;
+        for c in group {
+            leader_of.insert(c.service_id, leader);
+        }
+        members.insert(leader, group[1..].iter().map(|c| (*c).clone()).collect());
+    }
+    (leader_of, members)
+}
+
+/// The run of a channel that is (re)started: in another's multiplex, to
+/// start, or off.
+fn first_run(c: &Channel, leader: Option<u16>) -> Run {
+    match leader {
+        Some(l) if l != c.service_id => Run::Member(l),
+        _ if has_stream(c) => Run::Pending,
+        _ => Run::Off,
+    }
+}
+
+/// Whether two member lists need the stream started again.
+fn members_differ(a: &[Channel], b: &[Channel]) -> bool {
+    a.len() != b.len()
+        || a.iter()
+            .zip(b)
+            .any(|(x, y)| x.service_id != y.service_id || stream_differs(x, y))
 }
 
 fn backoff(attempts: u32) -> Duration {
@@ -207,6 +257,10 @@ impl Supervisor {
     /// they were: the operator may have fixed what it needed, a file say).
     pub fn retry(&self, service_id: u16) {
         let mut st = self.lock();
+        let service_id = match st.slots.get(&service_id).map(|s| &s.run) {
+            Some(Run::Member(l)) => *l,
+            _ => service_id,
+        };
         if let Some(slot) = st.slots.get_mut(&service_id) {
             if matches!(slot.run, Run::Failed { .. } | Run::Ended) {
                 slot.run = Run::Pending;
@@ -248,6 +302,7 @@ impl Supervisor {
         let channels = core.lock().unwrap_or_else(|e| e.into_inner()).channels();
         let want: BTreeMap<u16, Channel> =
             channels.into_iter().map(|c| (c.service_id, c)).collect();
+        let (leader_of, mut members) = multiplexes(&want);
         // Stop what was removed or changed, outside the lock: a stream
         // takes up to about 100 ms to notice.
         let mut stopping = Vec::new();
@@ -265,17 +320,16 @@ impl Supervisor {
                 false
             });
             for (service, c) in &want {
+                let leader = leader_of.get(service).copied();
+                let group = members.remove(service).unwrap_or_default();
                 match st.slots.get_mut(service) {
                     None => {
                         st.slots.insert(
                             *service,
                             Slot {
                                 channel: c.clone(),
-                                run: if has_stream(c) {
-                                    Run::Pending
-                                } else {
-                                    Run::Off
-                                },
+                                members: group,
+                                run: first_run(c, leader),
                                 last_health: None,
                                 logged: None,
                                 attempts: 0,
@@ -283,7 +337,13 @@ impl Supervisor {
                             },
                         );
                     }
-                    Some(slot) if stream_differs(&slot.channel, c) => {
+                    Some(slot)
+                        if stream_differs(&slot.channel, c)
+                            || members_differ(&slot.members, &group)
+                            || matches!(slot.run, Run::Member(l) if Some(l) != leader)
+                            || (!matches!(slot.run, Run::Member(_))
+                                && leader.is_some_and(|l| l != *service)) =>
+                    {
                         if let Run::Running(h) = std::mem::replace(&mut slot.run, Run::Off) {
                             h.stop();
                             stopping.push(h);
@@ -294,11 +354,8 @@ impl Supervisor {
                             );
                         }
                         slot.channel = c.clone();
-                        slot.run = if has_stream(c) {
-                            Run::Pending
-                        } else {
-                            Run::Off
-                        };
+                        slot.members = group;
+                        slot.run = first_run(c, leader);
                         slot.last_health = None;
                         slot.logged = None;
                         slot.attempts = 0;
@@ -362,7 +419,7 @@ impl Supervisor {
                 })
                 .map(|o| ChannelSpec::of(&o.channel))
                 .collect();
-            let started = self.start(&slot.channel, &others);
+            let started = self.start(&slot.channel, &slot.members, &others);
             let slot = st.slots.get_mut(&service).expect("in the order");
             match started {
                 Ok(Some(h)) => {
@@ -378,13 +435,29 @@ impl Supervisor {
         }
     }
 
-    /// Checks a channel again and starts its stream.
+    /// Checks a channel (and the others of its multiplex) again and
+    /// starts its stream.
     fn start(
         &self,
         c: &Channel,
+        members: &[Channel],
         others: &[ChannelSpec<'_>],
     ) -> Result<Option<ChannelHandle>, String> {
         check_channel(&ChannelSpec::of(c), others, &self.base).map_err(|p| p.to_string())?;
+        for m in members {
+            let others: Vec<ChannelSpec<'_>> = others
+                .iter()
+                .copied()
+                .filter(|o| o.service_id != m.service_id)
+                .chain([ChannelSpec::of(c)])
+                .collect();
+            check_channel(&ChannelSpec::of(m), &others, &self.base).map_err(|p| {
+                format!(
+                    "channel {:?} (service {}) of its multiplex: {p}",
+                    m.name, m.service_id
+                )
+            })?;
+        }
         if let Some(InputUrl::Udp(a)) = c
             .input
             .as_deref()
@@ -406,7 +479,7 @@ impl Supervisor {
                 )
             })?;
         }
-        spawn_daemon_channel(c, &self.base, &self.output, &Shutdown::new())
+        spawn_daemon_channel(c, members, &self.base, &self.output, &Shutdown::new())
             .map_err(|e| format!("the stream could not start: {e}"))
     }
 

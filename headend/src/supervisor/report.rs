@@ -69,7 +69,9 @@ pub struct ChannelStatus {
 }
 
 impl Supervisor {
-    /// Every channel's state, in service id order.
+    /// Every channel's state, in service id order. A channel of a
+    /// multiplex shows the state of its own service in the multiplex's
+    /// stream, and that stream's input and output figures.
     pub fn statuses(&self) -> Vec<ChannelStatus> {
         let mut st = self.lock();
         self.reap(&mut st);
@@ -96,11 +98,20 @@ impl Supervisor {
                     retry_in_seconds: None,
                     health: None,
                 };
-                let health = match &slot.run {
-                    Run::Running(h) => Some(h.health()),
-                    _ => slot.last_health.clone(),
+                // The slot whose stream carries this channel's service.
+                let runs = match slot.run {
+                    Run::Member(l) => st.slots.get(&l).unwrap_or(slot),
+                    _ => slot,
                 };
-                match &slot.run {
+                let health = match &runs.run {
+                    Run::Running(h) => Some(h.health()),
+                    _ => runs.last_health.clone(),
+                }
+                .map(|mut h| {
+                    h.services.retain(|x| x.service_id == c.service_id);
+                    h
+                });
+                match &runs.run {
                     Run::Off => {
                         let (missing, detail) = match (&c.input, &c.output) {
                             (None, None) => ("an input and an output", "it has no input and no output"),
@@ -118,7 +129,7 @@ impl Supervisor {
                             }
                         });
                     }
-                    Run::Pending => {
+                    Run::Pending | Run::Member(_) => {
                         s.state = ChannelState::Waiting;
                         s.detail = Some("starting".into());
                     }

@@ -314,7 +314,26 @@ fn bad_channels_are_refused_naming_the_field_and_the_daemon_still_starts() {
         // Shared with the good channel.
         (with("ecm_pid", json!(0x1F0)), 409, "ecm_pid"),
         (with("emm_pid", json!(0x1F0)), 409, "emm_pid"),
-        (with("output", json!(air.url())), 409, "output"),
+        // The good channel's output from another input; with the same
+        // input too it is a multiplex, which needs the same EMM PID.
+        (
+            {
+                let mut b = with("output", json!(air.url()));
+                b["input"] = json!("clip.ts");
+                b
+            },
+            409,
+            "output",
+        ),
+        (
+            {
+                let mut b = with("output", json!(air.url()));
+                b["emm_pid"] = json!(0x1F2);
+                b
+            },
+            409,
+            "emm_pid",
+        ),
         (
             with("output", json!("/etc/iodoform-test.ts")),
             400,

@@ -5,7 +5,7 @@
 //!   `clock`), each on
 //!   a real `headend` process with its folder in a temporary directory (see `common`).
 //! - The stream engine on real TS from ffmpeg and on synthetic TS
-//!   (`stream_engine`, `stream_psi`, `stream_garbage`), over UDP
+//!   (`stream_engine`, `stream_psi`, `stream_garbage`, `stream_mpts`), over UDP
 //!   (`stream_udp`, `stream_fail_closed`) and inside the daemon
 //!   (`stream_daemon`); what they share is in `stream_support`.
 
@@ -23,6 +23,7 @@ mod stream_daemon;
 mod stream_engine;
 mod stream_fail_closed;
 mod stream_garbage;
+mod stream_mpts;
 mod stream_psi;
 mod stream_support;
 mod stream_udp;

@@ -185,3 +185,83 @@ fn a_feed_that_lies_about_parity_is_refused() {
     assert_eq!(count_pid(&out, 0x100) + count_pid(&out, 0x101), 0);
     assert_eq!(count_pid(&out, ECM_PID), 0);
 }
+
+#[test]
+fn a_pat_and_a_cat_of_several_sections_are_gathered_whole() {
+    use ts::psi::{Cat, Pat, PatEntry};
+    let foreign = Descriptor::Ca(CaDescriptor {
+        ca_system_id: 0x0B00,
+        ca_pid: 0x300,
+        private_data: vec![],
+    });
+    // The service is in the PAT's second section only; the CAT's foreign
+    // descriptor in its second section only. The sections go out in
+    // reverse order, as nothing says they must come in order.
+    let pat = Pat {
+        transport_stream_id: 9,
+        version: 4,
+        current_next: true,
+        programs: vec![
+            PatEntry {
+                program_number: 7,
+                pid: 0x1700,
+            },
+            PatEntry {
+                program_number: SERVICE,
+                pid: 0x1000,
+            },
+        ],
+    };
+    let cat = Cat {
+        version: 2,
+        current_next: true,
+        descriptors: vec![
+            Descriptor::Other {
+                tag: 0x80,
+                data: vec![1],
+            },
+            foreign.clone(),
+        ],
+    };
+    let pats = pat.to_sections(1).unwrap();
+    let cats = cat.to_sections(1).unwrap();
+    assert_eq!((pats.len(), cats.len()), (2, 2));
+    let clear = synth_stream(|s, ms| {
+        if ms % 100 == 0 {
+            for p in pats.iter().rev() {
+                s.section(0, p);
+            }
+            s.pmt(SERVICE, 0x1000, 0x100, AV, 0);
+        }
+        if ms % 500 == 0 {
+            for c in cats.iter().rev() {
+                s.section(1, c);
+            }
+        }
+    });
+    let (feed, key) = feed(100, 0);
+    let (out, stats, _) = process_buffer(&config(), feed, &clear, START_MS).unwrap();
+    assert_eq!(stats.psi_errors, 0);
+    let a = analyze(&out, &key, &[0x100, 0x101]);
+    assert!(a.psi_errors.is_empty() && a.cc_errors.is_empty(), "{a:?}");
+    assert_eq!(a.clear_es + a.undecryptable + a.wrong_parity, 0);
+    // On the air from the first PAT on: nearly every packet descrambled.
+    assert!(a.es[&0x100].len() >= 150, "{}", a.es[&0x100].len());
+    // Ours: one section, the service only (program 7 is not ours to send).
+    let last = a.pat.last().expect("our PAT");
+    assert_eq!(last.transport_stream_id, 9);
+    assert_eq!(last.programs.len(), 1);
+    assert_eq!(last.pmt_pid(SERVICE), Some(0x1000));
+    let last = a.cats.last().unwrap();
+    assert_eq!(
+        last.descriptors,
+        vec![
+            Descriptor::Other {
+                tag: 0x80,
+                data: vec![1]
+            },
+            foreign,
+            Descriptor::iodoform_ca(EMM_PID)
+        ]
+    );
+}

@@ -8,7 +8,7 @@ use ts::cissa::Outcome;
 use ts::packet::{Packet, PacketBuilder, PacketReader, Packets, Pcr, NULL_PID, SYNC_BYTE};
 use ts::psi::{
     emm_section_address, packetize, CaDescriptor, Cat, Descriptor, Pat, PatEntry, Pmt, PmtStream,
-    PrivateSection, SectionAssembler, SectionHeader, TableId,
+    PrivateSection, Sdt, SdtService, SectionAssembler, SectionHeader, TableId, TableSections,
 };
 use ts::{Descrambler, Parity, Scrambler, PACKET_LEN};
 
@@ -232,6 +232,47 @@ fn cat() -> impl Strategy<Value = Cat> {
     })
 }
 
+fn sdt() -> impl Strategy<Value = Sdt> {
+    (
+        (any::<bool>(), any::<u16>(), 0u8..32, any::<bool>()),
+        (any::<u8>(), any::<u8>(), any::<u16>()),
+        vec(
+            (
+                any::<u16>(),
+                (any::<bool>(), any::<bool>(), 0u8..8, any::<bool>()),
+                vec(descriptor(), 0..3),
+            ),
+            0..12,
+        ),
+    )
+        .prop_map(
+            |((actual, tsid, version, cn), (a, b, onid), services)| Sdt {
+                table_id: if actual {
+                    TableId::SDT_ACTUAL
+                } else {
+                    TableId::SDT_OTHER
+                },
+                transport_stream_id: tsid,
+                version,
+                current_next: cn,
+                section_number: a.min(b),
+                last_section_number: a.max(b),
+                original_network_id: onid,
+                services: services
+                    .into_iter()
+                    .map(|(service_id, (s, pf, rs, ca), descriptors)| SdtService {
+                        service_id,
+                        eit_schedule: s,
+                        eit_present_following: pf,
+                        running_status: rs,
+                        free_ca_mode: ca,
+                        descriptors,
+                    })
+                    .collect(),
+            },
+        )
+}
+
 fn private_section() -> impl Strategy<Value = Vec<u8>> {
     (0x80u8..=0x8F, vec(any::<u8>(), 0..600))
         .prop_map(|(t, payload)| PrivateSection::build(TableId(t), &payload).unwrap())
@@ -243,6 +284,7 @@ fn section() -> impl Strategy<Value = Vec<u8>> {
         pat().prop_map(|t| t.to_section().unwrap()),
         pmt().prop_map(|t| t.to_section().unwrap()),
         cat().prop_map(|t| t.to_section().unwrap()),
+        sdt().prop_map(|t| t.to_section().unwrap()),
         private_section(),
     ]
 }
@@ -265,6 +307,7 @@ fn parse_all(bytes: &[u8]) {
     let _ = Pat::from_section(bytes);
     let _ = Pmt::from_section(bytes);
     let _ = Cat::from_section(bytes);
+    let _ = Sdt::from_section(bytes);
     let _ = PrivateSection::parse(bytes);
     let _ = emm_section_address(bytes);
 }
@@ -286,6 +329,64 @@ proptest! {
         prop_assert_eq!(Pat::from_section(&p.to_section().unwrap()).unwrap(), p);
         prop_assert_eq!(Pmt::from_section(&m.to_section().unwrap()).unwrap(), m);
         prop_assert_eq!(Cat::from_section(&c.to_section().unwrap()).unwrap(), c);
+    }
+
+    #[test]
+    fn multi_section_tables_gather_whole_and_in_any_order(
+        p in pat(),
+        c in cat(),
+        per in 1usize..10,
+        rotate in any::<prop::sample::Index>(),
+    ) {
+        for (sections, whole) in [
+            (p.to_sections(per).unwrap(), p.to_section().unwrap()),
+            (c.to_sections(per).unwrap(), c.to_section().unwrap()),
+        ] {
+            let refs: Vec<&[u8]> = sections.iter().map(Vec::as_slice).collect();
+            if whole[0] == 0 {
+                prop_assert_eq!(Pat::from_sections(&refs).unwrap(), p.clone());
+            } else {
+                prop_assert_eq!(Cat::from_sections(&refs).unwrap(), c.clone());
+            }
+            // One section alone is refused when there are several.
+            prop_assert_eq!(
+                Pat::from_section(&sections[0]).is_ok() || Cat::from_section(&sections[0]).is_ok(),
+                sections.len() == 1
+            );
+            // Gathered in any order (repeats allowed), the table comes out
+            // once every section is in, in order.
+            let mut t = TableSections::new();
+            let n = sections.len();
+            let start = rotate.index(n);
+            let mut got = None;
+            for k in 0..n {
+                let s = &sections[(start + k) % n];
+                let r = t.push(s).unwrap();
+                prop_assert_eq!(r.is_some(), k + 1 == n);
+                got = r;
+            }
+            prop_assert_eq!(got.unwrap(), sections.clone());
+            // Out of order or missing, from_sections refuses.
+            if n > 1 {
+                let mut swapped = refs.clone();
+                swapped.swap(0, 1);
+                prop_assert!(Pat::from_sections(&swapped).is_err() && Cat::from_sections(&swapped).is_err());
+                prop_assert!(Pat::from_sections(&refs[1..]).is_err() && Cat::from_sections(&refs[1..]).is_err());
+            }
+        }
+    }
+
+    #[test]
+    fn sdt_round_trips_and_rejects_flips(t in sdt(), bit in any::<prop::sample::Index>()) {
+        let s = t.to_section().unwrap();
+        prop_assert_eq!(Sdt::from_section(&s).unwrap(), t.clone());
+        let mut flipped = s.clone();
+        let i = bit.index(s.len() * 8);
+        flipped[i / 8] ^= 1 << (i % 8);
+        prop_assert!(Sdt::from_section(&flipped).is_err());
+        // Re-encoding what was read gives the same bytes.
+        let again = Sdt::from_section(&s).unwrap().to_section().unwrap();
+        prop_assert_eq!(again, s);
     }
 
     #[test]
@@ -323,7 +424,10 @@ proptest! {
     }
 
     #[test]
-    fn garbage_into_the_table_parsers(bytes in vec(any::<u8>(), 0..1100), table_id in 0u8..4) {
+    fn garbage_into_the_table_parsers(
+        bytes in vec(any::<u8>(), 0..1100),
+        table_id in prop_oneof![0u8..4, Just(0x42u8), Just(0x46u8)],
+    ) {
         parse_all(&bytes);
         let s = crc_valid_garbage(table_id, &bytes[..bytes.len().min(1000)]);
         parse_all(&s);

@@ -24,8 +24,9 @@
 //!
 //! | PID | what | out |
 //! |---|---|---|
-//! | 0 (PAT) | learnt | ours: the input's transport_stream_id, its NIT entry, the services on the air and the clear services present, under our own version number; at once when it changes, then with every ECM repetition. None while it would list no service (a receiver that sees its service leave the PAT gives up, one that sees no PMT waits), nor in the first second after the input's first PAT while a service is still coming on the air |
-//! | 1 (CAT) | its descriptors are kept | replaced by ours, with our CA_descriptor for the EMM PID |
+//! | 0 (PAT) | learnt (all its sections) | ours: the input's transport_stream_id, its NIT entry, the services on the air and the clear services present, under our own version number; at once when it changes, then with every ECM repetition. None while it would list no service (a receiver that sees its service leave the PAT gives up, one that sees no PMT waits), nor in the first second after the input's first PAT while a service is still coming on the air |
+//! | 1 (CAT) | its descriptors are kept (of all its sections) | replaced by ours, with our CA_descriptor for the EMM PID |
+//! | 0x11 (SDT, BAT) | sections assembled | the SDT of this TS (table 0x42) rewritten: the entries of the programs we never send removed, each configured service's marked `free_CA_mode = 1` with a CA_identifier_descriptor for our CA system, under the input's version number (the rewrite depends on the input section alone); one that does not parse or cannot be rewritten is dropped, never sent as it came. Other sections (another TS's SDT, the BAT) as they came. Re-cut into packets on the PID's own counter |
 //! | 2..=0x1F (SI) | | as it came, unless a configured service's PMT names it as a PES component: dropped |
 //! | PMT of a configured service | learnt | rewritten (CA_descriptor for the ECM PID and scrambling_descriptor in the program loop, our own version number), while on the air: at once when it changes, then with every ECM repetition |
 //! | its PES components | | scrambled with the period's CW while on the air, else dropped |
@@ -87,8 +88,8 @@ use ts::cissa::{Outcome, Scrambler};
 use ts::demux::{Demux, Demuxed, PidRole};
 use ts::packet::{null_packet, Packet, PacketMut, PacketReader, MAX_PID, NULL_PID, PACKET_LEN};
 use ts::psi::{
-    packetize_continuing, Cat, Descriptor, Pat, Pmt, PrivateSection, Repeater, CA_SYSTEM_ID,
-    MAX_SECTION_LEN,
+    packetize_continuing, Cat, Descriptor, Pat, Pmt, PrivateSection, Repeater, Sdt, TableSections,
+    CA_SYSTEM_ID, MAX_SECTION_LEN, SDT_PID,
 };
 
 /// How often, in stream time, a feed is asked again for a service's
@@ -150,6 +151,8 @@ enum Role {
     /// The PCR PID of a clear service that is no component of it: its
     /// packets without a payload.
     PcrClear,
+    /// PID 0x11: its sections assembled, the SDT rewritten.
+    Sdt,
     /// An ECM or EMM PID of ours.
     Generated,
     Null,
@@ -159,7 +162,7 @@ impl PidRole for Role {
     fn carries_sections(&self) -> bool {
         matches!(
             self,
-            Role::Pat | Role::CatIn | Role::PmtOurs | Role::PmtPass
+            Role::Pat | Role::CatIn | Role::PmtOurs | Role::PmtPass | Role::Sdt
         )
     }
 }
@@ -254,8 +257,10 @@ pub struct Mux<F: CaFeed> {
     clear_ok: Vec<bool>,
     cc: Vec<Cc>,
     services: Vec<Service>,
-    /// The input's PAT.
+    /// The input's PAT, and its sections gathered (a PAT may span
+    /// several).
     pat: Option<Pat>,
+    pat_sections: TableSections,
     /// The PAT we send (the services on the air and the clear ones), and
     /// its packets.
     pat_out: Option<Pat>,
@@ -266,6 +271,7 @@ pub struct Mux<F: CaFeed> {
     /// PMTs of the clear services, by program number.
     other_pmts: HashMap<u16, Pmt>,
     cat_in: Vec<Descriptor>,
+    cat_sections: TableSections,
     cat_out: Cat,
     cat_repeater: Repeater,
     next_cat: u64,
@@ -354,12 +360,14 @@ impl<F: CaFeed> Mux<F> {
             cc: vec![Cc::default(); PIDS],
             services,
             pat: None,
+            pat_sections: TableSections::new(),
             pat_out: None,
             pat_repeater: Repeater::default(),
             pat_seen_at: None,
             next_psi: 0,
             other_pmts: HashMap::new(),
             cat_in: Vec::new(),
+            cat_sections: TableSections::new(),
             cat_out: Cat {
                 version: 0,
                 current_next: true,
@@ -500,6 +508,8 @@ impl<F: CaFeed> Mux<F> {
         self.flush();
         self.stats.loops += 1;
         self.demux.discontinuity();
+        self.pat_sections.clear();
+        self.cat_sections.clear();
         self.clock.discontinuity();
         for c in &mut self.cc {
             c.relink = true;
@@ -618,7 +628,9 @@ impl<F: CaFeed> Mux<F> {
                 self.sections(pid, sections, now);
                 self.emit_input(pid, pkt, now);
             }
-            Role::Pat | Role::CatIn | Role::PmtOurs => self.sections(pid, sections, now),
+            Role::Pat | Role::CatIn | Role::PmtOurs | Role::Sdt => {
+                self.sections(pid, sections, now)
+            }
             Role::Es(i) => self.scramble(usize::from(i), pid, pkt, now),
             Role::Side(i) => {
                 if self.services[usize::from(i)].on_air {

@@ -38,42 +38,50 @@ impl<F: CaFeed> Mux<F> {
     pub(super) fn section(&mut self, pid: u16, section: &[u8], now: u64) {
         let role = self.role(pid);
         match (role, section.first().copied()) {
-            (Role::Pat, Some(0x00)) => match Pat::from_section(section) {
-                Ok(pat) if pat.current_next => {
-                    if self.pat.as_ref() != Some(&pat) {
-                        // A service whose PMT moved waits for the PMT on
-                        // its new PID.
-                        for svc in &mut self.services {
-                            if pat.pmt_pid(svc.id) != Some(svc.pmt_pid) {
-                                svc.pmt_in = None;
-                                svc.pmt_error = None;
+            (Role::Pat, Some(0x00)) => {
+                match gather(&mut self.pat_sections, section, Pat::from_sections) {
+                    Ok(Some(pat)) if pat.current_next => {
+                        if self.pat.as_ref() != Some(&pat) {
+                            // A service whose PMT moved waits for the PMT on
+                            // its new PID.
+                            for svc in &mut self.services {
+                                if pat.pmt_pid(svc.id) != Some(svc.pmt_pid) {
+                                    svc.pmt_in = None;
+                                    svc.pmt_error = None;
+                                }
                             }
+                            self.pat = Some(pat);
+                            self.pat_seen_at.get_or_insert(now);
+                            self.reclassify();
+                            // Our PAT goes out at once if it changed; then
+                            // with the bundle.
+                            self.detail_dirty = true;
+                            self.refresh(now);
                         }
-                        self.pat = Some(pat);
-                        self.pat_seen_at.get_or_insert(now);
-                        self.reclassify();
-                        // Our PAT goes out at once if it changed; then
-                        // with the bundle.
-                        self.detail_dirty = true;
-                        self.refresh(now);
                     }
+                    Ok(_) => {}
+                    Err(_) => self.stats.psi_errors += 1,
                 }
-                Ok(_) => {}
-                Err(_) => self.stats.psi_errors += 1,
-            },
-            (Role::CatIn, Some(0x01)) => match Cat::from_section(section) {
-                Ok(cat) if cat.current_next => {
-                    let mut d = cat.descriptors;
-                    d.retain(|d| !is_ours(d));
-                    if d != self.cat_in {
-                        self.cat_in = d;
-                        self.rebuild_cat(false);
+            }
+            (Role::CatIn, Some(0x01)) => {
+                match gather(&mut self.cat_sections, section, Cat::from_sections) {
+                    Ok(Some(cat)) if cat.current_next => {
+                        let mut d = cat.descriptors;
+                        d.retain(|d| !is_ours(d));
+                        if d != self.cat_in {
+                            self.cat_in = d;
+                            self.rebuild_cat(false);
+                        }
                     }
+                    Ok(_) => {}
+                    Err(_) => self.stats.psi_errors += 1,
                 }
-                Ok(_) => {}
-                Err(_) => self.stats.psi_errors += 1,
-            },
+            }
             (Role::PmtPass | Role::PmtOurs, Some(0x02)) => self.pmt_section(pid, section, now),
+            (Role::Sdt, Some(0x42)) => self.sdt_section(pid, section, now),
+            (Role::Sdt, Some(_)) => {
+                self.emit_sections(pid, &[section], now);
+            }
             // Anything else on a PMT PID that we regenerate is not sent.
             _ => {}
         }
@@ -152,6 +160,47 @@ impl<F: CaFeed> Mux<F> {
             // A new or changed PMT goes out at once (if the service is on
             // the air); then with the bundle.
             self.emit_pmt(i, now);
+        }
+    }
+
+    /// The input's SDT (actual TS) rewritten and sent at once: the
+    /// programs we never send left out, each configured service marked
+    /// scrambled (`free_CA_mode`, and a CA_identifier_descriptor for our
+    /// CA system). One we cannot read or rewrite is dropped: sent as it
+    /// came it would call a scrambled service free-to-air.
+    pub(super) fn sdt_section(&mut self, pid: u16, section: &[u8], now: u64) {
+        let made = Sdt::from_section(section).and_then(|mut sdt| {
+            sdt.services.retain(|e| {
+                self.clear_services.contains(&e.service_id)
+                    || self.services.iter().any(|s| s.id == e.service_id)
+            });
+            for e in &mut sdt.services {
+                if self.services.iter().any(|s| s.id == e.service_id) {
+                    e.free_ca_mode = true;
+                    e.descriptors
+                        .retain(|d| d.tag() != ts::psi::descriptor_tag::CA_IDENTIFIER);
+                    e.descriptors.push(ts::psi::iodoform_ca_identifier());
+                }
+            }
+            sdt.to_section()
+        });
+        match made {
+            Ok(out) => {
+                self.emit_sections(pid, &[&out], now);
+            }
+            Err(e) => {
+                self.stats.psi_errors += 1;
+                let name = self.name.clone();
+                self.warn_once(
+                    "sdt",
+                    format_args!(
+                        "channel {:?}: the input's SDT is dropped, as it cannot be rewritten \
+                         ({e}); receivers still find the services through the PAT: have the \
+                         encoder send a valid SDT, at most 1,024 bytes a section",
+                        name
+                    ),
+                );
+            }
         }
     }
 
@@ -290,6 +339,24 @@ impl<F: CaFeed> Mux<F> {
             }
         }
     }
+}
+
+/// Adds a section of a table that may span several; the table, parsed,
+/// once all of its sections are in.
+fn gather<T>(
+    sections: &mut TableSections,
+    section: &[u8],
+    parse: fn(&[&[u8]]) -> Result<T, ts::psi::PsiError>,
+) -> Result<Option<T>, ts::psi::PsiError> {
+    if section.get(5).is_some_and(|b| b & 1 == 0) {
+        // A table not yet in force: not gathered with the current one.
+        return Ok(None);
+    }
+    let Some(all) = sections.push(section)? else {
+        return Ok(None);
+    };
+    let refs: Vec<&[u8]> = all.iter().map(Vec::as_slice).collect();
+    parse(&refs).map(Some)
 }
 
 fn is_ours(d: &Descriptor) -> bool {

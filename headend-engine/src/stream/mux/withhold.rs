@@ -172,6 +172,7 @@ impl<F: CaFeed> Mux<F> {
         for r in &mut roles[2..0x20] {
             *r = Role::Pass;
         }
+        roles[usize::from(SDT_PID)] = Role::Sdt;
         roles[usize::from(NULL_PID)] = Role::Null;
         // Nothing of the input goes out on our ECM and EMM PIDs.
         for s in &self.services {
