@@ -595,18 +595,22 @@ impl<F: CaFeed> Mux<F> {
         if now >= self.next_event {
             self.timers(now);
         }
-        // Validated in `push`.
-        let Ok(view) = Packet::from_array(pkt) else {
-            return;
-        };
-        let has_payload = view.has_payload();
-        let (pid, role, sections) = match self.demux.push(&view) {
-            Some(Demuxed {
-                pid,
-                role,
-                sections,
-            }) => (pid, role, sections),
-            None => (view.pid(), Role::Drop, Vec::new()),
+        // Validated in `push`. The role is looked up first: only the few
+        // packets of a section PID go through the demultiplexer's
+        // assembly (and its view of the packet), not every ES packet.
+        let pid = u16::from_be_bytes([pkt[1] & 0x1F, pkt[2]]);
+        let has_payload = pkt[3] & 0x10 != 0;
+        let role = self.role(pid);
+        let sections = if role.carries_sections() {
+            let Ok(view) = Packet::from_array(pkt) else {
+                return;
+            };
+            self.demux
+                .push(&view)
+                .map(|Demuxed { sections, .. }| sections)
+                .unwrap_or_default()
+        } else {
+            Vec::new()
         };
         match role {
             Role::Drop => {
