@@ -215,7 +215,15 @@ fn measure(
         LinkOptions::default(),
     )
     .map_err(|e| format!("card link: {e}"))?;
-    let mut pipeline = Pipeline::new(link, PipelineOptions::default());
+    // A live UDP input, as `receiver` sets it for one: the card works on
+    // its own thread and packets do not wait for it.
+    let mut pipeline = Pipeline::new(
+        link,
+        PipelineOptions {
+            live: true,
+            ..PipelineOptions::default()
+        },
+    );
     let mut out = Timed(Vec::with_capacity(sent.len()));
     let stop = Arc::new(AtomicBool::new(false));
     let t0 = Instant::now();
