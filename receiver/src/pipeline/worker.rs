@@ -101,28 +101,12 @@ pub(super) enum Port<C> {
         done: VecDeque<Done>,
     },
     Thread {
-        /// Dropped before `thread` (fields drop in order): the thread's
-        /// loop ends, then it is joined.
         jobs: Option<Sender<Job>>,
         done: Receiver<Done>,
-        thread: Joiner<C>,
+        thread: Option<JoinHandle<Option<C>>>,
         card_id: u32,
         reconnects: u64,
     },
-}
-
-/// The card thread, joined when dropped: the card (and its reader
-/// connection) is released before whatever dropped the pipeline goes on,
-/// never later behind its back.
-#[derive(Debug)]
-pub(super) struct Joiner<C>(Option<JoinHandle<Option<C>>>);
-
-impl<C> Drop for Joiner<C> {
-    fn drop(&mut self) {
-        if let Some(t) = self.0.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 impl<C: CaModule + Send + 'static> Port<C> {
@@ -161,7 +145,7 @@ impl<C: CaModule + Send + 'static> Port<C> {
                 Port::Thread {
                     jobs: Some(jobs_tx),
                     done: done_rx,
-                    thread: Joiner(Some(thread)),
+                    thread: Some(thread),
                     card_id,
                     reconnects,
                 }
@@ -249,7 +233,7 @@ impl<C: CaModule> Port<C> {
                 ..
             } => {
                 drop(jobs.take());
-                match thread.0.take().map(JoinHandle::join) {
+                match thread.take().map(JoinHandle::join) {
                     Some(Ok(Some(card))) => card,
                     _ => panic!("the card thread panicked"),
                 }

@@ -263,6 +263,12 @@ fn measure(
         .stop(&mut out)
         .map_err(|e| format!("receiver: {e}"))?;
     let st = pipeline.stats();
+    // The card's thread lets go of the reader once its queue is done;
+    // the virtual card leaves the slot only after that (a reader whose
+    // card vanished under an open connection is deaf to the next card
+    // for a while).
+    drop(pipeline);
+    std::thread::sleep(Duration::from_millis(1500));
 
     // Output packet k is input packet `before_first_key + k`.
     let skip = st.before_first_key as usize;
