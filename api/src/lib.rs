@@ -337,6 +337,11 @@ pub struct CardView {
     pub revoked: Option<String>,
     pub subscriptions: Vec<SubscriptionView>,
     pub paired_receiver: Option<String>,
+    /// In the answer to a registration only: the EMM-Us (hex) that give
+    /// the card its Subset Difference labels, sealed to it, for the
+    /// provisioning tool to hand the card at personalization.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sd_labels: Vec<String>,
 }
 
 /// `POST /api/v1/subscriptions`.

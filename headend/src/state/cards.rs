@@ -56,12 +56,17 @@ impl Headend {
         )?;
         self.engine.insert_card(prepared)?;
         self.engine.raise_emm_u_seq(req.card_id, self.seq_floor)?;
-        // Its Subset Difference labels go out with its first change
-        // (`send_now`): a card is registered at the factory, where it is
-        // not on the air.
+        // Its Subset Difference labels: in the answer, sealed to the card,
+        // for the provisioning tool to give it at the factory; and over
+        // the air with its first change (`send_now`), for a card
+        // registered some other way.
         self.sd_register(req.card_id)?;
+        self.ensure_seq_room(3, now_ms)?;
+        let labels = self.label_emms(req.card_id, secs(now_ms))?;
         tracing::info!(card = req.card_id, "card registered");
-        self.card(req.card_id)
+        let mut view = self.card(req.card_id)?;
+        view.sd_labels = labels.iter().map(hex::encode).collect();
+        Ok(view)
     }
 
     fn card_view(&self, r: CardRow) -> Result<CardView> {
@@ -75,6 +80,7 @@ impl Headend {
             // One indexed query per card: a page is at most 10,000 cards.
             subscriptions: self.subscriptions(Some(r.id))?,
             paired_receiver: self.pairings.get(&r.id).map(hex::encode),
+            sd_labels: Vec::new(),
         })
     }
 

@@ -460,9 +460,20 @@ pub fn run(args: Args) -> anyhow::Result<()> {
                 ));
             }
             if let Some(r) = &registrar {
-                r.register(&record).with_context(|| {
+                let view = r.register(&record).with_context(|| {
                     format!("card {id} is provisioned and its record written, but registering it failed (register it later with `headend card add --from`)")
                 })?;
+                // Its Subset Difference labels, sealed to it by the
+                // headend: given now, so that it never depends on being
+                // on the air when they are broadcast.
+                for emm in view.map(|v| v.sd_labels).unwrap_or_default() {
+                    let emm = hex::decode(&emm).with_context(|| {
+                        format!("card {id}: the headend sent labels that are not hex")
+                    })?;
+                    client.process_emm(&emm).with_context(|| {
+                        format!("card {id} is registered, but refused its Subset Difference labels (it gets them over the air with its first subscription)")
+                    })?;
+                }
             }
             progress.inc();
             progress.note(format!(
