@@ -669,4 +669,18 @@ fn register_with_the_real_headend() {
     assert_eq!(card["card_id"], 4000);
     assert_eq!(card["public_key"], public);
     assert_eq!(card["operator_id"], 1);
+    // The registration's answer carried the card's Subset Difference
+    // labels, and the tool gave them to the card: every one of them is in
+    // its stored state.
+    let mut emu = emu;
+    emu.kill();
+    let image = FileEeprom::open(&dir.path().join("card.img")).unwrap();
+    let applet = Applet::power_on(image).unwrap();
+    let sd = applet
+        .state()
+        .sd
+        .as_ref()
+        .expect("no SD labels on the card");
+    assert!(sd.complete(), "{} labels held", sd.held());
+    assert_eq!(sd.held(), 18 * 19 / 2 + 1);
 }
