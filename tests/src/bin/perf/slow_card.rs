@@ -27,14 +27,9 @@
 //! with the instant card in the same run.
 
 use super::vcard::{take_slot, Emulator};
-use super::zap_figure::{
-    clear_ts, AUDIO, CARD, DAY, ECM_PID, EMM_PID, PRODUCT, SERVICE, START_S, VIDEO,
-};
+use super::zap_figure::{clear_ts, issue_card, AUDIO, ECM_PID, EMM_PID, SERVICE, START_S, VIDEO};
 use super::{round3, Settings};
-use cardlink::pcsc::{PcscTransport, ReaderChoice};
-use cardlink::CardClient;
-use headend_engine::stream::{process_buffer, ChannelStreamConfig, EngineFeed};
-use headend_engine::{ControlWordSchedule, KeyEngine, OperatorKeys};
+use headend_engine::stream::{process_buffer, ChannelStreamConfig};
 use proto::crypto::X25519Secret;
 use receiver::io::{Chunk, Input, PACKETS_PER_DATAGRAM};
 use receiver::pipeline::{PacketSink, Pipeline, PipelineOptions};
@@ -143,47 +138,7 @@ fn measure(
     let slot = take_slot()?;
     let setup = Instant::now();
     let _emu = Emulator::start_with(&slot, timing, short)?;
-    let transport = PcscTransport::wait_for_card(
-        ReaderChoice::Named(slot.reader.into()),
-        Duration::from_secs(15),
-    )
-    .map_err(|e| format!("the emulated card did not appear in {}: {e}", slot.reader))?;
-
-    let mut engine = KeyEngine::new(OperatorKeys::generate(1));
-    engine
-        .add_product(PRODUCT)
-        .map_err(|e| format!("product: {e}"))?;
-    let fail = |what: &str| {
-        let what = what.to_string();
-        move |e: cardlink::ClientError| format!("{what}: {e}")
-    };
-    let mut c = CardClient::new(transport);
-    c.select().map_err(fail("SELECT"))?;
-    let public = c
-        .personalize(&engine.operator().public().personalization(CARD))
-        .map_err(fail("PERSONALIZE"))?;
-    c.lock().map_err(fail("LOCK"))?;
-    engine
-        .add_card(CARD, public)
-        .map_err(|e| format!("card: {e}"))?;
-    engine
-        .entitle(CARD, PRODUCT, START_S - DAY, START_S + 30 * DAY)
-        .map_err(|e| format!("entitle: {e}"))?;
-    let emm = engine
-        .emm_u_for(CARD, START_S)
-        .map_err(|e| format!("EMM-U: {e}"))?;
-    c.process_emm(&emm).map_err(fail("EMM-U"))?;
-    drop(c);
-
-    let mut feed = EngineFeed::new(
-        engine,
-        ControlWordSchedule::new(period_s).map_err(|e| format!("schedule: {e}"))?,
-        period_s * 1000,
-    )
-    .map_err(|e| format!("feed: {e}"))?;
-    feed.add_service(SERVICE, PRODUCT, 0);
-    feed.push_emm(ts::psi::TableId(0x82), &emm)
-        .map_err(|e| format!("EMM carousel: {e}"))?;
+    let feed = issue_card(slot.reader, period_s)?;
     let mut cfg = ChannelStreamConfig::new("perf", "-", "-", EMM_PID).service(SERVICE, ECM_PID);
     cfg.start_unix_ms = Some(START_S * 1000);
     let clear = clear_ts((changes + 1) * period_s * 1000 + 500)?;

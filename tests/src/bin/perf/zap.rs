@@ -69,6 +69,51 @@ pub(crate) fn zap(s: &Settings) -> Vec<Value> {
 /// A clear TS `ms` long: PAT and PMT every 500 ms (the headend repeats
 /// them every ECM interval whatever the input does), video with a PCR
 /// every 40 ms and a PES start every 40 ms, audio with one every 20 ms.
+/// The operator's side of a figure: a key engine with the product, the
+/// card in `reader` personalized, locked and entitled over PC/SC, and the
+/// headend's feed for `period_s` crypto periods with that EMM-U in its
+/// carousel.
+pub(crate) fn issue_card(reader: &str, period_s: u64) -> Result<EngineFeed, String> {
+    let transport =
+        PcscTransport::wait_for_card(ReaderChoice::Named(reader.into()), Duration::from_secs(15))
+            .map_err(|e| format!("the emulated card did not appear in {reader}: {e}"))?;
+    let mut engine = KeyEngine::new(OperatorKeys::generate(1));
+    engine
+        .add_product(PRODUCT)
+        .map_err(|e| format!("product: {e}"))?;
+    let fail = |what: &str| {
+        let what = what.to_string();
+        move |e: cardlink::ClientError| format!("{what}: {e}")
+    };
+    let mut c = CardClient::new(transport);
+    c.select().map_err(fail("SELECT"))?;
+    let public = c
+        .personalize(&engine.operator().public().personalization(CARD))
+        .map_err(fail("PERSONALIZE"))?;
+    c.lock().map_err(fail("LOCK"))?;
+    engine
+        .add_card(CARD, public)
+        .map_err(|e| format!("card: {e}"))?;
+    engine
+        .entitle(CARD, PRODUCT, START_S - DAY, START_S + 30 * DAY)
+        .map_err(|e| format!("entitle: {e}"))?;
+    let emm = engine
+        .emm_u_for(CARD, START_S)
+        .map_err(|e| format!("EMM-U: {e}"))?;
+    c.process_emm(&emm).map_err(fail("EMM-U"))?;
+    drop(c);
+    let mut feed = EngineFeed::new(
+        engine,
+        ControlWordSchedule::new(period_s).map_err(|e| format!("schedule: {e}"))?,
+        period_s * 1000,
+    )
+    .map_err(|e| format!("feed: {e}"))?;
+    feed.add_service(SERVICE, PRODUCT, 0);
+    feed.push_emm(TableId(0x82), &emm)
+        .map_err(|e| format!("EMM carousel: {e}"))?;
+    Ok(feed)
+}
+
 pub(crate) fn clear_ts(ms: u64) -> Result<Vec<u8>, String> {
     let pat = Pat {
         transport_stream_id: 1,
@@ -166,50 +211,7 @@ fn measure(s: &Settings) -> Result<Value, String> {
     let slot = take_slot()?;
     let setup = Instant::now();
     let emu = Emulator::start(&slot)?;
-    let transport = PcscTransport::wait_for_card(
-        ReaderChoice::Named(slot.reader.into()),
-        Duration::from_secs(15),
-    )
-    .map_err(|e| format!("the emulated card did not appear in {}: {e}", slot.reader))?;
-
-    // The operator: a key engine with the product, and the card
-    // personalized, locked and entitled over PC/SC.
-    let mut engine = KeyEngine::new(OperatorKeys::generate(1));
-    engine
-        .add_product(PRODUCT)
-        .map_err(|e| format!("product: {e}"))?;
-    let fail = |what: &str| {
-        let what = what.to_string();
-        move |e: cardlink::ClientError| format!("{what}: {e}")
-    };
-    let mut c = CardClient::new(transport);
-    c.select().map_err(fail("SELECT"))?;
-    let public = c
-        .personalize(&engine.operator().public().personalization(CARD))
-        .map_err(fail("PERSONALIZE"))?;
-    c.lock().map_err(fail("LOCK"))?;
-    engine
-        .add_card(CARD, public)
-        .map_err(|e| format!("card: {e}"))?;
-    engine
-        .entitle(CARD, PRODUCT, START_S - DAY, START_S + 30 * DAY)
-        .map_err(|e| format!("entitle: {e}"))?;
-    let emm = engine
-        .emm_u_for(CARD, START_S)
-        .map_err(|e| format!("EMM-U: {e}"))?;
-    c.process_emm(&emm).map_err(fail("EMM-U"))?;
-    drop(c);
-
-    // The headend: the clear stream through its stream engine.
-    let mut feed = EngineFeed::new(
-        engine,
-        ControlWordSchedule::new(DEFAULT_PERIOD_SECS).map_err(|e| format!("schedule: {e}"))?,
-        DEFAULT_PERIOD_SECS * 1000,
-    )
-    .map_err(|e| format!("feed: {e}"))?;
-    feed.add_service(SERVICE, PRODUCT, 0);
-    feed.push_emm(TableId(0x82), &emm)
-        .map_err(|e| format!("EMM carousel: {e}"))?;
+    let feed = issue_card(slot.reader, DEFAULT_PERIOD_SECS)?;
     let mut cfg = ChannelStreamConfig::new("perf", "-", "-", EMM_PID).service(SERVICE, ECM_PID);
     cfg.start_unix_ms = Some(START_S * 1000);
     let ecm_interval_ms = cfg.ecm_interval_ms;
