@@ -1,0 +1,2 @@
+//! The SimulCrypt codec against arbitrary bytes and arbitrary messages.
+mod codec;
