@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use ts::PACKET_LEN;
 pub use tsio::{Address, AddressError, IoError};
 use tsio::{Got, UdpSender, Writer};
@@ -33,7 +33,9 @@ const QUEUE_UDP: usize = 8192;
 /// What the input thread hands over.
 #[derive(Debug)]
 pub enum Chunk {
-    Data(Vec<u8>),
+    /// Bytes, and for a UDP input the time the datagram came (a file's
+    /// reads are paced by the pipeline and say nothing about the source).
+    Data(Vec<u8>, Option<Instant>),
     End,
     Failed(IoError),
 }
@@ -96,13 +98,15 @@ fn udp_loop(mut input: tsio::Input, tx: SyncSender<Chunk>, dropped: Arc<AtomicU6
     let mut buf = vec![0u8; 65_536];
     loop {
         match input.read(&mut buf) {
-            Ok(Got::Data(n)) => match tx.try_send(Chunk::Data(buf[..n].to_vec())) {
-                Ok(()) => {}
-                Err(TrySendError::Full(_)) => {
-                    dropped.fetch_add(1, Ordering::Relaxed);
+            Ok(Got::Data(n)) => {
+                match tx.try_send(Chunk::Data(buf[..n].to_vec(), Some(Instant::now()))) {
+                    Ok(()) => {}
+                    Err(TrySendError::Full(_)) => {
+                        dropped.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(TrySendError::Disconnected(_)) => return,
                 }
-                Err(TrySendError::Disconnected(_)) => return,
-            },
+            }
             Ok(Got::Idle) | Ok(Got::Eof) => {}
             Err(e) => {
                 let _ = tx.send(Chunk::Failed(e));
@@ -118,7 +122,7 @@ fn read_loop(mut input: tsio::Input, tx: SyncSender<Chunk>) {
         match input.read(&mut buf) {
             Ok(Got::Data(n)) => {
                 buf.truncate(n);
-                if tx.send(Chunk::Data(buf)).is_err() {
+                if tx.send(Chunk::Data(buf, None)).is_err() {
                     return;
                 }
             }
@@ -224,7 +228,7 @@ mod tests {
         let mut got = 0;
         while got < 10 * PACKET_LEN {
             match input.next(Duration::from_secs(5)) {
-                Some(Chunk::Data(d)) => {
+                Some(Chunk::Data(d, _)) => {
                     assert_eq!(d, p);
                     got += d.len();
                 }
@@ -243,7 +247,7 @@ mod tests {
         let p = ts::packet::null_packet();
         tx.send_to(&p, (Ipv4Addr::LOCALHOST, local.port())).unwrap();
         match input.next(Duration::from_secs(5)) {
-            Some(Chunk::Data(d)) => assert_eq!(d, p),
+            Some(Chunk::Data(d, _)) => assert_eq!(d, p),
             other => panic!("{other:?}"),
         }
     }
@@ -264,7 +268,7 @@ mod tests {
         );
         let input = Input::open(&e).unwrap();
         match input.next(Duration::from_secs(5)) {
-            Some(Chunk::Data(d)) => assert_eq!(d, p),
+            Some(Chunk::Data(d, _)) => assert_eq!(d, p),
             other => panic!("{other:?}"),
         }
         assert!(matches!(

@@ -74,6 +74,9 @@ pub struct KeySlots {
     installed: Option<u64>,
     /// ECMs are noted on arrival ([`KeySlots::ecm_arrived`]).
     arrivals: bool,
+    /// The input had a gap and no ECM has arrived since
+    /// ([`KeySlots::input_gap`]).
+    after_gap: bool,
     /// Keys loaded that were new (not a repetition of one held).
     changes: u64,
 }
@@ -113,10 +116,16 @@ impl KeySlots {
             // none of its keys belongs to the stream now on the air.
             return;
         }
-        if self.installed.is_some_and(|e| epoch.saturating_add(1) < e) {
+        let started_over = self.installed.is_some_and(|e| epoch.saturating_add(1) < e);
+        if started_over {
             self.start_over(epoch);
         }
-        self.note_ecm(epoch);
+        if !self.arrivals || started_over {
+            // Otherwise noted on arrival: an answer may come after a gap
+            // in the input, and the ECM it answers then says nothing about
+            // the packets after the gap.
+            self.note_ecm(epoch);
+        }
         self.installed = Some(self.installed.map_or(epoch, |e| e.max(epoch)));
         for e in [epoch, epoch.saturating_add(1)] {
             self.set(e, cws.cws.for_epoch(e));
@@ -152,7 +161,27 @@ impl KeySlots {
             self.start_over(epoch);
         }
         self.arrivals = true;
+        self.after_gap = false;
         self.note_ecm(epoch);
+    }
+
+    /// The input had a gap: packets were lost, the source fell silent, or
+    /// it started again (a restarted headend seals fresh epochs two periods
+    /// on). The epoch of the packets after it is not inferred from those
+    /// before it: a parity switch across the gap may stand for one period
+    /// or three, and a key held for the period the count would give is
+    /// then another period's, whose packets would come out as noise. So
+    /// nothing is descrambled until an ECM arrives after the gap; keys
+    /// stay in their slots, each for its own epoch.
+    pub fn input_gap(&mut self) {
+        self.current = None;
+        self.ecm_epoch = None;
+        self.after_gap = true;
+    }
+
+    /// Whether packets wait for an ECM after a gap in the input.
+    pub fn awaiting_ecm_after_gap(&self) -> bool {
+        self.after_gap && self.ecm_epoch.is_none()
     }
 
     /// Epochs went back by more than a repetition across a change can
@@ -161,9 +190,10 @@ impl KeySlots {
     /// the old count.
     fn start_over(&mut self, epoch: u64) {
         tracing::warn!(epoch, "ECM epochs went back; control words reset");
-        let changes = self.changes;
+        let (changes, arrivals) = (self.changes, self.arrivals);
         *self = KeySlots {
             changes,
+            arrivals,
             ..KeySlots::default()
         };
     }
@@ -378,6 +408,44 @@ mod tests {
         assert_eq!(epoch_of(&mut k, 3), None);
         k.install(3, &ecm(3));
         descrambles(&mut k, [3, 4]);
+    }
+
+    #[test]
+    fn after_a_gap_in_the_input_no_packet_is_taken_for_the_period_before_it() {
+        // Epochs 10 and 11 on the air, ECMs noted on arrival.
+        let mut k = KeySlots::new();
+        k.ecm_arrived(10);
+        k.install(10, &ecm(10));
+        descrambles(&mut k, [10, 11]);
+        // The headend stops, and starts again two periods on, at 13 (a
+        // fresh epoch): its first packets come before its first ECM.
+        // Epoch 13 has the parity of 11, whose key the slot still holds:
+        // without the gap, the parity switch would be taken for "12" and
+        // the next one for "13"... or, as here, none at all, and 13 would
+        // come out under CW_11 as noise.
+        k.input_gap();
+        assert_eq!(epoch_of(&mut k, 13), None);
+        // A late answer to an ECM from before the gap changes nothing.
+        k.install(11, &ecm(11));
+        assert_eq!(epoch_of(&mut k, 13), None);
+        // ECM 13 on the air, then answered: the output is back.
+        k.ecm_arrived(13);
+        assert_eq!(epoch_of(&mut k, 13), None);
+        k.install(13, &ecm(13));
+        descrambles(&mut k, [13, 14]);
+    }
+
+    #[test]
+    fn a_gap_within_a_period_costs_nothing_once_its_ecm_repeats() {
+        let mut k = KeySlots::new();
+        k.ecm_arrived(10);
+        k.install(10, &ecm(10));
+        descrambles(&mut k, [10]);
+        k.input_gap();
+        // The repeated ECM 10 (the pipeline passes repetitions on as
+        // arrivals after a gap) confirms the period; the key is still held.
+        k.ecm_arrived(10);
+        descrambles(&mut k, [10, 11]);
     }
 
     #[test]

@@ -4,7 +4,7 @@
 use crate::card::{CardConnector, CardLink, LinkOptions};
 use crate::error::{exit, Failure};
 use crate::io::{open_output, Address, Chunk, Input};
-use crate::pipeline::{PacketSink, Pipeline, PipelineOptions};
+use crate::pipeline::{PacketSink, Pipeline, PipelineOptions, INPUT_GAP};
 use crate::stats::{Stats, StatusLine};
 use proto::crypto::X25519Secret;
 use serde_json::json;
@@ -156,7 +156,7 @@ fn probe(cfg: &RunConfig, input: &Input) -> Result<VecDeque<Chunk>, Failure> {
             continue;
         };
         let end = match &chunk {
-            Chunk::Data(d) => {
+            Chunk::Data(d, _) => {
                 reader.push(d);
                 false
             }
@@ -199,6 +199,7 @@ fn pump(
     status: &mut StatusLine,
 ) -> Result<(), Failure> {
     let mut last_data = Instant::now();
+    let mut last_came: Option<Instant> = None;
     loop {
         if cfg.stop.as_ref().is_some_and(|s| s.load(Ordering::Relaxed)) {
             return pipeline.stop(sink);
@@ -208,8 +209,14 @@ fn pump(
             None => input.next(TICK),
         };
         match next {
-            Some(Chunk::Data(d)) => {
+            Some(Chunk::Data(d, came)) => {
                 last_data = Instant::now();
+                if let Some(t) = came {
+                    if last_came.is_some_and(|l| t.saturating_duration_since(l) > INPUT_GAP) {
+                        pipeline.input_gap("the input was silent");
+                    }
+                    last_came = Some(t);
+                }
                 pipeline.push(&d, sink)?;
                 sink.flush().map_err(|source| Failure::Output {
                     what: String::new(),

@@ -30,6 +30,13 @@ pub struct Stats {
     /// Scrambled packets dropped before the card had answered the first
     /// ECM (zapping).
     pub before_first_key: u64,
+    /// Gaps in the input: a continuity-counter jump on a component of the
+    /// service, or a live input silent for longer than
+    /// [`INPUT_GAP`](crate::pipeline::INPUT_GAP).
+    pub input_gaps: u64,
+    /// Scrambled packets dropped after a gap until an ECM gave their
+    /// crypto period (at most an ECM interval's worth per gap).
+    pub after_gap: u64,
     /// Scrambled packets on PIDs outside the service (dropped).
     pub scrambled_elsewhere: u64,
 
@@ -79,7 +86,7 @@ impl Stats {
     pub fn summary(&self) -> String {
         format!(
             "receiver: {} packets in, {} out ({} descrambled); {} ECMs to the card ({} refused), {} CW changes; \
-             {} EMMs for this card ({} accepted, {} replayed, {} rejected); {} undecryptable, {} before the first key; \
+             {} EMMs for this card ({} accepted, {} replayed, {} rejected); {} undecryptable, {} before the first key, {} after {} input gaps; \
              card {:.1} ms per command (max {:.1}), ECMs waited up to {:.1} ms, {} stale, {} EMMs dropped",
             self.packets_in,
             self.packets_out,
@@ -93,6 +100,8 @@ impl Stats {
             self.emms_rejected,
             self.undecryptable,
             self.before_first_key,
+            self.after_gap,
+            self.input_gaps,
             ms(self.card_us_p50),
             ms(self.card_us_max),
             ms(self.ecm_wait_us_max),

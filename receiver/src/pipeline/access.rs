@@ -252,6 +252,16 @@ impl<C: CaModule> Access<C> {
         self.ecm_answered
     }
 
+    /// The input had a gap: see [`KeySlots::input_gap`].
+    pub(super) fn input_gap(&mut self) {
+        self.keys.input_gap();
+    }
+
+    /// Whether packets wait for an ECM after a gap in the input.
+    pub(super) fn awaiting_ecm_after_gap(&self) -> bool {
+        self.keys.awaiting_ecm_after_gap()
+    }
+
     /// The ECM PID moved: the next ECM on it is new, whatever it holds.
     pub(super) fn ecm_pid_changed(&mut self) {
         self.last_ecm = None;
@@ -458,7 +468,14 @@ impl<C: CaModule> Access<C> {
     ) -> Result<(), Failure> {
         stats.ecm_sections += 1;
         if self.last_ecm.as_deref() == Some(section) {
-            return Ok(()); // a repetition
+            // A repetition: nothing for the card, but after a gap in the
+            // input it gives the packets their period again.
+            if self.keys.awaiting_ecm_after_gap() {
+                if let Some(h) = self.last_ecm_header {
+                    self.keys.ecm_arrived(h.epoch);
+                }
+            }
+            return Ok(());
         }
         let Ok(ps) = PrivateSection::parse(section) else {
             stats.section_errors += 1;

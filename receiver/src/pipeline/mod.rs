@@ -160,6 +160,11 @@ pub struct PipelineOptions {
 /// every second for 30 s, so it comes much sooner.
 pub const DEFAULT_ENTITLEMENT_WAIT: Duration = Duration::from_secs(70);
 
+/// A live input silent for longer than this has had a gap: the source
+/// stopped or restarted, or the network lost what it sent. (A stream sends
+/// a PCR at least every 100 ms; its packets come far more often.)
+pub const INPUT_GAP: Duration = Duration::from_millis(250);
+
 impl Default for PipelineOptions {
     fn default() -> Self {
         PipelineOptions {
@@ -194,7 +199,14 @@ struct Stages<C> {
     pmt_out: Rewritten,
     access: Access<C>,
     first_clear: Option<Instant>,
+    /// For each PID of the service's components and ECMs: its last
+    /// continuity counter (`NO_CC` before its first packet) and the number
+    /// of input gaps noted by then.
+    continuity: Box<[(u8, u64); 8192]>,
 }
+
+/// No continuity counter seen yet.
+const NO_CC: u8 = 0xFF;
 
 impl<C: CaModule> std::fmt::Debug for Pipeline<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -223,6 +235,7 @@ impl<C: CaModule + Send + 'static> Pipeline<C> {
                 pmt_out: Rewritten::default(),
                 access,
                 first_clear: None,
+                continuity: Box::new([(NO_CC, 0); 8192]),
             },
         }
     }
@@ -287,6 +300,14 @@ impl<C: CaModule> Pipeline<C> {
         self.stages.stats.bytes_skipped = s.skipped_bytes;
         self.stages.stats.sync_losses = s.sync_losses;
         Ok(())
+    }
+
+    /// The input had a gap that the stream itself may not show (a live
+    /// source silent for longer than [`INPUT_GAP`]): nothing is
+    /// descrambled until an ECM arrives after it (see
+    /// [`KeySlots::input_gap`](crate::keys::KeySlots::input_gap)).
+    pub fn input_gap(&mut self, why: &str) {
+        self.stages.input_gap(why);
     }
 
     /// The counters so far.
@@ -447,9 +468,12 @@ impl<C: CaModule> Stages<C> {
                 }
                 Ok(())
             }),
-            Role::Ecm => self.each_section(sections, |me, s| {
-                me.access.on_ecm(s, &me.clock, &mut me.stats)
-            }),
+            Role::Ecm => {
+                self.check_continuity(p);
+                self.each_section(sections, |me, s| {
+                    me.access.on_ecm(s, &me.clock, &mut me.stats)
+                })
+            }
             Role::Emm => self.each_section(sections, |me, s| {
                 me.access.on_emm(s, &me.clock, &mut me.stats)
             }),
@@ -469,12 +493,41 @@ impl<C: CaModule> Stages<C> {
         }
     }
 
+    fn input_gap(&mut self, why: &str) {
+        self.stats.input_gaps += 1;
+        tracing::info!("gap in the input ({why}): waiting for an ECM before descrambling again");
+        self.access.input_gap();
+    }
+
+    /// Notes the continuity counter of a packet of the service's
+    /// components or ECMs. A jump (not a repetition, not marked by the
+    /// discontinuity_indicator) is a gap, unless one was already noted
+    /// since the PID's last packet: one gap shows on every PID, and the
+    /// ECM that may have come after it on another PID must count.
+    fn check_continuity(&mut self, p: &[u8; PACKET_LEN]) {
+        let pid = usize::from(u16::from_be_bytes([p[1] & 0x1F, p[2]]));
+        let has_payload = p[3] & 0x10 != 0;
+        let cc = p[3] & 0x0F;
+        let flagged = p[3] & 0x20 != 0 && p[4] > 0 && p[5] & 0x80 != 0;
+        let gaps = self.stats.input_gaps;
+        let (last, gaps_then) = std::mem::replace(&mut self.continuity[pid], (cc, gaps));
+        if last == NO_CC || flagged || gaps_then != gaps {
+            return;
+        }
+        let expected = if has_payload { (last + 1) & 0x0F } else { last };
+        if cc != expected && cc != last {
+            self.input_gap("a continuity counter jumped");
+            self.continuity[pid].1 = self.stats.input_gaps;
+        }
+    }
+
     /// A packet of the service: out descrambled, or not at all.
     fn on_es(
         &mut self,
         p: &mut [u8; PACKET_LEN],
         sink: &mut dyn PacketSink,
     ) -> Result<(), Failure> {
+        self.check_continuity(p);
         if self.access.must_wait(p) {
             self.access.wait_for_key(&self.clock, &mut self.stats)?;
         }
@@ -496,7 +549,9 @@ impl<C: CaModule> Stages<C> {
                 self.emit(p, sink)
             }
             Descrambled::NoKey(_) | Descrambled::Invalid => {
-                if self.access.ecm_answered() {
+                if self.access.awaiting_ecm_after_gap() {
+                    self.stats.after_gap += 1;
+                } else if self.access.ecm_answered() {
                     self.stats.undecryptable += 1;
                 } else {
                     self.stats.before_first_key += 1;

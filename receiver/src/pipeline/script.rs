@@ -284,6 +284,12 @@ impl Air {
         self.ts.extend_from_slice(&p);
     }
 
+    /// `n` packets of `pid` lost on the way: its continuity counter jumps.
+    pub fn lose(&mut self, pid: u16, n: u8) {
+        let cc = self.cc.entry(pid).or_default();
+        *cc = (*cc + n) & 0x0F;
+    }
+
     /// A packet with an adaptation field only (a PCR), on `pid`.
     pub fn pcr_alone(&mut self, pid: u16, pcr: u64) {
         let mut b = PacketBuilder::new(pid);

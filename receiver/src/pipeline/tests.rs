@@ -234,6 +234,42 @@ fn both_cw_slots_across_cw_changes_lose_no_packet() {
 }
 
 #[test]
+fn after_a_gap_no_packet_comes_out_before_an_ecm_gives_its_period() {
+    let mut air = Air::new();
+    air.tables();
+    let mut seq = 0;
+    let mut expected = Vec::new();
+    for n in [10u64, 11] {
+        air.ecm(ECM_PID, n);
+        for _ in 0..5 {
+            air.es(VIDEO, Some(n), seq, None);
+            expected.push(seq);
+            seq += 1;
+        }
+    }
+    // The source stops, and comes back two periods on (epoch 13, the
+    // parity of 11) with packets before its first ECM.
+    air.lose(VIDEO, 5);
+    for _ in 0..4 {
+        air.es(VIDEO, Some(13), seq, None);
+        seq += 1;
+    }
+    air.ecm(ECM_PID, 13);
+    for _ in 0..5 {
+        air.es(VIDEO, Some(13), seq, None);
+        expected.push(seq);
+        seq += 1;
+    }
+    let Run { out, result, p, .. } = run(&air.ts, ScriptedCa::new(), opts());
+    result.unwrap();
+    // Nothing of 13 came out under CW_11, the key its parity slot held.
+    assert_eq!(seqs(&out, VIDEO), expected);
+    let stats = p.stats();
+    assert_eq!((stats.input_gaps, stats.after_gap), (1, 4), "{stats:?}");
+    assert_eq!(stats.undecryptable, 0);
+}
+
+#[test]
 fn a_refused_ecm_stops_the_output_at_its_period_until_an_emm_entitles_the_card() {
     let mut air = Air::new();
     air.tables();

@@ -197,7 +197,7 @@ fn measure(
             break;
         }
         match input.next(Duration::from_millis(200)) {
-            Some(Chunk::Data(d)) => pipeline
+            Some(Chunk::Data(d, _)) => pipeline
                 .push(&d, &mut out)
                 .map_err(|e| format!("receiver: {e}"))?,
             Some(Chunk::End) => break,
