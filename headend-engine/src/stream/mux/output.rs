@@ -61,13 +61,11 @@ impl<F: CaFeed> Mux<F> {
     /// Continuity re-linking and the post-loop PCR discontinuity flag, for
     /// packets that pass through (scrambled or not).
     pub(super) fn relink(&mut self, pid: u16, pkt: &mut [u8; PACKET_LEN]) {
-        // Validated in `push`.
-        let Ok(mut pkt) = PacketMut::from_array(pkt) else {
-            return;
-        };
+        // Plain header bytes on this per-packet path (validated in
+        // `push`); the PCR flag, set once after a loop, goes the slow way.
         let c = &mut self.cc[usize::from(pid)];
-        let has_payload = pkt.view().has_payload();
-        let cc_in = pkt.view().continuity_counter();
+        let has_payload = pkt[3] & 0x10 != 0;
+        let cc_in = pkt[3] & 0x0F;
         if c.relink {
             if let Some(last) = c.last.last() {
                 let want = if has_payload {
@@ -82,12 +80,10 @@ impl<F: CaFeed> Mux<F> {
             }
         }
         let out = (cc_in + c.offset) & 0x0F;
-        pkt.set_continuity_counter(out);
+        pkt[3] = (pkt[3] & 0xF0) | out;
         c.last.set_last(out);
-        // A packet with a PCR has the flags byte for the indicator.
-        if c.pcr_discontinuity && pkt.view().pcr().is_some() && pkt.set_discontinuity(true).is_ok()
-        {
-            c.pcr_discontinuity = false;
+        if c.pcr_discontinuity {
+            mark_pcr_discontinuity(c, pkt);
         }
     }
 
@@ -134,4 +130,16 @@ pub(super) fn clear_payload_len(p: &[u8; PACKET_LEN]) -> usize {
         4
     };
     PACKET_LEN.saturating_sub(at)
+}
+
+/// The discontinuity_indicator on the first packet with a PCR after the
+/// input started again (a packet with a PCR has the flags byte for it).
+#[cold]
+fn mark_pcr_discontinuity(c: &mut Cc, pkt: &mut [u8; PACKET_LEN]) {
+    let Ok(mut pkt) = PacketMut::from_array(pkt) else {
+        return;
+    };
+    if pkt.view().pcr().is_some() && pkt.set_discontinuity(true).is_ok() {
+        c.pcr_discontinuity = false;
+    }
 }
