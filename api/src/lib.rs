@@ -426,6 +426,43 @@ pub struct Status {
     /// been sealed by an earlier run that this database does not record.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ecms_fresh_from_epoch: Option<u64>,
+    /// The SimulCrypt MUXes fed with the EMM carousel (`[[simulcrypt.mux]]`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub muxes: Vec<MuxStatus>,
+}
+
+/// A MUX of [`Status`]: the EMMG client's connection to it and what it sent.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+pub struct MuxStatus {
+    pub name: String,
+    /// host:port of its EMMG interface.
+    pub address: String,
+    pub client_id: u32,
+    pub data_channel_id: u16,
+    pub data_stream_id: u16,
+    pub data_id: u16,
+    /// `sections` or `ts`.
+    pub datagrams: String,
+    /// `tcp` or `udp`.
+    pub data_provision: String,
+    /// The channel and stream are set up and bandwidth allocated.
+    pub connected: bool,
+    pub requested_kbps: u16,
+    /// On the current connection.
+    pub allocated_kbps: Option<u16>,
+    pub emm_bytes_sent: u64,
+    pub emm_sections_sent: u64,
+    /// Sections the EMM log dropped before the MUX's bandwidth carried them.
+    pub emm_sections_dropped: u64,
+    /// Sections made and not yet sent to it.
+    pub backlog_sections: u64,
+    pub reconnects: u64,
+    /// error_status values (`0x000e`) the MUX sent, with their counts.
+    pub errors: std::collections::BTreeMap<String, u64>,
+    /// Faults found in its messages, by the error_status answered.
+    pub faults: std::collections::BTreeMap<String, u64>,
+    /// The last error, with its fix.
+    pub last_error: Option<String>,
 }
 
 /// The headend's clock check, in [`Status`]: the daemon refuses to put on

@@ -18,6 +18,7 @@ use crate::init::{ensure_scrape_token, read_master_key, read_token, KeyFileError
 use crate::metrics::Metrics;
 use crate::output::CaOutput;
 use crate::server::{self, AppState};
+use crate::simulcrypt::MuxPeers;
 use crate::state::{Headend, StateError, Timing};
 use crate::supervisor::Supervisor;
 use std::future::Future;
@@ -108,6 +109,7 @@ pub struct Daemon {
     metrics: Arc<Metrics>,
     output: CaOutput,
     supervisor: Arc<Supervisor>,
+    muxes: MuxPeers,
     run: u64,
 }
 
@@ -187,6 +189,11 @@ impl Daemon {
             let sup = supervisor.clone();
             metrics.add_collector(Arc::new(move |e| sup.render_metrics(e)));
         }
+        let muxes = MuxPeers::new(&c.simulcrypt.mux);
+        {
+            let m = muxes.clone();
+            metrics.add_collector(Arc::new(move |e| m.render_metrics(e)));
+        }
         Ok(Daemon {
             loaded,
             headend: Arc::new(Mutex::new(core)),
@@ -195,6 +202,7 @@ impl Daemon {
             metrics,
             output,
             supervisor,
+            muxes,
             run,
         })
     }
@@ -288,6 +296,10 @@ impl Daemon {
             .spawn(self.headend.clone())
             .map_err(DaemonError::Serve)?;
 
+        // The EMMG clients, one thread per MUX.
+        let mux_stop = Arc::new(AtomicBool::new(false));
+        let mux_threads = self.muxes.spawn(&self.output, &mux_stop);
+
         let state = AppState {
             headend: self.headend.clone(),
             token: self.token.clone(),
@@ -295,6 +307,7 @@ impl Daemon {
             metrics: self.metrics.clone(),
             output: self.output.clone(),
             supervisor: self.supervisor.clone(),
+            muxes: self.muxes.clone(),
             run: self.run,
             now_ms,
         };
@@ -305,6 +318,13 @@ impl Daemon {
             .await;
         self.supervisor.shutdown();
         let _ = tokio::task::spawn_blocking(move || supervisor.join()).await;
+        mux_stop.store(true, Ordering::SeqCst);
+        let _ = tokio::task::spawn_blocking(move || {
+            for t in mux_threads {
+                let _ = t.join();
+            }
+        })
+        .await;
         stop.store(true, Ordering::SeqCst);
         let _ = tokio::time::timeout(Duration::from_secs(5), scheduler).await;
         tracing::info!("headend stopped");

@@ -25,6 +25,8 @@
 //!   and `headend init`.
 //! * [`backup`]: `headend backup` (a consistent copy while the daemon
 //!   runs) and `headend restore`.
+//! * [`simulcrypt`]: DVB SimulCrypt peers, the EMMG client that feeds the
+//!   EMM carousel to third-party MUXes.
 //! * [`supervisor`]: the channel streams inside `headend run`, started,
 //!   changed and stopped live, and turned off and retried when they fail.
 #![forbid(unsafe_code)]
@@ -38,6 +40,7 @@ pub mod init;
 pub mod metrics;
 pub mod output;
 pub mod server;
+pub mod simulcrypt;
 pub mod state;
 pub mod store;
 pub mod stream;

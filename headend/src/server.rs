@@ -73,6 +73,8 @@ pub struct AppState {
     pub output: CaOutput,
     /// The owner of the channel streams.
     pub supervisor: Arc<Supervisor>,
+    /// The SimulCrypt MUXes fed with the EMM carousel.
+    pub muxes: crate::simulcrypt::MuxPeers,
     pub run: u64,
     pub now_ms: fn() -> u64,
 }
@@ -603,6 +605,7 @@ async fn status(State(st): State<AppState>) -> ApiResult {
             .find(|s| s.service_id == c.channel.service_id)
             .map(channel_run);
     }
+    v.muxes = st.muxes.statuses();
     Ok(ok(v))
 }
 

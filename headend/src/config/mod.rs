@@ -15,10 +15,12 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 mod channels;
+mod mux;
 pub use channels::{
     check_channel, check_channel_fields, parse_input, parse_output, valid_pid, ChannelProblem,
     ChannelSpec, InputUrl, OutputUrl, MAX_CLEAR_SERVICES, MAX_URL,
 };
+pub use mux::{Datagrams, MuxConfig, MuxProblem, SimulcryptConfig, Transport};
 
 /// The default admin API port.
 pub const DEFAULT_PORT: u16 = 7480;
@@ -119,6 +121,9 @@ pub struct Config {
     /// The channels: each is one DVB service scrambled under one product.
     #[serde(default)]
     pub channels: Vec<ChannelConfig>,
+    /// DVB SimulCrypt peers: the MUXes fed with the EMM carousel.
+    #[serde(default, skip_serializing_if = "SimulcryptConfig::is_empty")]
+    pub simulcrypt: SimulcryptConfig,
 }
 
 /// One channel (DVB service).
@@ -199,6 +204,7 @@ impl Default for Config {
             emm_cycle_ms: DEFAULT_EMM_CYCLE_MS,
             emm_bitrate: default_emm_bitrate(),
             channels: Vec::new(),
+            simulcrypt: SimulcryptConfig::default(),
         }
     }
 }
@@ -371,6 +377,9 @@ impl Config {
                 Self::field(f(p.field), format!("channel {:?}: {}", c.name, p.message))
             })?;
         }
+        self.simulcrypt
+            .validate()
+            .map_err(|p| Self::field(p.field, p.message))?;
         Ok(())
     }
 
@@ -419,6 +428,19 @@ impl Config {
             s.push_str("\n[[channels]]\n");
             s.push_str(&toml::to_string(c).expect("a channel serializes"));
         }
+        if self.simulcrypt.mux.is_empty() {
+            s.push_str(
+                "\n# Third-party SimulCrypt MUXes that get the EMM carousel, one table each:\n",
+            );
+            s.push_str(
+                "# [[simulcrypt.mux]]\n# name = \"mux-a\"\n# address = \"127.0.0.1:7600\"\n",
+            );
+            s.push_str("# bandwidth_kbps = 100\n");
+        }
+        for m in &self.simulcrypt.mux {
+            s.push_str("\n[[simulcrypt.mux]]\n");
+            s.push_str(&toml::to_string(m).expect("a MUX serializes"));
+        }
         s
     }
 }
@@ -462,6 +484,11 @@ mod tests {
             output: None,
             clear_services: vec![2],
         });
+        let mut mux = MuxConfig::new("127.0.0.1:7600".parse().unwrap());
+        mux.name = Some("mux-a".into());
+        mux.data_provision = Transport::Udp;
+        mux.udp_address = Some("127.0.0.1:7601".parse().unwrap());
+        c.simulcrypt.mux.push(mux);
         let text = c.to_commented_toml();
         assert_eq!(Config::parse(&text).unwrap(), c);
         let empty = Config::parse("").unwrap();

@@ -166,6 +166,7 @@ impl Headend {
             clock: self.clock_status(),
             restored: self.restore_status(),
             ecms_fresh_from_epoch: self.ecm_fresh_from,
+            muxes: Vec::new(),
         }
     }
 }

@@ -344,6 +344,67 @@ fn status(v: &Status) {
         cli::outln!();
         channel_states(&v.channels);
     }
+    if !v.muxes.is_empty() {
+        cli::outln!();
+        mux_states(&v.muxes);
+    }
+}
+
+/// The SimulCrypt MUXes of `headend status`: a line each, then the last
+/// error of each one that is not connected.
+fn mux_states(ms: &[api::MuxStatus]) {
+    table(
+        &[
+            "MUX",
+            "ADDRESS",
+            "CLIENT ID",
+            "STATE",
+            "ALLOCATED",
+            "EMM BYTES SENT",
+            "BACKLOG",
+            "DROPPED",
+            "RECONNECTS",
+            "ERRORS",
+        ],
+        &ms.iter()
+            .map(|m| {
+                let errors: Vec<String> = m
+                    .errors
+                    .iter()
+                    .chain(&m.faults)
+                    .map(|(k, v)| format!("{k}×{v}"))
+                    .collect();
+                vec![
+                    m.name.clone(),
+                    format!("{} ({})", m.address, m.data_provision),
+                    format!("0x{:08X}", m.client_id),
+                    if m.connected {
+                        "connected"
+                    } else {
+                        "not connected"
+                    }
+                    .into(),
+                    m.allocated_kbps
+                        .map(|k| format!("{k} of {} kbit/s", m.requested_kbps))
+                        .unwrap_or_else(|| "-".into()),
+                    m.emm_bytes_sent.to_string(),
+                    m.backlog_sections.to_string(),
+                    m.emm_sections_dropped.to_string(),
+                    m.reconnects.to_string(),
+                    if errors.is_empty() {
+                        "-".into()
+                    } else {
+                        errors.join(" ")
+                    },
+                ]
+            })
+            .collect::<Vec<_>>(),
+    );
+    for m in ms.iter().filter(|m| !m.connected) {
+        if let Some(e) = &m.last_error {
+            cli::outln!("  {}: {e}", m.name);
+        }
+    }
 }
 
 /// The channels of `headend status`: a line each, then why each one that
