@@ -145,6 +145,24 @@ impl System {
         }
     }
 
+    /// A system whose headend and card were set up by the caller: `dir`
+    /// holds the card's image, `input` is the headend's clear input.
+    pub(crate) fn from_parts(
+        dir: tempfile::TempDir,
+        headend: Headend,
+        card: Emulator,
+        reader: &'static str,
+        input: SocketAddr,
+    ) -> System {
+        System {
+            dir,
+            headend,
+            card,
+            reader,
+            input,
+        }
+    }
+
     pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

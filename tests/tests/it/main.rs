@@ -1,9 +1,11 @@
 //! The whole-system tests, in one binary: the CA core in process
 //! (`card_lifecycle`), and the real `headend`, `smartcard` and `receiver`
 //! binaries with a card behind pcscd and streams made by ffmpeg
-//! (`e2e_stream`), and revocation and key renewal through them
+//! (`e2e_stream`), the EMMG client against a SimulCrypt MUX test peer
+//! (`emmg_mux`), and revocation and key renewal through them
 //! (`revocation`).
 
 mod card_lifecycle;
 mod e2e_stream;
+mod emmg_mux;
 mod revocation;
