@@ -567,6 +567,7 @@ fn input_silence_rises_when_the_udp_input_stops() {
         "iodoform_ecm_failures_total",
         "iodoform_product_key_switch_pending",
         "iodoform_product_key_age_seconds",
+        "iodoform_mux_connected",
     ] {
         assert!(used_rules.contains(must), "no alert rule uses {must}");
     }
