@@ -516,20 +516,22 @@ impl Client<'_> {
         let tcp = match TcpStream::connect_timeout(&cfg.address, CONNECT_TIMEOUT) {
             Ok(t) => t,
             Err(e) => {
-                let why = format!("cannot connect to the MUX at {}: {e}", cfg.address);
-                // Each refused attempt: debug only after the first.
-                if p.last_error
+                let why = format!(
+                    "cannot connect to the MUX at {}: {e} (check that the MUX runs and listens there)",
+                    cfg.address
+                );
+                // The same refusal again: debug only.
+                let again = p
+                    .last_error
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .as_deref()
-                    == Some(why.as_str())
-                {
+                    == Some(why.as_str());
+                if again {
                     tracing::debug!(mux = %p.name, "EMMG: {why}");
                     return End::Lost;
                 }
-                return self.lost(&format!(
-                    "{why} (check that the MUX runs and listens there)"
-                ));
+                return self.lost(&why);
             }
         };
         let _ = tcp.set_nodelay(true);
