@@ -411,6 +411,33 @@ enum Frame {
     },
 }
 
+/// One whole message taken off the front of `buf`, if it holds one: the
+/// header's message_length says where it ends, so whatever the bytes, a
+/// frame is at most 65 540 bytes and is always consumed.
+fn frame(buf: &mut Vec<u8>) -> Option<Frame> {
+    let head: &[u8; HEADER_LEN] = buf.first_chunk()?;
+    let header = Header::parse(head);
+    let total = HEADER_LEN + usize::from(header.length);
+    if buf.len() < total {
+        return None;
+    }
+    let decoded = Message::decode_body(header, &buf[HEADER_LEN..total]);
+    buf.drain(..total);
+    Some(match decoded {
+        Err(e) => Frame::Bad {
+            violation: Violation::new(ViolationKind::InvalidMessage, None, e.to_string()),
+            fatal: true,
+        },
+        Ok(m) => match EmmgMessage::decode(&m) {
+            Ok(x) => Frame::Msg(x),
+            Err(v) => Frame::Bad {
+                fatal: v.kind == ViolationKind::UnsupportedVersion,
+                violation: v,
+            },
+        },
+    })
+}
+
 /// The TCP connection and what has been read but not framed yet.
 struct Conn {
     tcp: TcpStream,
@@ -441,27 +468,7 @@ impl Conn {
 
     /// One whole message off the buffer, if there is one.
     fn take(&mut self) -> Option<Frame> {
-        let head: &[u8; HEADER_LEN] = self.buf.first_chunk()?;
-        let header = Header::parse(head);
-        let total = HEADER_LEN + usize::from(header.length);
-        if self.buf.len() < total {
-            return None;
-        }
-        let decoded = Message::decode_body(header, &self.buf[HEADER_LEN..total]);
-        self.buf.drain(..total);
-        Some(match decoded {
-            Err(e) => Frame::Bad {
-                violation: Violation::new(ViolationKind::InvalidMessage, None, e.to_string()),
-                fatal: true,
-            },
-            Ok(m) => match EmmgMessage::decode(&m) {
-                Ok(x) => Frame::Msg(x),
-                Err(v) => Frame::Bad {
-                    fatal: v.kind == ViolationKind::UnsupportedVersion,
-                    violation: v,
-                },
-            },
-        })
+        frame(&mut self.buf)
     }
 
     fn send(&mut self, m: &EmmgMessage) -> Result<usize, String> {
@@ -983,6 +990,63 @@ mod tests {
             assert!(!fix(s).is_empty());
         }
         assert!(fix(0x000E).contains("client_id"));
+    }
+
+    proptest::proptest! {
+        /// Whatever a MUX sends, framing takes whole messages off the
+        /// front, never panics, and answers a fault with an EMMG
+        /// error_status.
+        #[test]
+        fn any_bytes_frame_without_panic(
+            parts in proptest::collection::vec(
+                (0u8..5, proptest::num::u16::ANY, proptest::collection::vec(proptest::num::u8::ANY, 0..80)),
+                0..8,
+            ),
+            tail in proptest::collection::vec(proptest::num::u8::ANY, 0..8),
+        ) {
+            // Headers with true lengths around arbitrary bodies (type 0x0011
+            // to 0x0013 half the time, so some bodies reach the typed layer).
+            let mut buf = Vec::new();
+            for (version, ty, body) in &parts {
+                let ty = if ty % 2 == 0 { 0x0011 + ty % 3 } else { *ty };
+                buf.push(*version);
+                buf.extend_from_slice(&ty.to_be_bytes());
+                buf.extend_from_slice(&(body.len() as u16).to_be_bytes());
+                buf.extend_from_slice(body);
+            }
+            buf.extend_from_slice(&tail);
+            let mut n = 0;
+            while let Some(f) = frame(&mut buf) {
+                n += 1;
+                if let Frame::Bad { violation, .. } = f {
+                    proptest::prop_assert!(violation.emmg_status() != 0);
+                }
+            }
+            proptest::prop_assert!(n >= parts.len());
+        }
+    }
+
+    #[test]
+    fn frames_are_read_whole_and_typed() {
+        let test = EmmgMessage::ChannelTest {
+            client_id: 0xF10D_0001,
+            channel: 1,
+        };
+        let mut buf = test.to_message().encode().unwrap();
+        let mut bad = buf.clone();
+        bad[0] = 2;
+        buf.extend_from_slice(&bad);
+        buf.extend_from_slice(&[3, 0]);
+        assert!(matches!(frame(&mut buf), Some(Frame::Msg(m)) if m == test));
+        match frame(&mut buf) {
+            Some(Frame::Bad { violation, fatal }) => {
+                assert!(fatal);
+                assert_eq!(violation.emmg_status(), code::UNSUPPORTED_PROTOCOL_VERSION);
+            }
+            _ => panic!("a version-2 message"),
+        }
+        assert!(frame(&mut buf).is_none());
+        assert_eq!(buf, [3, 0]);
     }
 
     #[test]

@@ -46,6 +46,7 @@ mod wire {
     pub const STREAM_STATUS: u16 = 0x0113;
     pub const STREAM_CLOSE_REQUEST: u16 = 0x0114;
     pub const STREAM_CLOSE_RESPONSE: u16 = 0x0115;
+    pub const STREAM_ERROR: u16 = 0x0116;
     pub const STREAM_BW_REQUEST: u16 = 0x0117;
     pub const STREAM_BW_ALLOCATION: u16 = 0x0118;
     pub const DATA_PROVISION: u16 = 0x0211;
@@ -62,6 +63,8 @@ mod wire {
 
     /// error_status: unknown client_id.
     pub const UNKNOWN_CLIENT_ID: u16 = 0x000E;
+    /// error_status: exceeded bandwidth.
+    pub const EXCEEDED_BANDWIDTH: u16 = 0x000F;
 
     #[derive(Debug, Clone)]
     pub struct Msg {
@@ -157,6 +160,8 @@ struct MuxState {
     refuse_setups: AtomicU64,
     /// Send, once, a channel_test in protocol version 2.
     send_bad_version: AtomicBool,
+    /// Send, once, a stream_error `exceeded bandwidth`.
+    send_stream_error: AtomicBool,
     /// Connections accepted.
     connections: AtomicU64,
     /// Each message received: (connection, message_type).
@@ -352,6 +357,18 @@ fn serve(mut s: TcpStream, conn: u64, state: &MuxState, ids: Ids, stop: &AtomicB
                     (CLIENT_ID, &cid),
                     (DATA_CHANNEL_ID, &ch),
                     (DATA_STREAM_ID, &st),
+                ],
+            );
+        }
+        if allocated && state.send_stream_error.swap(false, Ordering::Relaxed) {
+            send(
+                &mut s,
+                STREAM_ERROR,
+                &[
+                    (CLIENT_ID, &cid),
+                    (DATA_CHANNEL_ID, &ch),
+                    (DATA_STREAM_ID, &st),
+                    (ERROR_STATUS, &EXCEEDED_BANDWIDTH.to_be_bytes()),
                 ],
             );
         }
@@ -655,6 +672,34 @@ fn the_emmg_client_sets_up_paces_and_reconnects() {
     assert!(
         table.contains("mux-a") && table.contains("16 of 100 kbit/s"),
         "{table}"
+    );
+
+    // A stream_error that leaves the stream up: logged with its fix and
+    // counted, and the EMMs go on on the same connection.
+    state.send_stream_error.store(true, Ordering::Relaxed);
+    wait_until(
+        "the stream_error counted",
+        Duration::from_secs(5),
+        &h,
+        || {
+            sample(
+                &metrics(&h),
+                "iodoform_mux_errors_total{mux=\"mux-a\",code=\"0x000f\"}",
+            ) == 1.0
+        },
+    );
+    let sent = state.datagrams.lock().unwrap().len();
+    wait_until(
+        "EMMs after the stream_error",
+        Duration::from_secs(5),
+        &h,
+        || state.datagrams.lock().unwrap().len() > sent,
+    );
+    assert_eq!(state.connections.load(Ordering::Relaxed), 2);
+    assert!(
+        h.log().contains("lower bandwidth_kbps"),
+        "{}",
+        h.log_tail(20)
     );
 
     // The MUX restarts: the client sees it go, and comes back.
