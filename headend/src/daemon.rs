@@ -189,7 +189,7 @@ impl Daemon {
             let sup = supervisor.clone();
             metrics.add_collector(Arc::new(move |e| sup.render_metrics(e)));
         }
-        let muxes = MuxPeers::new(&c.simulcrypt.mux);
+        let muxes = MuxPeers::new(&c.simulcrypt.mux, c.emm_cycle_ms);
         {
             let m = muxes.clone();
             metrics.add_collector(Arc::new(move |e| m.render_metrics(e)));

@@ -23,10 +23,14 @@
 //! the air (a section of `n` bytes takes `ceil((n + 1) / 184)` packets), a
 //! bank of at most 200 ms of bandwidth, so it never sends more than the
 //! allocation over any stretch longer than that and one section. What it
-//! cannot send yet waits in the log; what the log dropped first is counted
-//! (`iodoform_mux_emm_sections_dropped_total`). While connected it reports
-//! its place in the log like a channel ([`EmmMark`]), so that a renewed
-//! key goes into ECMs only once the MUX has sent its delivery too.
+//! cannot send yet waits in the log, at most what its allocation sends in
+//! one `emm_cycle_ms` (and a fetch, 256 sections): older sections are
+//! skipped, since the carousel sends every card's state again within a
+//! cycle, and counted (`iodoform_mux_emm_sections_dropped_total`). While
+//! connected with some bandwidth it reports its place in the log like a
+//! channel ([`EmmMark`]), so that a renewed key goes into ECMs only once
+//! the MUX has sent its delivery too; the bound on its lag bounds that
+//! wait.
 //!
 //! `channel_test` and `stream_test` are answered with `channel_status`
 //! and `stream_status`; a `channel_error` or `stream_error` is logged in
@@ -85,6 +89,9 @@ pub struct MuxPeer {
     pub config: MuxConfig,
     pub name: String,
     pub client_id: u32,
+    /// headend.toml's `emm_cycle_ms`: the MUX's backlog is kept within one
+    /// cycle at its allocation.
+    cycle_ms: u64,
     connected: AtomicBool,
     allocated_kbps: AtomicU64,
     bytes_sent: AtomicU64,
@@ -101,10 +108,11 @@ pub struct MuxPeer {
 }
 
 impl MuxPeer {
-    fn new(config: MuxConfig, index: usize) -> MuxPeer {
+    fn new(config: MuxConfig, index: usize, cycle_ms: u64) -> MuxPeer {
         MuxPeer {
             name: config.label(),
             client_id: config.client_id_at(index),
+            cycle_ms,
             config,
             connected: AtomicBool::new(false),
             allocated_kbps: AtomicU64::new(NONE),
@@ -197,12 +205,13 @@ impl MuxPeer {
 pub struct MuxPeers(Arc<Vec<Arc<MuxPeer>>>);
 
 impl MuxPeers {
-    pub fn new(configs: &[MuxConfig]) -> MuxPeers {
+    /// The MUXes of `configs`, with the carousel's `emm_cycle_ms`.
+    pub fn new(configs: &[MuxConfig], cycle_ms: u64) -> MuxPeers {
         MuxPeers(Arc::new(
             configs
                 .iter()
                 .enumerate()
-                .map(|(i, c)| Arc::new(MuxPeer::new(c.clone(), i)))
+                .map(|(i, c)| Arc::new(MuxPeer::new(c.clone(), i, cycle_ms)))
                 .collect(),
         ))
     }
@@ -287,7 +296,7 @@ impl MuxPeers {
         each(
             e,
             "iodoform_mux_emm_sections_dropped_total",
-            "EMM sections the MUX never got: the EMM log dropped them before its allocated bandwidth could carry them.",
+            "EMM sections the MUX never got: older than what its allocation sends in one emm_cycle_ms (skipped; the carousel repeats them), or dropped by the EMM log first.",
             true,
             &|p| p.dropped.load(Ordering::Relaxed),
         );
@@ -666,7 +675,6 @@ impl Client<'_> {
                     if let Err(end) = self.handle(&mut conn, f, &mut pump) {
                         return end;
                     }
-                    continue;
                 }
                 Ok(None) => {}
                 Err(e) => return self.lost(&e),
@@ -854,6 +862,7 @@ impl Client<'_> {
         pump.last = now;
         let rate = f64::from(pump.kbps) * 1000.0 / 8.0;
         pump.budget = (pump.budget + rate * dt).min(rate * BANK_S);
+        self.skip_stale(pump, rate);
         let cfg = self.cfg();
         let max = match cfg.data_provision {
             Transport::Tcp => TCP_MESSAGE_MAX,
@@ -896,7 +905,11 @@ impl Client<'_> {
             self.fetch(pump);
         }
         let next_unsent = pump.cursor - pump.pending.len() as u64;
-        pump.mark.set(next_unsent, crate::daemon::now_ms());
+        // With no bandwidth it sends nothing, so it holds no renewal back
+        // (a reader stops counting 5 s after its last report).
+        if pump.kbps > 0 {
+            pump.mark.set(next_unsent, crate::daemon::now_ms());
+        }
         self.peer.backlog.store(
             self.output.emm_cursor().saturating_sub(next_unsent),
             Ordering::Relaxed,
@@ -904,19 +917,42 @@ impl Client<'_> {
         Ok(())
     }
 
+    /// Skips what the allocation cannot send within one EMM cycle: the
+    /// carousel sends every card's state again within a cycle, so the
+    /// newest cycle's worth is all the MUX needs, and its lag (which holds
+    /// renewals back while it counts as a reader) stays bounded.
+    fn skip_stale(&self, pump: &mut Pump, rate: f64) {
+        let cycle_s = self.peer.cycle_ms as f64 / 1000.0;
+        let keep = ((rate * cycle_s / 188.0).ceil() as u64).max(FETCH as u64);
+        let head = self.output.emm_cursor();
+        let next_unsent = pump.cursor - pump.pending.len() as u64;
+        if head.saturating_sub(next_unsent) <= keep {
+            return;
+        }
+        let to = head - keep;
+        pump.pending.clear();
+        pump.cursor = to;
+        self.count_dropped(pump, to - next_unsent);
+    }
+
+    fn count_dropped(&self, pump: &mut Pump, n: u64) {
+        self.peer.dropped.fetch_add(n, Ordering::Relaxed);
+        if !pump.warned_drop {
+            pump.warned_drop = true;
+            tracing::warn!(
+                mux = %self.peer.name,
+                dropped = n,
+                allocated_kbps = pump.kbps,
+                "EMMG: the MUX's bandwidth cannot carry the EMM carousel, so older EMM sections were skipped (the carousel repeats them); ask the MUX for more (bandwidth_kbps) or lower emm_bitrate"
+            );
+        }
+    }
+
     fn fetch(&self, pump: &mut Pump) {
         let (got, next, dropped) = self.output.emm_sections_since(pump.cursor, FETCH);
         pump.cursor = next;
         if dropped > 0 {
-            self.peer.dropped.fetch_add(dropped, Ordering::Relaxed);
-            if !pump.warned_drop {
-                pump.warned_drop = true;
-                tracing::warn!(
-                    mux = %self.peer.name,
-                    dropped,
-                    "EMMG: EMM sections were dropped before the MUX's bandwidth could carry them; ask the MUX for more (bandwidth_kbps)"
-                );
-            }
+            self.count_dropped(pump, dropped);
         }
         pump.pending.extend(got.into_iter().map(|e| e.section));
     }
@@ -1047,6 +1083,93 @@ mod tests {
         }
         assert!(frame(&mut buf).is_none());
         assert_eq!(buf, [3, 0]);
+    }
+
+    /// A message off a blocking socket (the MUX's side of a unit test).
+    fn read(s: &mut TcpStream) -> EmmgMessage {
+        let mut head = [0u8; HEADER_LEN];
+        s.read_exact(&mut head).unwrap();
+        let h = Header::parse(&head);
+        let mut body = vec![0u8; usize::from(h.length)];
+        s.read_exact(&mut body).unwrap();
+        EmmgMessage::decode(&Message::decode_body(h, &body).unwrap()).unwrap()
+    }
+
+    #[test]
+    fn a_starved_mux_skips_what_one_cycle_cannot_carry() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let out = CaOutput::new();
+        let peers = MuxPeers::new(&[MuxConfig::new(listener.local_addr().unwrap())], 1000);
+        let stop = Arc::new(AtomicBool::new(false));
+        let threads = peers.spawn(&out, &stop);
+        let (mut s, _) = listener.accept().unwrap();
+        let (c, ch, st) = (0xF10D_0001, 1, 1);
+        for answer in [
+            EmmgMessage::ChannelStatus {
+                client_id: c,
+                channel: ch,
+                section_tspkt_flag: 0,
+            },
+            EmmgMessage::StreamStatus {
+                client_id: c,
+                channel: ch,
+                stream: st,
+                data_id: 1,
+                data_type: 0,
+            },
+            // 1 kbit/s: 125 bytes a second, under one EMM-U packet.
+            EmmgMessage::StreamBwAllocation {
+                client_id: c,
+                channel: ch,
+                stream: st,
+                bandwidth: Some(1),
+            },
+        ] {
+            read(&mut s);
+            s.write_all(&answer.to_message().encode().unwrap()).unwrap();
+        }
+        let peer = peers.peers()[0].clone();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !peer.connected() {
+            assert!(Instant::now() < deadline, "no allocation");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        assert_eq!(peer.allocated_kbps(), Some(1));
+        for i in 0..2000u32 {
+            out.publish_emm(
+                ts::psi::emm_section(ts::psi::TableId(0x82), &i.to_be_bytes().repeat(20)).unwrap(),
+            );
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        // One cycle at 1 kbit/s is under one packet: the newest 256 (a
+        // fetch) are kept, the rest skipped and counted.
+        let dropped = peer.dropped.load(Ordering::Relaxed);
+        let backlog = peer.backlog.load(Ordering::Relaxed);
+        assert!(
+            (2000 - 256 - 2..=2000 - 256).contains(&dropped),
+            "{dropped}"
+        );
+        assert!(backlog <= 256, "{backlog}");
+        // Within 1 kbit/s (a 200 ms bank, then one section owed for
+        // 1.5 s): one section so far.
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        match read(&mut s) {
+            EmmgMessage::DataProvision { datagrams, .. } => {
+                assert_eq!(datagrams.len(), 1);
+                assert_eq!(datagrams[0][0], 0x82);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(peer.sections_sent.load(Ordering::Relaxed), 1);
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert!(matches!(
+            read(&mut s),
+            EmmgMessage::StreamCloseRequest { .. }
+        ));
     }
 
     #[test]
