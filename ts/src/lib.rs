@@ -1,6 +1,8 @@
 //! MPEG-TS building blocks for Iodoform's broadcast stream: zero-copy
 //! packet views, their setters and a resynchronizing reader ([`packet`]),
-//! PSI and CA sections ([`psi`]), DVB-CISSA scrambling ([`cissa`]) and the
+//! PSI and CA sections ([`psi`]), where a decoder can start in a PES
+//! stream ([`pes`]: the PES header, the first picture's kind), DVB-CISSA
+//! scrambling ([`cissa`]) and the
 //! throughput benchmarks that the `perf` report prints
 //! ([`bench`](mod@bench)). Both ends of the stream build on the same
 //! three pieces here: the PID demultiplexer with per-PID section assembly
@@ -20,6 +22,7 @@ pub mod cissa;
 pub mod clock;
 pub mod demux;
 pub mod packet;
+pub mod pes;
 pub mod psi;
 
 pub use cissa::{Descrambler, Outcome, Scrambler};

@@ -423,6 +423,57 @@ pub fn null_packet() -> [u8; PACKET_LEN] {
     p
 }
 
+/// What a packet's continuity counter says about the packets of its PID
+/// before it ([`ContinuityCheck::check`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Continuity {
+    /// The next packet, the first one seen, or a discontinuity the
+    /// source signalled (discontinuity_indicator): nothing was lost.
+    Next,
+    /// The same counter again with a payload: a repetition (ISO/IEC
+    /// 13818-1 allows one).
+    Repeated,
+    /// Packets are missing in between: a loss.
+    Jump,
+}
+
+/// Follows the continuity counter of one PID, to tell a loss in the
+/// input from a stream that goes on. Packets without a payload do not
+/// advance the counter and are not looked at.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ContinuityCheck {
+    last: Option<u8>,
+}
+
+impl ContinuityCheck {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Looks at the next packet of the PID.
+    pub fn check(&mut self, pkt: &Packet<'_>) -> Continuity {
+        if !pkt.has_payload() {
+            return Continuity::Next;
+        }
+        let cc = pkt.continuity_counter();
+        let signalled = pkt.adaptation_field().is_some_and(|a| a.discontinuity());
+        let last = self.last.replace(cc);
+        match last {
+            None => Continuity::Next,
+            _ if signalled => Continuity::Next,
+            Some(l) if l == cc => Continuity::Repeated,
+            Some(l) if (l + 1) & 0x0F == cc => Continuity::Next,
+            Some(_) => Continuity::Jump,
+        }
+    }
+
+    /// Forgets the last counter (the input starts again): the next packet
+    /// is a first one.
+    pub fn reset(&mut self) {
+        self.last = None;
+    }
+}
+
 /// Writes new packets: header, an adaptation field when one is needed (for
 /// a PCR, flags, or stuffing a short payload) and the payload.
 #[derive(Debug, Clone, Default)]
@@ -749,6 +800,34 @@ impl PacketReader {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn continuity_check_tells_a_loss_from_a_repeat_and_a_signalled_break() {
+        let pkt = |cc: u8, payload: bool, disc: bool| {
+            let mut b = PacketBuilder::new(0x100);
+            b.continuity_counter = cc;
+            b.discontinuity = disc;
+            b.build(if payload { &[1; 10] } else { &[] }).unwrap().0
+        };
+        let mut c = ContinuityCheck::new();
+        let mut see =
+            |cc, payload, disc| c.check(&Packet::from_array(&pkt(cc, payload, disc)).unwrap());
+        assert_eq!(see(14, true, false), Continuity::Next);
+        assert_eq!(see(15, true, false), Continuity::Next);
+        assert_eq!(see(0, true, false), Continuity::Next);
+        assert_eq!(see(0, true, false), Continuity::Repeated);
+        // No payload: the counter does not move and is not looked at.
+        assert_eq!(see(9, false, false), Continuity::Next);
+        assert_eq!(see(1, true, false), Continuity::Next);
+        assert_eq!(see(5, true, false), Continuity::Jump);
+        assert_eq!(see(6, true, false), Continuity::Next);
+        assert_eq!(see(12, true, true), Continuity::Next);
+        c.reset();
+        assert_eq!(
+            c.check(&Packet::from_array(&pkt(3, true, false)).unwrap()),
+            Continuity::Next
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -564,3 +564,89 @@ fn null_packets_are_not_sections() {
     assert_eq!(v.pid(), NULL_PID);
     assert!(SectionAssembler::new().push(&v).is_empty());
 }
+
+// ------------------------------------------------------------- PES
+
+/// Elementary stream bytes rich in start codes: pieces of arbitrary bytes
+/// and 00 00 01 / 00 00 00 01 prefixes, then a NAL header or code byte.
+fn es_bytes() -> impl Strategy<Value = Vec<u8>> {
+    vec(
+        prop_oneof![
+            vec(any::<u8>(), 0..8),
+            any::<u8>().prop_map(|b| vec![0, 0, 1, b]),
+            any::<u8>().prop_map(|b| vec![0, 0, 0, 1, b]),
+        ],
+        0..24,
+    )
+    .prop_map(|v| v.concat())
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The scan's answer does not depend on how the data is cut, and
+    /// agrees with a byte-by-byte reading of the start codes.
+    #[test]
+    fn picture_scan_is_independent_of_the_cuts(
+        es in es_bytes(),
+        cuts in vec(1usize..16, 1..8),
+        codec in 0u8..3,
+    ) {
+        use ts::pes::{Picture, PictureScan, VideoCodec};
+        let codec = [VideoCodec::H264, VideoCodec::Hevc, VideoCodec::Mpeg2][usize::from(codec)];
+        let whole = PictureScan::new(codec).push(&es);
+        let mut s = PictureScan::new(codec);
+        let (mut at, mut k) = (0, 0);
+        while at < es.len() {
+            let n = cuts[k % cuts.len()].min(es.len() - at);
+            s.push(&es[at..at + n]);
+            at += n;
+            k += 1;
+        }
+        prop_assert_eq!(s.found(), whole);
+        // The reference: the first unit after a start code that is a picture.
+        let mut want = None;
+        for i in 3..es.len() {
+            if es[i - 3..i] != [0, 0, 1] {
+                continue;
+            }
+            let b = es[i];
+            let kind = match codec {
+                VideoCodec::H264 if b & 0x80 == 0 => match b & 0x1F {
+                    5 => Some(Picture::RandomAccess),
+                    1..=4 => Some(Picture::Dependent),
+                    _ => None,
+                },
+                VideoCodec::Hevc if b & 0x80 == 0 => match (b >> 1) & 0x3F {
+                    16..=21 => Some(Picture::RandomAccess),
+                    0..=9 => Some(Picture::Dependent),
+                    _ => None,
+                },
+                VideoCodec::Mpeg2 => match b {
+                    0xB3 => Some(Picture::RandomAccess),
+                    0 => Some(Picture::Dependent),
+                    _ => None,
+                },
+                _ => None,
+            };
+            if kind.is_some() {
+                want = kind;
+                break;
+            }
+        }
+        prop_assert_eq!(whole, want);
+    }
+
+    /// Arbitrary payloads: the header reader errs or points inside the
+    /// payload, never panics.
+    #[test]
+    fn pes_header_of_random_bytes(mut p in vec(any::<u8>(), 0..200), prefix in any::<bool>()) {
+        if prefix && p.len() >= 3 {
+            p[..3].copy_from_slice(&[0, 0, 1]);
+        }
+        if let Ok(n) = ts::pes::header_len(&p) {
+            prop_assert!(n >= 6 && n <= p.len());
+        }
+        let _ = ts::pes::first_picture(ts::pes::VideoCodec::H264, &p);
+    }
+}
