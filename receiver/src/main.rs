@@ -26,6 +26,13 @@ addressed to it (or to all cards) and every new ECM, over a session that
 seals the control words, and writes a clear TS: scrambling bits cleared,
 the PMT without CA descriptors, and no CAT, ECM or EMM packets.
 
+Each component's output starts at a random access point (video) or a PES
+start (audio), at the start and again after packets were lost, the input
+fell silent or the service came back, so a player never gets half a
+picture (--no-rap-join writes everything). PMT and CAT changes, a service
+that leaves and returns and input outages are followed live, logged and
+counted (--stats-json).
+
 Play the output with `receiver -i udp://127.0.0.1:5000 -o - | ffplay -`.";
 
 /// The stream address syntax, shared with the headend (`tsio`).
@@ -118,6 +125,14 @@ struct RunArgs {
     /// Give up when the input sends nothing for this long; default: wait for ever.
     #[arg(long, value_name = "SECS", value_parser = parse_secs)]
     input_timeout: Option<Duration>,
+    /// Write every packet that can be descrambled as it comes, instead of
+    /// starting each component's output at a random access point (video:
+    /// the random_access_indicator, or an H.264/H.265 key frame; audio: a
+    /// PES start) at the start and after a loss, an input outage or the
+    /// service's return. For a recorder that keeps everything, e.g.
+    /// `receiver -i udp://@:5000 -o capture.ts --no-rap-join`.
+    #[arg(long)]
+    no_rap_join: bool,
     /// Write the final counters and the exit reason to FILE as JSON.
     #[arg(long, value_name = "FILE")]
     stats_json: Option<PathBuf>,
@@ -209,6 +224,7 @@ fn main() -> ExitCode {
             service: a.service,
             entitlement_wait: a.entitlement_wait,
             pairing_wait: a.pairing_wait,
+            rap_join: !a.no_rap_join,
             ..PipelineOptions::default()
         },
         link: LinkOptions {

@@ -4,7 +4,7 @@
 use crate::card::{CardConnector, CardLink, LinkOptions};
 use crate::error::{exit, Failure};
 use crate::io::{open_output, Address, Chunk, Input};
-use crate::pipeline::{PacketSink, Pipeline, PipelineOptions, INPUT_GAP};
+use crate::pipeline::{PacketSink, Pipeline, PipelineOptions, INPUT_GAP, OUTAGE_AFTER};
 use crate::stats::{Stats, StatusLine};
 use proto::crypto::X25519Secret;
 use serde_json::json;
@@ -212,8 +212,12 @@ fn pump(
             Some(Chunk::Data(d, came)) => {
                 last_data = Instant::now();
                 if let Some(t) = came {
-                    if last_came.is_some_and(|l| t.saturating_duration_since(l) > INPUT_GAP) {
-                        pipeline.input_gap("the input was silent");
+                    if let Some(gap) = last_came.map(|l| t.saturating_duration_since(l)) {
+                        if gap >= OUTAGE_AFTER {
+                            pipeline.input_outage(gap);
+                        } else if gap > INPUT_GAP {
+                            pipeline.input_gap("the input was silent");
+                        }
                     }
                     last_came = Some(t);
                 }

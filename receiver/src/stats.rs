@@ -79,6 +79,28 @@ pub struct Stats {
     pub ecms_stale: u64,
     /// EMMs dropped from a full queue to the card (live input only).
     pub emms_dropped: u64,
+
+    /// Continuity-counter jumps on the service's components (packets lost
+    /// in the input).
+    pub cc_errors: u64,
+    /// Clear packets of the service not written because their component
+    /// had not reached a random access point yet (at the start, after a
+    /// loss or an outage); see `--no-rap-join`.
+    pub held_before_rap: u64,
+    /// Times a component's output started (or started again) at a random
+    /// access point or, for audio and data, at a PES start.
+    pub rap_joins: u64,
+    /// Times the input fell silent (live input) and came back.
+    pub input_outages: u64,
+    /// PAT, PMT (of the service) and CAT changes after the first one: a
+    /// new version or new content.
+    pub pat_changes: u64,
+    pub pmt_changes: u64,
+    pub cat_changes: u64,
+    /// Times the service went off the air (it left the PAT, or its PMT
+    /// stopped), and times it came back.
+    pub service_lost: u64,
+    pub service_returned: u64,
 }
 
 impl Stats {
@@ -87,7 +109,9 @@ impl Stats {
         format!(
             "receiver: {} packets in, {} out ({} descrambled); {} ECMs to the card ({} refused), {} CW changes; \
              {} EMMs for this card ({} accepted, {} replayed, {} rejected); {} undecryptable, {} before the first key, {} after {} input gaps; \
-             card {:.1} ms per command (max {:.1}), ECMs waited up to {:.1} ms, {} stale, {} EMMs dropped",
+             card {:.1} ms per command (max {:.1}), ECMs waited up to {:.1} ms, {} stale, {} EMMs dropped; \
+             {} held before a random access point, {} continuity errors, {} input outages, \
+             {} PMT / {} CAT / {} PAT changes, service lost {} and back {} times",
             self.packets_in,
             self.packets_out,
             self.descrambled,
@@ -107,6 +131,14 @@ impl Stats {
             ms(self.ecm_wait_us_max),
             self.ecms_stale,
             self.emms_dropped,
+            self.held_before_rap,
+            self.cc_errors,
+            self.input_outages,
+            self.pmt_changes,
+            self.cat_changes,
+            self.pat_changes,
+            self.service_lost,
+            self.service_returned,
         )
     }
 

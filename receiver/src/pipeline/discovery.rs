@@ -4,7 +4,9 @@
 //! [`ServiceMap`] holds the role of every PID in a [`Demux`], which
 //! assembles the sections of each table PID, and follows the tables as
 //! they change mid-stream (a new PMT moves the components and the ECM PID;
-//! a new CAT moves the EMM PID). [`Search`] is the start of a run: it
+//! a new CAT moves the EMM PID). The PAT and the CAT may span several
+//! sections: they are gathered ([`TableSections`]) before they are read.
+//! [`Search`] is the start of a run: it
 //! holds the packets until the PAT and the service's PMT have been seen,
 //! so that they can be replayed once the roles are known.
 //!
@@ -17,7 +19,7 @@ use crate::error::Failure;
 use std::collections::VecDeque;
 use ts::demux::{Demux, Demuxed, PidRole};
 use ts::packet::{CAT_PID, NULL_PID, PAT_PID};
-use ts::psi::{Cat, Descriptor, Pat, Pmt, CA_SYSTEM_ID};
+use ts::psi::{Cat, Descriptor, Pat, Pmt, PsiError, TableSections, CA_SYSTEM_ID};
 use ts::{Packet, PACKET_LEN};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,30 +159,21 @@ impl ServiceMap {
     }
 
     /// A PAT: the service (the one asked for, else the one already chosen,
-    /// else the first) and its PMT PID.
-    pub(super) fn learn_pat(&mut self, pat: &Pat, wanted: Option<u16>) -> Result<(), Failure> {
+    /// else the first) and its PMT PID. `Ok(false)` when the service was
+    /// on the air and has left the PAT: a headend that fails closed
+    /// withholds a service it cannot scramble (no CW, a lost input) and
+    /// announces it again when it can. Nothing of it arrives meanwhile, so
+    /// nothing goes out; the caller waits for it with the layout it has.
+    pub(super) fn learn_pat(&mut self, pat: &Pat, wanted: Option<u16>) -> Result<bool, Failure> {
         let (program, pid) = match choose(pat, self.program.or(wanted)) {
             Ok(chosen) => chosen,
             Err(Failure::UnknownService { service, .. }) if self.program == Some(service) => {
-                // The service was on the air and has left the PAT: a
-                // headend that fails closed withholds a service it cannot
-                // scramble (no CW, a lost input) and announces it again
-                // when it can. Nothing of it arrives meanwhile, so nothing
-                // goes out; wait for it with the layout we have.
-                if !self.off_air {
-                    self.off_air = true;
-                    tracing::warn!(
-                        service,
-                        "the service has left the PAT (taken off the air by the headend); waiting for it to return"
-                    );
-                }
-                return Ok(());
+                self.off_air = true;
+                return Ok(false);
             }
             Err(e) => return Err(e),
         };
-        if std::mem::take(&mut self.off_air) {
-            tracing::info!(service = program, "the service is back in the PAT");
-        }
+        self.off_air = false;
         if self.pmt_pid != Some(pid) {
             if let Some(old) = self.pmt_pid {
                 self.release(old);
@@ -189,7 +182,18 @@ impl ServiceMap {
             self.pmt_pid = Some(pid);
         }
         self.program = Some(program);
-        Ok(())
+        Ok(true)
+    }
+
+    /// Whether the service has left the PAT (see [`ServiceMap::learn_pat`]).
+    pub(super) fn off_air(&self) -> bool {
+        self.off_air
+    }
+
+    /// The input was interrupted: every PID's partial section is dropped
+    /// (the roles stay).
+    pub(super) fn discontinuity(&mut self) {
+        self.demux.discontinuity();
     }
 
     /// The service's PMT: its components, PCR PID and ECM PID replace
@@ -285,6 +289,9 @@ pub(super) struct Search {
     demux: Demux<Role>,
     pat: Option<Pat>,
     cat: Option<Cat>,
+    /// The PAT and the CAT may each span several sections.
+    pat_sections: TableSections,
+    cat_sections: TableSections,
     /// (program_number, PMT PID)
     target: Option<(u16, u16)>,
 }
@@ -301,6 +308,8 @@ impl Default for Search {
             demux,
             pat: None,
             cat: None,
+            pat_sections: TableSections::new(),
+            cat_sections: TableSections::new(),
             target: None,
         }
     }
@@ -339,7 +348,9 @@ impl Search {
         for s in sections.into_iter().flatten() {
             match role {
                 Role::Pat => {
-                    if let Ok(pat) = Pat::from_section(&s) {
+                    if let Gathered::Whole(pat, _) =
+                        gather(&mut self.pat_sections, &s, Pat::from_sections)
+                    {
                         let (program, pid) = choose(&pat, wanted)?;
                         self.retarget(pid);
                         self.target = Some((program, pid));
@@ -347,7 +358,9 @@ impl Search {
                     }
                 }
                 Role::Cat => {
-                    if let Ok(cat) = Cat::from_section(&s) {
+                    if let Gathered::Whole(cat, _) =
+                        gather(&mut self.cat_sections, &s, Cat::from_sections)
+                    {
                         self.cat = Some(cat);
                     }
                 }
@@ -403,6 +416,69 @@ impl Search {
             (Some(_), None) => Failure::NotTs("the PAT lists no services".into()),
         }
     }
+}
+
+/// What a section of a table that may span several gave ([`gather`]).
+#[derive(Debug)]
+pub(super) enum Gathered<T> {
+    /// The table, parsed, and its sections end to end.
+    Whole(T, Vec<u8>),
+    /// More sections are to come.
+    Partial,
+    /// A broken section, or a whole table that does not parse.
+    Broken,
+}
+
+/// Adds a section to `sections`; the table once its last section is in.
+pub(super) fn gather<T>(
+    sections: &mut TableSections,
+    section: &[u8],
+    parse: fn(&[&[u8]]) -> Result<T, PsiError>,
+) -> Gathered<T> {
+    match sections.push(section) {
+        Err(_) => Gathered::Broken,
+        Ok(None) => Gathered::Partial,
+        Ok(Some(all)) => {
+            let refs: Vec<&[u8]> = all.iter().map(Vec::as_slice).collect();
+            match parse(&refs) {
+                Ok(t) => Gathered::Whole(t, all.concat()),
+                Err(_) => Gathered::Broken,
+            }
+        }
+    }
+}
+
+/// What changed from one PMT of the service to the next, for the log: the
+/// version, the ECM PID, the components added and removed.
+pub(super) fn pmt_change(old: &Pmt, new: &Pmt) -> String {
+    let ecm = |p: &Pmt| {
+        p.ca_descriptors(CA_SYSTEM_ID)
+            .first()
+            .map(|c| format!("0x{:04X}", c.ca_pid))
+            .unwrap_or_else(|| "none".into())
+    };
+    let pids = |p: &Pmt| p.streams.iter().map(|s| s.pid).collect::<Vec<_>>();
+    let (a, b) = (pids(old), pids(new));
+    let mut parts = vec![format!("version {} -> {}", old.version, new.version)];
+    let (e0, e1) = (ecm(old), ecm(new));
+    if e0 != e1 {
+        parts.push(format!("ECM PID {e0} -> {e1}"));
+    } else if old.ca_descriptors(CA_SYSTEM_ID) != new.ca_descriptors(CA_SYSTEM_ID) {
+        parts.push("new CA descriptor".into());
+    }
+    for pid in b.iter().filter(|p| !a.contains(p)) {
+        parts.push(format!("component 0x{pid:04X} added"));
+    }
+    for pid in a.iter().filter(|p| !b.contains(p)) {
+        parts.push(format!("component 0x{pid:04X} removed"));
+    }
+    if old.pcr_pid != new.pcr_pid {
+        parts.push(format!(
+            "PCR PID 0x{:04X} -> 0x{:04X}",
+            old.pcr_pid, new.pcr_pid
+        ));
+    }
+    parts.join(", ")
 }
 
 /// Picks the service in a PAT: the one asked for, or the first.

@@ -6,7 +6,7 @@
 //!                                                       ├─ CAT ─► learns the EMM PID; dropped
 //!                                                       ├─ ECM ─► new ECMs to the card thread ─► CW slots
 //!                                                       ├─ EMM ─► address filter, dedup ─► card
-//!                                                       ├─ ES  ─► descrambled with the slot its bits name
+//!                                                       ├─ ES  ─► descrambled with the slot its bits name ─► join
 //!                                                       └─ other PIDs: SI (0x10..0x1F) and null pass, the rest is dropped
 //! ```
 //!
@@ -28,12 +28,25 @@
 //! * [`ca`]: the [`CaModule`] trait, all the pipeline asks of a card;
 //!   [`CardLink`] is the card-backed module, and the unit tests (`tests`)
 //!   use a scripted one (`script`) that needs no card.
+//! * `join`: where each component's clear output starts: at a random
+//!   access point for video, a PES start for audio, at the start of a run
+//!   and again after a loss, an input outage or the service's return
+//!   ([`PipelineOptions::rap_join`]). It never changes a packet.
 //! * `clock`: stream time from the PCR, for the waits.
 //! * `worker`: where the CA module runs, on a thread of its own (the
 //!   default) or inline. It never runs two commands on the card at once.
 //!
 //! This module reads the packets, sends each to its stage by the role of
 //! its PID, and descrambles the service's packets.
+//!
+//! The stream may change under it, and each change is handled live,
+//! counted in [`Stats`] and logged once: a new PAT, PMT or CAT (a new
+//! version or content: a new ECM PID or CA descriptor, a component added
+//! or removed, a new EMM PID; the PAT and the CAT may span several
+//! sections), the service leaving the PAT or its PMT stopping (off the
+//! air: nothing of it is written until its PMT comes back), and an input
+//! that falls silent and comes back ([`Pipeline::input_outage`], called by
+//! the run loop for a live input).
 //!
 //! The card works on its own thread ([`PipelineOptions::card_thread`]): a
 //! real card takes 100 to 300 ms per command, and the packets keep
@@ -66,6 +79,7 @@ mod access;
 pub mod ca;
 mod clock;
 mod discovery;
+mod join;
 mod rewrite;
 #[cfg(test)]
 mod script;
@@ -81,13 +95,14 @@ use crate::keys::Descrambled;
 use crate::stats::Stats;
 use access::Access;
 use clock::StreamClock;
-use discovery::{Role, Search, ServiceMap};
+use discovery::{Gathered, Role, Search, ServiceMap};
+use join::{Admit, Join};
 use rewrite::Rewritten;
 use std::io;
 use std::time::{Duration, Instant};
 use ts::demux::Demuxed;
 use ts::packet::PAT_PID;
-use ts::psi::{Cat, Pat, Pmt, PsiError};
+use ts::psi::{Cat, Pat, Pmt, PsiError, TableSections, CA_SYSTEM_ID};
 use ts::{Packet, PacketReader, PACKET_LEN};
 
 /// Where clear packets go.
@@ -151,6 +166,13 @@ pub struct PipelineOptions {
     /// dropped and counted (a stale ECM, the oldest EMMs) rather than
     /// waited for. A file or a pipe waits for the card and loses nothing.
     pub live: bool,
+    /// Start each component's output at a random access point (video) or
+    /// a PES start (audio, data): at the start, after a loss on its PID,
+    /// after an input outage and when the service comes back (see
+    /// `join`). Off, every packet that can be descrambled is written as
+    /// it comes. The `receiver` command turns it on unless
+    /// `--no-rap-join`; a pipeline built in code has it off unless asked.
+    pub rap_join: bool,
 }
 
 /// The default [`PipelineOptions::entitlement_wait`]: the headend's
@@ -159,6 +181,11 @@ pub struct PipelineOptions {
 /// operator (a new subscription, a pairing) is sent at once and repeated
 /// every second for 30 s, so it comes much sooner.
 pub const DEFAULT_ENTITLEMENT_WAIT: Duration = Duration::from_secs(70);
+
+/// A live input silent for this long has had an outage
+/// ([`Pipeline::input_outage`] when it comes back): more than a gap, a
+/// stream that stopped. A live TS carries its PAT at least every 0.5 s.
+pub const OUTAGE_AFTER: Duration = Duration::from_secs(1);
 
 /// A live input silent for longer than this has had a gap: the source
 /// stopped or restarted, or the network lost what it sent. (A stream sends
@@ -176,6 +203,7 @@ impl Default for PipelineOptions {
             emm_memory: 4096,
             card_thread: true,
             live: false,
+            rap_join: false,
         }
     }
 }
@@ -203,10 +231,27 @@ struct Stages<C> {
     /// continuity counter (`NO_CC` before its first packet) and the number
     /// of input gaps noted by then.
     continuity: Box<[(u8, u64); 8192]>,
+    join: Join,
+    /// The PAT and the CAT may span several sections.
+    pat_sections: TableSections,
+    cat_sections: TableSections,
+    /// The last of each table, to tell a change from a repetition.
+    last_pat: Option<Pat>,
+    last_cat: Option<Cat>,
+    last_pmt: Option<Pmt>,
+    /// Whole PATs since the service's PMT was last seen.
+    pats_without_pmt: u32,
+    /// Since when the service has been off the air, if it is.
+    lost_since: Option<Instant>,
 }
 
 /// No continuity counter seen yet.
 const NO_CC: u8 = 0xFF;
+
+/// Whole PATs without the service's PMT after which the service is taken
+/// as gone: 1.5 s at the headend's rate (both every 100 ms); DVB wants
+/// each at least every 0.5 s (ETSI TR 101 290).
+const PMT_LOST_AFTER_PATS: u32 = 15;
 
 impl<C: CaModule> std::fmt::Debug for Pipeline<C> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -223,6 +268,7 @@ impl<C: CaModule + Send + 'static> Pipeline<C> {
     pub fn new(card: C, opts: PipelineOptions) -> Self {
         let clock = StreamClock::new();
         let access = Access::new(card, &opts, &clock);
+        let join = Join::new(opts.rap_join);
         Pipeline {
             reader: PacketReader::new(),
             stages: Stages {
@@ -236,6 +282,14 @@ impl<C: CaModule + Send + 'static> Pipeline<C> {
                 access,
                 first_clear: None,
                 continuity: Box::new([(NO_CC, 0); 8192]),
+                join,
+                pat_sections: TableSections::new(),
+                cat_sections: TableSections::new(),
+                last_pat: None,
+                last_cat: None,
+                last_pmt: None,
+                pats_without_pmt: 0,
+                lost_since: None,
             },
         }
     }
@@ -308,6 +362,15 @@ impl<C: CaModule> Pipeline<C> {
     /// [`KeySlots::input_gap`](crate::keys::KeySlots::input_gap)).
     pub fn input_gap(&mut self, why: &str) {
         self.stages.input_gap(why);
+    }
+
+    /// The live input fell silent for `gap` (at least
+    /// [`OUTAGE_AFTER`]) and has come back: an input gap (see
+    /// [`Pipeline::input_gap`]), and more: partial sections are dropped,
+    /// and every component's output starts again at its next random
+    /// access point. Counted and logged.
+    pub fn input_outage(&mut self, gap: Duration) {
+        self.stages.input_outage(gap);
     }
 
     /// The counters so far.
@@ -393,6 +456,8 @@ impl<C: CaModule> Stages<C> {
         if let Some(cat) = &found.cat {
             self.map.learn_cat(cat);
         }
+        self.last_pat = found.pat.clone();
+        self.last_cat = found.cat.clone();
         self.learn_pmt(&found.pmt)?;
         tracing::info!(
             service = self.map.program(),
@@ -462,10 +527,7 @@ impl<C: CaModule> Stages<C> {
             Role::Pat => self.each_section(sections, |me, s| me.on_pat(s, sink)),
             Role::Pmt => self.each_section(sections, |me, s| me.on_pmt(s, sink)),
             Role::Cat => self.each_section(sections, |me, s| {
-                match Cat::from_section(s) {
-                    Ok(cat) => me.map.learn_cat(&cat),
-                    Err(_) => me.stats.section_errors += 1,
-                }
+                me.on_cat(s);
                 Ok(())
             }),
             Role::Ecm => {
@@ -477,7 +539,10 @@ impl<C: CaModule> Stages<C> {
             Role::Emm => self.each_section(sections, |me, s| {
                 me.access.on_emm(s, &me.clock, &mut me.stats)
             }),
-            Role::Es => self.on_es(p, sink),
+            Role::Es => {
+                self.join.arrived(&view, &self.clock, &mut self.stats);
+                self.on_es(p, sink)
+            }
             Role::PcrOnly => {
                 if view.scrambling().0 == 0 {
                     return self.emit(p, sink);
@@ -540,13 +605,13 @@ impl<C: CaModule> Stages<C> {
             d = self.access.descramble(p);
         }
         match d {
-            Descrambled::Clear => self.emit(p, sink),
+            Descrambled::Clear => self.write_es(p, sink),
             Descrambled::Done(_) => {
                 self.stats.descrambled += 1;
                 if self.first_clear.is_none() {
                     self.first_clear = Some(Instant::now());
                 }
-                self.emit(p, sink)
+                self.write_es(p, sink)
             }
             Descrambled::NoKey(_) | Descrambled::Invalid => {
                 if self.access.awaiting_ecm_after_gap() {
@@ -556,21 +621,126 @@ impl<C: CaModule> Stages<C> {
                 } else {
                     self.stats.before_first_key += 1;
                 }
+                let pid = u16::from_be_bytes([p[1] & 0x1F, p[2]]);
+                self.join.lost(pid, &self.clock, &mut self.stats);
                 self.access.give_up(&self.clock, &self.opts)
             }
         }
     }
 
-    fn on_pat(&mut self, section: &[u8], sink: &mut dyn PacketSink) -> Result<(), Failure> {
-        let Ok(pat) = Pat::from_section(section) else {
-            self.stats.section_errors += 1;
-            return Ok(());
+    /// A clear packet of the service, out if its component has reached
+    /// its start (see `join`).
+    fn write_es(&mut self, p: &[u8; PACKET_LEN], sink: &mut dyn PacketSink) -> Result<(), Failure> {
+        match self.join.admit(p, &self.clock, &mut self.stats) {
+            Admit::Write => self.emit(p, sink),
+            Admit::Hold => Ok(()),
+            Admit::Release(held) => {
+                for q in &held {
+                    self.emit(q, sink)?;
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// See [`Pipeline::input_outage`].
+    fn input_outage(&mut self, gap: Duration) {
+        self.stats.input_outages += 1;
+        tracing::warn!(
+            silent_ms = gap.as_millis() as u64,
+            "the input was silent for {:.1} s and has come back: each component's output starts again at its next random access point",
+            gap.as_secs_f64()
+        );
+        self.map.discontinuity();
+        self.pat_sections.clear();
+        self.cat_sections.clear();
+        self.pats_without_pmt = 0;
+        self.input_gap("the input was silent");
+        if self.search.is_none() {
+            self.join.restart_all(&self.clock, &mut self.stats);
+        }
+    }
+
+    /// The service went off the air: it left the PAT, or its PMT stopped.
+    fn service_lost(&mut self, why: &str) {
+        if self.lost_since.is_some() {
+            return;
+        }
+        self.lost_since = Some(Instant::now());
+        self.stats.service_lost += 1;
+        tracing::warn!(
+            service = self.map.program(),
+            "the service is off the air ({why}); waiting for it to return"
+        );
+        self.join.restart_all(&self.clock, &mut self.stats);
+    }
+
+    /// A CAT section: the EMM PID, once the whole table is in.
+    fn on_cat(&mut self, section: &[u8]) {
+        let cat = match discovery::gather(&mut self.cat_sections, section, Cat::from_sections) {
+            Gathered::Whole(cat, _) => cat,
+            Gathered::Partial => return,
+            Gathered::Broken => {
+                self.stats.section_errors += 1;
+                return;
+            }
         };
-        self.map.learn_pat(&pat, self.opts.service)?;
+        if let Some(old) = &self.last_cat {
+            if *old != cat {
+                self.stats.cat_changes += 1;
+                let emm = |c: &Cat| {
+                    c.emm_pid(CA_SYSTEM_ID)
+                        .map_or_else(|| "none".to_string(), |p| format!("0x{p:04X}"))
+                };
+                tracing::info!(
+                    "the CAT changed: version {} -> {}, EMM PID {} -> {}",
+                    old.version,
+                    cat.version,
+                    emm(old),
+                    emm(&cat)
+                );
+            }
+        }
+        self.map.learn_cat(&cat);
+        self.last_cat = Some(cat);
+    }
+
+    fn on_pat(&mut self, section: &[u8], sink: &mut dyn PacketSink) -> Result<(), Failure> {
+        let (pat, input) =
+            match discovery::gather(&mut self.pat_sections, section, Pat::from_sections) {
+                Gathered::Whole(pat, input) => (pat, input),
+                Gathered::Partial => return Ok(()),
+                Gathered::Broken => {
+                    self.stats.section_errors += 1;
+                    return Ok(());
+                }
+            };
+        if let Some(old) = &self.last_pat {
+            if *old != pat {
+                self.stats.pat_changes += 1;
+                tracing::info!(
+                    "the PAT changed: version {} -> {}, {} services",
+                    old.version,
+                    pat.version,
+                    pat.programs
+                        .iter()
+                        .filter(|e| e.program_number != 0)
+                        .count()
+                );
+            }
+        }
+        let listed = self.map.learn_pat(&pat, self.opts.service)?;
+        self.pats_without_pmt = self.pats_without_pmt.saturating_add(1);
+        if !listed {
+            self.service_lost("it left the PAT");
+        } else if self.pats_without_pmt > PMT_LOST_AFTER_PATS {
+            self.service_lost("its PMT stopped");
+        }
+        self.last_pat = Some(pat.clone());
         let program = self.map.program();
         self.pat_out
             .emit(
-                section,
+                &input,
                 PAT_PID,
                 || rewrite::service_pat(&pat, program),
                 sink,
@@ -579,9 +749,38 @@ impl<C: CaModule> Stages<C> {
             .map_err(output_error)
     }
 
+    /// The service's PMT (every repetition): its layout, and what changed.
     fn learn_pmt(&mut self, pmt: &Pmt) -> Result<(), Failure> {
         if self.map.learn_pmt(pmt)? {
             self.access.ecm_pid_changed();
+        }
+        self.pats_without_pmt = 0;
+        match &self.last_pmt {
+            Some(old) if old == pmt => {}
+            Some(old) => {
+                self.stats.pmt_changes += 1;
+                tracing::info!(
+                    service = pmt.program_number,
+                    "the PMT changed: {}",
+                    discovery::pmt_change(old, pmt)
+                );
+                self.join.set_components(&pmt.streams, &self.clock);
+                self.last_pmt = Some(pmt.clone());
+            }
+            None => {
+                self.join.set_components(&pmt.streams, &self.clock);
+                self.last_pmt = Some(pmt.clone());
+            }
+        }
+        if !self.map.off_air() {
+            if let Some(since) = self.lost_since.take() {
+                self.stats.service_returned += 1;
+                tracing::info!(
+                    service = pmt.program_number,
+                    "the service is back on the air after {:.1} s",
+                    since.elapsed().as_secs_f64()
+                );
+            }
         }
         Ok(())
     }
