@@ -224,14 +224,6 @@ impl Join {
     fn component(&mut self, pid: u16) -> Option<&mut Component> {
         self.components.iter_mut().find(|c| c.pid == pid)
     }
-
-    /// Whether every component is written as it comes.
-    #[cfg(test)]
-    pub(super) fn all_open(&self) -> bool {
-        self.components
-            .iter()
-            .all(|c| matches!(c.state, State::Open))
-    }
 }
 
 impl Component {

@@ -273,9 +273,34 @@ impl Air {
     /// clear without an epoch; with a PCR (27 MHz ticks) if given.
     pub fn es(&mut self, pid: u16, epoch: Option<u64>, seq: u32, pcr: Option<u64>) {
         let mut b = PacketBuilder::new(pid);
-        b.continuity_counter = self.next_cc(pid);
         b.pcr = pcr.map(Pcr::from_27mhz);
-        let (mut p, _) = b.build(&payload(pid, seq)).unwrap();
+        self.es_built(b, epoch, &[], seq);
+    }
+
+    /// Packet `seq` of a component on `pid` that starts a PES packet: a
+    /// PES header, then `es` (start codes and NAL headers), then the mark
+    /// of [`Air::es`]; with the random_access_indicator if `rai`.
+    pub fn pes_start(&mut self, pid: u16, epoch: Option<u64>, seq: u32, es: &[u8], rai: bool) {
+        let mut b = PacketBuilder::new(pid);
+        b.pusi = true;
+        b.random_access = rai;
+        let mut prefix = vec![0, 0, 1, 0xE0, 0, 0, 0x80, 0, 0];
+        prefix.extend_from_slice(es);
+        self.es_built(b, epoch, &prefix, seq);
+    }
+
+    /// Packet `seq` in the middle of a PES packet, its payload starting
+    /// with `es`.
+    pub fn pes_more(&mut self, pid: u16, epoch: Option<u64>, seq: u32, es: &[u8]) {
+        self.es_built(PacketBuilder::new(pid), epoch, es, seq);
+    }
+
+    fn es_built(&mut self, mut b: PacketBuilder, epoch: Option<u64>, prefix: &[u8], seq: u32) {
+        let pid = b.pid;
+        b.continuity_counter = self.next_cc(pid);
+        let mut body = prefix.to_vec();
+        body.extend_from_slice(&payload(pid, seq));
+        let (mut p, _) = b.build(&body).unwrap();
         if let Some(e) = epoch {
             let mut s = Scrambler::new();
             s.set(parity_of(e), &tests_support::cw(e));
@@ -333,7 +358,8 @@ pub fn by_pid(out: &[u8]) -> BTreeMap<u16, Vec<[u8; PACKET_LEN]>> {
 }
 
 /// The sequence numbers of the component packets on `pid` in the output;
-/// panics on a packet whose payload is not the clear one.
+/// panics on a packet whose payload is not the clear one. The mark may
+/// follow a PES header and start codes ([`Air::pes_start`]).
 pub fn seqs(out: &[u8], pid: u16) -> Vec<u32> {
     by_pid(out)
         .remove(&pid)
@@ -345,8 +371,13 @@ pub fn seqs(out: &[u8], pid: u16) -> Vec<u32> {
             if body.is_empty() {
                 return None; // adaptation field only
             }
+            let mark = [0xC1, 0xEA, (pid >> 8) as u8, pid as u8];
+            let at = body
+                .windows(4)
+                .position(|w| w == mark)
+                .unwrap_or_else(|| panic!("garbled packet on PID {pid:#x}"));
+            let body = &body[at..];
             let seq = u32::from_be_bytes(body[4..8].try_into().unwrap());
-            assert_eq!(&body[..2], &[0xC1, 0xEA], "garbled packet on PID {pid:#x}");
             assert_eq!(body, &payload(pid, seq)[..body.len()], "garbled packet");
             Some(seq)
         })

@@ -558,6 +558,10 @@ fn a_service_that_leaves_the_pat_mid_stream_is_waited_for_not_an_error() {
     air.pat(&[(2, 0x200)]);
     air.pat(&[(2, 0x200)]);
     air.pat(&[(SERVICE, PMT_PID), (2, 0x200)]);
+    air.pmt(
+        PMT_PID,
+        &service_pmt(SERVICE, VIDEO, &[VIDEO], Some(ECM_PID)),
+    );
     for seq in 10..20 {
         air.es(VIDEO, Some(10), seq, Some(u64::from(seq) * SECOND / 25));
     }
@@ -566,6 +570,8 @@ fn a_service_that_leaves_the_pat_mid_stream_is_waited_for_not_an_error() {
     assert_eq!(p.service(), Some(SERVICE));
     let expect: Vec<u32> = (0..20).collect();
     assert_eq!(seqs(&out, VIDEO), expect);
+    let s = p.stats();
+    assert_eq!((s.service_lost, s.service_returned), (1, 1), "{s:?}");
 
     // A service asked for that was never there is still an error at once.
     let mut air = Air::new();
@@ -757,4 +763,372 @@ fn emms_the_card_refused_as_replayed_are_not_sent_again() {
     r.result.unwrap();
     let stats = r.p.stats();
     assert_eq!((stats.emms_to_card, stats.emm_duplicates), (2, 4));
+}
+
+// ---- joining a live stream, and a stream that changes under it ----------
+
+/// H.264 access unit starts, as a PES packet's first bytes: an access
+/// unit delimiter and an SPS, then an IDR slice (a key frame) or a P slice.
+const IDR: &[u8] = &[
+    0, 0, 0, 1, 0x09, 0xF0, 0, 0, 0, 1, 0x67, 0x42, 0, 0, 1, 0x65,
+];
+const P_SLICE: &[u8] = &[0, 0, 0, 1, 0x09, 0x30, 0, 0, 1, 0x41];
+
+/// Video (H.264, the PCR) and AAC audio, scrambled with Iodoform on `ecm`.
+fn av_pmt(version: u8, es: &[(u8, u16)], ecm: u16) -> Pmt {
+    let mut pmt = service_pmt(SERVICE, VIDEO, &[], Some(ecm));
+    pmt.version = version;
+    pmt.streams = es
+        .iter()
+        .map(|&(stream_type, pid)| ts::psi::PmtStream {
+            stream_type,
+            pid,
+            descriptors: Vec::new(),
+        })
+        .collect();
+    pmt
+}
+
+const H264: u8 = 0x1B;
+const AAC: u8 = 0x0F;
+
+fn joining() -> PipelineOptions {
+    PipelineOptions {
+        rap_join: true,
+        ..opts()
+    }
+}
+
+/// The PAT, the CAT and the audio-video PMT.
+fn av_tables(air: &mut Air) {
+    air.pat(&[(SERVICE, PMT_PID)]);
+    air.cat(EMM_PID);
+    air.pmt(PMT_PID, &av_pmt(0, &[(H264, VIDEO), (AAC, AUDIO)], ECM_PID));
+}
+
+/// Feeds `ts` one packet at a time.
+fn feed(p: &mut Pipeline<ScriptedCa>, ts: &[u8], out: &mut Vec<u8>) {
+    for chunk in ts.chunks(PACKET_LEN) {
+        p.push(chunk, out).unwrap();
+    }
+}
+
+#[test]
+fn video_starts_at_its_first_random_access_point_and_audio_at_its_first_pes_start() {
+    let mut air = Air::new();
+    av_tables(&mut air);
+    air.ecm(ECM_PID, 10);
+    let e = Some(10);
+    // Joined mid-GOP: the rest of a PES, a P frame, then a key frame
+    // marked by the random_access_indicator.
+    air.pes_more(VIDEO, e, 0, &[]);
+    air.pes_more(AUDIO, e, 0, &[]);
+    air.pes_start(VIDEO, e, 1, P_SLICE, false);
+    air.pes_more(VIDEO, e, 2, &[]);
+    air.pes_start(AUDIO, e, 1, &[], false);
+    air.pes_start(VIDEO, e, 3, IDR, true);
+    air.pes_more(VIDEO, e, 4, &[]);
+    air.pes_more(AUDIO, e, 2, &[]);
+    air.pes_start(VIDEO, e, 5, P_SLICE, false);
+    air.pes_more(VIDEO, e, 6, &[]);
+
+    let Run { out, result, p, .. } = run(&air.ts, ScriptedCa::new(), joining());
+    result.unwrap();
+    assert_eq!(seqs(&out, VIDEO), [3, 4, 5, 6]);
+    assert_eq!(seqs(&out, AUDIO), [1, 2]);
+    let s = p.stats();
+    assert_eq!((s.held_before_rap, s.rap_joins), (4, 2), "{s:?}");
+    assert_eq!((s.descrambled, s.undecryptable, s.cc_errors), (10, 0, 0));
+    // The PAT and the PMT are written from the start, for the player.
+    assert_eq!(sections(&out, PAT_PID).len(), 1);
+    assert_eq!(pmts(&out, PMT_PID).len(), 1);
+
+    // Turned off, everything that can be descrambled is written.
+    let Run { out, result, p, .. } = run(&air.ts, ScriptedCa::new(), opts());
+    result.unwrap();
+    assert_eq!(seqs(&out, VIDEO), (0..7).collect::<Vec<_>>());
+    assert_eq!(p.stats().held_before_rap, 0);
+}
+
+#[test]
+fn without_the_indicator_the_key_frame_is_found_in_the_pes_even_a_few_packets_in() {
+    let mut air = Air::new();
+    av_tables(&mut air);
+    air.ecm(ECM_PID, 10);
+    let e = Some(10);
+    air.pes_start(VIDEO, e, 0, P_SLICE, false);
+    // A key frame whose slice starts in the PES packet's fifth TS packet,
+    // after a long SEI.
+    air.pes_start(
+        VIDEO,
+        e,
+        1,
+        &[0, 0, 0, 1, 0x09, 0xF0, 0, 0, 1, 0x06, 5],
+        false,
+    );
+    air.pes_more(VIDEO, e, 2, &[0x44, 0x55]);
+    air.pes_more(VIDEO, e, 3, &[0x66]);
+    air.pes_more(VIDEO, e, 4, &[0, 0, 1, 0x65, 0x88]);
+    air.pes_more(VIDEO, e, 5, &[]);
+    // A P frame: written, the stream has started.
+    air.pes_start(VIDEO, e, 6, P_SLICE, false);
+
+    let Run { out, result, p, .. } = run(&air.ts, ScriptedCa::new(), joining());
+    result.unwrap();
+    // The IDR's PES packet comes out whole, from its first packet.
+    assert_eq!(seqs(&out, VIDEO), [1, 2, 3, 4, 5, 6]);
+    let s = p.stats();
+    assert_eq!((s.held_before_rap, s.rap_joins), (1, 1), "{s:?}");
+}
+
+#[test]
+fn a_continuity_jump_restarts_that_component_at_its_next_random_access_point() {
+    let mut air = Air::new();
+    av_tables(&mut air);
+    air.ecm(ECM_PID, 10);
+    let e = Some(10);
+    air.pes_start(VIDEO, e, 0, IDR, true);
+    air.pes_start(AUDIO, e, 0, &[], false);
+    air.pes_more(VIDEO, e, 1, &[]);
+    air.lose(VIDEO, 1);
+    // After a jump nothing is descrambled until an ECM comes (the keys'
+    // rule), and the video waits for its next random access point.
+    air.pes_more(VIDEO, e, 3, &[]);
+    air.ecm(ECM_PID, 10);
+    air.pes_more(AUDIO, e, 1, &[]);
+    air.pes_start(VIDEO, e, 4, P_SLICE, false);
+    air.pes_start(VIDEO, e, 5, IDR, true);
+    air.pes_more(VIDEO, e, 6, &[]);
+    air.lose(AUDIO, 1);
+    air.pes_more(AUDIO, e, 3, &[]);
+    air.ecm(ECM_PID, 10);
+    air.pes_start(AUDIO, e, 4, &[], false);
+
+    let Run { out, result, p, .. } = run(&air.ts, ScriptedCa::new(), joining());
+    result.unwrap();
+    assert_eq!(seqs(&out, VIDEO), [0, 1, 5, 6]);
+    assert_eq!(seqs(&out, AUDIO), [0, 1, 4]);
+    let s = p.stats();
+    assert_eq!(
+        (s.cc_errors, s.held_before_rap, s.rap_joins, s.after_gap),
+        (2, 1, 4, 2),
+        "{s:?}"
+    );
+}
+
+#[test]
+fn an_input_outage_is_counted_and_the_output_starts_again_at_a_random_access_point() {
+    let mut before = Air::new();
+    av_tables(&mut before);
+    before.ecm(ECM_PID, 10);
+    before.pes_start(VIDEO, Some(10), 0, IDR, true);
+    before.pes_start(AUDIO, Some(10), 0, &[], false);
+    before.pes_more(VIDEO, Some(10), 1, &[]);
+    // (The reader keeps a packet until it sees the next one's sync byte.)
+    before.ts.extend_from_slice(&ts::packet::null_packet());
+
+    // Two crypto periods later, same parity: until the ECM of the period
+    // on the air arrives, nothing may be descrambled with the key of
+    // period 10 (it would be noise).
+    let mut after = Air::new();
+    after.pes_more(VIDEO, Some(12), 2, &[]);
+    after.pes_start(AUDIO, Some(12), 1, &[], false);
+    after.pat(&[(SERVICE, PMT_PID)]);
+    after.pmt(PMT_PID, &av_pmt(0, &[(H264, VIDEO), (AAC, AUDIO)], ECM_PID));
+    after.ecm(ECM_PID, 12);
+    after.pes_more(VIDEO, Some(12), 3, &[]);
+    after.pes_more(AUDIO, Some(12), 2, &[]);
+    after.pes_start(AUDIO, Some(12), 3, &[], false);
+    after.pes_start(VIDEO, Some(12), 4, IDR, true);
+    after.pes_more(VIDEO, Some(12), 5, &[]);
+
+    let o = PipelineOptions {
+        live: true,
+        ..joining()
+    };
+    let mut p = Pipeline::new(ScriptedCa::new(), o);
+    let mut out = Vec::new();
+    feed(&mut p, &before.ts, &mut out);
+    p.input_outage(Duration::from_secs(2));
+    feed(&mut p, &after.ts, &mut out);
+    p.finish(&mut out).unwrap();
+    assert_eq!(seqs(&out, VIDEO), [0, 1, 4, 5]);
+    assert_eq!(seqs(&out, AUDIO), [0, 3]);
+    let s = p.stats();
+    assert_eq!(s.input_outages, 1);
+    assert_eq!(
+        s.undecryptable, 0,
+        "a join after an outage is not a loss: {s:?}"
+    );
+    assert_eq!((s.after_gap, s.input_gaps), (2, 1), "{s:?}");
+    assert_eq!(s.cc_errors, 0, "{s:?}");
+    assert_eq!(p.into_card().ecms, [10, 12]);
+}
+
+#[test]
+fn pmt_and_cat_changes_are_followed_live_and_counted() {
+    let mut air = Air::new();
+    av_tables(&mut air);
+    air.ecm(ECM_PID, 10);
+    air.pes_start(VIDEO, Some(10), 0, IDR, true);
+    air.pes_start(AUDIO, Some(10), 0, &[], false);
+    // Version 1: a new ECM PID.
+    air.pmt(PMT_PID, &av_pmt(1, &[(H264, VIDEO), (AAC, AUDIO)], 0x1F4));
+    air.pmt(PMT_PID, &av_pmt(1, &[(H264, VIDEO), (AAC, AUDIO)], 0x1F4));
+    air.ecm(0x1F4, 11);
+    air.pes_more(VIDEO, Some(11), 1, &[]);
+    // Version 2: a second audio added (it starts at its first PES start).
+    let three = [(H264, VIDEO), (AAC, AUDIO), (AAC, 0x103)];
+    air.pmt(PMT_PID, &av_pmt(2, &three, 0x1F4));
+    air.pes_more(0x103, Some(11), 0, &[]);
+    air.pes_start(0x103, Some(11), 1, &[], false);
+    air.pes_more(AUDIO, Some(11), 1, &[]);
+    // Version 3: the first audio removed; its packets are dropped.
+    air.pmt(PMT_PID, &av_pmt(3, &[(H264, VIDEO), (AAC, 0x103)], 0x1F4));
+    air.pes_more(AUDIO, Some(11), 2, &[]);
+    air.pes_more(0x103, Some(11), 2, &[]);
+    // A new CAT: the EMMs move.
+    let mut cat = ts::psi::Cat {
+        version: 1,
+        current_next: true,
+        descriptors: vec![ts::psi::Descriptor::iodoform_ca(0x1F5)],
+    };
+    air.section(ts::packet::CAT_PID, &cat.to_section().unwrap());
+    let mut emm = vec![0u8; proto::emm::EMM_HEADER_LEN + 2];
+    emm[proto::emm::ADDRESS_OFFSET..proto::emm::ADDRESS_OFFSET + 4]
+        .copy_from_slice(&CARD.to_be_bytes());
+    emm[proto::emm::EMM_HEADER_LEN] = NOTHING;
+    emm[proto::emm::EMM_HEADER_LEN + 1] = 9;
+    let emm = ts::psi::emm_section(ts::psi::TableId(0x82), &emm).unwrap();
+    air.section(0x1F5, &emm);
+    // The same CAT again is no change.
+    air.section(ts::packet::CAT_PID, &cat.to_section().unwrap());
+    cat.version = 2;
+    let _ = cat;
+
+    let Run { out, result, p, .. } = run(&air.ts, ScriptedCa::new(), joining());
+    result.unwrap();
+    let s = p.stats();
+    assert_eq!((s.pmt_changes, s.cat_changes), (3, 1), "{s:?}");
+    assert_eq!(p.stages.map.emm_pid(), Some(0x1F5));
+    assert_eq!(p.stages.map.ecm_pid(), Some(0x1F4));
+    assert_eq!(seqs(&out, VIDEO), [0, 1]);
+    assert_eq!(seqs(&out, AUDIO), [0, 1]);
+    assert_eq!(seqs(&out, 0x103), [1, 2]);
+    let versions: Vec<u8> = pmts(&out, PMT_PID).iter().map(|t| t.version).collect();
+    assert_eq!(versions, [0, 1, 1, 2, 3]);
+    let card = p.into_card();
+    assert_eq!(card.ecms, [10, 11]);
+    assert_eq!(card.emms, [(CARD, NOTHING)]);
+}
+
+#[test]
+fn multi_section_pat_and_cat_are_gathered_before_they_are_read() {
+    let mut air = Air::new();
+    let pat = |version: u8, services: &[(u16, u16)]| ts::psi::Pat {
+        transport_stream_id: 1,
+        version,
+        current_next: true,
+        programs: services
+            .iter()
+            .map(|&(program_number, pid)| ts::psi::PatEntry {
+                program_number,
+                pid,
+            })
+            .collect(),
+    };
+    // The service is in the PAT's second section; the EMM PID in the
+    // CAT's second.
+    let p0 = pat(0, &[(5, 0x500), (SERVICE, PMT_PID)])
+        .to_sections(1)
+        .unwrap();
+    assert_eq!(p0.len(), 2);
+    let c0 = ts::psi::Cat {
+        version: 0,
+        current_next: true,
+        descriptors: vec![
+            ts::psi::Descriptor::Ca(ts::psi::CaDescriptor {
+                ca_system_id: 0x0B00,
+                ca_pid: 0x1E1,
+                private_data: Vec::new(),
+            }),
+            ts::psi::Descriptor::iodoform_ca(EMM_PID),
+        ],
+    }
+    .to_sections(1)
+    .unwrap();
+    for s in p0.iter().chain(&c0) {
+        let pid = if s[0] == 0 {
+            PAT_PID
+        } else {
+            ts::packet::CAT_PID
+        };
+        air.section(pid, s);
+    }
+    air.pmt(PMT_PID, &av_pmt(0, &[(H264, VIDEO)], ECM_PID));
+    air.ecm(ECM_PID, 10);
+    air.emm(CARD, NOTHING, 1);
+    air.es(VIDEO, Some(10), 0, None);
+    // Version 1 in three sections: the service moves its PMT.
+    for s in pat(1, &[(5, 0x500), (6, 0x600), (SERVICE, 0x110)])
+        .to_sections(1)
+        .unwrap()
+    {
+        air.section(PAT_PID, &s);
+    }
+    air.pmt(0x110, &av_pmt(0, &[(H264, VIDEO)], ECM_PID));
+    air.es(VIDEO, Some(10), 1, None);
+
+    let o = PipelineOptions {
+        service: Some(SERVICE),
+        ..opts()
+    };
+    let Run { out, result, p, .. } = run(&air.ts, ScriptedCa::new(), o);
+    result.unwrap();
+    assert_eq!(p.service(), Some(SERVICE));
+    assert_eq!(p.stages.map.emm_pid(), Some(EMM_PID));
+    assert_eq!(p.stages.map.pmt_pid(), Some(0x110));
+    let s = p.stats();
+    assert_eq!((s.pat_changes, s.section_errors), (1, 0), "{s:?}");
+    assert_eq!(seqs(&out, VIDEO), [0, 1]);
+    // The output's PAT is one section with this service alone.
+    let last = sections(&out, PAT_PID).pop().unwrap();
+    let out_pat = Pat::from_section(&last).unwrap();
+    assert_eq!(out_pat.programs.len(), 1);
+    assert_eq!(out_pat.pmt_pid(SERVICE), Some(0x110));
+    assert_eq!(p.into_card().emms, [(CARD, NOTHING)]);
+}
+
+#[test]
+fn a_service_whose_pmt_stops_is_lost_and_comes_back_at_a_random_access_point() {
+    let mut air = Air::new();
+    av_tables(&mut air);
+    air.ecm(ECM_PID, 10);
+    air.pes_start(VIDEO, Some(10), 0, IDR, true);
+    air.pes_more(VIDEO, Some(10), 1, &[]);
+    // The PAT goes on, the PMT and the service's packets stop.
+    for _ in 0..=super::PMT_LOST_AFTER_PATS {
+        air.pat(&[(SERVICE, PMT_PID)]);
+    }
+    air.pmt(PMT_PID, &av_pmt(0, &[(H264, VIDEO), (AAC, AUDIO)], ECM_PID));
+    air.pes_more(VIDEO, Some(10), 2, &[]);
+    air.pes_start(VIDEO, Some(10), 3, IDR, true);
+
+    let Run { out, result, p, .. } = run(&air.ts, ScriptedCa::new(), joining());
+    result.unwrap();
+    let s = p.stats();
+    assert_eq!((s.service_lost, s.service_returned), (1, 1), "{s:?}");
+    assert_eq!(seqs(&out, VIDEO), [0, 1, 3]);
+
+    // One PAT fewer: not lost.
+    let mut air = Air::new();
+    av_tables(&mut air);
+    air.ecm(ECM_PID, 10);
+    for _ in 0..super::PMT_LOST_AFTER_PATS {
+        air.pat(&[(SERVICE, PMT_PID)]);
+    }
+    air.pmt(PMT_PID, &av_pmt(0, &[(H264, VIDEO)], ECM_PID));
+    let Run { result, p, .. } = run(&air.ts, ScriptedCa::new(), joining());
+    result.unwrap();
+    assert_eq!(p.stats().service_lost, 0);
 }
