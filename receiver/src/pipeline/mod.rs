@@ -672,6 +672,11 @@ impl<C: CaModule> Stages<C> {
             service = self.map.program(),
             "the service is off the air ({why}); waiting for it to return"
         );
+        // Its stream stops, and whole crypto periods may pass before it
+        // comes back: as after an input outage, the packets' period is
+        // inferred again from the next ECM, and each component starts
+        // again at a random access point.
+        self.input_gap("the service went off the air");
         self.join.restart_all(&self.clock, &mut self.stats);
     }
 

@@ -562,6 +562,9 @@ fn a_service_that_leaves_the_pat_mid_stream_is_waited_for_not_an_error() {
         PMT_PID,
         &service_pmt(SERVICE, VIDEO, &[VIDEO], Some(ECM_PID)),
     );
+    // Its ECMs come back with it: the packets' crypto period is taken
+    // from them again.
+    air.ecm(ECM_PID, 10);
     for seq in 10..20 {
         air.es(VIDEO, Some(10), seq, Some(u64::from(seq) * SECOND / 25));
     }
@@ -1111,6 +1114,7 @@ fn a_service_whose_pmt_stops_is_lost_and_comes_back_at_a_random_access_point() {
         air.pat(&[(SERVICE, PMT_PID)]);
     }
     air.pmt(PMT_PID, &av_pmt(0, &[(H264, VIDEO), (AAC, AUDIO)], ECM_PID));
+    air.ecm(ECM_PID, 10);
     air.pes_more(VIDEO, Some(10), 2, &[]);
     air.pes_start(VIDEO, Some(10), 3, IDR, true);
 
