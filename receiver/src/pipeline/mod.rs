@@ -389,7 +389,9 @@ impl<C: CaModule> Pipeline<C> {
         self.stages.access.card_id()
     }
 
-    /// When the first descrambled packet was written (for the zap time).
+    /// When the first packet was descrambled (for the zap time: the
+    /// card's part of it; with [`PipelineOptions::rap_join`] the output
+    /// may wait for a random access point after that).
     pub fn first_clear_at(&self) -> Option<Instant> {
         self.stages.first_clear
     }

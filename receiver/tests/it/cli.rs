@@ -485,6 +485,8 @@ fn stream_addresses_and_their_refusals() {
         "udp://@:PORT",
         "udp://HOST:PORT",
         "file://PATH",
+        "--no-rap-join",
+        "-o capture.ts --no-rap-join",
     ] {
         assert!(h.contains(want), "--help lacks {want}:\n{h}");
     }

@@ -2,10 +2,12 @@
 //! (`card_lifecycle`), and the real `headend`, `smartcard` and `receiver`
 //! binaries with a card behind pcscd and streams made by ffmpeg
 //! (`e2e_stream`), the EMMG client against a SimulCrypt MUX test peer
-//! (`emmg_mux`), and revocation and key renewal through them
-//! (`revocation`).
+//! (`emmg_mux`), revocation and key renewal through them
+//! (`revocation`), and a stream that changes under a running receiver
+//! (`live_changes`).
 
 mod card_lifecycle;
 mod e2e_stream;
 mod emmg_mux;
+mod live_changes;
 mod revocation;
