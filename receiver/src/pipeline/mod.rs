@@ -101,7 +101,7 @@ use rewrite::Rewritten;
 use std::io;
 use std::time::{Duration, Instant};
 use ts::demux::Demuxed;
-use ts::packet::PAT_PID;
+use ts::packet::{Continuity, ContinuityCheck, PAT_PID};
 use ts::psi::{Cat, Pat, Pmt, PsiError, TableSections, CA_SYSTEM_ID};
 use ts::{Packet, PacketReader, PACKET_LEN};
 
@@ -227,10 +227,9 @@ struct Stages<C> {
     pmt_out: Rewritten,
     access: Access<C>,
     first_clear: Option<Instant>,
-    /// For each PID of the service's components and ECMs: its last
-    /// continuity counter (`NO_CC` before its first packet) and the number
-    /// of input gaps noted by then.
-    continuity: Box<[(u8, u64); 8192]>,
+    /// For each PID of the service's components and ECMs: its continuity
+    /// counter, and the number of input gaps noted by its last packet.
+    continuity: Box<[(ContinuityCheck, u64); 8192]>,
     join: Join,
     /// The PAT and the CAT may span several sections.
     pat_sections: TableSections,
@@ -244,9 +243,6 @@ struct Stages<C> {
     /// Since when the service has been off the air, if it is.
     lost_since: Option<Instant>,
 }
-
-/// No continuity counter seen yet.
-const NO_CC: u8 = 0xFF;
 
 /// Whole PATs without the service's PMT after which the service is taken
 /// as gone: 1.5 s at the headend's rate (both every 100 ms); DVB wants
@@ -281,7 +277,7 @@ impl<C: CaModule + Send + 'static> Pipeline<C> {
                 pmt_out: Rewritten::default(),
                 access,
                 first_clear: None,
-                continuity: Box::new([(NO_CC, 0); 8192]),
+                continuity: Box::new([(ContinuityCheck::new(), 0); 8192]),
                 join,
                 pat_sections: TableSections::new(),
                 cat_sections: TableSections::new(),
@@ -572,19 +568,16 @@ impl<C: CaModule> Stages<C> {
     /// since the PID's last packet: one gap shows on every PID, and the
     /// ECM that may have come after it on another PID must count.
     fn check_continuity(&mut self, p: &[u8; PACKET_LEN]) {
-        let pid = usize::from(u16::from_be_bytes([p[1] & 0x1F, p[2]]));
-        let has_payload = p[3] & 0x10 != 0;
-        let cc = p[3] & 0x0F;
-        let flagged = p[3] & 0x20 != 0 && p[4] > 0 && p[5] & 0x80 != 0;
-        let gaps = self.stats.input_gaps;
-        let (last, gaps_then) = std::mem::replace(&mut self.continuity[pid], (cc, gaps));
-        if last == NO_CC || flagged || gaps_then != gaps {
+        let Ok(view) = Packet::from_array(p) else {
             return;
-        }
-        let expected = if has_payload { (last + 1) & 0x0F } else { last };
-        if cc != expected && cc != last {
+        };
+        let gaps = self.stats.input_gaps;
+        let (check, gaps_then) = &mut self.continuity[usize::from(view.pid())];
+        let jumped = check.check(&view) == Continuity::Jump;
+        let noted = std::mem::replace(gaps_then, gaps) != gaps;
+        if jumped && !noted {
             self.input_gap("a continuity counter jumped");
-            self.continuity[pid].1 = self.stats.input_gaps;
+            self.continuity[usize::from(view.pid())].1 = self.stats.input_gaps;
         }
     }
 
