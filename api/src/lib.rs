@@ -429,6 +429,10 @@ pub struct Status {
     /// The SimulCrypt MUXes fed with the EMM carousel (`[[simulcrypt.mux]]`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub muxes: Vec<MuxStatus>,
+    /// The SimulCrypt ECMG and its SCS peers, when `[simulcrypt.ecmg]` is
+    /// configured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecmg: Option<EcmgStatus>,
 }
 
 /// A MUX of [`Status`]: the EMMG client's connection to it and what it sent.
@@ -463,6 +467,41 @@ pub struct MuxStatus {
     pub faults: std::collections::BTreeMap<String, u64>,
     /// The last error, with its fix.
     pub last_error: Option<String>,
+}
+
+/// The SimulCrypt ECMG (ETSI TS 103 197), in [`Status`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct EcmgStatus {
+    /// The TCP address SCSs connect to.
+    pub listen: String,
+    /// The Super_CAS_id an SCS must give, `0x` and 8 hex digits.
+    pub super_cas_id: String,
+    /// SCS connections open now, and the channels and streams on them.
+    pub connections: u64,
+    pub channels: u64,
+    pub streams: u64,
+    /// Since the start: CW_provisions received, ECM_responses sent.
+    pub ecm_requests: u64,
+    pub ecm_responses: u64,
+    /// Errors sent to SCSs since the start, by error_status (`0x0007`).
+    pub errors: std::collections::BTreeMap<String, u64>,
+    /// Each open connection.
+    pub peers: Vec<EcmgPeer>,
+}
+
+/// One SCS connection, in [`EcmgStatus`].
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub struct EcmgPeer {
+    /// The SCS's address.
+    pub address: String,
+    /// Its ECM_channel_id, once set up.
+    pub channel: Option<u16>,
+    pub streams: u64,
+    /// ECMs sent to it.
+    pub ecms: u64,
+    /// Errors sent to it.
+    pub errors: u64,
+    pub connected_secs: u64,
 }
 
 /// The headend's clock check, in [`Status`]: the daemon refuses to put on

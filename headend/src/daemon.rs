@@ -18,6 +18,7 @@ use crate::init::{ensure_scrape_token, read_master_key, read_token, KeyFileError
 use crate::metrics::Metrics;
 use crate::output::CaOutput;
 use crate::server::{self, AppState};
+use crate::simulcrypt::ecmg::{self, Ecmg};
 use crate::simulcrypt::MuxPeers;
 use crate::state::{Headend, StateError, Timing};
 use crate::supervisor::Supervisor;
@@ -111,6 +112,8 @@ pub struct Daemon {
     supervisor: Arc<Supervisor>,
     muxes: MuxPeers,
     run: u64,
+    /// The SimulCrypt ECMG, when `[simulcrypt.ecmg]` is configured.
+    ecmg: Option<Ecmg>,
 }
 
 impl Daemon {
@@ -143,7 +146,10 @@ impl Daemon {
         };
         // headend.toml's channels, with the checks an API channel gets:
         // against each other and against the files they name.
-        let specs: Vec<_> = c.channels.iter().map(|ch| ch.spec()).collect();
+        // (A `scrambler = "simulcrypt"` channel has no stream here: the
+        // ECMG serves it.)
+        let mux_channels = c.mux_channels();
+        let specs: Vec<_> = mux_channels.iter().map(|ch| ch.spec()).collect();
         for (i, ch) in specs.iter().enumerate() {
             crate::config::check_channel(ch, &specs[..i], &loaded.dir).map_err(|p| {
                 DaemonError::Config(format!(
@@ -168,7 +174,7 @@ impl Daemon {
             MasterKey::new(&master),
             c.operator_id,
             timing,
-            &c.channels,
+            &mux_channels,
             output.clone(),
             metrics.clone(),
             now_ms(),
@@ -194,9 +200,36 @@ impl Daemon {
             let m = muxes.clone();
             metrics.add_collector(Arc::new(move |e| m.render_metrics(e)));
         }
+        let mut services = Vec::new();
+        for ch in c.channels.iter().filter(|ch| !ch.scrambler.is_mux()) {
+            let product = core
+                .ensure_product(&ch.product, now_ms())
+                .map_err(|e| match e {
+                    StateError::Config { field, message } => DaemonError::Config(format!(
+                        "{}: field `{field}`: {message}",
+                        loaded.path.display()
+                    )),
+                    other => DaemonError::Headend(other),
+                })?;
+            services.push(ecmg::Service {
+                name: ch.name.clone(),
+                product,
+                product_name: ch.product.clone(),
+                service: ch.service_id,
+                maturity: ch.maturity,
+            });
+        }
+        let headend = Arc::new(Mutex::new(core));
+        let ecmg = c.simulcrypt.ecmg.clone().map(|cfg| {
+            let e = Ecmg::new(cfg, services, headend.clone(), now_ms);
+            e.refresh(&headend.lock().unwrap_or_else(|p| p.into_inner()));
+            let m = e.clone();
+            metrics.add_collector(Arc::new(move |x| m.render_metrics(x)));
+            e
+        });
         Ok(Daemon {
             loaded,
-            headend: Arc::new(Mutex::new(core)),
+            headend,
             token: Arc::new(token),
             scrape_token: Arc::new(scrape_token),
             metrics,
@@ -204,6 +237,7 @@ impl Daemon {
             supervisor,
             muxes,
             run,
+            ecmg,
         })
     }
 
@@ -252,6 +286,23 @@ impl Daemon {
                 source,
             })?;
         let addr = listener.local_addr().map_err(DaemonError::Serve)?;
+        // The SimulCrypt ECMG, on its own port.
+        let ecmg_task = match &self.ecmg {
+            Some(e) => {
+                let l = e.bind().await.map_err(|source| DaemonError::Listen {
+                    addr: cfg.simulcrypt.ecmg.as_ref().map_or(addr, |c| c.listen),
+                    source,
+                })?;
+                let at = l.local_addr().map_err(DaemonError::Serve)?;
+                tracing::info!(
+                    addr = %at,
+                    super_cas_id = %format!("0x{:08x}", e.super_cas_id()),
+                    "SimulCrypt ECMG listening"
+                );
+                Some(tokio::spawn(e.clone().serve(l)))
+            }
+            None => None,
+        };
 
         // The scheduler: a step every quarter period, at most every 50 ms.
         let tick = Duration::from_millis((cfg.crypto_period_ms / 4).clamp(10, 50));
@@ -260,15 +311,21 @@ impl Daemon {
             let core = self.headend.clone();
             let stop = stop.clone();
             let metrics = self.metrics.clone();
+            let ecmg = self.ecmg.clone();
             tokio::spawn(async move {
                 let mut interval = tokio::time::interval(tick);
                 interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                 while !stop.load(Ordering::SeqCst) {
                     interval.tick().await;
                     let core = core.clone();
+                    let ecmg = ecmg.clone();
                     let step = tokio::task::spawn_blocking(move || {
                         let mut c = core.lock().unwrap_or_else(|e| e.into_inner());
-                        c.tick(now_ms())
+                        let r = c.tick(now_ms());
+                        if let Some(e) = &ecmg {
+                            e.refresh(&c);
+                        }
+                        r
                     })
                     .await;
                     match step {
@@ -310,12 +367,16 @@ impl Daemon {
             muxes: self.muxes.clone(),
             run: self.run,
             now_ms,
+            ecmg: self.ecmg.clone(),
         };
         let app = server::router(state);
         tracing::info!(%addr, run = self.run, "headend serving");
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(shutdown)
             .await;
+        if let Some(t) = ecmg_task {
+            t.abort();
+        }
         self.supervisor.shutdown();
         let _ = tokio::task::spawn_blocking(move || supervisor.join()).await;
         mux_stop.store(true, Ordering::SeqCst);

@@ -29,6 +29,8 @@
 //!   EMM carousel to third-party MUXes.
 //! * [`supervisor`]: the channel streams inside `headend run`, started,
 //!   changed and stopped live, and turned off and retried when they fail.
+//! * [`simulcrypt`]: DVB SimulCrypt, the ECMG that third-party
+//!   scramblers get their ECMs from.
 #![forbid(unsafe_code)]
 
 pub mod atrest;

@@ -77,6 +77,8 @@ pub struct AppState {
     pub muxes: crate::simulcrypt::MuxPeers,
     pub run: u64,
     pub now_ms: fn() -> u64,
+    /// The SimulCrypt ECMG, if configured: its part of the status.
+    pub ecmg: Option<crate::simulcrypt::ecmg::Ecmg>,
 }
 
 impl std::fmt::Debug for AppState {
@@ -593,6 +595,7 @@ async fn rotate(
 
 async fn status(State(st): State<AppState>) -> ApiResult {
     let mut v = with_headend(&st, |c, now| Ok(c.status(now))).await?;
+    v.ecmg = st.ecmg.as_ref().map(|e| e.status());
     // Each channel with where it stands: state, error or cause with its
     // fix, input counters, and the stream's own report.
     let sup = st.supervisor.clone();

@@ -15,11 +15,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 mod channels;
+mod ecmg;
 mod mux;
 pub use channels::{
     check_channel, check_channel_fields, parse_input, parse_output, valid_pid, ChannelProblem,
     ChannelSpec, InputUrl, OutputUrl, MAX_CLEAR_SERVICES, MAX_URL,
 };
+pub use ecmg::{EcmgConfig, Scrambler, DEFAULT_ECMG_PORT};
 pub use mux::{Datagrams, MuxConfig, MuxProblem, SimulcryptConfig, Transport};
 
 /// The default admin API port.
@@ -121,9 +123,15 @@ pub struct Config {
     /// The channels: each is one DVB service scrambled under one product.
     #[serde(default)]
     pub channels: Vec<ChannelConfig>,
-    /// DVB SimulCrypt peers: the MUXes fed with the EMM carousel.
+    /// DVB SimulCrypt peers: the MUXes fed with the EMM carousel
+    /// (`[[simulcrypt.mux]]`) and the ECMG for third-party scramblers
+    /// (`[simulcrypt.ecmg]`).
     #[serde(default, skip_serializing_if = "SimulcryptConfig::is_empty")]
     pub simulcrypt: SimulcryptConfig,
+}
+
+fn is_zero(v: &u16) -> bool {
+    *v == 0
 }
 
 /// One channel (DVB service).
@@ -136,7 +144,14 @@ pub struct ChannelConfig {
     /// The product (by name) whose key seals this channel's ECMs; created
     /// if it does not exist.
     pub product: String,
+    /// Who scrambles it: `mux` (the headend's own multiplexer, the
+    /// default) or `simulcrypt` (a third-party scrambler that gets its
+    /// ECMs from `[simulcrypt.ecmg]`; no input, output or PIDs here).
+    #[serde(default, skip_serializing_if = "Scrambler::is_mux")]
+    pub scrambler: Scrambler,
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub ecm_pid: u16,
+    #[serde(default, skip_serializing_if = "is_zero")]
     pub emm_pid: u16,
     /// Minimum viewer age, 0 for none.
     #[serde(default)]
@@ -370,6 +385,10 @@ impl Config {
             if c.product.trim().is_empty() {
                 return Err(Self::field(f("product"), "must not be empty"));
             }
+            if c.scrambler == Scrambler::Simulcrypt {
+                self.check_simulcrypt_channel(c, &f)?;
+                continue;
+            }
             // The same checks as a channel from the API gets, but those
             // that need the files (see `check_channel`), which `headend
             // run` makes once it knows the config's folder.
@@ -380,7 +399,55 @@ impl Config {
         self.simulcrypt
             .validate()
             .map_err(|p| Self::field(p.field, p.message))?;
+        if let Some(e) = &self.simulcrypt.ecmg {
+            e.check()
+                .map_err(|(field, m)| Self::field(format!("simulcrypt.ecmg.{field}"), m))?;
+        }
         Ok(())
+    }
+
+    /// A channel served to an external scrambler: a service and a product,
+    /// and nothing of the stream (the SCS and its MUX own it).
+    fn check_simulcrypt_channel(
+        &self,
+        c: &ChannelConfig,
+        f: &dyn Fn(&str) -> String,
+    ) -> Result<(), ConfigError> {
+        let why = "the SCS's scrambler and MUX own the stream of a `scrambler = \"simulcrypt\"` channel: remove it, or use `scrambler = \"mux\"`";
+        if c.input.is_some() {
+            return Err(Self::field(f("input"), why));
+        }
+        if c.output.is_some() {
+            return Err(Self::field(f("output"), why));
+        }
+        if !c.clear_services.is_empty() {
+            return Err(Self::field(f("clear_services"), why));
+        }
+        if c.ecm_pid != 0 {
+            return Err(Self::field(f("ecm_pid"), why));
+        }
+        if c.emm_pid != 0 {
+            return Err(Self::field(f("emm_pid"), why));
+        }
+        if self.simulcrypt.ecmg.is_none() {
+            return Err(Self::field(
+                f("scrambler"),
+                format!(
+                    "channel {:?} is served to a SimulCrypt scrambler, but no ECMG is configured: add a `[simulcrypt.ecmg]` table (e.g. listen = \"127.0.0.1:{DEFAULT_ECMG_PORT}\")",
+                    c.name
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The channels the headend's own multiplexer scrambles.
+    pub fn mux_channels(&self) -> Vec<ChannelConfig> {
+        self.channels
+            .iter()
+            .filter(|c| c.scrambler.is_mux())
+            .cloned()
+            .collect()
     }
 
     /// The config as TOML, with a comment per field, as `headend init`
@@ -441,6 +508,23 @@ impl Config {
             s.push_str("\n[[simulcrypt.mux]]\n");
             s.push_str(&toml::to_string(m).expect("a MUX serializes"));
         }
+        match &self.simulcrypt.ecmg {
+            Some(e) => {
+                s.push_str(
+                    "\n# The SimulCrypt ECMG (ETSI TS 103 197) for third-party scramblers.\n",
+                );
+                s.push_str("[simulcrypt.ecmg]\n");
+                s.push_str(&toml::to_string(e).expect("the ECMG table serializes"));
+            }
+            None => {
+                s.push_str(
+                    "\n# A SimulCrypt ECMG for third-party scramblers (see docs/OPERATIONS.md):\n",
+                );
+                s.push_str(&format!(
+                    "# [simulcrypt.ecmg]\n# listen = \"127.0.0.1:{DEFAULT_ECMG_PORT}\"\n"
+                ));
+            }
+        }
         s
     }
 }
@@ -477,6 +561,7 @@ mod tests {
             name: "news".into(),
             service_id: 257,
             product: "basic".into(),
+            scrambler: Scrambler::Mux,
             ecm_pid: 0x101,
             emm_pid: 0x102,
             maturity: 0,

@@ -14,6 +14,10 @@ pub struct SimulcryptConfig {
     /// The MUXes that get the EMM carousel.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub mux: Vec<MuxConfig>,
+    /// The ECMG for third-party scramblers' SCSs; absent: no ECMG
+    /// (`super::ecmg`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ecmg: Option<super::EcmgConfig>,
 }
 
 /// What a datagram of `data_provision` holds.
@@ -127,7 +131,7 @@ pub struct MuxProblem {
 impl SimulcryptConfig {
     /// No SimulCrypt peer at all.
     pub fn is_empty(&self) -> bool {
-        self.mux.is_empty()
+        self.mux.is_empty() && self.ecmg.is_none()
     }
 
     /// Checks every MUX table: ranges, names, and what goes together.

@@ -24,6 +24,7 @@
 //! * cards, subscriptions: cards, what they hold and who they pair with;
 //! * carousel: the EMM-U carousel and its fast lane;
 //! * [`seq`]: the EMM sequence blocks;
+//! * simulcrypt: what the SimulCrypt ECMG takes from the state;
 //! * ecm: the ECM scheduler;
 //! * clock: the clock check (no time more than `max_clock_jump_secs`
 //!   ahead of the last one persisted goes on the air);
@@ -56,6 +57,7 @@ mod products;
 mod restore;
 mod sd;
 pub mod seq;
+mod simulcrypt;
 mod status;
 mod subscriptions;
 #[cfg(test)]

@@ -105,6 +105,7 @@ pub(super) mod tests {
             name: "one".into(),
             service_id: 7,
             product: "basic".into(),
+            scrambler: Default::default(),
             ecm_pid: 0x100,
             emm_pid: 0x101,
             maturity: 0,

@@ -167,6 +167,7 @@ impl Headend {
             restored: self.restore_status(),
             ecms_fresh_from_epoch: self.ecm_fresh_from,
             muxes: Vec::new(),
+            ecmg: None,
         }
     }
 }

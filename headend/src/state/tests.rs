@@ -32,6 +32,7 @@ fn config_channel(name: &str, ecm_pid: u16, emm_pid: u16) -> crate::config::Chan
         name: name.into(),
         service_id: 7,
         product: "basic".into(),
+        scrambler: Default::default(),
         ecm_pid,
         emm_pid,
         maturity: 0,

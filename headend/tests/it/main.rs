@@ -2,7 +2,8 @@
 //!
 //! - The daemon and its CLI as an operator runs them (`api`, `cli`,
 //!   `channels`, `expiry`, `crash`, `renewal_crash`, `metrics`, `restore`,
-//!   `clock`), each on
+//!   `clock`, `ecmg`: the SimulCrypt ECMG and an SCS written from the
+//!   standard), each on
 //!   a real `headend` process with its folder in a temporary directory (see `common`).
 //! - The stream engine on real TS from ffmpeg and on synthetic TS
 //!   (`stream_engine`, `stream_psi`, `stream_garbage`, `stream_mpts`), over UDP
@@ -15,6 +16,7 @@ mod cli;
 mod clock;
 mod common;
 mod crash;
+mod ecmg;
 mod expiry;
 mod metrics;
 mod renewal_crash;
