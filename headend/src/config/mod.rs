@@ -583,6 +583,41 @@ mod tests {
     }
 
     #[test]
+    fn a_simulcrypt_channel_has_no_stream_and_needs_the_ecmg() {
+        let ch = "[[channels]]\nname='p'\nservice_id=9\nproduct='basic'\nscrambler='simulcrypt'\n";
+        let ecmg = "[simulcrypt.ecmg]\nlisten='127.0.0.1:2000'\n";
+        let c = Config::parse(&format!("{ch}{ecmg}")).unwrap();
+        assert_eq!(c.channels[0].scrambler, Scrambler::Simulcrypt);
+        assert!(c.mux_channels().is_empty());
+        let e = c.simulcrypt.ecmg.as_ref().unwrap();
+        assert_eq!((e.listen.port(), e.max_streams), (2000, 1000));
+        // It round-trips through the commented file.
+        assert_eq!(Config::parse(&c.to_commented_toml()).unwrap(), c);
+        let e = Config::parse(ch).unwrap_err().to_string();
+        assert!(
+            e.contains("channels[0].scrambler") && e.contains("[simulcrypt.ecmg]"),
+            "{e}"
+        );
+        let with = |extra: &str| {
+            Config::parse(&format!("{ch}{extra}\n{ecmg}"))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(with("input='x.ts'").contains("channels[0].input"));
+        assert!(with("ecm_pid=0x100").contains("channels[0].ecm_pid"));
+        let e = Config::parse(&format!("{ecmg}min_cp_duration_ms=150\n")).unwrap_err();
+        assert!(
+            e.to_string().contains("simulcrypt.ecmg.min_cp_duration_ms"),
+            "{e}"
+        );
+        let e = Config::parse("[simulcrypt.ecmg]\nbogus=1\n").unwrap_err();
+        assert!(e.to_string().contains("bogus"), "{e}");
+        // A mux channel still needs its PIDs.
+        let e = Config::parse("[[channels]]\nname='a'\nservice_id=1\nproduct='p'\n").unwrap_err();
+        assert!(e.to_string().contains("channels[0].ecm_pid"), "{e}");
+    }
+
+    #[test]
     fn errors_name_the_field() {
         let e = Config::parse("crypto_period_ms = 50").unwrap_err();
         assert!(e.to_string().contains("crypto_period_ms"), "{e}");

@@ -392,6 +392,11 @@ fn an_scs_gets_ecms_that_a_card_opens_into_its_own_control_words() {
     assert_eq!(st["ecmg"]["streams"], 2, "{st}");
     assert_eq!(st["ecmg"]["super_cas_id"], "0xf10d0000");
     assert!(st["ecmg"]["ecm_responses"].as_u64().unwrap() >= 9, "{st}");
+    let shown = String::from_utf8_lossy(&h.cli(&["status"]).stdout).into_owned();
+    assert!(
+        shown.contains("SimulCrypt ECMG on") && shown.contains("1 channels, 2 streams"),
+        "{shown}"
+    );
     let metrics = h
         .agent
         .get(&h.url("/metrics"))

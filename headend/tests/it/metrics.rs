@@ -486,6 +486,13 @@ fn input_silence_rises_when_the_udp_input_stops() {
         return;
     };
     let mut h = Headend::init(BIN, 1000, Some(2000));
+    // With the SimulCrypt ECMG, whose families the alert rules use too.
+    let mut toml = std::fs::read_to_string(h.config()).unwrap();
+    toml.push_str(&format!(
+        "\n[simulcrypt.ecmg]\nlisten = \"127.0.0.1:{}\"\n",
+        testkit::free_tcp_port()
+    ));
+    std::fs::write(h.config(), toml).unwrap();
     h.start();
     let token = read_token(&h.home().join("scrape.token"));
     h.post("/api/v1/products", json!({ "name": "basic" }));

@@ -348,6 +348,10 @@ fn status(v: &Status) {
         cli::outln!();
         mux_states(&v.muxes);
     }
+    if let Some(e) = &v.ecmg {
+        cli::outln!();
+        ecmg(e);
+    }
 }
 
 /// The SimulCrypt MUXes of `headend status`: a line each, then the last
@@ -404,6 +408,43 @@ fn mux_states(ms: &[api::MuxStatus]) {
         if let Some(e) = &m.last_error {
             cli::outln!("  {}: {e}", m.name);
         }
+    }
+}
+
+/// The SimulCrypt ECMG's part of `headend status`: a summary line, the
+/// errors sent by code, and a line per SCS connection.
+fn ecmg(e: &api::EcmgStatus) {
+    cli::outln!(
+        "SimulCrypt ECMG on {} (Super_CAS_id {}): {} SCS connections, {} channels, {} streams; {} CW_provisions, {} ECMs sent",
+        e.listen,
+        e.super_cas_id,
+        e.connections,
+        e.channels,
+        e.streams,
+        e.ecm_requests,
+        e.ecm_responses
+    );
+    if !e.errors.is_empty() {
+        let errors: Vec<String> = e.errors.iter().map(|(c, n)| format!("{c} x{n}")).collect();
+        cli::outln!("ECMG errors sent, by error_status: {}", errors.join(", "));
+    }
+    if !e.peers.is_empty() {
+        table(
+            &["SCS", "CHANNEL", "STREAMS", "ECMS", "ERRORS", "CONNECTED"],
+            &e.peers
+                .iter()
+                .map(|p| {
+                    vec![
+                        p.address.clone(),
+                        p.channel.map_or("-".into(), |c| c.to_string()),
+                        p.streams.to_string(),
+                        p.ecms.to_string(),
+                        p.errors.to_string(),
+                        human_secs(p.connected_secs as i64),
+                    ]
+                })
+                .collect::<Vec<_>>(),
+        );
     }
 }
 

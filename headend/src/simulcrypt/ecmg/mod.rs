@@ -384,7 +384,7 @@ impl Ecmg {
         )
         .sample(&[], s.streams);
         e.counter(
-            "iodoform_ecmg_connections_total",
+            "iodoform_ecmg_connection_attempts_total",
             "SCS connections accepted by the ECMG, and those closed at once because max_connections were open.",
         )
         .sample(&[("result", "accepted")], i.stats.connections.load(Ordering::Relaxed))
