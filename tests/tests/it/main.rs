@@ -2,12 +2,14 @@
 //! (`card_lifecycle`), and the real `headend`, `smartcard` and `receiver`
 //! binaries with a card behind pcscd and streams made by ffmpeg
 //! (`e2e_stream`), the EMMG client against a SimulCrypt MUX test peer
-//! (`emmg_mux`), revocation and key renewal through them
-//! (`revocation`), and a stream that changes under a running receiver
-//! (`live_changes`).
+//! (`emmg_mux`), a third-party scrambler that gets its ECMs from the
+//! headend's SimulCrypt ECMG (`ecmg_scs`), revocation and key renewal
+//! through them (`revocation`), and a stream that changes under a running
+//! receiver (`live_changes`).
 
 mod card_lifecycle;
 mod e2e_stream;
+mod ecmg_scs;
 mod emmg_mux;
 mod live_changes;
 mod revocation;
