@@ -6,10 +6,11 @@
 //! card cannot tell it from one of the headend's own multiplexer, and
 //! key renewals reach both alike.
 //!
-//! * One task per connection, one message at a time: a connection holds
-//!   at most one answer unsent, a write that the SCS does not take within
-//!   `write_timeout_ms` closes it, and so a slow or stalled SCS holds up
-//!   nothing but itself.
+//! * One task per connection, one message at a time: the messages that
+//!   came in one read are answered in one write, at most 16 KB of answers
+//!   wait, a write that the SCS does not take within `write_timeout_ms`
+//!   closes the connection, and so a slow or stalled SCS holds up nothing
+//!   but itself.
 //! * Faults get the standard's error_status in a `channel_error` or
 //!   `stream_error` with a one-line error_information, and the connection
 //!   goes on; bytes that do not frame (a wrong protocol_version, a length
@@ -36,7 +37,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
@@ -476,6 +478,77 @@ async fn connection(inner: Arc<Inner>, socket: TcpStream, address: SocketAddr) {
     }
 }
 
+/// The size of a connection's read buffer: room for two of the longest
+/// messages.
+const INBOX: usize = 2 * (HEADER_LEN + MAX_BODY);
+
+/// The bytes read from a peer and not yet handled, read as they come (so
+/// a burst of messages costs one read); the bytes of a message are wiped
+/// once it is decoded, as control words come in the clear.
+struct Inbox {
+    buf: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Inbox {
+    fn new() -> Inbox {
+        Inbox {
+            buf: vec![0; INBOX].into_boxed_slice(),
+            start: 0,
+            end: 0,
+        }
+    }
+
+    fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Reads until `n` bytes are buffered (`n` ≤ half the buffer).
+    async fn fill_to(&mut self, rd: &mut OwnedReadHalf, n: usize) -> std::io::Result<()> {
+        if self.start + n > self.buf.len() {
+            let len = self.buffered();
+            self.buf.copy_within(self.start..self.end, 0);
+            self.buf[len..self.end].fill(0);
+            self.start = 0;
+            self.end = len;
+        }
+        while self.buffered() < n {
+            let got = rd.read(&mut self.buf[self.end..]).await?;
+            if got == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            self.end += got;
+        }
+        Ok(())
+    }
+
+    fn peek(&self, n: usize) -> &[u8] {
+        &self.buf[self.start..self.start + n]
+    }
+
+    /// Wipes and drops the first `n` bytes.
+    fn consume(&mut self, n: usize) {
+        self.buf[self.start..self.start + n].fill(0);
+        self.start += n;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
+        }
+    }
+}
+
+impl Drop for Inbox {
+    fn drop(&mut self) {
+        self.buf.fill(0);
+    }
+}
+
+/// A connection's answers, written in one go when the messages read so
+/// far are all handled; bounded (a full buffer is written out at once,
+/// under the write timeout).
+type Outbox = BufWriter<OwnedWriteHalf>;
+
 async fn serve_peer(
     inner: &Arc<Inner>,
     peer: &Arc<Peer>,
@@ -483,21 +556,28 @@ async fn serve_peer(
     first_fault: &mut Option<Fault>,
     messages: &mut u64,
 ) -> End {
-    let (mut rd, mut wr) = socket.into_split();
+    let (mut rd, wr) = socket.into_split();
+    let mut wr: Outbox = BufWriter::with_capacity(16 * 1024, wr);
+    let mut inbox = Inbox::new();
     let mut session = Session::new(inner.clone(), peer.clone());
     let idle = Duration::from_secs(inner.cfg.idle_timeout_secs);
     let write_timeout = Duration::from_millis(inner.cfg.write_timeout_ms);
-    let mut body = Vec::with_capacity(256);
     loop {
-        let mut head = [0u8; HEADER_LEN];
-        match tokio::time::timeout(idle, rd.read_exact(&mut head)).await {
+        if inbox.buffered() == 0 {
+            if let Err(why) = flush(&mut wr, write_timeout).await {
+                return End::Broken(why);
+            }
+        }
+        match tokio::time::timeout(idle, inbox.fill_to(&mut rd, HEADER_LEN)).await {
             Err(_) => return End::Idle,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => return End::Closed,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => return End::Closed,
             Ok(Err(e)) => return End::Broken(format!("read: {e}")),
-            Ok(Ok(_)) => {}
+            Ok(Ok(())) => {}
         }
         *messages += 1;
+        let mut head = [0u8; HEADER_LEN];
+        head.copy_from_slice(inbox.peek(HEADER_LEN));
         let header = Header::parse(&head);
         // A header this ECMG cannot frame: answer, then close.
         let unframed = if header.version != PROTOCOL_VERSION {
@@ -532,8 +612,8 @@ async fn serve_peer(
             )
             .await;
         }
-        body.resize(usize::from(header.length), 0);
-        match tokio::time::timeout(idle, rd.read_exact(&mut body)).await {
+        let total = HEADER_LEN + usize::from(header.length);
+        match tokio::time::timeout(idle, inbox.fill_to(&mut rd, total)).await {
             Err(_) => return End::Idle,
             Ok(Err(e)) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
                 return End::Broken(format!(
@@ -542,9 +622,11 @@ async fn serve_peer(
                 ))
             }
             Ok(Err(e)) => return End::Broken(format!("read: {e}")),
-            Ok(Ok(_)) => {}
+            Ok(Ok(())) => {}
         }
-        let message = match Message::decode_body(header, &body) {
+        let decoded = Message::decode_body(header, &inbox.peek(total)[HEADER_LEN..]);
+        inbox.consume(total);
+        let message = match decoded {
             Ok(m) => m,
             Err(e) => {
                 let code = match e {
@@ -568,7 +650,6 @@ async fn serve_peer(
                 .await;
             }
         };
-        body.iter_mut().for_each(|b| *b = 0);
         let step = session.handle(&message).await;
         for a in &step.answers {
             if let Err(why) = send(&mut wr, a, write_timeout).await {
@@ -586,9 +667,22 @@ async fn serve_peer(
             }
         }
         if step.done {
+            let _ = flush(&mut wr, write_timeout).await;
             let _ = wr.shutdown().await;
             return End::Closed;
         }
+    }
+}
+
+/// Writes out the answers buffered, or says why it could not.
+async fn flush(wr: &mut Outbox, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, wr.flush()).await {
+        Err(_) => Err(format!(
+            "the SCS took no answer for {} ms (simulcrypt.ecmg.write_timeout_ms)",
+            timeout.as_millis()
+        )),
+        Ok(Err(e)) => Err(format!("write: {e}")),
+        Ok(Ok(())) => Ok(()),
     }
 }
 
@@ -596,7 +690,7 @@ async fn serve_peer(
 async fn report_and_close(
     inner: &Arc<Inner>,
     peer: &Arc<Peer>,
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    wr: &mut Outbox,
     answer: Message,
     fault: Fault,
     first_fault: &mut Option<Fault>,
@@ -608,16 +702,14 @@ async fn report_and_close(
         *first_fault = Some(fault);
     }
     let _ = send(wr, &answer, write_timeout).await;
+    let _ = flush(wr, write_timeout).await;
     let _ = tokio::time::timeout(write_timeout, wr.shutdown()).await;
     End::Broken(why)
 }
 
-/// Writes one message, or says why it could not.
-async fn send(
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
-    m: &Message,
-    timeout: Duration,
-) -> Result<(), String> {
+/// Writes one message into the outbox (out at once if it is full), or
+/// says why it could not.
+async fn send(wr: &mut Outbox, m: &Message, timeout: Duration) -> Result<(), String> {
     let Some(mut bytes) = m.encode() else {
         return Err("an answer too long to encode (a bug)".into());
     };
