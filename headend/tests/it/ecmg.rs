@@ -235,12 +235,17 @@ fn random_cw() -> [u8; 16] {
 /// A headend with a `scrambler = "simulcrypt"` channel (service 300 of
 /// product "sports") and its ECMG on a free port; the product's id.
 fn headend_with_ecmg() -> (Headend, SocketAddr, u32) {
+    headend_with_ecmg_config("")
+}
+
+/// [`headend_with_ecmg`] with more lines for `[simulcrypt.ecmg]`.
+fn headend_with_ecmg_config(ecmg: &str) -> (Headend, SocketAddr, u32) {
     let mut h = Headend::init(BIN, 1000, Some(500));
     let port = testkit::free_tcp_port();
     let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
     let mut toml = std::fs::read_to_string(h.config()).unwrap();
     toml.push_str(&format!(
-        "\n[[channels]]\nname = \"partner\"\nservice_id = {SERVICE}\nproduct = \"sports\"\nscrambler = \"simulcrypt\"\n\n[simulcrypt.ecmg]\nlisten = \"{addr}\"\n"
+        "\n[[channels]]\nname = \"partner\"\nservice_id = {SERVICE}\nproduct = \"sports\"\nscrambler = \"simulcrypt\"\n\n[simulcrypt.ecmg]\nlisten = \"{addr}\"\n{ecmg}"
     ));
     std::fs::write(h.config(), toml).unwrap();
     h.start();
@@ -671,4 +676,111 @@ fn bad_peers_are_closed_with_a_reason_while_a_good_one_is_served() {
         );
     }
     assert!(h.get("/api/v1/status")["ecmg"]["connections"] == json!(1));
+}
+
+#[test]
+fn ecms_follow_a_key_renewal_like_the_own_muxs() {
+    let (h, addr, product) = headend_with_ecmg();
+    let op = operator(&h);
+    let (mut card, public) = new_card(&op, 31);
+    register(&h, 31, &public);
+    h.post(
+        "/api/v1/subscriptions",
+        plan_subscription(31, "sports", "2099-12-31"),
+    );
+    let mut scs = Scs::connect(addr);
+    scs.channel_setup(1);
+    scs.stream_setup(1, 1, 1);
+    let mut sections = Sections::default();
+    let mut cp = 0u16;
+    let mut next = |scs: &mut Scs, sections: &mut Sections, card: &mut Card| {
+        if let Some((_, emms)) = sections.poll(&h) {
+            feed_emms(card, 31, &emms);
+        }
+        let ac = ac(product);
+        scs.cw_provision(
+            1,
+            1,
+            cp,
+            [random_cw(), random_cw()],
+            (cp == 0).then_some(&ac[..]),
+        );
+        let (header, ecm, _) = ecm_in(&scs.ecm(1, 1, cp));
+        cp += 1;
+        (header.generation, card.process_ecm(&ecm).is_ok())
+    };
+    let (g0, _) = next(&mut scs, &mut sections, &mut card);
+    h.post("/api/v1/rotate", json!({"product": "sports"}));
+    // The new generation reaches the ECMs once its delivery is through,
+    // and the card, which got it from its EMMs, opens every ECM.
+    let t = Instant::now();
+    loop {
+        let (g, opened) = next(&mut scs, &mut sections, &mut card);
+        if g != g0 {
+            assert!(g > g0);
+            assert!(opened, "the card opens the first ECM of generation {g}");
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "the ECMG's ECMs never left generation {g0}:\n{}",
+            h.log_tail(20)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(h.log().contains("ECMG: ECMs follow the product's new key"));
+}
+
+#[test]
+fn a_stalled_scs_is_closed_after_the_write_timeout_and_holds_up_no_other() {
+    let (h, addr, product) = headend_with_ecmg_config("write_timeout_ms = 1000\n");
+    let mut good = Scs::connect(addr);
+    good.channel_setup(1);
+    good.stream_setup(1, 1, 1);
+    // The stalled SCS sends and never reads, until the ECMG's answers
+    // fill its socket.
+    let mut stalled = Scs::connect(addr);
+    stalled.channel_setup(2);
+    stalled.stream_setup(2, 1, 1);
+    stalled
+        .tcp
+        .set_write_timeout(Some(Duration::from_millis(200)))
+        .unwrap();
+    let ac = ac(product);
+    let flood = encode(
+        VERSION,
+        STREAM_TEST,
+        &[(P_ECM_CHANNEL_ID, &[0, 2]), (P_ECM_STREAM_ID, &[0, 1])],
+    );
+    let t = Instant::now();
+    let mut sent = 0usize;
+    while t.elapsed() < Duration::from_secs(3) {
+        if stalled.tcp.write_all(&flood.repeat(100)).is_err() {
+            break;
+        }
+        sent += 100;
+    }
+    // Meanwhile the good SCS is served at once.
+    for cp in 0..20u16 {
+        let t = Instant::now();
+        good.cw_provision(
+            1,
+            1,
+            cp,
+            [random_cw(), random_cw()],
+            (cp == 0).then_some(&ac[..]),
+        );
+        good.ecm(1, 1, cp);
+        assert!(
+            t.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+    wait_for("the stalled SCS closed", Duration::from_secs(10), || {
+        h.log().contains("took no answer for 1000 ms")
+    });
+    eprintln!("the stalled SCS got {sent} messages out");
+    good.send(CHANNEL_TEST, &[(P_ECM_CHANNEL_ID, &1u16.to_be_bytes())]);
+    good.expect(CHANNEL_STATUS);
 }
