@@ -207,6 +207,7 @@ pub(crate) fn ecmg(s: &Settings) -> Vec<Value> {
                 max_streams: STREAMS_PER_CHANNEL,
                 ..EcmgConfig::default()
             }),
+            ..SimulcryptConfig::default()
         },
         ..Config::default()
     };
