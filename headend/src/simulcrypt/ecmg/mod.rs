@@ -28,20 +28,22 @@
 use crate::config::EcmgConfig;
 use crate::metrics::Exposition;
 use crate::state::Headend;
+use inbox::Inbox;
 use proto::secret::ProductKey;
 use session::{Fault, Session, Target};
 use simulcrypt::ecmg::status;
-use simulcrypt::{DecodeError, Header, Message, HEADER_LEN, PROTOCOL_VERSION};
+use simulcrypt::{DecodeError, Header, Message, HEADER_LEN};
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt, BufWriter};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncWriteExt, BufWriter};
+use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 
+mod inbox;
 pub mod seal;
 mod session;
 
@@ -478,72 +480,6 @@ async fn connection(inner: Arc<Inner>, socket: TcpStream, address: SocketAddr) {
     }
 }
 
-/// The size of a connection's read buffer: room for two of the longest
-/// messages.
-const INBOX: usize = 2 * (HEADER_LEN + MAX_BODY);
-
-/// The bytes read from a peer and not yet handled, read as they come (so
-/// a burst of messages costs one read); the bytes of a message are wiped
-/// once it is decoded, as control words come in the clear.
-struct Inbox {
-    buf: Box<[u8]>,
-    start: usize,
-    end: usize,
-}
-
-impl Inbox {
-    fn new() -> Inbox {
-        Inbox {
-            buf: vec![0; INBOX].into_boxed_slice(),
-            start: 0,
-            end: 0,
-        }
-    }
-
-    fn buffered(&self) -> usize {
-        self.end - self.start
-    }
-
-    /// Reads until `n` bytes are buffered (`n` ≤ half the buffer).
-    async fn fill_to(&mut self, rd: &mut OwnedReadHalf, n: usize) -> std::io::Result<()> {
-        if self.start + n > self.buf.len() {
-            let len = self.buffered();
-            self.buf.copy_within(self.start..self.end, 0);
-            self.buf[len..self.end].fill(0);
-            self.start = 0;
-            self.end = len;
-        }
-        while self.buffered() < n {
-            let got = rd.read(&mut self.buf[self.end..]).await?;
-            if got == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            self.end += got;
-        }
-        Ok(())
-    }
-
-    fn peek(&self, n: usize) -> &[u8] {
-        &self.buf[self.start..self.start + n]
-    }
-
-    /// Wipes and drops the first `n` bytes.
-    fn consume(&mut self, n: usize) {
-        self.buf[self.start..self.start + n].fill(0);
-        self.start += n;
-        if self.start == self.end {
-            self.start = 0;
-            self.end = 0;
-        }
-    }
-}
-
-impl Drop for Inbox {
-    fn drop(&mut self) {
-        self.buf.fill(0);
-    }
-}
-
 /// A connection's answers, written in one go when the messages read so
 /// far are all handled; bounded (a full buffer is written out at once,
 /// under the write timeout).
@@ -580,26 +516,7 @@ async fn serve_peer(
         head.copy_from_slice(inbox.peek(HEADER_LEN));
         let header = Header::parse(&head);
         // A header this ECMG cannot frame: answer, then close.
-        let unframed = if header.version != PROTOCOL_VERSION {
-            Some(Fault::new(
-                status::UNSUPPORTED_PROTOCOL_VERSION,
-                format!(
-                    "protocol_version {} is not supported: this ECMG speaks version {PROTOCOL_VERSION} of TS 103 197",
-                    header.version
-                ),
-            ))
-        } else if usize::from(header.length) > MAX_BODY {
-            Some(Fault::new(
-                status::MESSAGE_TOO_LONG,
-                format!(
-                    "message_length {} is more than this ECMG accepts ({MAX_BODY} bytes)",
-                    header.length
-                ),
-            ))
-        } else {
-            None
-        };
-        if let Some(fault) = unframed {
+        if let Err(fault) = inbox::check_header(&header) {
             let answer = session.error_answer(None, &fault);
             return report_and_close(
                 inner,
