@@ -591,7 +591,12 @@ mod tests {
         assert!(c.mux_channels().is_empty());
         let e = c.simulcrypt.ecmg.as_ref().unwrap();
         assert_eq!((e.listen.port(), e.max_streams), (2000, 1000));
-        // It round-trips through the commented file.
+        // It round-trips through the commented file, beside MUXes too.
+        assert_eq!(Config::parse(&c.to_commented_toml()).unwrap(), c);
+        let both = format!("{ch}{ecmg}\n[[simulcrypt.mux]]\naddress = '127.0.0.1:7600'\n");
+        let c = Config::parse(&both).unwrap();
+        assert_eq!(c.simulcrypt.mux.len(), 1);
+        assert!(c.simulcrypt.ecmg.is_some());
         assert_eq!(Config::parse(&c.to_commented_toml()).unwrap(), c);
         let e = Config::parse(ch).unwrap_err().to_string();
         assert!(
