@@ -34,6 +34,7 @@ pub mod headend;
 pub mod operator;
 pub mod ports;
 pub mod process;
+pub mod ts103197;
 #[cfg(feature = "pcsc")]
 pub mod vpcd;
 

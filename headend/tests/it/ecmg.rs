@@ -12,54 +12,12 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-// ----------------------------------------------- the standard's numbers
+// The standard's numbers and framing: testkit's own, not the
+// `simulcrypt` crate's.
+use testkit::ts103197::ecmg::*;
+use testkit::ts103197::{self as wire, encode};
 
 const VERSION: u8 = 0x03;
-
-const CHANNEL_SETUP: u16 = 0x0001;
-const CHANNEL_TEST: u16 = 0x0002;
-const CHANNEL_STATUS: u16 = 0x0003;
-const CHANNEL_CLOSE: u16 = 0x0004;
-const CHANNEL_ERROR: u16 = 0x0005;
-const STREAM_SETUP: u16 = 0x0101;
-const STREAM_TEST: u16 = 0x0102;
-const STREAM_STATUS: u16 = 0x0103;
-const STREAM_CLOSE_REQUEST: u16 = 0x0104;
-const STREAM_CLOSE_RESPONSE: u16 = 0x0105;
-const STREAM_ERROR: u16 = 0x0106;
-const CW_PROVISION: u16 = 0x0201;
-const ECM_RESPONSE: u16 = 0x0202;
-
-const P_SUPER_CAS_ID: u16 = 0x0001;
-const P_SECTION_TSPKT_FLAG: u16 = 0x0002;
-const P_ECM_REP_PERIOD: u16 = 0x0007;
-const P_MAX_STREAMS: u16 = 0x0008;
-const P_LEAD_CW: u16 = 0x000A;
-const P_CW_PER_MSG: u16 = 0x000B;
-const P_MAX_COMP_TIME: u16 = 0x000C;
-const P_ACCESS_CRITERIA: u16 = 0x000D;
-const P_ECM_CHANNEL_ID: u16 = 0x000E;
-const P_ECM_STREAM_ID: u16 = 0x000F;
-const P_NOMINAL_CP_DURATION: u16 = 0x0010;
-const P_CP_NUMBER: u16 = 0x0012;
-const P_CP_CW_COMBINATION: u16 = 0x0014;
-const P_ECM_DATAGRAM: u16 = 0x0015;
-const P_ECM_ID: u16 = 0x0019;
-const P_ERROR_STATUS: u16 = 0x7000;
-
-const E_UNSUPPORTED_VERSION: u16 = 0x0002;
-const E_UNKNOWN_MESSAGE_TYPE: u16 = 0x0003;
-const E_MESSAGE_TOO_LONG: u16 = 0x0004;
-const E_UNKNOWN_SUPER_CAS_ID: u16 = 0x0005;
-const E_UNKNOWN_CHANNEL: u16 = 0x0006;
-const E_UNKNOWN_STREAM: u16 = 0x0007;
-const E_NOT_ENOUGH_CWS: u16 = 0x000B;
-const E_UNKNOWN_PARAMETER: u16 = 0x000E;
-const E_INCONSISTENT_LENGTH: u16 = 0x000F;
-const E_MISSING_PARAMETER: u16 = 0x0010;
-const E_INVALID_VALUE: u16 = 0x0011;
-const E_STREAM_ID_IN_USE: u16 = 0x0014;
-const E_ECM_ID_IN_USE: u16 = 0x0015;
 
 /// Iodoform's CA_system_id; the test headend's CA_subsystem_id is 0.
 const SUPER_CAS_ID: u32 = 0xF10D_0000;
@@ -68,21 +26,6 @@ const SERVICE: u16 = 300;
 // ------------------------------------------------------ the test SCS
 
 type Params = Vec<(u16, Vec<u8>)>;
-
-/// A message's bytes: header (version, type, length) and TLV parameters.
-fn encode(version: u8, ty: u16, params: &[(u16, &[u8])]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (t, v) in params {
-        body.extend_from_slice(&t.to_be_bytes());
-        body.extend_from_slice(&(v.len() as u16).to_be_bytes());
-        body.extend_from_slice(v);
-    }
-    let mut m = vec![version];
-    m.extend_from_slice(&ty.to_be_bytes());
-    m.extend_from_slice(&(body.len() as u16).to_be_bytes());
-    m.extend_from_slice(&body);
-    m
-}
 
 struct Scs {
     tcp: TcpStream,
@@ -106,22 +49,15 @@ impl Scs {
 
     /// The next message, or `None` at the end of the connection.
     fn recv(&mut self) -> Option<(u16, Params)> {
-        let mut head = [0u8; 5];
-        self.tcp.read_exact(&mut head).ok()?;
-        assert_eq!(head[0], VERSION, "the ECMG answers in version 3");
-        let ty = u16::from_be_bytes([head[1], head[2]]);
-        let mut body = vec![0u8; usize::from(u16::from_be_bytes([head[3], head[4]]))];
-        self.tcp.read_exact(&mut body).unwrap();
-        let mut params = Vec::new();
-        let mut at = 0;
-        while at < body.len() {
-            let t = u16::from_be_bytes([body[at], body[at + 1]]);
-            let l = usize::from(u16::from_be_bytes([body[at + 2], body[at + 3]]));
-            params.push((t, body[at + 4..at + 4 + l].to_vec()));
-            at += 4 + l;
-        }
-        assert_eq!(at, body.len(), "parameters fill the message exactly");
-        Some((ty, params))
+        let m = match wire::read(&mut self.tcp) {
+            Ok(m) => m,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                panic!("parameters do not fill the message exactly: {e}")
+            }
+            Err(_) => return None,
+        };
+        assert_eq!(m.version, VERSION, "the ECMG answers in version 3");
+        Some((m.ty, m.params))
     }
 
     fn expect(&mut self, ty: u16) -> Params {

@@ -17,7 +17,7 @@
 
 use crate::e2e_stream::{pid_of, prerequisites, provision, CARD, ES};
 use std::collections::BTreeMap;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
 use std::process::Command;
@@ -37,23 +37,9 @@ const EMM_PID: u16 = 0x1E1;
 /// The SCS's crypto period.
 const CP_MS: u64 = 1000;
 
-// ------------------------------------------- the SCS's TS 103 197 framing
-
-const CHANNEL_SETUP: u16 = 0x0001;
-const CHANNEL_STATUS: u16 = 0x0003;
-const STREAM_SETUP: u16 = 0x0101;
-const STREAM_STATUS: u16 = 0x0103;
-const CW_PROVISION: u16 = 0x0201;
-const ECM_RESPONSE: u16 = 0x0202;
-const P_SUPER_CAS_ID: u16 = 0x0001;
-const P_ACCESS_CRITERIA: u16 = 0x000D;
-const P_ECM_CHANNEL_ID: u16 = 0x000E;
-const P_ECM_STREAM_ID: u16 = 0x000F;
-const P_NOMINAL_CP_DURATION: u16 = 0x0010;
-const P_CP_NUMBER: u16 = 0x0012;
-const P_CP_CW_COMBINATION: u16 = 0x0014;
-const P_ECM_DATAGRAM: u16 = 0x0015;
-const P_ECM_ID: u16 = 0x0019;
+// The SCS's TS 103 197 framing: testkit's own, from the standard.
+use testkit::ts103197::ecmg::*;
+use testkit::ts103197::{self as wire, message};
 
 /// A connection to the ECMG, one channel and one stream.
 struct Ecmg {
@@ -64,35 +50,13 @@ struct Ecmg {
 
 impl Ecmg {
     fn send(&mut self, ty: u16, params: &[(u16, &[u8])]) {
-        let mut body = Vec::new();
-        for (t, v) in params {
-            body.extend_from_slice(&t.to_be_bytes());
-            body.extend_from_slice(&(v.len() as u16).to_be_bytes());
-            body.extend_from_slice(v);
-        }
-        let mut m = vec![0x03];
-        m.extend_from_slice(&ty.to_be_bytes());
-        m.extend_from_slice(&(body.len() as u16).to_be_bytes());
-        m.extend_from_slice(&body);
-        self.tcp.write_all(&m).unwrap();
+        self.tcp.write_all(&message(ty, params)).unwrap();
     }
 
     fn recv(&mut self, want: u16) -> Vec<(u16, Vec<u8>)> {
-        let mut head = [0u8; 5];
-        self.tcp.read_exact(&mut head).unwrap();
-        let ty = u16::from_be_bytes([head[1], head[2]]);
-        let mut body = vec![0u8; usize::from(u16::from_be_bytes([head[3], head[4]]))];
-        self.tcp.read_exact(&mut body).unwrap();
-        let mut params = Vec::new();
-        let mut at = 0;
-        while at + 4 <= body.len() {
-            let t = u16::from_be_bytes([body[at], body[at + 1]]);
-            let l = usize::from(u16::from_be_bytes([body[at + 2], body[at + 3]]));
-            params.push((t, body[at + 4..at + 4 + l].to_vec()));
-            at += 4 + l;
-        }
-        assert_eq!(ty, want, "ECMG answered 0x{ty:04x}: {params:?}");
-        params
+        let m = wire::read(&mut self.tcp).unwrap();
+        assert_eq!(m.ty, want, "ECMG answered 0x{:04x}: {:?}", m.ty, m.params);
+        m.params
     }
 
     fn open(addr: SocketAddr, product: u32, service: u16) -> Ecmg {

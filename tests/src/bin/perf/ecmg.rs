@@ -14,9 +14,11 @@ use headend::simulcrypt::ecmg::seal::{self, EcmSpec};
 use proto::secret::{ControlWord, ProductKey};
 use serde_json::{json, Value};
 use std::hint::black_box;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
+use testkit::ts103197::ecmg::*;
+use testkit::ts103197::{self as wire, message};
 
 const CHANNELS: u16 = 10;
 const STREAMS_PER_CHANNEL: u16 = 100;
@@ -25,27 +27,9 @@ const WORKER: &str = "ecmg-perf-worker";
 /// Requests in flight per connection.
 const WINDOW: usize = 8;
 
-fn message(ty: u16, params: &[(u16, &[u8])]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for (t, v) in params {
-        body.extend_from_slice(&t.to_be_bytes());
-        body.extend_from_slice(&(v.len() as u16).to_be_bytes());
-        body.extend_from_slice(v);
-    }
-    let mut m = vec![0x03];
-    m.extend_from_slice(&ty.to_be_bytes());
-    m.extend_from_slice(&(body.len() as u16).to_be_bytes());
-    m.extend_from_slice(&body);
-    m
-}
-
-/// Reads one message; its type and body.
-fn read(tcp: &mut TcpStream) -> (u16, Vec<u8>) {
-    let mut head = [0u8; 5];
-    tcp.read_exact(&mut head).expect("ECMG answer");
-    let mut body = vec![0u8; usize::from(u16::from_be_bytes([head[3], head[4]]))];
-    tcp.read_exact(&mut body).expect("ECMG answer");
-    (u16::from_be_bytes([head[1], head[2]]), body)
+/// Reads one message; its type.
+fn read(tcp: &mut TcpStream) -> u16 {
+    wire::read(tcp).expect("ECMG answer").ty
 }
 
 /// One SCS channel: its connection and the next CP of each stream.
@@ -63,23 +47,26 @@ impl Channel {
         tcp.set_nodelay(true).expect("nodelay");
         let ch = id.to_be_bytes();
         tcp.write_all(&message(
-            0x0001,
-            &[(0x000E, &ch), (0x0001, &0xF10D_0000u32.to_be_bytes())],
+            CHANNEL_SETUP,
+            &[
+                (P_ECM_CHANNEL_ID, &ch),
+                (P_SUPER_CAS_ID, &0xF10D_0000u32.to_be_bytes()),
+            ],
         ))
         .expect("channel_setup");
-        assert_eq!(read(&mut tcp).0, 0x0003, "channel_status");
+        assert_eq!(read(&mut tcp), CHANNEL_STATUS);
         for s in 0..STREAMS_PER_CHANNEL {
             tcp.write_all(&message(
-                0x0101,
+                STREAM_SETUP,
                 &[
-                    (0x000E, &ch),
-                    (0x000F, &s.to_be_bytes()),
-                    (0x0019, &s.to_be_bytes()),
-                    (0x0010, &100u16.to_be_bytes()),
+                    (P_ECM_CHANNEL_ID, &ch),
+                    (P_ECM_STREAM_ID, &s.to_be_bytes()),
+                    (P_ECM_ID, &s.to_be_bytes()),
+                    (P_NOMINAL_CP_DURATION, &100u16.to_be_bytes()),
                 ],
             ))
             .expect("stream_setup");
-            assert_eq!(read(&mut tcp).0, 0x0103, "stream_status");
+            assert_eq!(read(&mut tcp), STREAM_STATUS);
         }
         let mut ac = [0u8; 6];
         ac[..4].copy_from_slice(&product.to_be_bytes());
@@ -112,14 +99,14 @@ impl Channel {
             cp.to_be_bytes(),
         );
         let m = message(
-            0x0201,
+            CW_PROVISION,
             &[
-                (0x000E, &ch),
-                (0x000F, &st),
-                (0x0012, &n),
-                (0x0014, &words[0]),
-                (0x0014, &words[1]),
-                (0x000D, &self.ac),
+                (P_ECM_CHANNEL_ID, &ch),
+                (P_ECM_STREAM_ID, &st),
+                (P_CP_NUMBER, &n),
+                (P_CP_CW_COMBINATION, &words[0]),
+                (P_CP_CW_COMBINATION, &words[1]),
+                (P_ACCESS_CRITERIA, &self.ac),
             ],
         );
         self.tcp.write_all(&m).expect("CW_provision");
@@ -127,8 +114,8 @@ impl Channel {
 
     /// Reads one ECM_response.
     fn recv_ecm(&mut self) {
-        let (ty, body) = read(&mut self.tcp);
-        assert_eq!(ty, 0x0202, "ECM_response, got 0x{ty:04x}: {body:?}");
+        let ty = read(&mut self.tcp);
+        assert_eq!(ty, ECM_RESPONSE, "ECM_response, got 0x{ty:04x}");
     }
 
     /// `window` requests in flight until `run` has passed since `start`;
