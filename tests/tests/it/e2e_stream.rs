@@ -88,6 +88,43 @@ fn es_packets(ts: &[u8]) -> BTreeMap<u16, Vec<[u8; PACKET_LEN]>> {
     m
 }
 
+/// The clip's part of a receiver's output: from the clip's first ES
+/// packet (the last `clip_es[pid].len()` packets of each ES PID in `out`,
+/// whose ES packets are `out_es`) to the end, led by the last PAT and PMT
+/// before it, so that ffprobe can decode it on its own.
+pub(crate) fn clip_part(
+    out: &[u8],
+    clip_es: &BTreeMap<u16, Vec<[u8; PACKET_LEN]>>,
+    out_es: &BTreeMap<u16, Vec<[u8; PACKET_LEN]>>,
+) -> Vec<u8> {
+    let packets: Vec<&[u8; PACKET_LEN]> = Packets::new(out).collect();
+    let mut seen = BTreeMap::<u16, usize>::new();
+    let mut boundary = packets.len();
+    for (i, p) in packets.iter().enumerate() {
+        let pid = pid_of(p);
+        if let Some(c) = clip_es.get(&pid) {
+            let n = seen.entry(pid).or_default();
+            if *n == out_es[&pid].len() - c.len() {
+                boundary = boundary.min(i);
+            }
+            *n += 1;
+        }
+    }
+    let mut clip_out = Vec::new();
+    for psi in [0, PMT_PID] {
+        let last = packets[..boundary]
+            .iter()
+            .rev()
+            .find(|p| pid_of(p) == psi)
+            .expect("PSI before the clip");
+        clip_out.extend_from_slice(&last[..]);
+    }
+    for p in &packets[boundary..] {
+        clip_out.extend_from_slice(&p[..]);
+    }
+    clip_out
+}
+
 // ---------------------------------------------------------------- system
 
 /// The set-up every test starts with: a headend with product "basic" and
@@ -668,31 +705,7 @@ fn clip_through_headend_card_and_receiver_comes_out_clear_and_identical() {
     // 2. ffprobe decodes the clip's part of the output without an error,
     //    with the input's frame count. That part starts at the clip's
     //    first ES packet; the last PAT and PMT before it lead it.
-    let out_packets: Vec<&[u8; PACKET_LEN]> = Packets::new(&out).collect();
-    let mut seen = BTreeMap::<u16, usize>::new();
-    let mut boundary = out_packets.len();
-    for (i, p) in out_packets.iter().enumerate() {
-        let pid = pid_of(p);
-        if let Some(c) = clip_es.get(&pid) {
-            let n = seen.entry(pid).or_default();
-            if *n == out_es[&pid].len() - c.len() {
-                boundary = boundary.min(i);
-            }
-            *n += 1;
-        }
-    }
-    let mut clip_out = Vec::new();
-    for psi in [0, PMT_PID] {
-        let last = out_packets[..boundary]
-            .iter()
-            .rev()
-            .find(|p| pid_of(p) == psi)
-            .expect("PSI before the clip");
-        clip_out.extend_from_slice(&last[..]);
-    }
-    for p in &out_packets[boundary..] {
-        clip_out.extend_from_slice(&p[..]);
-    }
+    let clip_out = clip_part(&out, &clip_es, &out_es);
     std::fs::write(sys.path("clip-out.ts"), &clip_out).unwrap();
     let (want_frames, _) = ffmpeg::ffprobe_frames(&sys.path("clear.ts")).expect("ffprobe");
     let (frames, err) = ffmpeg::ffprobe_frames(&sys.path("clip-out.ts")).expect("ffprobe");

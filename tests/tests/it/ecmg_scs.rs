@@ -15,7 +15,7 @@
 //!                 headend run: ECMG (TCP), EMMs (admin API)
 //! ```
 
-use crate::e2e_stream::{pid_of, prerequisites, provision, CARD, ES};
+use crate::e2e_stream::{clip_part, pid_of, prerequisites, provision, CARD, ES};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -465,31 +465,7 @@ fn a_third_party_scrambler_with_our_ecms_plays_clear_on_a_receiver_with_its_card
         );
     }
     // ffprobe decodes the clip's part of the output completely.
-    let packets: Vec<&[u8; PACKET_LEN]> = Packets::new(&out).collect();
-    let mut seen = BTreeMap::<u16, usize>::new();
-    let mut boundary = packets.len();
-    for (i, p) in packets.iter().enumerate() {
-        let pid = pid_of(p);
-        if let Some(c) = clip_es.get(&pid) {
-            let n = seen.entry(pid).or_default();
-            if *n == out_es[&pid].len() - c.len() {
-                boundary = boundary.min(i);
-            }
-            *n += 1;
-        }
-    }
-    let mut clip_out = Vec::new();
-    for psi in [0, PMT_PID] {
-        let last = packets[..boundary]
-            .iter()
-            .rev()
-            .find(|p| pid_of(p) == psi)
-            .expect("PSI before the clip");
-        clip_out.extend_from_slice(&last[..]);
-    }
-    for p in &packets[boundary..] {
-        clip_out.extend_from_slice(&p[..]);
-    }
+    let clip_out = clip_part(&out, &clip_es, &out_es);
     std::fs::write(dir.path().join("clip-out.ts"), &clip_out).unwrap();
     let (want, _) = ffmpeg::ffprobe_frames(&dir.path().join("clear.ts")).expect("ffprobe");
     let (frames, err) = ffmpeg::ffprobe_frames(&dir.path().join("clip-out.ts")).expect("ffprobe");
