@@ -306,7 +306,7 @@ pub(crate) fn on_air(
     emm_cycle_ms: Option<u64>,
     config: &[(&str, &str)],
 ) -> (Headend, SocketAddr) {
-    let mut headend = Headend::init(workspace_bin("headend"), PERIOD_MS, emm_cycle_ms);
+    let headend = Headend::init(workspace_bin("headend"), PERIOD_MS, emm_cycle_ms);
     let mut toml = std::fs::read_to_string(headend.config()).unwrap();
     for (key, value) in config {
         let line = toml
@@ -317,6 +317,13 @@ pub(crate) fn on_air(
         toml = toml.replace(&line, &format!("{key} = {value}"));
     }
     std::fs::write(headend.config(), toml).unwrap();
+    go_on_air(headend, output)
+}
+
+/// `headend` (initialized, its `headend.toml` as the caller wants it)
+/// started, with product "basic" and channel 1 scrambled under it, its
+/// output to `output`; and where it reads its clear input.
+pub(crate) fn go_on_air(mut headend: Headend, output: SocketAddr) -> (Headend, SocketAddr) {
     headend.start();
     let input = free_udp_addr();
     headend.cli(&["product", "add", "basic"]);

@@ -18,7 +18,7 @@
 //!   with that card behind pcscd descrambles the service.
 
 use crate::e2e_stream::{
-    pid_of, prerequisites, provision, receiver_input, Feeder, System, CARD, ECM_PID, EMM_PID,
+    go_on_air, pid_of, prerequisites, provision, receiver_input, Feeder, System, CARD, EMM_PID,
     PERIOD_MS,
 };
 use serde_json::{json, Value};
@@ -774,7 +774,7 @@ fn a_card_gets_its_entitlement_from_the_mux_alone() {
     let rx_in = receiver_input();
     let remux = Remux::start(state.clone(), rx_in);
 
-    let mut headend = Headend::init(workspace_bin("headend"), PERIOD_MS, Some(1000));
+    let headend = Headend::init(workspace_bin("headend"), PERIOD_MS, Some(1000));
     append_config(
         &headend,
         &mux_table(
@@ -785,27 +785,7 @@ fn a_card_gets_its_entitlement_from_the_mux_alone() {
             ),
         ),
     );
-    headend.start();
-    let input = testkit::free_udp_addr();
-    headend.cli(&["product", "add", "basic"]);
-    headend.cli(&[
-        "channel",
-        "add",
-        "--name",
-        "one",
-        "--service-id",
-        "1",
-        "--product",
-        "basic",
-        "--ecm-pid",
-        &ECM_PID.to_string(),
-        "--emm-pid",
-        &EMM_PID.to_string(),
-        "--input",
-        &format!("udp://{input}"),
-        "--output",
-        &format!("udp://{}", remux.addr),
-    ]);
+    let (headend, input) = go_on_air(headend, remux.addr);
     let dir = tempfile::tempdir().unwrap();
     let card = provision(&headend, &slot, CARD, &dir.path().join("card.img"), false);
     let sys = System::from_parts(dir, headend, card, slot.reader, input);
