@@ -80,16 +80,17 @@ pub(crate) struct Playout {
 /// from: the first output packet is the latest input packet with the same
 /// header and adaptation field (and the next 64 matching) that arrived
 /// before it; each next one is the next input packet with its header,
-/// those in between being missing.
-pub(crate) fn playout(input: &Datagrams, output: &Datagrams) -> Playout {
+/// those in between being missing, as are those after the last one out
+/// that came in before `until` (when the receiver was asked to stop).
+pub(crate) fn playout(input: &Datagrams, output: &Datagrams, until: Instant) -> Playout {
     let ins = es_keys(input);
     let outs = es_keys(output);
     assert!(outs.len() > 64, "{} clear ES packets out", outs.len());
     let window = 64;
     let start = (0..ins.len().saturating_sub(window))
+        .rev()
         .filter(|&s| ins[s].0 <= outs[0].0)
-        .filter(|&s| (0..window).all(|k| ins[s + k].1 == outs[k].1))
-        .last()
+        .find(|&s| (0..window).all(|k| ins[s + k].1 == outs[k].1))
         .expect("the first clear packets out are not among the input's");
     let t0 = ins[start].0;
     let ms = |t: Instant| t.saturating_duration_since(t0).as_secs_f64() * 1e3;
@@ -108,7 +109,7 @@ pub(crate) fn playout(input: &Datagrams, output: &Datagrams) -> Playout {
         lags.push(ms(*t) - ms(ins[i].0));
         i += 1;
     }
-    missing += ins.len() - i;
+    missing += ins[i..].iter().filter(|(t, _)| *t < until).count();
     let mut added: Vec<(f64, usize)> = lags
         .windows(2)
         .enumerate()
@@ -167,11 +168,22 @@ impl Viewer {
     }
 }
 
+/// One receiver's measured run.
+struct Run {
+    /// The scrambled input from the receivers' start.
+    input: Datagrams,
+    /// The clear output.
+    output: Datagrams,
+    /// The receiver's `--stats-json` report.
+    stats: serde_json::Value,
+    /// When the receivers were asked to stop.
+    until: Instant,
+}
+
 /// The measured run of each viewer's receiver on one broadcast: all
 /// start, run until the picture is clear and `cw_changes` more crypto
 /// periods have gone by; then the feeder stops, and once the last packets
-/// are through, the receivers. Per viewer: the scrambled input from the
-/// receivers' start, the clear output, and the receiver's report.
+/// are through, the receivers.
 fn watch(
     sys: &System,
     viewers: &[Viewer],
@@ -179,7 +191,7 @@ fn watch(
     feeder: Feeder,
     cw_changes: u64,
     period_ms: u64,
-) -> Vec<(Datagrams, Datagrams, serde_json::Value)> {
+) -> Vec<Run> {
     let from = tee.datagrams_from(0).len();
     let runs: Vec<(Tap, Process, std::path::PathBuf)> = viewers
         .iter()
@@ -199,12 +211,24 @@ fn watch(
     // The headend sends what it holds (at most a PCR interval, and its
     // writer 300 ms ahead), the receivers write it out.
     std::thread::sleep(Duration::from_millis(1000));
-    let input = tee.datagrams_from(from);
-    runs.into_iter()
+    let until = Instant::now();
+    let done: Vec<(Datagrams, serde_json::Value)> = runs
+        .into_iter()
         .zip(viewers)
         .map(|((out, rx, log), v)| {
             let stats = sys.stop_receiver_in(rx, &log, &v.files);
-            (input.clone(), out.datagrams_from(0), stats)
+            (out.datagrams_from(0), stats)
+        })
+        .collect();
+    // Whatever a receiver got, the tee had (it keeps each datagram just
+    // after passing it on).
+    let input = tee.datagrams_from(from);
+    done.into_iter()
+        .map(|(output, stats)| Run {
+            input: input.clone(),
+            output,
+            stats,
+            until,
         })
         .collect()
 }
@@ -213,12 +237,11 @@ fn watch(
 /// for the test's output.
 fn check(
     viewer: &Viewer,
-    input: &Datagrams,
-    output: &Datagrams,
-    stats: &serde_json::Value,
+    run: &Run,
     clip: &HashSet<[u8; PACKET_LEN]>,
     cw_changes: u64,
 ) -> (String, Playout) {
+    let (output, stats) = (&run.output, &run.stats);
     let s = &stats["stats"];
     let name = viewer.name;
     assert_eq!(stats["exit_code"], 0, "{name}: {stats}");
@@ -237,7 +260,7 @@ fn check(
         changes >= cw_changes,
         "{name}: {changes} CW changes: {stats}"
     );
-    let p = playout(input, output);
+    let p = playout(&run.input, output, run.until);
     assert_eq!(p.missing, 0, "{name}: ES packets lost: {p:?} {stats}");
     // Every ES packet out is the clip's, descrambled.
     let foreign = Packets::new(
@@ -359,7 +382,7 @@ fn cards_at_9600_baud_and_300_ms_per_apdu_keep_a_live_stream_smooth() {
     let checked: Vec<(String, Playout)> = viewers
         .iter()
         .zip(&runs)
-        .map(|(v, (input, output, stats))| check(v, input, output, stats, &clip_set, changes))
+        .map(|(v, run)| check(v, run, &clip_set, changes))
         .collect();
     for (line, _) in &checked {
         eprintln!("{line}");
@@ -436,15 +459,7 @@ fn a_card_at_300_ms_per_apdu_goes_through_1000_control_word_changes_without_losi
         LONG_CW_CHANGES,
         LONG_PERIOD_MS,
     );
-    let (input, output, stats) = &runs[0];
-    let (line, _) = check(
-        &viewers[0],
-        input,
-        output,
-        stats,
-        &clip_set,
-        LONG_CW_CHANGES,
-    );
+    let (line, _) = check(&viewers[0], &runs[0], &clip_set, LONG_CW_CHANGES);
     eprintln!(
         "{line}\nset-up {:.1} s, total {:.1} s",
         set_up.as_secs_f64(),
