@@ -275,8 +275,8 @@ fn check(
     assert_eq!(foreign, 0, "{name}: ES packets out that are not the clip's");
     let line = format!(
         "{name}: {} ES packets out, 0 lost, {changes} CW changes, {} ECMs and {} EMMs to the card \
-         ({:.1} ms a command, max {:.1}; ECMs waited up to {:.1} ms), largest added gap {:.2} ms, \
-         {:.2} ms behind live at the end",
+         ({:.1} ms a command, max {:.1}; ECMs waited up to {:.1} ms), largest added gap {:.2} ms \
+         ({}), {:.2} ms behind live at the end",
         p.out,
         s["ecms_to_card"],
         s["emms_to_card"],
@@ -284,6 +284,7 @@ fn check(
         s["card_us_max"].as_f64().unwrap_or(0.0) / 1e3,
         s["ecm_wait_us_max"].as_f64().unwrap_or(0.0) / 1e3,
         p.max_added_gap_ms,
+        p.worst.join("; "),
         p.lag_end_ms
     );
     (line, p)
