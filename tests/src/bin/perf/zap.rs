@@ -401,17 +401,25 @@ fn measure_t0(s: &Settings) -> Result<Value, String> {
         .copied()
         .unwrap_or(0.0);
     let identity = X25519Secret::random();
+    // A connection released a moment ago may leave pcscd reporting a
+    // reset to the next one: one more try, as a receiver's link does.
     let open = || {
-        let t = Instant::now();
-        CardLink::open(
-            Box::new(PcscCard {
-                reader: Some(slot.reader.to_string()),
-            }),
-            identity.clone(),
-            LinkOptions::default(),
-        )
-        .map(|l| (l, t.elapsed().as_secs_f64() * 1e3))
-        .map_err(|e| format!("card link: {e}"))
+        let mut last = String::new();
+        for _ in 0..2 {
+            let t = Instant::now();
+            match CardLink::open(
+                Box::new(PcscCard {
+                    reader: Some(slot.reader.to_string()),
+                }),
+                identity.clone(),
+                LinkOptions::default(),
+            ) {
+                Ok(l) => return Ok((l, t.elapsed().as_secs_f64() * 1e3)),
+                Err(e) => last = format!("card link: {e}"),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(last)
     };
     // The card's ECM time: the stream's ECMs through an open link.
     let ecms = ecm_bodies(&scrambled);
