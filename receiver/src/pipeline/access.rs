@@ -318,15 +318,9 @@ impl<C: CaModule> Access<C> {
     }
 
     /// Gives the card its next job if it has none: the ECM first, then
-    /// the oldest EMM. Until the card has answered its first ECM, EMMs
-    /// wait (but for a card paired elsewhere, which waits for one): at a
-    /// zap an EMM taken just before the first ECM would hold the picture
-    /// up for its whole time on the card (110 ms at 9600 baud).
+    /// the oldest EMM.
     fn dispatch(&mut self, stats: &mut Stats) {
         if self.in_hand.is_some() {
-            return;
-        }
-        if self.next_ecm.is_none() && !self.ecm_answered && self.paired_elsewhere.is_none() {
             return;
         }
         if let Some(q) = self.next_ecm.take() {

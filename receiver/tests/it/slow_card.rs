@@ -4,7 +4,6 @@
 //! waits for it and loses nothing.
 
 use crate::common::*;
-use proto::apdu::Ins;
 use proto::crypto::X25519Secret;
 use receiver::card::{CardLink, LinkOptions};
 use receiver::{Pipeline, PipelineOptions};
@@ -96,37 +95,4 @@ fn a_file_waits_for_a_slow_card_and_loses_nothing() {
     assert_eq!((stats.ecms_stale, stats.emms_dropped), (0, 0), "{stats:?}");
     assert!(stats.ecms_to_card >= 20, "{stats:?}");
     assert_es_identical(&clear, &out);
-}
-
-#[test]
-fn at_a_zap_the_first_ecm_goes_to_the_card_before_any_emm() {
-    // The card's EMM-U in the carousel from the start, at the full EMM
-    // rate: EMMs come between the CAT and the first ECM.
-    let clear = synthetic_ts(3_000, 6);
-    let mut engine = engine();
-    let (applet, emm) = mem_card(&mut engine, CARD, Some(WIDE));
-    let mut feed = TestFeed::new(engine, 1000);
-    feed.carousel_emm(&emm.expect("an EMM-U"));
-    let (scrambled, _) = scramble(&clear, feed, START_MS, 100_000);
-    let card = slow(applet, Duration::from_millis(5));
-    let (out, result, stats) = receive(
-        card.clone(),
-        &X25519Secret::random(),
-        &scrambled,
-        PipelineOptions::default(),
-        1316,
-    );
-    result.unwrap();
-    assert!(
-        stats.emms_to_card >= 1 && stats.ecms_to_card >= 1,
-        "{stats:?}"
-    );
-    assert!(!out.is_empty());
-    // The first command for the card after its session is an ECM.
-    let first = card
-        .log()
-        .iter()
-        .map(|(cmd, _)| cmd[1])
-        .find(|&ins| ins == Ins::PROCESS_ECM.0 || ins == Ins::PROCESS_EMM.0);
-    assert_eq!(first, Some(Ins::PROCESS_ECM.0), "{stats:?}");
 }
