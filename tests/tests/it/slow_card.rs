@@ -58,7 +58,7 @@ fn es_keys(datagrams: &Datagrams) -> Vec<(Instant, Vec<u8>)> {
 }
 
 /// What the receiver's clear output did against its scrambled input,
-/// packet by packet, from its first clear ES packet on.
+/// packet by packet, from the moment every component has joined.
 #[derive(Debug)]
 pub(crate) struct Playout {
     /// ES packets out.
@@ -85,6 +85,16 @@ pub(crate) struct Playout {
 pub(crate) fn playout(input: &Datagrams, output: &Datagrams, until: Instant) -> Playout {
     let ins = es_keys(input);
     let outs = es_keys(output);
+    // The receiver joins each component at its own random access point:
+    // the output is the input's run of ES packets once every component
+    // has started.
+    let pid = |key: &[u8]| u16::from_be_bytes([key[1] & 0x1F, key[2]]);
+    let joined = ES
+        .iter()
+        .filter_map(|&p| outs.iter().position(|(_, k)| pid(k) == p))
+        .max()
+        .unwrap_or(0);
+    let outs = &outs[joined..];
     assert!(outs.len() > 64, "{} clear ES packets out", outs.len());
     let window = 64;
     let start = (0..ins.len().saturating_sub(window))
