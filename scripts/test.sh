@@ -34,28 +34,4 @@ if ! python3 -c 'import prometheus_client' 2> /dev/null; then
         python3 -m pip install --quiet --break-system-packages prometheus_client
 fi
 
-if [ "$#" -gt 0 ]; then
-    cargo test --workspace --locked "$@"
-    exit
-fi
-
-# The longest test, 1,000 control-word changes through a card at 300 ms
-# per APDU (about nine minutes, nearly all of it asleep, on a vpcd slot of
-# its own), runs beside the rest of the suite rather than inside its test
-# binary, where it would hold the binaries after it back.
-long=slow_card::a_card_at_300_ms_per_apdu_goes_through_1000_control_word_changes
-cargo test --workspace --locked --no-run
-long_log=$(mktemp)
-cargo test --locked -p iodoform-tests --test it "$long" -- --nocapture > "$long_log" 2>&1 &
-long_pid=$!
-status=0
-cargo test --workspace --locked -- --skip "$long" || status=$?
-if wait "$long_pid"; then
-    grep -E "^(300ms|set-up)|^test " "$long_log" >&2 || true
-else
-    echo "test.sh: $long failed:" >&2
-    cat "$long_log" >&2
-    status=1
-fi
-rm -f "$long_log"
-exit "$status"
+cargo test --workspace --locked "$@"
