@@ -78,9 +78,9 @@ pub const MPTS_PROGRAMS: [(u16, &str, u16, u16, u16); 3] = [
 
 /// A clear multi-program TS `secs` long, made once per length per test
 /// process: three programs (see [`MPTS_PROGRAMS`]), each an H.264 test
-/// pattern of its own at 160x120 and 25 frames/s and an AAC sine, named
-/// in ffmpeg's SDT (which calls them all free-to-air). `None` as for
-/// [`ffmpeg_ts`].
+/// pattern of its own at 160x120 and 25 frames/s (an IDR picture every
+/// second) and an AAC sine, named in ffmpeg's SDT (which calls them all
+/// free-to-air). `None` as for [`ffmpeg_ts`].
 ///
 /// The recipe: one lavfi input per stream, every stream mapped, and one
 /// `-program program_num=N:title=NAME:st=V:st=A` per program; ffmpeg
@@ -109,7 +109,10 @@ fn make_mpts(secs: u32) -> Option<Vec<u8>> {
     for i in 0..sources.len() * 2 {
         cmd.args(["-map", &format!("{i}:0")]);
     }
-    cmd.args(["-c:v", "libx264", "-preset", "ultrafast", "-c:a", "aac"]);
+    // An IDR picture every second (x264's default is every 10 s), so
+    // that a receiver that joins at a random access point starts soon.
+    cmd.args(["-c:v", "libx264", "-preset", "ultrafast", "-g", "25"]);
+    cmd.args(["-c:a", "aac"]);
     for (i, (n, name, ..)) in MPTS_PROGRAMS.iter().enumerate() {
         cmd.args([
             "-program",

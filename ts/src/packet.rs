@@ -733,13 +733,19 @@ impl<'a> Iterator for Packets<'a> {
 /// A packet is returned once the first byte of the packet after it has
 /// arrived too, so the reader holds back at most one packet until the
 /// next read or [`finish`](Self::finish) (more only while garbage is
-/// being sorted out).
+/// being sorted out). Bytes given with
+/// [`push_datagram`](Self::push_datagram) end on a packet boundary, so
+/// their last packet needs no such confirmation: a live UDP input gets
+/// every packet of a datagram at once, not the last one only with the
+/// next datagram.
 #[derive(Debug, Clone, Default)]
 pub struct PacketReader {
     buf: Vec<u8>,
     pos: usize,
     synced: bool,
     eof: bool,
+    /// The bytes pushed last were a datagram: their end is a packet's.
+    datagram_end: bool,
     stats: SyncStats,
 }
 
@@ -757,6 +763,15 @@ impl PacketReader {
             self.pos = 0;
         }
         self.buf.extend_from_slice(data);
+        self.datagram_end = false;
+    }
+
+    /// Appends a datagram of whole packets (7 in a UDP datagram of TS, as
+    /// every sender here makes them). Its end is a packet boundary: once
+    /// in sync, a packet that ends exactly there is returned at once.
+    pub fn push_datagram(&mut self, data: &[u8]) {
+        self.push(data);
+        self.datagram_end = true;
     }
 
     /// Says that no more bytes will come: the last packets no longer need
@@ -781,12 +796,17 @@ impl PacketReader {
 
     /// The next whole packet, or `None` until more bytes are pushed.
     pub fn next_packet(&mut self) -> Option<&mut [u8; PACKET_LEN]> {
+        // The last packet of a datagram, in sync, needs no next sync byte.
+        let boundary = self.datagram_end
+            && self.synced
+            && self.buf.len() - self.pos == PACKET_LEN
+            && self.buf[self.pos] == SYNC_BYTE;
         match scan(
             &self.buf,
             &mut self.pos,
             &mut self.synced,
             &mut self.stats,
-            self.eof,
+            self.eof || boundary,
         ) {
             Step::Packet(at) => {
                 self.pos = at + PACKET_LEN;
@@ -976,5 +996,47 @@ mod tests {
             got.push(p[4]);
         }
         assert_eq!(got, (0..10).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn a_datagram_gives_its_last_packet_at_once_and_a_read_waits_for_the_next() {
+        let datagram = |first: u8| {
+            let mut d = Vec::new();
+            for i in first..first + 7 {
+                let mut p = null_packet();
+                p[4] = i;
+                d.extend_from_slice(&p);
+            }
+            d
+        };
+        let take = |r: &mut PacketReader| {
+            let mut got = Vec::new();
+            while let Some(p) = r.next_packet() {
+                got.push(p[4]);
+            }
+            got
+        };
+        let mut r = PacketReader::new();
+        r.push_datagram(&datagram(0));
+        assert_eq!(take(&mut r), (0..7).collect::<Vec<_>>());
+        r.push_datagram(&datagram(7));
+        assert_eq!(take(&mut r), (7..14).collect::<Vec<_>>());
+        // The same bytes as reads: the last packet waits for the next
+        // sync byte.
+        let mut r = PacketReader::new();
+        r.push(&datagram(0));
+        assert_eq!(take(&mut r), (0..6).collect::<Vec<_>>());
+        r.push(&datagram(7));
+        assert_eq!(take(&mut r), (6..13).collect::<Vec<_>>());
+        // A datagram cut short is not taken for a boundary: out of sync,
+        // its bytes wait for a confirmed start.
+        let mut r = PacketReader::new();
+        let mut d = datagram(0);
+        d.truncate(6 * PACKET_LEN + 100);
+        r.push_datagram(&d);
+        assert_eq!(take(&mut r), (0..6).collect::<Vec<_>>());
+        r.push_datagram(&datagram(7));
+        assert_eq!(take(&mut r), (7..14).collect::<Vec<_>>());
+        assert_eq!(r.stats().skipped_bytes, 100);
     }
 }

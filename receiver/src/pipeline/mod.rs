@@ -165,6 +165,8 @@ pub struct PipelineOptions {
     /// The input is live (UDP): what the card cannot keep up with is
     /// dropped and counted (a stale ECM, the oldest EMMs) rather than
     /// waited for. A file or a pipe waits for the card and loses nothing.
+    /// Each [`Pipeline::push`] of a live input is one datagram of whole
+    /// packets.
     pub live: bool,
     /// Start each component's output at a random access point (video) or
     /// a PES start (audio, data): at the start, after a loss on its PID,
@@ -294,7 +296,14 @@ impl<C: CaModule + Send + 'static> Pipeline<C> {
 impl<C: CaModule> Pipeline<C> {
     /// Feeds bytes of the input; clear packets go to `sink`.
     pub fn push(&mut self, bytes: &[u8], sink: &mut dyn PacketSink) -> Result<(), Failure> {
-        self.reader.push(bytes);
+        // A live input comes a UDP datagram at a time: its last packet
+        // goes out with it, not with the next datagram (up to a whole
+        // datagram interval later on a low-rate stream).
+        if self.stages.opts.live {
+            self.reader.push_datagram(bytes);
+        } else {
+            self.reader.push(bytes);
+        }
         self.drain(sink)?;
         let s = self.reader.stats();
         if s.packets == 0 && s.skipped_bytes >= self.stages.opts.sync_limit {

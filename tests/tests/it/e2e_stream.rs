@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use testkit::emulator::CardModel;
 use testkit::process::tail;
 use testkit::vpcd::{self, Slot};
 use testkit::{
@@ -68,7 +69,7 @@ pub(crate) fn pid_of(p: &[u8; PACKET_LEN]) -> u16 {
 /// the headend withheld) and the adaptation field's discontinuity
 /// indicator (set on the first PCR after one) are cleared. The payload,
 /// the PID and every other bit still have to match.
-fn as_in_clip(p: &[u8; PACKET_LEN]) -> [u8; PACKET_LEN] {
+pub(crate) fn as_in_clip(p: &[u8; PACKET_LEN]) -> [u8; PACKET_LEN] {
     let mut q = *p;
     q[3] &= 0xF0;
     if q[3] & 0x20 != 0 && q[4] > 0 {
@@ -173,6 +174,40 @@ impl System {
             &dir.path().join("card.img"),
             subscribe,
         );
+        System::of(dir, headend, card, slot, input)
+    }
+
+    /// [`System::set_up_config`] with crypto periods of `period_ms` and a
+    /// card of `model` (provisioned at full speed, then started again at
+    /// the model's), subscribed.
+    pub(crate) fn set_up_card(
+        slot: &Slot,
+        output: SocketAddr,
+        period_ms: u64,
+        emm_cycle_ms: Option<u64>,
+        model: CardModel,
+        config: &[(&str, &str)],
+    ) -> System {
+        let dir = tempfile::tempdir().unwrap();
+        let (headend, input) = on_air_every(period_ms, output, emm_cycle_ms, config);
+        let card = provision_card(
+            &headend,
+            slot,
+            CARD,
+            &dir.path().join("card.img"),
+            model,
+            Some("basic"),
+        );
+        System::of(dir, headend, card, slot, input)
+    }
+
+    fn of(
+        dir: tempfile::TempDir,
+        headend: Headend,
+        card: Emulator,
+        slot: &Slot,
+        input: SocketAddr,
+    ) -> System {
         System {
             dir,
             headend,
@@ -306,7 +341,17 @@ pub(crate) fn on_air(
     emm_cycle_ms: Option<u64>,
     config: &[(&str, &str)],
 ) -> (Headend, SocketAddr) {
-    let headend = Headend::init(workspace_bin("headend"), PERIOD_MS, emm_cycle_ms);
+    on_air_every(PERIOD_MS, output, emm_cycle_ms, config)
+}
+
+/// [`on_air`] with crypto periods of `period_ms`.
+pub(crate) fn on_air_every(
+    period_ms: u64,
+    output: SocketAddr,
+    emm_cycle_ms: Option<u64>,
+    config: &[(&str, &str)],
+) -> (Headend, SocketAddr) {
+    let headend = Headend::init(workspace_bin("headend"), period_ms, emm_cycle_ms);
     let mut toml = std::fs::read_to_string(headend.config()).unwrap();
     for (key, value) in config {
         let line = toml
@@ -360,7 +405,24 @@ pub(crate) fn provision(
     state: &Path,
     subscribe: bool,
 ) -> Emulator {
-    let card = Emulator::start(workspace_bin("smartcard"), slot, state);
+    let product = subscribe.then_some("basic");
+    provision_card(headend, slot, card_id, state, CardModel::default(), product)
+}
+
+/// [`provision`] for a card that, once out of the factory, runs at the
+/// speed of `model`, subscribed to `product` if one is given. The factory
+/// works at full speed (personalization and the Subset Difference labels
+/// are many APDUs); the card then starts again, on the same state, with
+/// the model's timing and APDU lengths.
+pub(crate) fn provision_card(
+    headend: &Headend,
+    slot: &Slot,
+    card_id: &str,
+    state: &Path,
+    model: CardModel,
+    product: Option<&str>,
+) -> Emulator {
+    let mut card = Emulator::start(workspace_bin("smartcard"), slot, state);
     let o = Command::new(workspace_bin("smartcard"))
         .args(["provision", "--operator"])
         .arg(headend.home().join("operator.json"))
@@ -377,13 +439,23 @@ pub(crate) fn provision(
         String::from_utf8_lossy(&o.stderr),
         card.log_tail(20)
     );
-    if subscribe {
-        headend.cli(&["subscribe", card_id, "basic", "--until", "2099-12-31"]);
+    if let Some(product) = product {
+        headend.cli(&["subscribe", card_id, product, "--until", "2099-12-31"]);
         let shown = headend.cli(&["card", "show", card_id, "--json"]);
         assert!(
-            String::from_utf8_lossy(&shown.stdout).contains("basic"),
+            String::from_utf8_lossy(&shown.stdout).contains(product),
             "{shown:?}"
         );
+    }
+    if model != CardModel::default() {
+        let st = card.terminate();
+        assert!(
+            st.success(),
+            "smartcard emulate: {st}\n{}",
+            card.log_tail(10)
+        );
+        card.model = model;
+        card.restart();
     }
     card
 }
@@ -548,7 +620,7 @@ impl Tap {
         }
     }
 
-    fn bytes(&self) -> Vec<u8> {
+    pub(crate) fn bytes(&self) -> Vec<u8> {
         let g = self.got.lock().unwrap();
         g.iter().flat_map(|(_, d)| d.iter().copied()).collect()
     }

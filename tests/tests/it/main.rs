@@ -4,12 +4,16 @@
 //! (`e2e_stream`), the EMMG client against a SimulCrypt MUX test peer
 //! (`emmg_mux`), a third-party scrambler that gets its ECMs from the
 //! headend's SimulCrypt ECMG (`ecmg_scs`), revocation and key renewal
-//! through them (`revocation`), and a stream that changes under a running
-//! receiver (`live_changes`).
+//! through them (`revocation`), a stream that changes under a running
+//! receiver (`live_changes`), cards as slow as real ones (`slow_card`),
+//! and a multi-program TS with services under different products
+//! (`multiplex`).
 
 mod card_lifecycle;
 mod e2e_stream;
 mod ecmg_scs;
 mod emmg_mux;
 mod live_changes;
+mod multiplex;
 mod revocation;
+mod slow_card;
