@@ -154,6 +154,13 @@ struct QueuedEcm {
 /// EMMs waiting for the card, at most (see [`Access::on_emm`]).
 pub(super) const EMM_QUEUE: usize = 64;
 
+/// On a live input, until the card has answered its first ECM, an EMM
+/// waits this long from the first one seen before it goes to the card: the
+/// ECM comes within an ECM interval (100 ms at the headend), and at a zap
+/// the first picture should not wait for an EMM the card happens to be
+/// working on (at 9600 baud, about 110 ms).
+pub(super) const EMM_HOLD_AT_START: Duration = Duration::from_millis(250);
+
 /// The CA module, the CW slots it fills, and where the two stand.
 #[derive(Debug)]
 pub(super) struct Access<C> {
@@ -177,6 +184,8 @@ pub(super) struct Access<C> {
     /// Live input: drop what the card cannot keep up with, rather than
     /// wait for it.
     live: bool,
+    /// When the first EMM for the card was seen (see [`EMM_HOLD_AT_START`]).
+    first_emm: Option<Instant>,
     timing: Timing,
     /// The warning that the card is too slow has been given.
     warned_slow: bool,
@@ -206,6 +215,7 @@ impl<C: CaModule + Send + 'static> Access<C> {
             in_hand: None,
             ecm_queued_at: None,
             live: opts.live,
+            first_emm: None,
             timing: Timing::default(),
             warned_slow: false,
         };
@@ -311,10 +321,22 @@ impl<C: CaModule> Access<C> {
         self.next_ecm.is_some() || matches!(self.in_hand, Some(InHand::Ecm(_)))
     }
 
-    /// Whether the card has anything in hand (the per-packet check).
+    /// Whether the card has anything in hand, or an EMM waits to start
+    /// (the per-packet check).
     #[inline]
     pub(super) fn busy(&self) -> bool {
-        self.in_hand.is_some()
+        self.in_hand.is_some() || !self.emm_queue.is_empty()
+    }
+
+    /// Whether an EMM may go to the card now: on a live input, not before
+    /// the card has answered its first ECM, unless [`EMM_HOLD_AT_START`]
+    /// has passed since the first EMM.
+    fn emm_may_start(&self) -> bool {
+        !self.live
+            || self.ecm_answered
+            || self
+                .first_emm
+                .is_none_or(|t| t.elapsed() >= EMM_HOLD_AT_START)
     }
 
     /// Gives the card its next job if it has none: the ECM first, then
@@ -331,10 +353,12 @@ impl<C: CaModule> Access<C> {
                 header: q.header,
                 body: q.body,
             });
-        } else if let Some((hash, body)) = self.emm_queue.pop_front() {
-            stats.emms_to_card += 1;
-            self.in_hand = Some(InHand::Emm(hash));
-            self.port.send(Job::Emm { hash, body });
+        } else if self.emm_may_start() {
+            if let Some((hash, body)) = self.emm_queue.pop_front() {
+                stats.emms_to_card += 1;
+                self.in_hand = Some(InHand::Emm(hash));
+                self.port.send(Job::Emm { hash, body });
+            }
         }
     }
 
@@ -677,6 +701,7 @@ impl<C: CaModule> Access<C> {
             return Ok(());
         }
         stats.emms_for_card += 1;
+        self.first_emm.get_or_insert_with(Instant::now);
         let hash = self.emms.hash(section);
         if self.emms.contains(hash)
             || self.in_hand == Some(InHand::Emm(hash))

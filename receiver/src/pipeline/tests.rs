@@ -633,6 +633,31 @@ fn paced(
 }
 
 #[test]
+fn at_a_zap_the_first_ecm_goes_to_the_card_before_an_emm_that_came_first() {
+    // A live tune-in: an EMM for the card, then, 10 ms later, the ECM. The
+    // EMM waits (it would hold the first picture up for the card's time),
+    // the ECM goes first, and the EMM follows once the ECM is answered.
+    let mut air = Air::new();
+    air.tables();
+    air.emm(CARD, NOTHING, 1);
+    air.ecm(ECM_PID, 10);
+    for seq in 0..20 {
+        air.es(VIDEO, Some(10), seq, None);
+    }
+    let o = PipelineOptions {
+        live: true,
+        ..opts()
+    };
+    let (_, r) = paced(&air, slow_card(SLOW), o, Duration::from_millis(10), 0);
+    r.result.unwrap();
+    assert_eq!(seqs(&r.out, VIDEO), (0..20).collect::<Vec<_>>());
+    let stats = r.p.stats();
+    assert!(stats.ecm_wait_us_max < 100_000, "{stats:?}");
+    let card = r.p.into_card();
+    assert_eq!((card.ecms.len(), card.emms.len()), (1, 1));
+}
+
+#[test]
 fn a_slow_card_does_not_stop_the_packets() {
     // Four crypto periods of 16 packets, 45 ms apart (720 ms a period,
     // more than an EMM and an ECM at 300 ms each). An EMM comes just
