@@ -60,6 +60,10 @@ impl Report {
 
 /// How often the loop wakes without input (status line, stop flag).
 const TICK: Duration = Duration::from_millis(200);
+/// How soon the input loop comes back, while the card has work, to take
+/// its answer and give it the next job: a live stream's packets come in
+/// bursts, and without this the card would do one command per burst.
+const CARD_POLL: Duration = Duration::from_millis(2);
 
 /// Runs the receiver until the input ends, the output closes, `stop` is
 /// set, or something fails.
@@ -206,6 +210,7 @@ fn pump(
         }
         let next = match first.pop_front() {
             Some(c) => Some(c),
+            None if pipeline.card_working() => input.next(CARD_POLL),
             None => input.next(TICK),
         };
         match next {
@@ -235,6 +240,7 @@ fn pump(
                 })
             }
             None => {
+                pipeline.poll_card()?;
                 if let Some(t) = cfg.input_timeout {
                     if last_data.elapsed() >= t {
                         return Err(Failure::Input {

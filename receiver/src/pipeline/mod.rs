@@ -378,6 +378,20 @@ impl<C: CaModule> Pipeline<C> {
         self.stages.input_outage(gap);
     }
 
+    /// Whether the card has a command in hand or one waiting for it: the
+    /// input loop then comes back soon ([`Pipeline::poll_card`]).
+    pub fn card_working(&self) -> bool {
+        self.stages.access.busy()
+    }
+
+    /// Takes the card's answers and gives it its next command, between
+    /// inputs: packets come in bursts, and the card's work should not wait
+    /// for the next one.
+    pub fn poll_card(&mut self) -> Result<(), Failure> {
+        let st = &mut self.stages;
+        st.access.poll(&st.clock, &mut st.stats)
+    }
+
     /// The counters so far.
     pub fn stats(&self) -> Stats {
         let mut s = self.stages.stats.clone();

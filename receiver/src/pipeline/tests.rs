@@ -633,6 +633,35 @@ fn paced(
 }
 
 #[test]
+fn the_card_works_through_its_queue_between_bursts_of_input() {
+    // A live burst: the ECM and ten EMMs at once, then no input. The
+    // input loop polls the card between inputs, and the card goes through
+    // all of them without waiting for more packets.
+    let mut air = Air::new();
+    air.tables();
+    air.ecm(ECM_PID, 10);
+    for n in 0..10 {
+        air.emm(CARD, NOTHING, n);
+    }
+    air.es(VIDEO, Some(10), 0, None);
+    let o = PipelineOptions {
+        live: true,
+        ..opts()
+    };
+    let mut p = Pipeline::new(slow_card(Duration::from_millis(5)), o);
+    let mut out = Vec::new();
+    p.push(&air.ts, &mut out).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while p.card_working() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(2));
+        p.poll_card().unwrap();
+    }
+    assert!(!p.card_working(), "{:?}", p.stats());
+    let card = p.into_card();
+    assert_eq!((card.ecms.len(), card.emms.len()), (1, 10));
+}
+
+#[test]
 fn at_a_zap_the_first_ecm_goes_to_the_card_before_an_emm_that_came_first() {
     // A live tune-in: an EMM for the card, then, 10 ms later, the ECM. The
     // EMM waits (it would hold the first picture up for the card's time),
