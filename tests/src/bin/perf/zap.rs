@@ -364,13 +364,23 @@ fn zap_tuned(stream: &[u8], link: CardLink, join: Duration) -> Result<f64, Strin
         let sock = UdpSocket::bind(addr).map_err(|e| format!("bind {addr}: {e}"))?;
         sock.set_read_timeout(Some(Duration::from_millis(50)))
             .map_err(|e| e.to_string())?;
-        let mut pipeline = Pipeline::new(link, PipelineOptions::default());
+        // As `receiver` runs on a UDP input: live, and the card polled
+        // between datagrams while it has work.
+        let opts = PipelineOptions {
+            live: true,
+            ..PipelineOptions::default()
+        };
+        let mut pipeline = Pipeline::new(link, opts);
         let mut buf = vec![0u8; 65_536];
         while start.elapsed() < Duration::from_secs(5) {
-            if let Ok(n) = sock.recv(&mut buf) {
-                pipeline
+            let wait = if pipeline.card_working() { 2 } else { 50 };
+            sock.set_read_timeout(Some(Duration::from_millis(wait)))
+                .map_err(|e| e.to_string())?;
+            match sock.recv(&mut buf) {
+                Ok(n) => pipeline
                     .push(&buf[..n], &mut Discard)
-                    .map_err(|e| format!("receiver: {e}"))?;
+                    .map_err(|e| format!("receiver: {e}"))?,
+                Err(_) => pipeline.poll_card().map_err(|e| format!("receiver: {e}"))?,
             }
             if let Some(t) = pipeline.first_clear_at() {
                 return Ok(t.duration_since(start).as_secs_f64() * 1e3);
