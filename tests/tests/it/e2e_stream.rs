@@ -89,6 +89,45 @@ fn es_packets(ts: &[u8]) -> BTreeMap<u16, Vec<[u8; PACKET_LEN]>> {
     m
 }
 
+/// A feeder's segments: `warm` again and again until `go` is set, then
+/// `clip` once, then the end.
+pub(crate) fn warm_then(
+    go: Arc<AtomicBool>,
+    warm: Arc<Vec<u8>>,
+    clip: Arc<Vec<u8>>,
+) -> impl FnMut() -> Option<Arc<Vec<u8>>> + Send + 'static {
+    let mut sent_clip = false;
+    move || {
+        if sent_clip {
+            None
+        } else if go.load(Ordering::Relaxed) {
+            sent_clip = true;
+            Some(clip.clone())
+        } else {
+            Some(warm.clone())
+        }
+    }
+}
+
+/// Waits until the receiver's output file holds a video packet; fails
+/// after `within`, with `logs()`.
+pub(crate) fn wait_for_video(out_path: &Path, within: Duration, logs: impl Fn() -> String) {
+    let deadline = Instant::now() + within;
+    loop {
+        let out = std::fs::read(out_path).unwrap_or_default();
+        if Packets::new(&out).any(|p| pid_of(p) == VIDEO) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no clear video from the receiver within {} s:\n{}",
+            within.as_secs(),
+            logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The clip's part of a receiver's output: from the clip's first ES
 /// packet (the last `clip_es[pid].len()` packets of each ES PID in `out`,
 /// whose ES packets are `out_es`) to the end, led by the last PAT and PMT
@@ -715,31 +754,8 @@ fn clip_through_headend_card_and_receiver_comes_out_clear_and_identical() {
     // Warm-up loops until the receiver writes clear video, then the clip.
     let go = Arc::new(AtomicBool::new(false));
     let (warm, clip_seg) = (Arc::new(warm), Arc::new(clip.clone()));
-    let mut sent_clip = false;
-    let g = go.clone();
-    let feeder = Feeder::start(sys.input, move || {
-        if sent_clip {
-            None
-        } else if g.load(Ordering::Relaxed) {
-            sent_clip = true;
-            Some(clip_seg.clone())
-        } else {
-            Some(warm.clone())
-        }
-    });
-    let deadline = Instant::now() + Duration::from_secs(15);
-    loop {
-        let out = std::fs::read(&out_path).unwrap_or_default();
-        if Packets::new(&out).any(|p| pid_of(p) == VIDEO) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no clear video from the receiver within 15 s:\n{}",
-            sys.logs(&log)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let feeder = Feeder::start(sys.input, warm_then(go.clone(), warm, clip_seg));
+    wait_for_video(&out_path, Duration::from_secs(15), || sys.logs(&log));
     let first_clear = t0.elapsed();
     go.store(true, Ordering::Relaxed);
     let fed = feeder.finish(false);

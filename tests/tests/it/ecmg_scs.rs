@@ -15,7 +15,9 @@
 //!                 headend run: ECMG (TCP), EMMs (admin API)
 //! ```
 
-use crate::e2e_stream::{clip_part, pid_of, prerequisites, provision, CARD, ES};
+use crate::e2e_stream::{
+    clip_part, pid_of, prerequisites, provision, wait_for_video, warm_then, CARD, ES,
+};
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::net::{SocketAddr, TcpStream, UdpSocket};
@@ -402,33 +404,9 @@ fn a_third_party_scrambler_with_our_ecms_plays_clear_on_a_receiver_with_its_card
     // Warm-up loops until the receiver writes clear video, then the clip.
     let go = Arc::new(AtomicBool::new(false));
     let (warm, clip_seg) = (Arc::new(warm), Arc::new(clip.clone()));
-    let g = go.clone();
-    let mux = std::thread::spawn(move || {
-        let mut sent_clip = false;
-        scs_mux(ecmg, rx_in, emms, move || {
-            if sent_clip {
-                None
-            } else if g.load(Ordering::Relaxed) {
-                sent_clip = true;
-                Some(clip_seg.clone())
-            } else {
-                Some(warm.clone())
-            }
-        })
-    });
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let out = std::fs::read(&out_path).unwrap_or_default();
-        if Packets::new(&out).any(|p| pid_of(p) == VIDEO) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no clear video from the receiver within 20 s:\n{}",
-            logs(&log)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let segments = warm_then(go.clone(), warm, clip_seg);
+    let mux = std::thread::spawn(move || scs_mux(ecmg, rx_in, emms, segments));
+    wait_for_video(&out_path, Duration::from_secs(20), || logs(&log));
     go.store(true, Ordering::Relaxed);
     let (fed, periods) = mux.join().unwrap();
     stop.store(true, Ordering::Relaxed);
