@@ -17,4 +17,7 @@ mod address;
 mod io;
 
 pub use address::{Address, AddressError, MAX_ADDRESS_LEN};
-pub use io::{bind_udp_input, Got, Input, IoError, Output, UdpSender, Writer, READ_TIMEOUT};
+pub use io::{
+    bind_udp_input, Got, Input, IoError, Output, UdpSender, Writer, INPUT_SOCKET_BUFFER,
+    READ_TIMEOUT,
+};

@@ -9,8 +9,8 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use ts::packet::PACKET_LEN;
+pub(crate) use tsio::Got;
 use tsio::{Address, AddressError, UdpSender};
-pub(crate) use tsio::{Got, READ_TIMEOUT};
 /// The longest air time that a partial datagram waits for more packets:
 /// any stream over about 100 kbit/s fills its datagrams sooner.
 const MAX_HOLD_TICKS: u64 = 100 * super::clock::TICKS_PER_MS;
@@ -73,6 +73,11 @@ impl Input {
         self.0.local_addr()
     }
 
+    /// The receive buffer of a UDP input, in bytes.
+    pub(crate) fn socket_buffer(&self) -> Option<usize> {
+        self.0.socket_buffer()
+    }
+
     pub(crate) fn read(&mut self, buf: &mut [u8]) -> Result<Got, StreamError> {
         self.0.read(buf).map_err(tsio_err)
     }
@@ -88,10 +93,22 @@ impl Input {
     }
 }
 
+/// How often a pacer waiting for air time looks whether it should hurry.
+const HURRY_POLL: Duration = Duration::from_millis(5);
+
 /// Sends packets at their air time: each datagram when the air time of its
 /// last packet comes, on the wall clock. If the sender falls more than
 /// `max_late` behind (a stalled input, a slow machine), it starts again
 /// from now rather than burst to catch up.
+///
+/// A live input brings its own clock: there the writer [anchors](Pacer::anchor)
+/// each batch the reader hands over at the moment it takes it, spreads
+/// the batch over its air time, and hurries through the rest as soon as
+/// the next batch waits. So the output never lags the input by more than
+/// a batch (one PCR interval), whatever stalls the machine had or however
+/// the source's clock drifts from ours; a clock that only rebased would
+/// keep a stall's lag for good, with that much of the input waiting in
+/// the socket buffer, where the next burst overflows it.
 #[derive(Debug)]
 pub(crate) struct Pacer {
     origin: Option<(Instant, u64)>,
@@ -108,11 +125,27 @@ impl Pacer {
         }
     }
 
-    /// Waits until `ticks` is due. Returns early (false) on shutdown.
-    pub(crate) fn wait(&mut self, ticks: u64, shutdown: &Shutdown) -> bool {
-        let (i0, t0) = *self.origin.get_or_insert((Instant::now(), ticks));
-        let offset = Duration::from_nanos(ticks.saturating_sub(t0).saturating_mul(1000) / 27);
-        let due = i0 + offset;
+    /// When air time `ticks` is due on the clock as it stands.
+    fn due(&self, ticks: u64) -> Option<Instant> {
+        let (i0, t0) = self.origin?;
+        Some(i0 + Duration::from_nanos(ticks.saturating_sub(t0).saturating_mul(1000) / 27))
+    }
+
+    /// Waits until `ticks` is due, or until `hurry` says the next batch
+    /// of a live input waits. Returns early (false) on shutdown.
+    pub(crate) fn wait(
+        &mut self,
+        ticks: u64,
+        shutdown: &Shutdown,
+        hurry: &dyn Fn() -> bool,
+    ) -> bool {
+        let due = match self.due(ticks) {
+            Some(due) => due,
+            None => {
+                self.origin = Some((Instant::now(), ticks));
+                return true;
+            }
+        };
         loop {
             let now = Instant::now();
             if now >= due {
@@ -125,8 +158,25 @@ impl Pacer {
             if shutdown.is_triggered() {
                 return false;
             }
-            std::thread::sleep((due - now).min(READ_TIMEOUT));
+            if hurry() {
+                return true;
+            }
+            std::thread::sleep((due - now).min(HURRY_POLL));
         }
+    }
+
+    /// A live input's batch, whose first packet has air time `ticks`,
+    /// starts now. Counts a rebase when the clock as it stood was more
+    /// than `max_late` behind.
+    pub(crate) fn anchor(&mut self, ticks: u64) {
+        let now = Instant::now();
+        if self
+            .due(ticks)
+            .is_some_and(|due| now.saturating_duration_since(due) > self.max_late)
+        {
+            self.rebases += 1;
+        }
+        self.origin = Some((now, ticks));
     }
 
     /// Forgets the origin (after an idle input, so that a late restart of
@@ -150,13 +200,18 @@ pub(crate) struct UdpOut {
 }
 
 impl UdpOut {
-    fn push(&mut self, p: &OutPacket, shutdown: &Shutdown) -> Result<bool, StreamError> {
+    fn push(
+        &mut self,
+        p: &OutPacket,
+        shutdown: &Shutdown,
+        hurry: &dyn Fn() -> bool,
+    ) -> Result<bool, StreamError> {
         // Sparse output (a channel with nothing on the air sends little
         // more than its CAT) goes out in partial datagrams rather than
         // wait seconds for a full one.
         if !self.buf.is_empty()
             && p.ticks > self.first_ticks.saturating_add(MAX_HOLD_TICKS)
-            && !self.send(shutdown)?
+            && !self.send(shutdown, hurry)?
         {
             return Ok(false);
         }
@@ -166,18 +221,18 @@ impl UdpOut {
         self.buf.extend_from_slice(&p.bytes);
         self.last_ticks = p.ticks;
         if self.buf.len() >= self.per_datagram * PACKET_LEN {
-            return self.send(shutdown);
+            return self.send(shutdown, hurry);
         }
         Ok(true)
     }
 
     /// Sends what is buffered, when its time comes.
-    fn send(&mut self, shutdown: &Shutdown) -> Result<bool, StreamError> {
+    fn send(&mut self, shutdown: &Shutdown, hurry: &dyn Fn() -> bool) -> Result<bool, StreamError> {
         if self.buf.is_empty() {
             return Ok(true);
         }
         if let Some(p) = &mut self.pacer {
-            if !p.wait(self.last_ticks, shutdown) {
+            if !p.wait(self.last_ticks, shutdown, hurry) {
                 return Ok(false);
             }
         }
@@ -218,17 +273,19 @@ impl Output {
         })
     }
 
-    /// Writes packets (UDP: in datagrams, paced). Returns false when a
-    /// shutdown interrupted the pacing.
+    /// Writes packets (UDP: in datagrams, paced, the waits cut short
+    /// when `hurry` says so). Returns false when a shutdown interrupted the
+    /// pacing.
     pub(crate) fn write(
         &mut self,
         packets: &[OutPacket],
         shutdown: &Shutdown,
+        hurry: &dyn Fn() -> bool,
     ) -> Result<bool, StreamError> {
         match self {
             Output::Udp(u) => {
                 for p in packets {
-                    if !u.push(p, shutdown)? {
+                    if !u.push(p, shutdown, hurry)? {
                         return Ok(false);
                     }
                 }
@@ -246,11 +303,19 @@ impl Output {
     pub(crate) fn flush(&mut self, shutdown: &Shutdown) -> Result<(), StreamError> {
         match self {
             Output::Udp(u) => {
-                u.send(shutdown)?;
+                u.send(shutdown, &|| false)?;
             }
             Output::Write(w, ep) => w.flush().map_err(|e| io_err("write", ep, e))?,
         }
         Ok(())
+    }
+
+    /// A live input's batch, whose first packet has air time `ticks`,
+    /// starts now (see [`Pacer`]).
+    pub(crate) fn anchor(&mut self, ticks: u64) {
+        if let Output::Udp(UdpOut { pacer: Some(p), .. }) = self {
+            p.anchor(ticks);
+        }
     }
 
     /// The input went idle: restart the pacing clock when it comes back.
@@ -316,14 +381,46 @@ mod tests {
         let stop = Shutdown::new();
         let mut p = Pacer::new(Duration::from_millis(50));
         let t = Instant::now();
-        assert!(p.wait(1000, &stop));
-        assert!(p.wait(1000 + 30 * TICKS_PER_MS, &stop));
+        let no = || false;
+        assert!(p.wait(1000, &stop, &no));
+        assert!(p.wait(1000 + 30 * TICKS_PER_MS, &stop, &no));
         assert!(t.elapsed() >= Duration::from_millis(30));
         std::thread::sleep(Duration::from_millis(120));
-        assert!(p.wait(1000 + 40 * TICKS_PER_MS, &stop));
+        assert!(p.wait(1000 + 40 * TICKS_PER_MS, &stop, &no));
         assert_eq!(p.rebases, 1);
         stop.trigger();
-        assert!(!p.wait(1000 + 10_000 * TICKS_PER_MS, &stop));
+        assert!(!p.wait(1000 + 10_000 * TICKS_PER_MS, &stop, &no));
+    }
+
+    /// A live input: after a stall the writer does not keep the lag (the
+    /// next batch starts when it is taken), and a batch still being spread
+    /// when the next one waits goes out at once.
+    #[test]
+    fn a_live_pacer_keeps_no_lag_and_hurries_when_the_next_batch_waits() {
+        let stop = Shutdown::new();
+        let no = || false;
+        let mut p = Pacer::new(Duration::from_millis(50));
+        p.anchor(0);
+        assert!(p.wait(0, &stop, &no));
+        // A stall of 300 ms: the next batch (air time 40 ms on) starts
+        // when it is taken, counted as a rebase; its packets are spread
+        // from there.
+        std::thread::sleep(Duration::from_millis(300));
+        p.anchor(40 * TICKS_PER_MS);
+        assert_eq!(p.rebases, 1);
+        let t = Instant::now();
+        assert!(p.wait(40 * TICKS_PER_MS, &stop, &no));
+        assert!(t.elapsed() < Duration::from_millis(20), "{:?}", t.elapsed());
+        assert!(p.wait(60 * TICKS_PER_MS, &stop, &no));
+        assert!(t.elapsed() >= Duration::from_millis(20));
+        // A packet due a second on goes at once when the next batch waits.
+        let t = Instant::now();
+        assert!(p.wait(1060 * TICKS_PER_MS, &stop, &|| true));
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "{:?}",
+            t.elapsed()
+        );
     }
 
     #[test]
@@ -339,15 +436,20 @@ mod tests {
         };
         // Three packets within 100 ms wait for more; the fourth, 500 ms
         // later, sends them first.
-        out.write(&[at(0), at(10), at(50)], &stop).unwrap();
-        out.write(&[at(550)], &stop).unwrap();
+        let no = || false;
+        out.write(&[at(0), at(10), at(50)], &stop, &no).unwrap();
+        out.write(&[at(550)], &stop, &no).unwrap();
         let mut buf = [0u8; 2048];
         assert_eq!(rx.recv(&mut buf).unwrap(), 3 * PACKET_LEN);
         out.flush(&stop).unwrap();
         assert_eq!(rx.recv(&mut buf).unwrap(), PACKET_LEN);
         // A dense stream fills its datagrams.
-        out.write(&(0..14).map(|i| at(600 + i)).collect::<Vec<_>>(), &stop)
-            .unwrap();
+        out.write(
+            &(0..14).map(|i| at(600 + i)).collect::<Vec<_>>(),
+            &stop,
+            &no,
+        )
+        .unwrap();
         assert_eq!(rx.recv(&mut buf).unwrap(), 7 * PACKET_LEN);
         assert_eq!(rx.recv(&mut buf).unwrap(), 7 * PACKET_LEN);
     }

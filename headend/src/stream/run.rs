@@ -75,7 +75,7 @@ impl OutCounters {
 /// Writes one message; false when a shutdown cut the pacing short.
 fn deliver(output: &mut Output, msg: &Msg, shutdown: &Shutdown) -> Result<bool, StreamError> {
     match msg {
-        Msg::Packets(p) => output.write(p, shutdown),
+        Msg::Packets(p) => output.write(p, shutdown, &|| false),
         Msg::Idle => {
             output.flush(shutdown)?;
             output.idle();
@@ -99,6 +99,9 @@ pub(super) fn run<F: CaFeed>(
         Pacing::Always => true,
         Pacing::Never => false,
     };
+    // A UDP input is live: its source keeps the time (see
+    // [`super::io::Pacer`]).
+    let live = matches!(in_ep, Address::Udp(_));
     let input = Input::open(&in_ep)?;
     if let Some(sh) = shared {
         *sh.input_addr.lock().unwrap_or_else(|e| e.into_inner()) = input.local_addr();
@@ -115,12 +118,34 @@ pub(super) fn run<F: CaFeed>(
     } else {
         1 << 16
     };
-    tracing::info!(channel = %cfg.name, input = %in_ep, output = %out_ep, paced, "stream started");
+    let input_buffer = input.socket_buffer();
+    tracing::info!(
+        channel = %cfg.name,
+        input = %in_ep,
+        output = %out_ep,
+        paced,
+        input_buffer,
+        "stream started"
+    );
+    if input_buffer.is_some_and(|b| b < tsio::INPUT_SOCKET_BUFFER) {
+        tracing::info!(
+            channel = %cfg.name,
+            "channel {:?}: the input's socket buffer is {} KiB, which a multiplex of some \
+             Mbit/s fills in a fraction of a second if the daemon stalls; raise \
+             net.core.rmem_max to {} (sysctl) for {} KiB",
+            cfg.name,
+            input_buffer.unwrap_or(0) >> 10,
+            tsio::INPUT_SOCKET_BUFFER,
+            tsio::INPUT_SOCKET_BUFFER >> 9
+        );
+    }
     let stats = if paced {
         // Pacing sleeps; a writer thread of its own keeps those sleeps
         // from delaying the reads of a live input, whose socket buffer
-        // holds only a few hundred milliseconds. The bounded queue (about
-        // 2 MB) holds a file input back to the output's pace.
+        // holds only a few hundred milliseconds at a real multiplex's
+        // rate. The bounded queue (about 2 MB) and the reader's wait below
+        // hold a file input back to the output's pace; a live input is
+        // never held back, and the writer keeps up with it instead.
         std::thread::scope(|s| {
             let (tx, rx) = std::sync::mpsc::sync_channel::<Msg>(32);
             let counters = &counters;
@@ -132,10 +157,17 @@ pub(super) fn run<F: CaFeed>(
                             counters.update(&output);
                             continue;
                         };
+                        if live {
+                            if let Some(first) = packets.first() {
+                                output.anchor(first.ticks);
+                            }
+                        }
+                        // The next batch of a live input waits.
+                        let hurry = || live && counters.in_flight.load(Ordering::Relaxed) > 1;
                         // A datagram at a time, so that the reader knows
                         // how far the sending has come.
                         for d in packets.chunks(cfg.packets_per_datagram) {
-                            let go_on = output.write(d, shutdown)?;
+                            let go_on = output.write(d, shutdown, &hurry)?;
                             counters.update(&output);
                             if let Some(last) = d.last() {
                                 counters.sent_ticks.store(last.ticks, Ordering::Relaxed);
@@ -169,7 +201,7 @@ pub(super) fn run<F: CaFeed>(
                         Msg::Hold(t) => Some(*t),
                         Msg::Idle => None,
                     };
-                    if let Some(first) = first {
+                    if let Some(first) = first.filter(|_| !live) {
                         while counters.too_far_ahead(first)
                             && !counters.done.load(Ordering::Relaxed)
                             && !shutdown.is_triggered()

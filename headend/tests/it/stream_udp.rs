@@ -177,3 +177,81 @@ fn a_paced_channel_stops_promptly() {
     assert_eq!(stats.loops, 0);
     assert!(stats.packets_out > 20, "{stats:?}");
 }
+
+/// A live UDP input after a stall: the headend's reading stopped for
+/// 1.5 s (here the source sends nothing, then the 1.5 s it owed at once,
+/// which is what a stalled reader finds in its socket buffer), then the
+/// stream goes on live. The output catches up at once: its last packet
+/// leaves soon after the input's last, and nothing is lost. A clock that
+/// only re-based would keep the 1.5 s of lag for good, with that much of
+/// the input waiting in the socket, where the next burst overflows it.
+#[test]
+fn a_live_input_leaves_no_lag_after_a_stall() {
+    let Some(clear) = ffmpeg_ts(4) else { return };
+    let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let (feed, key) = feed(200, 10);
+    let mut cfg = ChannelStreamConfig::new(
+        "live",
+        "udp://127.0.0.1:0",
+        format!("udp://{}", rx.local_addr().unwrap()),
+        EMM_PID,
+    )
+    .service(SERVICE, ECM_PID);
+    cfg.start_unix_ms = Some(START_MS);
+    assert_eq!(cfg.pacing, Pacing::Auto, "paced, as UDP output is");
+    let h = spawn_channel(cfg, feed, Shutdown::new()).unwrap();
+    let t = Instant::now();
+    let addr = loop {
+        if let Some(a) = h.input_addr() {
+            break a;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "input never bound");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    // Each datagram of 7 packets is due at the air time of the last PCR
+    // before it, as an encoder sends them.
+    let mut due = Vec::new();
+    let (mut first, mut last) = (None, 0.0);
+    let datagrams: Vec<Vec<u8>> = clear.chunks(7 * PACKET_LEN).map(<[u8]>::to_vec).collect();
+    for d in &datagrams {
+        due.push(last);
+        for p in Packets::new(d) {
+            let pcr = ts::packet::Packet::from_array(p)
+                .ok()
+                .filter(|v| v.pid() == VIDEO)
+                .and_then(|v| v.pcr());
+            if let Some(pcr) = pcr {
+                let ticks = pcr.ticks_27mhz();
+                last = (ticks - *first.get_or_insert(ticks)) as f64 / 27e6;
+            }
+        }
+    }
+    let (stall_from, stall_to) = (1.0, 2.5);
+    let sender = std::thread::spawn(move || {
+        let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let start = Instant::now();
+        for (d, due) in datagrams.iter().zip(due) {
+            let at = if (stall_from..stall_to).contains(&due) {
+                stall_to
+            } else {
+                due
+            };
+            let at = start + Duration::from_secs_f64(at);
+            std::thread::sleep(at.saturating_duration_since(Instant::now()));
+            tx.send_to(d, addr).unwrap();
+        }
+        Instant::now()
+    });
+    // The output pauses with the input (1.5 s).
+    let got = receive_all(&rx, Duration::from_millis(2500), Duration::from_secs(20));
+    let last_in = sender.join().unwrap();
+    h.stop();
+    let stats = h.join().unwrap();
+    let lag = got.last().unwrap().0.saturating_duration_since(last_in);
+    assert!(
+        lag < Duration::from_millis(400),
+        "the last packet left {lag:?} after the input's last: {stats:?}"
+    );
+    let out: Vec<u8> = got.iter().flat_map(|(_, d)| d.clone()).collect();
+    check_descrambled(&out, &clear, &key);
+}
