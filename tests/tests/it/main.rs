@@ -6,9 +6,12 @@
 //! headend's SimulCrypt ECMG (`ecmg_scs`), revocation and key renewal
 //! through them (`revocation`), a stream that changes under a running
 //! receiver (`live_changes`), cards as slow as real ones (`slow_card`),
-//! and a multi-program TS with services under different products
-//! (`multiplex`).
+//! one of them through 1,000 control-word changes (`card_endurance`,
+//! nine minutes: first by name, so that it starts at once and the rest
+//! run beside it), and a multi-program TS with services under different
+//! products (`multiplex`).
 
+mod card_endurance;
 mod card_lifecycle;
 mod e2e_stream;
 mod ecmg_scs;
