@@ -622,6 +622,10 @@ pub struct ChannelHealth {
     pub input_bytes: u64,
     pub input_bitrate_bps: u64,
     pub last_input_unix_ms: Option<u64>,
+    /// Continuity counter jumps in the input: packets lost before the
+    /// headend read them.
+    #[serde(default)]
+    pub input_cc_errors: u64,
     pub output_packets: u64,
     pub output_errors: u64,
     /// Clear packets the last-line check dropped: always 0 unless the

@@ -630,6 +630,7 @@ fn channel_run(s: &ChannelStatus) -> ChannelRun {
             input_bytes: h.input_bytes,
             input_bitrate_bps: h.input_bitrate_bps,
             last_input_unix_ms: h.last_input_unix_ms,
+            input_cc_errors: h.input_cc_errors,
             output_packets: h.output_packets,
             output_errors: h.output_errors,
             clear_packets: h.clear_packets,

@@ -132,6 +132,8 @@ pub struct ChannelHealth {
     pub input_bitrate_bps: u64,
     /// Wall clock of the last input packet.
     pub last_input_unix_ms: Option<u64>,
+    /// Continuity counter jumps in the input: packets lost upstream.
+    pub input_cc_errors: u64,
     pub output_packets: u64,
     pub output_errors: u64,
     /// Packets of the whole channel that the last-line check dropped

@@ -45,6 +45,10 @@ pub struct StreamStats {
     pub loops: u64,
     pub skipped_bytes: u64,
     pub sync_losses: u64,
+    /// Continuity counters that jumped in the input (TR 101 290 1.4):
+    /// packets lost before the headend read them, by the encoder, the
+    /// network, or the input's socket buffer overflowing.
+    pub input_cc_errors: u64,
     pub pcr_discontinuities: u64,
     pub pacing_rebases: u64,
     pub udp_send_errors: u64,

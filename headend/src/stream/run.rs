@@ -339,6 +339,7 @@ impl InputMeter {
         h.input_bytes = self.bytes;
         h.input_bitrate_bps = self.bitrate;
         h.last_input_unix_ms = self.last_input_unix_ms;
+        h.input_cc_errors = stats.input_cc_errors;
         h.output_packets = stats.packets_out;
         h.output_errors = counters.send_errors.load(Ordering::Relaxed);
         h.clear_packets = stats.clear_packets;

@@ -265,7 +265,7 @@ fn health(s: &ChannelStatus) -> ChannelHealth {
 }
 
 /// The per-channel families before `iodoform_channel_withheld_packets_total`.
-const BEFORE_WITHHELD: [PerChannel; 5] = [
+const BEFORE_WITHHELD: [PerChannel; 6] = [
     (
         true,
         "iodoform_channel_input_packets_total",
@@ -277,6 +277,12 @@ const BEFORE_WITHHELD: [PerChannel; 5] = [
         "iodoform_channel_input_bitrate_bits_per_second",
         "The channel's input bitrate over the last second or two.",
         |s, _| health(s).input_bitrate_bps.into(),
+    ),
+    (
+        true,
+        "iodoform_channel_input_continuity_errors_total",
+        "Continuity counters that jumped in the channel's input (TR 101 290 1.4): packets lost before the headend read them (encoder, network, or a full input socket buffer).",
+        |s, _| health(s).input_cc_errors.into(),
     ),
     (
         false,

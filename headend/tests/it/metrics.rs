@@ -234,6 +234,7 @@ const FAMILIES: &[(&str, &str)] = &[
 const CHANNEL_FAMILIES: &[(&str, &str)] = &[
     ("iodoform_channel_input_packets_total", "counter"),
     ("iodoform_channel_input_bitrate_bits_per_second", "gauge"),
+    ("iodoform_channel_input_continuity_errors_total", "counter"),
     ("iodoform_channel_input_silence_seconds", "gauge"),
     ("iodoform_channel_scrambled_packets_total", "counter"),
     ("iodoform_channel_clear_packets_total", "counter"),

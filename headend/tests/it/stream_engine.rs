@@ -229,6 +229,7 @@ fn looping_keeps_continuity_and_flags_the_pcr_discontinuity() {
     let bytes: Vec<u8> = out.iter().flat_map(|p| p.bytes).collect();
     let stats = *mux.stats();
     assert_eq!(stats.loops, 2);
+    assert_eq!(stats.input_cc_errors, 0, "a loop loses nothing");
     assert_eq!(stats.pmt_versions, 1, "same PMT each pass: one version");
     let a = analyze(&bytes, &key, &[VIDEO, AUDIO]);
     assert!(
@@ -329,4 +330,44 @@ fn input_that_is_not_ts_is_an_error() {
     );
     let e = run_channel(cfg, f, Shutdown::new()).unwrap_err();
     assert!(e.to_string().contains("holds no TS packet"), "{e}");
+}
+
+/// Packets missing from the input show as continuity errors of the input
+/// (one per gap, on its PID), which the operator sees in /metrics.
+#[test]
+fn packets_lost_before_the_input_count_as_input_continuity_errors() {
+    let Some(clear) = ffmpeg_ts(2) else { return };
+    let (feed, _) = feed(PERIOD_MS, 4);
+    let cfg = config("-", "-");
+    let mut mux = Mux::new(&cfg, feed, START_MS).unwrap();
+    // The 50th, 100th and 150th video packets with a payload are lost,
+    // and a whole datagram's worth (7 packets) near the end.
+    let mut video = 0;
+    let packets: Vec<&[u8; PACKET_LEN]> = Packets::new(&clear).collect();
+    let middle = packets.len() * 9 / 10;
+    let mut lost = 0;
+    for (i, p) in packets.iter().enumerate() {
+        let v = Packet::from_array(p).unwrap();
+        if v.pid() == VIDEO && v.has_payload() {
+            video += 1;
+            if [50, 100, 150].contains(&video) {
+                lost += 1;
+                continue;
+            }
+        }
+        if (middle..middle + 7).contains(&i) {
+            continue;
+        }
+        mux.push(p);
+    }
+    assert_eq!(lost, 3, "the clip has 150 video packets");
+    let stats = *mux.stats();
+    // The datagram cuts each PID it carried a payload of.
+    let cut: std::collections::BTreeSet<u16> = packets[middle..middle + 7]
+        .iter()
+        .map(|p| Packet::from_array(p).unwrap())
+        .filter(|v| v.has_payload() && v.pid() != ts::packet::NULL_PID)
+        .map(|v| v.pid())
+        .collect();
+    assert_eq!(stats.input_cc_errors, 3 + cut.len() as u64, "{stats:?}");
 }

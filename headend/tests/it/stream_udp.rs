@@ -247,6 +247,7 @@ fn a_live_input_leaves_no_lag_after_a_stall() {
     let last_in = sender.join().unwrap();
     h.stop();
     let stats = h.join().unwrap();
+    assert_eq!(stats.input_cc_errors, 0, "{stats:?}");
     let lag = got.last().unwrap().0.saturating_duration_since(last_in);
     assert!(
         lag < Duration::from_millis(400),

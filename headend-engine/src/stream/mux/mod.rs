@@ -69,7 +69,9 @@
 //! [`Repeater`]s: our PAT, CAT, ECMs and EMMs, each on a PID of its own,
 //! count in their repeater; a PMT we send continues its PID's counter,
 //! which it shares with whatever else goes out on that PID (another
-//! program's PMT, the input's PMT before a PAT change).
+//! program's PMT, the input's PMT before a PAT change). The input's
+//! counters are followed too: a jump is a loss upstream, counted in
+//! [`StreamStats::input_cc_errors`].
 
 mod ca;
 mod output;
@@ -86,7 +88,10 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use ts::cissa::{Outcome, Scrambler};
 use ts::demux::{Demux, Demuxed, PidRole};
-use ts::packet::{null_packet, Packet, PacketMut, PacketReader, MAX_PID, NULL_PID, PACKET_LEN};
+use ts::packet::{
+    null_packet, Continuity, ContinuityCheck, Packet, PacketMut, PacketReader, MAX_PID, NULL_PID,
+    PACKET_LEN,
+};
 use ts::psi::{
     packetize_continuing, Cat, Descriptor, Pat, Pmt, PrivateSection, Repeater, Sdt, TableSections,
     CA_SYSTEM_ID, MAX_SECTION_LEN, SDT_PID,
@@ -256,6 +261,9 @@ pub struct Mux<F: CaFeed> {
     /// last-line check in `emit`).
     clear_ok: Vec<bool>,
     cc: Vec<Cc>,
+    /// The input's continuity counters, each PID's, for
+    /// [`StreamStats::input_cc_errors`].
+    input_cc: Vec<ContinuityCheck>,
     services: Vec<Service>,
     /// The input's PAT, and its sections gathered (a PAT may span
     /// several).
@@ -358,6 +366,7 @@ impl<F: CaFeed> Mux<F> {
             demux: Demux::new(),
             clear_ok: vec![false; PIDS],
             cc: vec![Cc::default(); PIDS],
+            input_cc: vec![ContinuityCheck::new(); PIDS],
             services,
             pat: None,
             pat_sections: TableSections::new(),
@@ -515,6 +524,9 @@ impl<F: CaFeed> Mux<F> {
             c.relink = true;
             c.pcr_discontinuity = true;
         }
+        for c in &mut self.input_cc {
+            c.reset();
+        }
     }
 
     /// Takes one input packet. It waits for the next PCR to be timed
@@ -523,11 +535,18 @@ impl<F: CaFeed> Mux<F> {
     pub fn push(&mut self, pkt: &[u8; PACKET_LEN]) {
         self.stats.packets_in += 1;
         let (pid, pcr, discontinuity) = match Packet::from_array(pkt) {
-            Ok(v) => (
-                v.pid(),
-                v.pcr(),
-                v.adaptation_field().is_some_and(|a| a.discontinuity()),
-            ),
+            Ok(v) => {
+                let pid = v.pid();
+                if pid != NULL_PID && self.input_cc[usize::from(pid)].check(&v) == Continuity::Jump
+                {
+                    self.stats.input_cc_errors += 1;
+                }
+                (
+                    pid,
+                    v.pcr(),
+                    v.adaptation_field().is_some_and(|a| a.discontinuity()),
+                )
+            }
             Err(_) => {
                 self.stats.dropped_malformed += 1;
                 return;

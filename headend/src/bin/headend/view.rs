@@ -460,6 +460,7 @@ fn channel_states(cs: &[ChannelStatus]) {
             "INPUT PACKETS",
             "INPUT RATE",
             "SINCE INPUT",
+            "INPUT CC ERRORS",
         ],
         &cs.iter()
             .map(|c| {
@@ -480,6 +481,7 @@ fn channel_states(cs: &[ChannelStatus]) {
                     opt(&r
                         .and_then(|r| r.input_silence_seconds)
                         .map(|x| format!("{x:.1} s"))),
+                    opt(&r.and_then(|r| r.health.as_ref()).map(|h| h.input_cc_errors)),
                 ]
             })
             .collect::<Vec<_>>(),
