@@ -2,7 +2,7 @@
 //! live source would be, input in datagrams with garbage in between.
 
 use crate::stream_support::*;
-use headend::stream::{spawn_channel, Shutdown};
+use headend::stream::{spawn_channel, ChannelHandle, Shutdown};
 use headend_engine::stream::{ChannelStreamConfig, Pacing};
 use std::net::UdpSocket;
 use std::time::{Duration, Instant};
@@ -34,6 +34,39 @@ fn receive_all(sock: &UdpSocket, idle: Duration, limit: Duration) -> Vec<(Instan
         }
     }
     got
+}
+
+/// A channel reading UDP on a free loopback port and sending to `rx`,
+/// with `pacing`; its handle, the product key and where its input is.
+fn udp_channel(
+    name: &str,
+    rx: &UdpSocket,
+    pacing: Pacing,
+) -> (
+    ChannelHandle,
+    proto::secret::ProductKey,
+    std::net::SocketAddr,
+) {
+    let (feed, key) = feed(200, 10);
+    let mut cfg = ChannelStreamConfig::new(
+        name,
+        "udp://127.0.0.1:0",
+        format!("udp://{}", rx.local_addr().unwrap()),
+        EMM_PID,
+    )
+    .service(SERVICE, ECM_PID);
+    cfg.start_unix_ms = Some(START_MS);
+    cfg.pacing = pacing;
+    let h = spawn_channel(cfg, feed, Shutdown::new()).unwrap();
+    let t = Instant::now();
+    let addr = loop {
+        if let Some(a) = h.input_addr() {
+            break a;
+        }
+        assert!(t.elapsed() < Duration::from_secs(5), "input never bound");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    (h, key, addr)
 }
 
 fn check_descrambled(out: &[u8], clear: &[u8], key: &proto::secret::ProductKey) {
@@ -98,25 +131,7 @@ fn file_to_udp_is_paced_by_the_pcr_and_resyncs_after_garbage() {
 fn udp_input_in_odd_datagrams_with_garbage_datagrams() {
     let Some(clear) = ffmpeg_ts(2) else { return };
     let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let (feed, key) = feed(200, 10);
-    let mut cfg = ChannelStreamConfig::new(
-        "udp-in",
-        "udp://127.0.0.1:0",
-        format!("udp://{}", rx.local_addr().unwrap()),
-        EMM_PID,
-    )
-    .service(SERVICE, ECM_PID);
-    cfg.start_unix_ms = Some(START_MS);
-    cfg.pacing = Pacing::Never;
-    let h = spawn_channel(cfg, feed, Shutdown::new()).unwrap();
-    let t = Instant::now();
-    let addr = loop {
-        if let Some(a) = h.input_addr() {
-            break a;
-        }
-        assert!(t.elapsed() < Duration::from_secs(5), "input never bound");
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    let (h, key, addr) = udp_channel("udp-in", &rx, Pacing::Never);
     let tx = UdpSocket::bind("127.0.0.1:0").unwrap();
     // Datagrams of 5 packets and a half, so that packets straddle them,
     // and a datagram of garbage every 20.
@@ -189,25 +204,8 @@ fn a_paced_channel_stops_promptly() {
 fn a_live_input_leaves_no_lag_after_a_stall() {
     let Some(clear) = ffmpeg_ts(4) else { return };
     let rx = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let (feed, key) = feed(200, 10);
-    let mut cfg = ChannelStreamConfig::new(
-        "live",
-        "udp://127.0.0.1:0",
-        format!("udp://{}", rx.local_addr().unwrap()),
-        EMM_PID,
-    )
-    .service(SERVICE, ECM_PID);
-    cfg.start_unix_ms = Some(START_MS);
-    assert_eq!(cfg.pacing, Pacing::Auto, "paced, as UDP output is");
-    let h = spawn_channel(cfg, feed, Shutdown::new()).unwrap();
-    let t = Instant::now();
-    let addr = loop {
-        if let Some(a) = h.input_addr() {
-            break a;
-        }
-        assert!(t.elapsed() < Duration::from_secs(5), "input never bound");
-        std::thread::sleep(Duration::from_millis(2));
-    };
+    // Paced, as a UDP output is by default.
+    let (h, key, addr) = udp_channel("live", &rx, Pacing::Auto);
     // Each datagram of 7 packets is due at the air time of the last PCR
     // before it, as an encoder sends them.
     let mut due = Vec::new();
