@@ -169,6 +169,14 @@ impl Daemon {
                 db.display()
             )));
         }
+        // A state error that names a field of headend.toml is the config's.
+        let state_err = |e| match e {
+            StateError::Config { field, message } => DaemonError::Config(format!(
+                "{}: field `{field}`: {message}",
+                loaded.path.display()
+            )),
+            other => DaemonError::Headend(other),
+        };
         let core = Headend::open(
             &db,
             MasterKey::new(&master),
@@ -179,13 +187,7 @@ impl Daemon {
             metrics.clone(),
             now_ms(),
         )
-        .map_err(|e| match e {
-            StateError::Config { field, message } => DaemonError::Config(format!(
-                "{}: field `{field}`: {message}",
-                loaded.path.display()
-            )),
-            other => DaemonError::Headend(other),
-        })?;
+        .map_err(state_err)?;
         let run = core.run();
         let mut core = core;
         core.set_channel_base(&loaded.dir);
@@ -204,13 +206,7 @@ impl Daemon {
         for ch in c.channels.iter().filter(|ch| !ch.scrambler.is_mux()) {
             let product = core
                 .ensure_product(&ch.product, now_ms())
-                .map_err(|e| match e {
-                    StateError::Config { field, message } => DaemonError::Config(format!(
-                        "{}: field `{field}`: {message}",
-                        loaded.path.display()
-                    )),
-                    other => DaemonError::Headend(other),
-                })?;
+                .map_err(state_err)?;
             services.push(ecmg::Service {
                 name: ch.name.clone(),
                 product,
